@@ -1,0 +1,581 @@
+//! Every CBOR message exchanged between tiers.
+//!
+//! Rules of this file: field numbers (`#[n(..)]`) are never renumbered or reused; a new
+//! field gets the next free number and must be optional (or have a default) so that an
+//! older peer can still decode the message, and unknown fields are ignored when
+//! decoding, so either side may be newer. Structs are CBOR arrays (the position is the
+//! field number), which keeps the frequent messages small: a worker heartbeat with no
+//! instance change is well under 64 bytes.
+
+use minicbor::{Decode, Encode};
+
+/// Content-Format of every body in this module (RFC 7049 `application/cbor`).
+pub const CONTENT_FORMAT_CBOR: u16 = 60;
+
+/// Version of the tier protocol, carried in every registration.
+///
+/// Peers with the same `major` interoperate; `minor` only adds optional fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct ProtocolVersion {
+    /// Incompatible changes bump this.
+    #[n(0)]
+    pub major: u16,
+    /// Compatible additions bump this.
+    #[n(1)]
+    pub minor: u16,
+}
+
+/// The version this build speaks.
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+
+impl ProtocolVersion {
+    /// Whether a peer speaking `other` can talk to us.
+    pub fn compatible_with(self, other: ProtocolVersion) -> bool {
+        self.major == other.major
+    }
+}
+
+impl std::fmt::Display for ProtocolVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// A worker's id, assigned by its cluster at registration (unique within the cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode)]
+#[cbor(transparent)]
+pub struct NodeId(#[n(0)] pub u32);
+
+/// A cluster's id, assigned by the root at registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode)]
+#[cbor(transparent)]
+pub struct ClusterId(#[n(0)] pub u32);
+
+/// A service instance: the service's id at the root and the instance number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
+pub struct InstanceRef {
+    /// The service id (Oakestra's `microserviceID`, a 24-hex-digit string).
+    #[n(0)]
+    pub service: String,
+    /// The instance number within the service.
+    #[n(1)]
+    pub instance: u32,
+}
+
+/// A point on Earth, in degrees (WGS 84).
+#[derive(Debug, Clone, Copy, PartialEq, Encode, Decode)]
+pub struct GeoPoint {
+    /// Latitude, -90..=90.
+    #[n(0)]
+    pub lat: f32,
+    /// Longitude, -180..=180.
+    #[n(1)]
+    pub lon: f32,
+}
+
+/// A network coordinate (Vivaldi-style, milliseconds) used for latency placement.
+#[derive(Debug, Clone, Copy, PartialEq, Encode, Decode)]
+#[cbor(transparent)]
+pub struct NetCoord(#[n(0)] pub [f32; 3]);
+
+/// An IPv4 prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct Ipv4Prefix {
+    /// Network address, host byte order.
+    #[n(0)]
+    pub addr: u32,
+    /// Prefix length.
+    #[n(1)]
+    pub len: u8,
+}
+
+/// An IPv6 prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct Ipv6Prefix {
+    /// Network address, big-endian octets.
+    #[n(0)]
+    #[cbor(with = "minicbor::bytes")]
+    pub addr: [u8; 16],
+    /// Prefix length.
+    #[n(1)]
+    pub len: u8,
+}
+
+/// Timing a lower tier must follow, sent by the upper tier at registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct Timing {
+    /// Heartbeat (or report) period in milliseconds.
+    #[n(0)]
+    pub heartbeat_ms: u32,
+    /// Missed heartbeats after which the peer is declared lost.
+    #[n(1)]
+    pub missed_before_lost: u8,
+}
+
+/// The long-term OSCORE credentials handed to a peer in its registration response.
+///
+/// The joining peer's registration was protected with a context derived from its join
+/// token; this response (protected the same way) carries the secret both sides use
+/// from then on. The ids are OSCORE sender/recipient ids as seen by the joining peer.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Credentials {
+    /// OSCORE master secret, 32 random bytes.
+    #[n(0)]
+    #[cbor(with = "minicbor::bytes")]
+    pub master_secret: Vec<u8>,
+    /// OSCORE master salt.
+    #[n(1)]
+    #[cbor(with = "minicbor::bytes")]
+    pub master_salt: Vec<u8>,
+    /// The joining peer's sender id (the upper tier's recipient id for it).
+    #[n(2)]
+    #[cbor(with = "minicbor::bytes")]
+    pub sender_id: Vec<u8>,
+    /// The upper tier's sender id.
+    #[n(3)]
+    #[cbor(with = "minicbor::bytes")]
+    pub recipient_id: Vec<u8>,
+}
+
+/// Worker → cluster, `POST /v1/nodes`: register (or re-register) a worker.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct RegisterNode {
+    /// The agent's protocol version.
+    #[n(0)]
+    pub version: ProtocolVersion,
+    /// The worker's name (`--name`, default the hostname); stable across restarts.
+    #[n(1)]
+    pub name: String,
+    /// CPU architecture as Rust names it (`x86_64`, `aarch64`, `arm`).
+    #[n(2)]
+    pub arch: String,
+    /// Logical CPUs.
+    #[n(3)]
+    pub cpus: u16,
+    /// Memory in MiB.
+    #[n(4)]
+    pub memory_mib: u32,
+    /// Disk for images and instances in MiB.
+    #[n(5)]
+    pub disk_mib: u32,
+    /// Virtualizations this worker runs (`container`, ...).
+    #[n(6)]
+    pub virtualizations: Vec<String>,
+    /// Where the worker is, if known.
+    #[n(7)]
+    pub location: Option<GeoPoint>,
+    /// How many instances the worker wants room for (sizes its subnet); default 61.
+    #[n(8)]
+    pub max_instances: Option<u16>,
+    /// The worker's underlay address for VXLAN, as seen by itself.
+    #[n(9)]
+    pub underlay: Option<String>,
+}
+
+/// Cluster → worker: the answer to [`RegisterNode`].
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct NodeRegistered {
+    /// The cluster's protocol version.
+    #[n(0)]
+    pub version: ProtocolVersion,
+    /// The worker's id.
+    #[n(1)]
+    pub node: NodeId,
+    /// The worker's IPv4 instance subnet (bridge takes .1).
+    #[n(2)]
+    pub subnet_v4: Ipv4Prefix,
+    /// The worker's IPv6 instance subnet.
+    #[n(3)]
+    pub subnet_v6: Ipv6Prefix,
+    /// Heartbeat timing.
+    #[n(4)]
+    pub timing: Timing,
+    /// Long-term OSCORE credentials (present when joining with a token).
+    #[n(5)]
+    pub credentials: Option<Credentials>,
+}
+
+/// The status of an instance, Oakestra's names kept verbatim in the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+#[cbor(index_only)]
+pub enum InstanceState {
+    /// Accepted by the root, not yet placed.
+    #[n(0)]
+    Requested,
+    /// Handed to a cluster.
+    #[n(1)]
+    ClusterScheduled,
+    /// Handed to a worker.
+    #[n(2)]
+    NodeScheduled,
+    /// The worker is preparing it (image, rootfs, network).
+    #[n(3)]
+    Creating,
+    /// Created, not yet started.
+    #[n(4)]
+    Created,
+    /// Running.
+    #[n(5)]
+    Running,
+    /// A one-shot instance exited 0.
+    #[n(6)]
+    Completed,
+    /// Exited non-zero.
+    #[n(7)]
+    Dead,
+    /// Lost: its worker or cluster went silent, or it could not be placed.
+    #[n(8)]
+    Failed,
+    /// Removed on request.
+    #[n(9)]
+    Undeployed,
+}
+
+impl InstanceState {
+    /// The name used by Oakestra's API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "REQUESTED",
+            Self::ClusterScheduled => "CLUSTER_SCHEDULED",
+            Self::NodeScheduled => "NODE_SCHEDULED",
+            Self::Creating => "CREATING",
+            Self::Created => "CREATED",
+            Self::Running => "RUNNING",
+            Self::Completed => "COMPLETED",
+            Self::Dead => "DEAD",
+            Self::Failed => "FAILED",
+            Self::Undeployed => "UNDEPLOYED",
+        }
+    }
+}
+
+/// A change of one instance's status, sent up at once when it happens.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct InstanceStatus {
+    /// Which instance.
+    #[n(0)]
+    pub instance: InstanceRef,
+    /// Its new state.
+    #[n(1)]
+    pub state: InstanceState,
+    /// Why, for failures (Oakestra's reasons, e.g. `NO_WORKER_CAPACITY`), or an exit code.
+    #[n(2)]
+    pub detail: Option<String>,
+    /// The instance's IPv4 address on the overlay, host byte order.
+    #[n(3)]
+    pub ip: Option<u32>,
+}
+
+/// Worker → cluster, non-confirmable `POST /v1/nodes/{id}/status` every 2 s.
+///
+/// With no instance change this is a minimal liveness message (`changes` empty).
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Heartbeat {
+    /// The sender.
+    #[n(0)]
+    pub node: NodeId,
+    /// Increases by one per heartbeat; lets the cluster count missed ones.
+    #[n(1)]
+    pub seq: u32,
+    /// CPU use in hundredths of a percent of all CPUs (0..=10000).
+    #[n(2)]
+    pub cpu_centi_pct: u16,
+    /// Memory used, MiB.
+    #[n(3)]
+    pub mem_used_mib: u32,
+    /// Memory total, MiB.
+    #[n(4)]
+    pub mem_total_mib: u32,
+    /// Disk used, MiB.
+    #[n(5)]
+    pub disk_used_mib: u32,
+    /// Disk total, MiB.
+    #[n(6)]
+    pub disk_total_mib: u32,
+    /// Instances running now.
+    #[n(7)]
+    pub running: u16,
+    /// The worker's network coordinate.
+    #[n(8)]
+    pub coord: NetCoord,
+    /// First 8 bytes of a SHA-256 over the sorted instance set; a mismatch with the
+    /// cluster's view makes the cluster ask for the full list.
+    #[n(9)]
+    #[cbor(with = "minicbor::bytes")]
+    pub digest: [u8; 8],
+    /// Status changes not yet acknowledged (normally empty: changes go up at once).
+    #[n(10)]
+    pub changes: Vec<InstanceStatus>,
+}
+
+/// What a worker must run: one instance's full specification.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct InstanceSpec {
+    /// Which instance.
+    #[n(0)]
+    pub instance: InstanceRef,
+    /// Full service name `app.appns.service.servicens`.
+    #[n(1)]
+    pub name: String,
+    /// Image reference as the SLA gives it.
+    #[n(2)]
+    pub image: String,
+    /// Command override.
+    #[n(3)]
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` environment entries.
+    #[n(4)]
+    pub env: Vec<String>,
+    /// Memory limit in MiB (0: none).
+    #[n(5)]
+    pub memory_mib: u32,
+    /// CPU limit in thousandths of a CPU (0: none).
+    #[n(6)]
+    pub millicpus: u32,
+    /// Port mappings as the SLA writes them (`host[:container][/tcp|udp]`, `;`-separated).
+    #[n(7)]
+    pub ports: Option<String>,
+    /// Run once; exit 0 is COMPLETED.
+    #[n(8)]
+    pub one_shot: bool,
+    /// The instance IPv4 address, host byte order.
+    #[n(9)]
+    pub ip: Option<u32>,
+}
+
+/// One command for a worker.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum NodeCommand {
+    /// Start this instance.
+    #[n(0)]
+    Deploy(#[n(0)] InstanceSpec),
+    /// Stop and remove this instance.
+    #[n(1)]
+    Undeploy(#[n(0)] InstanceRef),
+}
+
+/// Cluster → worker, the observed `/v1/nodes/{id}/commands` resource: the full set of
+/// instances the worker should run, versioned. The worker converges to it.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct NodeCommands {
+    /// Increases with every change of the set.
+    #[n(0)]
+    pub generation: u64,
+    /// What to do, in order.
+    #[n(1)]
+    pub commands: Vec<NodeCommand>,
+}
+
+/// Cluster → root, `POST /v1/clusters`: register a cluster.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct RegisterCluster {
+    /// The cluster's protocol version.
+    #[n(0)]
+    pub version: ProtocolVersion,
+    /// The cluster's name (`--name`).
+    #[n(1)]
+    pub name: String,
+    /// Where the cluster is.
+    #[n(2)]
+    pub location: Option<GeoPoint>,
+}
+
+/// Root → cluster: the answer to [`RegisterCluster`].
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct ClusterRegistered {
+    /// The root's protocol version.
+    #[n(0)]
+    pub version: ProtocolVersion,
+    /// The cluster's id.
+    #[n(1)]
+    pub cluster: ClusterId,
+    /// The block of worker subnets this cluster hands out.
+    #[n(2)]
+    pub subnets: Ipv4Prefix,
+    /// Report timing.
+    #[n(3)]
+    pub timing: Timing,
+    /// Long-term OSCORE credentials (present when joining with a token).
+    #[n(4)]
+    pub credentials: Option<Credentials>,
+}
+
+/// Capacity of one class of workers (an architecture and virtualization).
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Capacity {
+    /// Architecture.
+    #[n(0)]
+    pub arch: String,
+    /// Virtualization.
+    #[n(1)]
+    pub virtualization: String,
+    /// Active workers of this class.
+    #[n(2)]
+    pub nodes: u32,
+    /// Free CPUs summed, in thousandths.
+    #[n(3)]
+    pub free_millicpus: u64,
+    /// Free memory summed, MiB.
+    #[n(4)]
+    pub free_memory_mib: u64,
+    /// The largest free CPU on one worker, in thousandths (the spread).
+    #[n(5)]
+    pub max_free_millicpus: u32,
+    /// The largest free memory on one worker, MiB.
+    #[n(6)]
+    pub max_free_memory_mib: u32,
+}
+
+/// Cluster → root, non-confirmable `POST /v1/clusters/{id}/status` every 5 s.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct ClusterReport {
+    /// The sender.
+    #[n(0)]
+    pub cluster: ClusterId,
+    /// Increases by one per report.
+    #[n(1)]
+    pub seq: u32,
+    /// Capacity per class; empty when unchanged since the last acknowledged report.
+    #[n(2)]
+    pub capacity: Vec<Capacity>,
+    /// Status changes of instances.
+    #[n(3)]
+    pub changes: Vec<InstanceStatus>,
+}
+
+/// Root → cluster, the observed `/v1/clusters/{id}/commands` resource.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct ClusterCommands {
+    /// Increases with every change.
+    #[n(0)]
+    pub generation: u64,
+    /// Instances to place in this cluster (Deploy) or remove from it (Undeploy).
+    #[n(1)]
+    pub commands: Vec<NodeCommand>,
+}
+
+/// The diagnostic body of an error response (4.xx/5.xx), also readable as text by
+/// tools that do not speak CBOR: it is sent as a plain UTF-8 payload.
+pub fn diagnostic(text: &str) -> Vec<u8> {
+    text.as_bytes().to_vec()
+}
+
+/// Encode a message to CBOR.
+pub fn to_cbor<T: Encode<()>>(msg: &T) -> Vec<u8> {
+    // Writing into a Vec cannot fail.
+    minicbor::to_vec(msg).unwrap_or_default()
+}
+
+/// Decode a message from CBOR, naming the type in the error.
+pub fn from_cbor<'b, T: Decode<'b, ()>>(bytes: &'b [u8]) -> Result<T, DecodeError> {
+    minicbor::decode(bytes).map_err(|e| DecodeError {
+        what: std::any::type_name::<T>(),
+        reason: e.to_string(),
+    })
+}
+
+/// A body that is not the CBOR message it should be.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed {what}: {reason}")]
+pub struct DecodeError {
+    /// The expected message type.
+    pub what: &'static str,
+    /// What the decoder said.
+    pub reason: String,
+}
+
+/// Check a registering peer's version; `Err` carries the diagnostic to send with 4.06.
+pub fn check_version(peer: ProtocolVersion) -> Result<(), String> {
+    if PROTOCOL_VERSION.compatible_with(peer) {
+        Ok(())
+    } else {
+        Err(format!(
+            "incompatible protocol version {peer}: this peer speaks {PROTOCOL_VERSION}; \
+             upgrade the older side"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idle_heartbeat() -> Heartbeat {
+        Heartbeat {
+            node: NodeId(4117),
+            seq: 123_456,
+            cpu_centi_pct: 4_250,
+            mem_used_mib: 1_900,
+            mem_total_mib: 3_800,
+            disk_used_mib: 14_500,
+            disk_total_mib: 29_000,
+            running: 12,
+            coord: NetCoord([12.5, -3.25, 40.75]),
+            digest: [0x9a, 0x11, 0x2c, 0x07, 0xee, 0x41, 0x00, 0xfe],
+            changes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn idle_heartbeat_of_a_four_cpu_node_fits_in_64_bytes() {
+        let bytes = to_cbor(&idle_heartbeat());
+        assert!(bytes.len() <= 64, "heartbeat is {} bytes", bytes.len());
+        let back: Heartbeat = from_cbor(&bytes).expect("decodes");
+        assert_eq!(back, idle_heartbeat());
+    }
+
+    #[test]
+    fn a_newer_peer_s_extra_fields_are_ignored() {
+        // A heartbeat from a future minor version with one more trailing field.
+        let mut e = minicbor::Encoder::new(Vec::new());
+        let hb = idle_heartbeat();
+        e.array(12).unwrap();
+        e.u32(hb.node.0).unwrap().u32(hb.seq).unwrap().u16(hb.cpu_centi_pct).unwrap();
+        e.u32(hb.mem_used_mib).unwrap().u32(hb.mem_total_mib).unwrap();
+        e.u32(hb.disk_used_mib).unwrap().u32(hb.disk_total_mib).unwrap();
+        e.u16(hb.running).unwrap();
+        e.encode(hb.coord).unwrap();
+        e.bytes(&hb.digest).unwrap();
+        e.array(0).unwrap();
+        e.str("a field from the future").unwrap();
+        let back: Heartbeat = from_cbor(e.writer()).expect("extra field is skipped");
+        assert_eq!(back, hb);
+    }
+
+    #[test]
+    fn garbage_is_a_named_decode_error() {
+        let err = from_cbor::<RegisterNode>(&[0xff, 0x00]).unwrap_err();
+        assert!(err.to_string().contains("RegisterNode"), "{err}");
+    }
+
+    #[test]
+    fn incompatible_major_version_is_refused_with_both_versions_named() {
+        assert!(check_version(ProtocolVersion { major: 1, minor: 7 }).is_ok());
+        let msg = check_version(ProtocolVersion { major: 2, minor: 0 }).unwrap_err();
+        assert!(msg.contains("2.0") && msg.contains("1.0"), "{msg}");
+    }
+
+    #[test]
+    fn commands_round_trip() {
+        let cmds = NodeCommands {
+            generation: 7,
+            commands: vec![
+                NodeCommand::Deploy(InstanceSpec {
+                    instance: InstanceRef { service: "65f1a0c0e4b0a1b2c3d4e5f6".into(), instance: 0 },
+                    name: "clientsrvr.test.curl.test".into(),
+                    image: "docker.io/curlimages/curl:7.82.0".into(),
+                    cmd: vec!["sh".into(), "-c".into(), "curl 10.30.30.30:9080".into()],
+                    env: vec![],
+                    memory_mib: 100,
+                    millicpus: 1000,
+                    ports: Some("9080".into()),
+                    one_shot: false,
+                    ip: Some(0x0a1e_0002),
+                }),
+                NodeCommand::Undeploy(InstanceRef { service: "x".into(), instance: 3 }),
+            ],
+        };
+        let back: NodeCommands = from_cbor(&to_cbor(&cmds)).expect("decodes");
+        assert_eq!(back, cmds);
+    }
+}
