@@ -530,9 +530,20 @@ mod tests {
         let mut e = minicbor::Encoder::new(Vec::new());
         let hb = idle_heartbeat();
         e.array(12).unwrap();
-        e.u32(hb.node.0).unwrap().u32(hb.seq).unwrap().u16(hb.cpu_centi_pct).unwrap();
-        e.u32(hb.mem_used_mib).unwrap().u32(hb.mem_total_mib).unwrap();
-        e.u32(hb.disk_used_mib).unwrap().u32(hb.disk_total_mib).unwrap();
+        e.u32(hb.node.0)
+            .unwrap()
+            .u32(hb.seq)
+            .unwrap()
+            .u16(hb.cpu_centi_pct)
+            .unwrap();
+        e.u32(hb.mem_used_mib)
+            .unwrap()
+            .u32(hb.mem_total_mib)
+            .unwrap();
+        e.u32(hb.disk_used_mib)
+            .unwrap()
+            .u32(hb.disk_total_mib)
+            .unwrap();
         e.u16(hb.running).unwrap();
         e.encode(hb.coord).unwrap();
         e.bytes(&hb.digest).unwrap();
@@ -561,7 +572,10 @@ mod tests {
             generation: 7,
             commands: vec![
                 NodeCommand::Deploy(InstanceSpec {
-                    instance: InstanceRef { service: "65f1a0c0e4b0a1b2c3d4e5f6".into(), instance: 0 },
+                    instance: InstanceRef {
+                        service: "65f1a0c0e4b0a1b2c3d4e5f6".into(),
+                        instance: 0,
+                    },
                     name: "clientsrvr.test.curl.test".into(),
                     image: "docker.io/curlimages/curl:7.82.0".into(),
                     cmd: vec!["sh".into(), "-c".into(), "curl 10.30.30.30:9080".into()],
@@ -572,7 +586,10 @@ mod tests {
                     one_shot: false,
                     ip: Some(0x0a1e_0002),
                 }),
-                NodeCommand::Undeploy(InstanceRef { service: "x".into(), instance: 3 }),
+                NodeCommand::Undeploy(InstanceRef {
+                    service: "x".into(),
+                    instance: 3,
+                }),
             ],
         };
         let back: NodeCommands = from_cbor(&to_cbor(&cmds)).expect("decodes");

@@ -107,7 +107,8 @@ impl SimNet {
     /// Inject a datagram from `from` to endpoint `to`, delivered now.
     pub fn inject(&mut self, from: SocketAddr, to: usize, data: Vec<u8>) {
         self.seq += 1;
-        self.in_flight.push(Reverse((self.now, self.seq, to, from, data)));
+        self.in_flight
+            .push(Reverse((self.now, self.seq, to, from, data)));
     }
 
     fn flush(&mut self) {
@@ -117,16 +118,29 @@ impl SimNet {
                 let Some(to) = self.nodes.iter().position(|(a, _)| *a == t.peer) else {
                     continue;
                 };
-                let copies = if self.rand() < self.impairment.duplicate { 2 } else { 1 };
+                let copies = if self.rand() < self.impairment.duplicate {
+                    2
+                } else {
+                    1
+                };
                 for _ in 0..copies {
                     if self.rand() < self.impairment.loss {
                         self.lost += 1;
                         continue;
                     }
-                    let span = self.impairment.max_delay.saturating_sub(self.impairment.min_delay);
+                    let span = self
+                        .impairment
+                        .max_delay
+                        .saturating_sub(self.impairment.min_delay);
                     let delay = self.impairment.min_delay + span.mul_f64(self.rand());
                     self.seq += 1;
-                    self.in_flight.push(Reverse((self.now + delay, self.seq, to, from, t.data.clone())));
+                    self.in_flight.push(Reverse((
+                        self.now + delay,
+                        self.seq,
+                        to,
+                        from,
+                        t.data.clone(),
+                    )));
                 }
             }
         }
@@ -138,7 +152,11 @@ impl SimNet {
         self.drain(handler);
         self.flush();
         let next_delivery = self.in_flight.peek().map(|Reverse((t, ..))| *t);
-        let next_timer = self.nodes.iter().filter_map(|(_, e)| e.poll_timeout()).min();
+        let next_timer = self
+            .nodes
+            .iter()
+            .filter_map(|(_, e)| e.poll_timeout())
+            .min();
         let Some(t) = [next_delivery, next_timer].into_iter().flatten().min() else {
             return false;
         };
@@ -147,7 +165,9 @@ impl SimNet {
             if *t > self.now {
                 break;
             }
-            let Some(Reverse((_, _, to, from, data))) = self.in_flight.pop() else { break };
+            let Some(Reverse((_, _, to, from, data))) = self.in_flight.pop() else {
+                break;
+            };
             self.delivered += 1;
             let now = self.now;
             self.nodes[to].1.handle_datagram(now, from, &data);

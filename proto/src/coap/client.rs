@@ -79,7 +79,13 @@ impl Endpoint {
 
     /// Start a request; its outcome arrives as [`Event::Response`] (then
     /// [`Event::Notification`]s for an observation) or [`Event::Failed`].
-    pub fn request(&mut self, now: Instant, peer: SocketAddr, req: Request, opts: SendOptions) -> RequestHandle {
+    pub fn request(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        req: Request,
+        opts: SendOptions,
+    ) -> RequestHandle {
         let h = self.next_id();
         let token = self.alloc_token();
         self.tokens.insert(token.clone(), h);
@@ -152,7 +158,11 @@ impl Endpoint {
                 }
                 match ex.block1 {
                     Some((szx, num)) => {
-                        let b = Block { num, more: false, szx };
+                        let b = Block {
+                            num,
+                            more: false,
+                            szx,
+                        };
                         let start = b.offset().min(ex.req.payload.len());
                         let end = (start + b.size()).min(ex.req.payload.len());
                         let more = end < ex.req.payload.len();
@@ -168,7 +178,15 @@ impl Endpoint {
             }
             Step::Block2(num) => {
                 let szx = ex.assembly.as_ref().map(|a| a.szx).unwrap_or(6);
-                p.add_option(CoapOption::Block2, Block { num, more: false, szx }.encode());
+                p.add_option(
+                    CoapOption::Block2,
+                    Block {
+                        num,
+                        more: false,
+                        szx,
+                    }
+                    .encode(),
+                );
             }
         }
         if let Some(e) = &ex.echo {
@@ -178,7 +196,9 @@ impl Endpoint {
     }
 
     fn send_step(&mut self, now: Instant, h: u64, step: Step) {
-        let Some(ex) = self.exchanges.get(&h) else { return };
+        let Some(ex) = self.exchanges.get(&h) else {
+            return;
+        };
         let inner = self.build(ex, step);
         let (peer, security, con) = (ex.peer, ex.opts.security.clone(), !ex.opts.non_confirmable);
         let fetch = matches!(step, Step::Block2(_)) && ex.req.observe.is_some();
@@ -211,7 +231,9 @@ impl Endpoint {
         } else {
             None
         };
-        let Some(ex) = self.exchanges.get_mut(&h) else { return };
+        let Some(ex) = self.exchanges.get_mut(&h) else {
+            return;
+        };
         ex.last_step = step;
         match token {
             Some(t) => {
@@ -259,7 +281,9 @@ impl Endpoint {
 
     /// No longer count `h` against NSTART; start queued exchanges.
     fn release(&mut self, now: Instant, h: u64) {
-        let Some(ex) = self.exchanges.get_mut(&h) else { return };
+        let Some(ex) = self.exchanges.get_mut(&h) else {
+            return;
+        };
         if !ex.counted {
             return;
         }
@@ -294,7 +318,10 @@ impl Endpoint {
 
     fn fail(&mut self, now: Instant, h: u64, error: ExchangeError) {
         if self.finish(now, h).is_some() {
-            self.events.push_back(Event::Failed { handle: RequestHandle(h), error });
+            self.events.push_back(Event::Failed {
+                handle: RequestHandle(h),
+                error,
+            });
         }
     }
 
@@ -305,7 +332,14 @@ impl Endpoint {
         }
     }
 
-    pub(crate) fn client_acked(&mut self, now: Instant, h: u64, mid: u16, reset: bool, response: Option<Packet>) {
+    pub(crate) fn client_acked(
+        &mut self,
+        now: Instant,
+        h: u64,
+        mid: u16,
+        reset: bool,
+        response: Option<Packet>,
+    ) {
         if let Some(ex) = self.exchanges.get_mut(&h) {
             if ex.mid == Some(mid) {
                 ex.mid = None;
@@ -328,7 +362,13 @@ impl Endpoint {
     }
 
     /// A response message (piggybacked, separate, or a notification).
-    pub(crate) fn client_response(&mut self, now: Instant, peer: SocketAddr, pkt: Packet, con: bool) {
+    pub(crate) fn client_response(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        pkt: Packet,
+        con: bool,
+    ) {
         let mid = pkt.header.message_id;
         let token = pkt.get_token().to_vec();
         let h = match self.tokens.get(&token) {
@@ -352,17 +392,24 @@ impl Endpoint {
     }
 
     fn process_response(&mut self, now: Instant, h: u64, token: &[u8], pkt: Packet) {
-        let Some(ex) = self.exchanges.get_mut(&h) else { return };
+        let Some(ex) = self.exchanges.get_mut(&h) else {
+            return;
+        };
         let on_fetch = ex.fetch_token.as_deref() == Some(token);
         let secure = ex.opts.security.clone();
         let outer_observe = opt::get_uint(&pkt, CoapOption::Observe);
         let (inner, piv_seq) = match &secure {
             None => (pkt, None),
             Some(key) => {
-                let binding = if on_fetch { ex.fetch_binding.clone() } else { ex.binding.clone() };
+                let binding = if on_fetch {
+                    ex.fetch_binding.clone()
+                } else {
+                    ex.binding.clone()
+                };
                 let fields = crate::oscore::protect::option_fields(&pkt);
                 match (fields, binding, self.contexts.get_mut(key)) {
-                    (Ok(Some(f)), Some(b), Some(ctx)) => match ctx.unprotect_response(&pkt, &f, &b) {
+                    (Ok(Some(f)), Some(b), Some(ctx)) => match ctx.unprotect_response(&pkt, &f, &b)
+                    {
                         Ok(x) => x,
                         Err(_) => {
                             self.stats.oscore_rejected += 1;
@@ -383,7 +430,9 @@ impl Endpoint {
             }
         };
         let code = Code(u8::from(inner.header.code));
-        let Some(ex) = self.exchanges.get_mut(&h) else { return };
+        let Some(ex) = self.exchanges.get_mut(&h) else {
+            return;
+        };
 
         // Echo challenge (RFC 9175) from a server that lost its replay window.
         if code == Code::UNAUTHORIZED && !ex.echo_tried {
@@ -399,12 +448,21 @@ impl Endpoint {
         // Block1: the server wants the next block.
         if code == Code::CONTINUE && !on_fetch {
             if let Some((szx, num)) = ex.block1 {
-                let sent_end = Block { num: num + 1, more: false, szx }.offset();
+                let sent_end = Block {
+                    num: num + 1,
+                    more: false,
+                    szx,
+                }
+                .offset();
                 let server_szx = Block::from_packet(&inner, CoapOption::Block1)
                     .ok()
                     .flatten()
                     .map_or(szx, |b| b.szx.min(szx));
-                let next = Block { num: 0, more: false, szx: server_szx };
+                let next = Block {
+                    num: 0,
+                    more: false,
+                    szx: server_szx,
+                };
                 ex.block1 = Some((server_szx, (sent_end / next.size()) as u32));
                 self.send_step(now, h, Step::Main);
                 return;
@@ -412,8 +470,14 @@ impl Endpoint {
         }
 
         let content_format = opt::get_uint(&inner, CoapOption::ContentFormat).map(|v| v as u16);
-        let seq_value = if secure.is_some() { piv_seq } else { outer_observe.map(u64::from) };
-        let block2 = Block::from_packet(&inner, CoapOption::Block2).ok().flatten();
+        let seq_value = if secure.is_some() {
+            piv_seq
+        } else {
+            outer_observe.map(u64::from)
+        };
+        let block2 = Block::from_packet(&inner, CoapOption::Block2)
+            .ok()
+            .flatten();
         let etag = inner.get_first_option(CoapOption::ETag).cloned();
         let max_body = self.cfg.max_body;
 
@@ -448,7 +512,10 @@ impl Endpoint {
                 observe: outer_observe,
                 observable: false,
             };
-            self.events.push_back(Event::Notification { handle: RequestHandle(h), response });
+            self.events.push_back(Event::Notification {
+                handle: RequestHandle(h),
+                response,
+            });
             if !code.is_success() {
                 self.finish(now, h);
             }
@@ -470,7 +537,12 @@ impl Endpoint {
                 Some(a) => {
                     // The representation changed or blocks arrived out of order:
                     // start over from block 0.
-                    ex.assembly = Some(Assembly { data: Vec::new(), next: 0, etag: None, ..a });
+                    ex.assembly = Some(Assembly {
+                        data: Vec::new(),
+                        next: 0,
+                        etag: None,
+                        ..a
+                    });
                     self.send_step(now, h, Step::Block2(0));
                     return;
                 }
@@ -507,10 +579,17 @@ impl Endpoint {
                 self.tokens.remove(&t);
             }
         }
-        let response = Response { code, content_format, payload: body, observe, observable: false };
+        let response = Response {
+            code,
+            content_format,
+            payload: body,
+            observe,
+            observable: false,
+        };
         let handle = RequestHandle(h);
         if notification {
-            self.events.push_back(Event::Notification { handle, response });
+            self.events
+                .push_back(Event::Notification { handle, response });
             return;
         }
         let registered = ex.req.observe == Some(0) && observe.is_some() && code.is_success();

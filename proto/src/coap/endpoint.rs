@@ -182,7 +182,9 @@ impl Endpoint {
     pub fn remove_join_token(&mut self, token_id: &[u8]) {
         self.join_tokens.remove(token_id);
         self.contexts.retain(|k, _| {
-            !k.id_context.as_deref().is_some_and(|c| c.starts_with(token_id))
+            !k.id_context
+                .as_deref()
+                .is_some_and(|c| c.starts_with(token_id))
         });
     }
 
@@ -224,7 +226,9 @@ impl Endpoint {
             if *t > now {
                 break;
             }
-            let Some(Reverse((_, timer))) = self.timers.pop() else { break };
+            let Some(Reverse((_, timer))) = self.timers.pop() else {
+                break;
+            };
             match timer {
                 Timer::Retransmit(peer, mid) => self.on_retransmit(now, peer, mid),
                 Timer::AckDelay(id) => self.on_ack_delay(id),
@@ -260,7 +264,13 @@ impl Endpoint {
     }
 
     /// Send a confirmable message with retransmission; returns its message ID.
-    pub(crate) fn send_con(&mut self, now: Instant, peer: SocketAddr, mut pkt: Packet, kind: OutKind) -> u16 {
+    pub(crate) fn send_con(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        mut pkt: Packet,
+        kind: OutKind,
+    ) -> u16 {
         let mid = self.alloc_mid();
         pkt.header.set_type(MessageType::Confirmable);
         pkt.header.message_id = mid;
@@ -271,7 +281,13 @@ impl Endpoint {
         let deadline = now + timeout;
         self.outstanding.insert(
             (peer, mid),
-            Outstanding { data: data.clone(), attempts: 0, timeout, deadline, kind },
+            Outstanding {
+                data: data.clone(),
+                attempts: 0,
+                timeout,
+                deadline,
+                kind,
+            },
         );
         self.schedule(deadline, Timer::Retransmit(peer, mid));
         self.transmit(peer, data);
@@ -306,12 +322,16 @@ impl Endpoint {
 
     fn on_retransmit(&mut self, now: Instant, peer: SocketAddr, mid: u16) {
         let max = self.link(peer).max_retransmit;
-        let Some(o) = self.outstanding.get_mut(&(peer, mid)) else { return };
+        let Some(o) = self.outstanding.get_mut(&(peer, mid)) else {
+            return;
+        };
         if o.deadline > now {
             return;
         }
         if o.attempts >= max {
-            let Some(o) = self.outstanding.remove(&(peer, mid)) else { return };
+            let Some(o) = self.outstanding.remove(&(peer, mid)) else {
+                return;
+            };
             self.stats.gave_up += 1;
             match o.kind {
                 OutKind::Request(h) => self.client_gave_up(now, h, mid),
@@ -338,7 +358,8 @@ impl Endpoint {
             }
         }
         self.dedup.insert((peer, mid), Dedup { reply: None });
-        self.dedup_order.push_back((now + self.cfg.dedup_lifetime, peer, mid));
+        self.dedup_order
+            .push_back((now + self.cfg.dedup_lifetime, peer, mid));
     }
 
     /// Feed one received datagram.
@@ -376,11 +397,10 @@ impl Endpoint {
                         OutKind::Separate => {}
                     },
                     None => {
-                        // A late duplicate ACK; a piggybacked response in it may still
-                        // be the first one we see if the original ACK was lost.
-                        if code >> 5 >= 2 && !reset {
-                            self.client_response(now, peer, pkt, false);
-                        }
+                        // A duplicate of an ACK already processed (or one for a
+                        // message we gave up on): its piggybacked response, if any,
+                        // was handled with the first copy.
+                        self.stats.duplicates += 1;
                     }
                 }
             }

@@ -84,7 +84,11 @@ impl Block {
         if szx == 7 {
             return Err(BlockError::ReservedSize);
         }
-        Ok(Self { num: x >> 4, more: x & 8 != 0, szx })
+        Ok(Self {
+            num: x >> 4,
+            more: x & 8 != 0,
+            szx,
+        })
     }
 
     /// Read a Block option from a packet: `Ok(None)` if absent.
@@ -111,7 +115,11 @@ pub fn path_of(p: &Packet) -> String {
 /// The Uri-Query options of a request.
 pub fn queries_of(p: &Packet) -> Vec<String> {
     p.get_option(CoapOption::UriQuery)
-        .map(|qs| qs.iter().map(|q| String::from_utf8_lossy(q).into_owned()).collect())
+        .map(|qs| {
+            qs.iter()
+                .map(|q| String::from_utf8_lossy(q).into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -129,9 +137,21 @@ mod tests {
     #[test]
     fn block_values_round_trip_and_reserved_size_is_refused() {
         for b in [
-            Block { num: 0, more: true, szx: 6 },
-            Block { num: 1, more: false, szx: 2 },
-            Block { num: (1 << 20) - 1, more: true, szx: 0 },
+            Block {
+                num: 0,
+                more: true,
+                szx: 6,
+            },
+            Block {
+                num: 1,
+                more: false,
+                szx: 2,
+            },
+            Block {
+                num: (1 << 20) - 1,
+                more: true,
+                szx: 0,
+            },
         ] {
             assert_eq!(Block::decode(&b.encode()), Ok(b));
         }

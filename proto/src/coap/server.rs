@@ -70,7 +70,13 @@ fn etag_of(body: &[u8]) -> Vec<u8> {
 }
 
 impl Endpoint {
-    pub(crate) fn server_request(&mut self, now: Instant, peer: SocketAddr, pkt: Packet, con: bool) {
+    pub(crate) fn server_request(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        pkt: Packet,
+        con: bool,
+    ) {
         let mut p = Pending {
             peer,
             token: pkt.get_token().to_vec(),
@@ -87,7 +93,11 @@ impl Endpoint {
         let inner = match option_fields(&pkt) {
             Err(_) => {
                 self.stats.oscore_rejected += 1;
-                return self.answer(now, &p, Response::error(Code::BAD_OPTION, "malformed OSCORE option"));
+                return self.answer(
+                    now,
+                    &p,
+                    Response::error(Code::BAD_OPTION, "malformed OSCORE option"),
+                );
             }
             Ok(Some(fields)) => {
                 let key = ContextKey {
@@ -97,7 +107,11 @@ impl Endpoint {
                 self.derive_join_context(&key);
                 let Some(ctx) = self.contexts.get_mut(&key) else {
                     self.stats.oscore_rejected += 1;
-                    return self.answer(now, &p, Response::error(Code::UNAUTHORIZED, "Security context not found"));
+                    return self.answer(
+                        now,
+                        &p,
+                        Response::error(Code::UNAUTHORIZED, "Security context not found"),
+                    );
                 };
                 match ctx.unprotect_request(&pkt, &fields) {
                     Ok((inner, binding, _)) => {
@@ -125,14 +139,22 @@ impl Endpoint {
         };
         p.path = opt::path_of(&inner);
         let query = opt::queries_of(&inner);
-        p.cache_key = if query.is_empty() { p.path.clone() } else { format!("{}?{}", p.path, query.join("&")) };
+        p.cache_key = if query.is_empty() {
+            p.path.clone()
+        } else {
+            format!("{}?{}", p.path, query.join("&"))
+        };
         if p.security.is_none()
             && self.cfg.require_oscore
             && p.path != crate::paths::WELL_KNOWN_CORE
             && !self.cfg.open_paths.iter().any(|o| *o == p.path)
         {
             self.stats.oscore_rejected += 1;
-            return self.answer(now, &p, Response::error(Code::UNAUTHORIZED, "OSCORE required"));
+            return self.answer(
+                now,
+                &p,
+                Response::error(Code::UNAUTHORIZED, "OSCORE required"),
+            );
         }
         let Some(method) = Method::from_code(u8::from(inner.header.code)) else {
             return self.answer(now, &p, Response::new(Code::METHOD_NOT_ALLOWED));
@@ -142,7 +164,13 @@ impl Endpoint {
             Block::from_packet(&inner, CoapOption::Block2),
         ) {
             (Ok(b1), Ok(b2)) => (b1, b2),
-            _ => return self.answer(now, &p, Response::error(Code::BAD_REQUEST, "invalid Block option")),
+            _ => {
+                return self.answer(
+                    now,
+                    &p,
+                    Response::error(Code::BAD_REQUEST, "invalid Block option"),
+                );
+            }
         };
         p.block2 = b2;
         p.observe = opt::get_uint(&inner, CoapOption::Observe);
@@ -203,7 +231,12 @@ impl Endpoint {
         if con {
             self.schedule(now + self.cfg.ack_delay, Timer::AckDelay(id));
         }
-        self.events.push_back(Event::Request { id: ServerRequestId(id), peer, request, security });
+        self.events.push_back(Event::Request {
+            id: ServerRequestId(id),
+            peer,
+            request,
+            security,
+        });
     }
 
     /// Derive the context of a join attempt on first use of a known join token.
@@ -211,18 +244,27 @@ impl Endpoint {
         if self.contexts.contains_key(key) || key.recipient_id != [1] {
             return;
         }
-        let Some(ctx_id) = &key.id_context else { return };
+        let Some(ctx_id) = &key.id_context else {
+            return;
+        };
         if ctx_id.len() <= JOIN_TOKEN_ID_LEN {
             return;
         }
         let (token_id, attempt) = ctx_id.split_at(JOIN_TOKEN_ID_LEN);
         if let Some(secret) = self.join_tokens.get(token_id) {
             let params = join_context(token_id, secret, attempt, false);
-            self.contexts.insert(key.clone(), SecurityContext::in_memory(&params));
+            self.contexts
+                .insert(key.clone(), SecurityContext::in_memory(&params));
         }
     }
 
-    fn reassemble(&mut self, now: Instant, p: &Pending, b: Block, part: Vec<u8>) -> Result<Option<Vec<u8>>, Response> {
+    fn reassemble(
+        &mut self,
+        now: Instant,
+        p: &Pending,
+        b: Block,
+        part: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, Response> {
         let key = (p.peer, p.cache_key.clone());
         if b.offset().saturating_add(part.len()) > self.cfg.max_body {
             self.block1.remove(&key);
@@ -231,16 +273,32 @@ impl Endpoint {
             return Err(r);
         }
         if b.more && part.len() != b.size() {
-            return Err(Response::error(Code::BAD_REQUEST, "block shorter than its size"));
+            return Err(Response::error(
+                Code::BAD_REQUEST,
+                "block shorter than its size",
+            ));
         }
         if b.num == 0 {
             if self.block1.len() >= MAX_BLOCK_STATES {
-                return Err(Response::error(Code::SERVICE_UNAVAILABLE, "too many transfers"));
+                return Err(Response::error(
+                    Code::SERVICE_UNAVAILABLE,
+                    "too many transfers",
+                ));
             }
-            self.block1.insert(key.clone(), Block1State { data: Vec::new(), next: 0, expires: now });
+            self.block1.insert(
+                key.clone(),
+                Block1State {
+                    data: Vec::new(),
+                    next: 0,
+                    expires: now,
+                },
+            );
         }
         let Some(st) = self.block1.get_mut(&key) else {
-            return Err(Response::error(Code::REQUEST_ENTITY_INCOMPLETE, "block out of sequence"));
+            return Err(Response::error(
+                Code::REQUEST_ENTITY_INCOMPLETE,
+                "block out of sequence",
+            ));
         };
         if st.next != b.num || st.data.len() != b.offset() {
             if st.next == b.num + 1 {
@@ -248,7 +306,10 @@ impl Endpoint {
                 return Ok(None);
             }
             self.block1.remove(&key);
-            return Err(Response::error(Code::REQUEST_ENTITY_INCOMPLETE, "block out of sequence"));
+            return Err(Response::error(
+                Code::REQUEST_ENTITY_INCOMPLETE,
+                "block out of sequence",
+            ));
         }
         st.data.extend_from_slice(&part);
         st.next += 1;
@@ -260,7 +321,9 @@ impl Endpoint {
     }
 
     pub(crate) fn on_ack_delay(&mut self, id: u64) {
-        let Some(p) = self.pending.get_mut(&id) else { return };
+        let Some(p) = self.pending.get_mut(&id) else {
+            return;
+        };
         if p.con && !p.acked {
             p.acked = true;
             let (peer, mid) = (p.peer, p.mid);
@@ -270,7 +333,9 @@ impl Endpoint {
 
     /// Answer a request delivered as [`Event::Request`]. Unknown ids are ignored.
     pub fn respond(&mut self, now: Instant, id: ServerRequestId, mut response: Response) {
-        let Some(p) = self.pending.remove(&id.0) else { return };
+        let Some(p) = self.pending.remove(&id.0) else {
+            return;
+        };
         if p.observe == Some(0) && response.observable && response.code.is_success() {
             // Start the sequence at a value that differs per registration.
             let seq = (self.rng.next_u64() & 0x7FFF) as u32 + 2;
@@ -305,10 +370,17 @@ impl Endpoint {
             .map(|(k, _)| k.clone())
             .collect();
         for key in &keys {
-            let Some(o) = self.observers.get_mut(key) else { continue };
+            let Some(o) = self.observers.get_mut(key) else {
+                continue;
+            };
             o.seq = (o.seq + 1) & 0xFF_FFFF;
-            let carried = o.inflight.take().and_then(|m| self.outstanding.remove(&(key.0, m)));
-            let Some(o) = self.observers.get(key) else { continue };
+            let carried = o
+                .inflight
+                .take()
+                .and_then(|m| self.outstanding.remove(&(key.0, m)));
+            let Some(o) = self.observers.get(key) else {
+                continue;
+            };
             let p = Pending {
                 peer: key.0,
                 token: key.1.clone(),
@@ -407,11 +479,24 @@ impl Endpoint {
         let size = 16usize << szx;
         if body.len() > size || p.block2.is_some_and(|b| b.num > 0) {
             let num = p.block2.map_or(0, |b| b.num);
-            let b = Block { num, more: false, szx };
+            let b = Block {
+                num,
+                more: false,
+                szx,
+            };
             let start = b.offset();
             if start >= body.len() && num > 0 {
                 let e = Response::error(Code::BAD_OPTION, "block number beyond the body");
-                return self.send_response_opts(now, p, e, b"block number beyond the body", None, fresh_piv, kind, None);
+                return self.send_response_opts(
+                    now,
+                    p,
+                    e,
+                    b"block number beyond the body",
+                    None,
+                    fresh_piv,
+                    kind,
+                    None,
+                );
             }
             let end = (start + size).min(body.len());
             let etag = etag.unwrap_or_else(|| etag_of(body));
@@ -428,7 +513,14 @@ impl Endpoint {
                 );
             }
             inner.add_option(CoapOption::ETag, etag);
-            inner.add_option(CoapOption::Block2, Block { more: end < body.len(), ..b }.encode());
+            inner.add_option(
+                CoapOption::Block2,
+                Block {
+                    more: end < body.len(),
+                    ..b
+                }
+                .encode(),
+            );
             if num == 0 {
                 // Bodies are bounded by max_body.
                 opt::set_uint(&mut inner, CoapOption::Size2, body.len() as u32);
@@ -440,7 +532,9 @@ impl Endpoint {
         let mut outer = match &p.security {
             None => inner,
             Some((key, binding)) => {
-                let Some(ctx) = self.contexts.get_mut(key) else { return None };
+                let Some(ctx) = self.contexts.get_mut(key) else {
+                    return None;
+                };
                 match ctx.protect_response(&inner, binding, fresh_piv) {
                     Ok((o, _)) => o,
                     Err(e) => {
@@ -452,7 +546,11 @@ impl Endpoint {
         };
         outer.set_token(p.token.clone());
         if p.con && !p.acked {
-            if let Some(pp) = self.pending.values_mut().find(|x| x.peer == p.peer && x.mid == p.mid) {
+            if let Some(pp) = self
+                .pending
+                .values_mut()
+                .find(|x| x.peer == p.peer && x.mid == p.mid)
+            {
                 pp.acked = true;
             }
             self.reply(p.peer, p.mid, outer, MessageType::Acknowledgement);

@@ -174,11 +174,21 @@ pub struct Response {
 impl Response {
     /// A response with a code and no body.
     pub fn new(code: Code) -> Self {
-        Self { code, content_format: None, payload: Vec::new(), observe: None, observable: false }
+        Self {
+            code,
+            content_format: None,
+            payload: Vec::new(),
+            observe: None,
+            observable: false,
+        }
     }
     /// 2.05 with a body.
     pub fn content(payload: Vec<u8>, content_format: Option<u16>) -> Self {
-        Self { content_format, payload, ..Self::new(Code::CONTENT) }
+        Self {
+            content_format,
+            payload,
+            ..Self::new(Code::CONTENT)
+        }
     }
     /// 2.05 with a CBOR body.
     pub fn cbor(payload: Vec<u8>) -> Self {
@@ -186,7 +196,10 @@ impl Response {
     }
     /// An error with a diagnostic payload (plain text, RFC 7252 §5.5.2).
     pub fn error(code: Code, diagnostic: &str) -> Self {
-        Self { payload: crate::msg::diagnostic(diagnostic), ..Self::new(code) }
+        Self {
+            payload: crate::msg::diagnostic(diagnostic),
+            ..Self::new(code)
+        }
     }
     /// Mark the response as accepting an observation.
     pub fn observable(mut self) -> Self {
@@ -292,7 +305,10 @@ pub struct SendOptions {
 impl SendOptions {
     /// Confirmable, protected with `key`.
     pub fn secure(key: ContextKey) -> Self {
-        Self { non_confirmable: false, security: Some(key) }
+        Self {
+            non_confirmable: false,
+            security: Some(key),
+        }
     }
 }
 

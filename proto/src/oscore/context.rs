@@ -74,7 +74,9 @@ pub struct FileContextStore {
 impl FileContextStore {
     /// Keep the state in `path`.
     pub fn new(path: impl AsRef<Path>) -> Self {
-        Self { path: path.as_ref().to_path_buf() }
+        Self {
+            path: path.as_ref().to_path_buf(),
+        }
     }
 }
 
@@ -95,9 +97,10 @@ impl ContextStore for FileContextStore {
             }
         }
         match (seq, used) {
-            (Some(seq_ceiling), Some(window_used)) => {
-                Ok(Some(PersistedState { seq_ceiling, window_used }))
-            }
+            (Some(seq_ceiling), Some(window_used)) => Ok(Some(PersistedState {
+                seq_ceiling,
+                window_used,
+            })),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{}: not an OSCORE sequence state file", self.path.display()),
@@ -110,7 +113,11 @@ impl ContextStore for FileContextStore {
         let tmp = self.path.with_extension("tmp");
         {
             let mut f = std::fs::File::create(&tmp)?;
-            write!(f, "seq_ceiling={}\nwindow_used={}\n", state.seq_ceiling, state.window_used)?;
+            write!(
+                f,
+                "seq_ceiling={}\nwindow_used={}\n",
+                state.seq_ceiling, state.window_used
+            )?;
             f.sync_all()?;
         }
         std::fs::rename(&tmp, &self.path)?;
@@ -146,7 +153,10 @@ fn hkdf_info(id: &[u8], id_context: Option<&[u8]>, kind: &str, len: usize) -> Ve
         Some(c) => e.bytes(c),
         None => e.null(),
     };
-    let _ = e.i64(ALG_AES_CCM_16_64_128).and_then(|e| e.str(kind)).and_then(|e| e.u64(len as u64));
+    let _ = e
+        .i64(ALG_AES_CCM_16_64_128)
+        .and_then(|e| e.str(kind))
+        .and_then(|e| e.u64(len as u64));
     e.into_writer()
 }
 
@@ -161,11 +171,17 @@ fn derive<const N: usize>(p: &ContextParams, id: &[u8], kind: &str) -> [u8; N] {
 impl SecurityContext {
     /// Derive a context whose state is kept in `store`.
     pub fn new(params: &ContextParams, mut store: Box<dyn ContextStore>) -> io::Result<Self> {
-        for (what, id) in [("sender", &params.sender_id), ("recipient", &params.recipient_id)] {
+        for (what, id) in [
+            ("sender", &params.sender_id),
+            ("recipient", &params.recipient_id),
+        ] {
             if id.len() > MAX_ID_LEN {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("OSCORE {what} id is {} bytes; at most {MAX_ID_LEN}", id.len()),
+                    format!(
+                        "OSCORE {what} id is {} bytes; at most {MAX_ID_LEN}",
+                        id.len()
+                    ),
                 ));
             }
         }
@@ -173,13 +189,20 @@ impl SecurityContext {
         let (next_seq, state, replay) = match loaded {
             None => (
                 0,
-                PersistedState { seq_ceiling: 0, window_used: false },
+                PersistedState {
+                    seq_ceiling: 0,
+                    window_used: false,
+                },
                 ReplayWindow::empty(),
             ),
             Some(s) if s.window_used => (s.seq_ceiling, s, ReplayWindow::uninitialized()),
             Some(s) => (s.seq_ceiling, s, ReplayWindow::empty()),
         };
-        let echo = if replay.is_initialized() { None } else { Some(random_bytes()) };
+        let echo = if replay.is_initialized() {
+            None
+        } else {
+            Some(random_bytes())
+        };
         Ok(Self {
             sender_key: derive(params, &params.sender_id, "Key"),
             recipient_key: derive(params, &params.recipient_id, "Key"),
@@ -233,7 +256,9 @@ impl SecurityContext {
         if self.next_seq >= self.state.seq_ceiling {
             let mut s = self.state;
             s.seq_ceiling = (self.next_seq + SEQ_RESERVE).min(SEQ_LIMIT);
-            self.store.save(&s).map_err(|e| OscoreError::Persist(e.to_string()))?;
+            self.store
+                .save(&s)
+                .map_err(|e| OscoreError::Persist(e.to_string()))?;
             self.state = s;
         }
         let seq = self.next_seq;
@@ -272,7 +297,11 @@ pub(crate) fn random_bytes() -> [u8; 8] {
 pub fn join_context(token_id: &[u8], secret: &[u8], attempt: &[u8], joiner: bool) -> ContextParams {
     let mut id_context = token_id.to_vec();
     id_context.extend_from_slice(attempt);
-    let (me, peer) = if joiner { (vec![1], vec![0]) } else { (vec![0], vec![1]) };
+    let (me, peer) = if joiner {
+        (vec![1], vec![0])
+    } else {
+        (vec![0], vec![1])
+    };
     ContextParams {
         master_secret: secret.to_vec(),
         master_salt: b"grove-join-v1".to_vec(),
@@ -287,7 +316,10 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]
@@ -300,8 +332,14 @@ mod tests {
             id_context: None,
         };
         let c = SecurityContext::in_memory(&p);
-        assert_eq!(c.sender_key.to_vec(), hex("f0910ed7295e6ad4b54fc793154302ff"));
-        assert_eq!(c.recipient_key.to_vec(), hex("ffb14e093c94c9cac9471648b4f98710"));
+        assert_eq!(
+            c.sender_key.to_vec(),
+            hex("f0910ed7295e6ad4b54fc793154302ff")
+        );
+        assert_eq!(
+            c.recipient_key.to_vec(),
+            hex("ffb14e093c94c9cac9471648b4f98710")
+        );
         assert_eq!(c.common_iv.to_vec(), hex("4622d4dd6d944168eefb54987c"));
     }
 
@@ -330,7 +368,10 @@ mod tests {
         let mut c = SecurityContext::new(&p, Box::new(store.clone())).unwrap();
         assert!(c.replay.is_initialized());
         c.note_window_used();
-        store.0 = Some(PersistedState { seq_ceiling: 0, window_used: true });
+        store.0 = Some(PersistedState {
+            seq_ceiling: 0,
+            window_used: true,
+        });
         let c2 = SecurityContext::new(&p, Box::new(store)).unwrap();
         assert!(!c2.replay.is_initialized());
         assert!(c2.echo.is_some());

@@ -4,11 +4,11 @@
 //! outer message carries only what proxies may see: Uri-Host, Uri-Port, Observe and the
 //! OSCORE option, with POST/FETCH and 2.04/2.05 as outer codes.
 
-use super::context::{ALG_AES_CCM_16_64_128, NONCE_LEN, SecurityContext};
 use super::OscoreError;
+use super::context::{ALG_AES_CCM_16_64_128, NONCE_LEN, SecurityContext};
 use aes::Aes128;
 use ccm::aead::{Aead, KeyInit, Payload};
-use ccm::consts::{U13, U8};
+use ccm::consts::{U8, U13};
 use coap_lite::{CoapOption, MessageClass, Packet};
 
 type Cipher = ccm::Ccm<Aes128, U8, U13>;
@@ -190,14 +190,22 @@ fn parse_plaintext(pt: &[u8]) -> Result<Packet, OscoreError> {
 
 fn seal(key: &[u8], nonce: &[u8; NONCE_LEN], aad: &[u8], pt: &[u8]) -> Vec<u8> {
     match Cipher::new_from_slice(key) {
-        Ok(c) => c.encrypt(nonce.into(), Payload { msg: pt, aad }).unwrap_or_default(),
+        Ok(c) => c
+            .encrypt(nonce.into(), Payload { msg: pt, aad })
+            .unwrap_or_default(),
         Err(_) => Vec::new(),
     }
 }
 
-fn open(key: &[u8], nonce: &[u8; NONCE_LEN], aad: &[u8], ct: &[u8]) -> Result<Vec<u8>, OscoreError> {
+fn open(
+    key: &[u8],
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    ct: &[u8],
+) -> Result<Vec<u8>, OscoreError> {
     let c = Cipher::new_from_slice(key).map_err(|_| OscoreError::DecryptFailed)?;
-    c.decrypt(nonce.into(), Payload { msg: ct, aad }).map_err(|_| OscoreError::DecryptFailed)
+    c.decrypt(nonce.into(), Payload { msg: ct, aad })
+        .map_err(|_| OscoreError::DecryptFailed)
 }
 
 fn outer_base(inner: &Packet, code: u8) -> Packet {
@@ -222,7 +230,10 @@ pub(crate) fn option_fields(outer: &Packet) -> Result<Option<OptionFields>, Osco
 impl SecurityContext {
     /// Protect a request. Returns the outer message (without type, id and token) and
     /// the binding under which its responses will be protected.
-    pub fn protect_request(&mut self, inner: &Packet) -> Result<(Packet, RequestBinding), OscoreError> {
+    pub fn protect_request(
+        &mut self,
+        inner: &Packet,
+    ) -> Result<(Packet, RequestBinding), OscoreError> {
         let seq = self.take_seq()?;
         let piv = piv_of(seq);
         let observe = inner.get_first_option(CoapOption::Observe).cloned();
@@ -240,7 +251,11 @@ impl SecurityContext {
         let n = nonce(&self.common_iv, self.sender_id(), &piv);
         let a = aad(self.sender_id(), &piv);
         outer.payload = seal(&self.sender_key, &n, &a, &plaintext(inner, false));
-        let binding = RequestBinding { kid: self.sender_id().to_vec(), piv, fetch };
+        let binding = RequestBinding {
+            kid: self.sender_id().to_vec(),
+            piv,
+            fetch,
+        };
         Ok((outer, binding))
     }
 
@@ -255,15 +270,30 @@ impl SecurityContext {
         binding: &RequestBinding,
         fresh_piv: bool,
     ) -> Result<(Packet, Option<u64>), OscoreError> {
-        let code = if binding.fetch { CODE_CONTENT } else { CODE_CHANGED };
+        let code = if binding.fetch {
+            CODE_CONTENT
+        } else {
+            CODE_CHANGED
+        };
         let mut outer = outer_base(inner, code);
         let (n, fields, seq) = if fresh_piv {
             let seq = self.take_seq()?;
             let piv = piv_of(seq);
             let n = nonce(&self.common_iv, self.sender_id(), &piv);
-            (n, OptionFields { piv: Some(piv), ..Default::default() }, Some(seq))
+            (
+                n,
+                OptionFields {
+                    piv: Some(piv),
+                    ..Default::default()
+                },
+                Some(seq),
+            )
         } else {
-            (nonce(&self.common_iv, &binding.kid, &binding.piv), OptionFields::default(), None)
+            (
+                nonce(&self.common_iv, &binding.kid, &binding.piv),
+                OptionFields::default(),
+                None,
+            )
         };
         if let Some(o) = inner.get_first_option(CoapOption::Observe) {
             // The outer Observe lets proxies order notifications; the value is the
@@ -329,9 +359,10 @@ impl SecurityContext {
         binding: &RequestBinding,
     ) -> Result<(Packet, Option<u64>), OscoreError> {
         let (n, seq) = match &fields.piv {
-            Some(p) if !p.is_empty() => {
-                (nonce(&self.common_iv, self.recipient_id(), p), Some(seq_of(p)))
-            }
+            Some(p) if !p.is_empty() => (
+                nonce(&self.common_iv, self.recipient_id(), p),
+                Some(seq_of(p)),
+            ),
             _ => (nonce(&self.common_iv, &binding.kid, &binding.piv), None),
         };
         let a = aad(&binding.kid, &binding.piv);
@@ -355,7 +386,10 @@ mod tests {
         };
         let mut q = p.clone();
         std::mem::swap(&mut q.sender_id, &mut q.recipient_id);
-        (SecurityContext::in_memory(&p), SecurityContext::in_memory(&q))
+        (
+            SecurityContext::in_memory(&p),
+            SecurityContext::in_memory(&q),
+        )
     }
 
     fn get(path: &str) -> Packet {
@@ -376,7 +410,10 @@ mod tests {
             client.take_seq().unwrap();
         }
         let (outer, _) = client.protect_request(&get("/tv1")).unwrap();
-        assert_eq!(outer.get_first_option(CoapOption::Oscore).unwrap(), &vec![0x09, 0x14]);
+        assert_eq!(
+            outer.get_first_option(CoapOption::Oscore).unwrap(),
+            &vec![0x09, 0x14]
+        );
         let hex: String = outer.payload.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, "612f1092f1776f1c1668b3825e");
     }

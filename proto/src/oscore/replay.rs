@@ -12,7 +12,9 @@ impl ReplayWindow {
 
     /// An empty window for a context that never received anything.
     pub fn empty() -> Self {
-        Self { state: Some((0, 0)) }
+        Self {
+            state: Some((0, 0)),
+        }
     }
 
     /// A window whose state was lost (restart after use): needs Echo recovery.
@@ -53,7 +55,11 @@ impl ReplayWindow {
         };
         if seq >= base + Self::SIZE {
             let shift = seq - (base + Self::SIZE - 1);
-            bits = if shift >= Self::SIZE { 0 } else { bits >> shift };
+            bits = if shift >= Self::SIZE {
+                0
+            } else {
+                bits >> shift
+            };
             base += shift;
         }
         if seq >= base {
