@@ -718,3 +718,25 @@ fn nstart_limits_outstanding_confirmable_requests() {
     }
     assert_eq!(n, 1, "NSTART = 1 allows one outstanding request");
 }
+
+#[test]
+fn an_empty_ack_is_code_0_00() {
+    let mut ep = Endpoint::new(cfg(1, 4, 1));
+    let now = Instant::now();
+    let mut p = coap_lite::Packet::new();
+    p.header.set_type(coap_lite::MessageType::Confirmable);
+    p.header.code = coap_lite::MessageClass::from(1u8);
+    p.header.message_id = 42;
+    p.set_token(vec![1, 2]);
+    ep.handle_datagram(now, addr(7), &p.to_bytes().unwrap());
+    assert!(matches!(ep.poll_event(), Some(Event::Request { .. })));
+    ep.handle_timeout(now + ep.config().ack_delay);
+    let ack = coap_lite::Packet::from_bytes(&ep.poll_transmit().expect("empty ACK").data).unwrap();
+    assert_eq!(
+        ack.header.get_type(),
+        coap_lite::MessageType::Acknowledgement
+    );
+    assert_eq!(ack.header.code, coap_lite::MessageClass::Empty);
+    assert_eq!(ack.header.message_id, 42);
+    assert!(ack.get_token().is_empty());
+}

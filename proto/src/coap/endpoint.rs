@@ -317,7 +317,10 @@ impl Endpoint {
 
     /// An empty ACK or RST.
     pub(crate) fn reply_empty(&mut self, peer: SocketAddr, mid: u16, t: MessageType) {
-        self.reply(peer, mid, Packet::new(), t);
+        let mut p = Packet::new();
+        // coap-lite's default code is GET; an empty message must carry 0.00.
+        p.header.code = MessageClass::Empty;
+        self.reply(peer, mid, p, t);
     }
 
     fn on_retransmit(&mut self, now: Instant, peer: SocketAddr, mid: u16) {
