@@ -23,7 +23,11 @@ pub fn server_context() -> ContextParams {
 /// The client side of [`server_context`].
 pub fn client_context() -> ContextParams {
     let s = server_context();
-    ContextParams { sender_id: s.recipient_id.clone(), recipient_id: s.sender_id.clone(), ..s }
+    ContextParams {
+        sender_id: s.recipient_id.clone(),
+        recipient_id: s.sender_id.clone(),
+        ..s
+    }
 }
 
 /// Peer address used for every fuzz datagram.
@@ -49,7 +53,10 @@ pub fn datagram(data: &[u8]) -> usize {
     let now = Instant::now();
     let mut delivered = 0;
 
-    let mut server = Endpoint::new(Config { seed: 1, ..Config::default() });
+    let mut server = Endpoint::new(Config {
+        seed: 1,
+        ..Config::default()
+    });
     server.add_context_params(&server_context());
     server.add_join_token(b"fuzztok1".to_vec(), b"join secret".to_vec());
     server.handle_datagram(now, peer(), data);
@@ -69,9 +76,17 @@ pub fn datagram(data: &[u8]) -> usize {
         server.handle_timeout(t);
     }
 
-    let mut client = Endpoint::new(Config { seed: 2, ..Config::default() });
+    let mut client = Endpoint::new(Config {
+        seed: 2,
+        ..Config::default()
+    });
     let key = client.add_context_params(&client_context());
-    client.request(now, peer(), Request::observe("/v1/nodes/1/commands"), SendOptions::secure(key));
+    client.request(
+        now,
+        peer(),
+        Request::observe("/v1/nodes/1/commands"),
+        SendOptions::secure(key),
+    );
     client.request(now, peer(), Request::get("/plain"), SendOptions::default());
     while client.poll_transmit().is_some() {}
     client.handle_datagram(now, peer(), data);

@@ -70,7 +70,7 @@ impl Endpoint {
     fn alloc_token(&mut self) -> Vec<u8> {
         loop {
             // Tokens are 4 random bytes: unique among our open exchanges.
-            let t = (self.rng.next_u64() as u32).to_be_bytes().to_vec();
+            let t = self.rng.next_u64().to_be_bytes()[..4].to_vec();
             if !self.tokens.contains_key(&t) {
                 return t;
             }
@@ -169,7 +169,11 @@ impl Endpoint {
                         p.add_option(CoapOption::Block1, Block { more, ..b }.encode());
                         if num == 0 {
                             // Bodies are bounded by max_body, far below u32::MAX.
-                            opt::set_uint(&mut p, CoapOption::Size1, ex.req.payload.len() as u32);
+                            opt::set_uint(
+                                &mut p,
+                                CoapOption::Size1,
+                                opt::len_u32(ex.req.payload.len()),
+                            );
                         }
                         p.payload = ex.req.payload[start..end].to_vec();
                     }
@@ -463,13 +467,13 @@ impl Endpoint {
                     more: false,
                     szx: server_szx,
                 };
-                ex.block1 = Some((server_szx, (sent_end / next.size()) as u32));
+                ex.block1 = Some((server_szx, opt::len_u32(sent_end / next.size())));
                 self.send_step(now, h, Step::Main);
                 return;
             }
         }
 
-        let content_format = opt::get_uint(&inner, CoapOption::ContentFormat).map(|v| v as u16);
+        let content_format = opt::get_u16(&inner, CoapOption::ContentFormat);
         let seq_value = if secure.is_some() {
             piv_seq
         } else {

@@ -43,6 +43,7 @@ impl Incoming {
     }
 }
 
+type Params = Vec<(String, String)>;
 type BoxFuture = Pin<Box<dyn Future<Output = Response> + Send>>;
 type HandlerFn = Arc<dyn Fn(Incoming) -> BoxFuture + Send + Sync>;
 
@@ -130,7 +131,7 @@ impl Router {
         self.add(method, pattern, observable, true, f)
     }
 
-    fn find(&self, method: Method, path: &str) -> Result<(&Route, Vec<(String, String)>), Code> {
+    fn find(&self, method: Method, path: &str) -> Result<(&Route, Params), Code> {
         let segs = segments(path);
         let mut path_matched = false;
         for r in &self.routes {

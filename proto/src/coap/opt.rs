@@ -22,6 +22,16 @@ pub fn get_uint(p: &Packet, opt: CoapOption) -> Option<u32> {
     p.get_first_option(opt).and_then(|v| decode_uint(v))
 }
 
+/// The first value of an unsigned option that must fit 16 bits (Content-Format, Accept).
+pub fn get_u16(p: &Packet, opt: CoapOption) -> Option<u16> {
+    get_uint(p, opt).and_then(|v| u16::try_from(v).ok())
+}
+
+/// A length as an option value (Size1, Size2, block numbers), saturating.
+pub fn len_u32(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
 /// Replace an unsigned option.
 pub fn set_uint(p: &mut Packet, opt: CoapOption, v: u32) {
     p.clear_option(opt);

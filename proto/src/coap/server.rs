@@ -147,7 +147,7 @@ impl Endpoint {
         if p.security.is_none()
             && self.cfg.require_oscore
             && p.path != crate::paths::WELL_KNOWN_CORE
-            && !self.cfg.open_paths.iter().any(|o| *o == p.path)
+            && !self.cfg.open_paths.contains(&p.path)
         {
             self.stats.oscore_rejected += 1;
             return self.answer(
@@ -174,8 +174,8 @@ impl Endpoint {
         };
         p.block2 = b2;
         p.observe = opt::get_uint(&inner, CoapOption::Observe);
-        let content_format = opt::get_uint(&inner, CoapOption::ContentFormat).map(|v| v as u16);
-        let accept = opt::get_uint(&inner, CoapOption::Accept).map(|v| v as u16);
+        let content_format = opt::get_u16(&inner, CoapOption::ContentFormat);
+        let accept = opt::get_u16(&inner, CoapOption::Accept);
         let mut payload = inner.payload;
 
         if let Some(b) = b1 {
@@ -472,7 +472,11 @@ impl Endpoint {
             inner.add_option(CoapOption::Block1, b.encode());
         }
         if r.code == Code::REQUEST_ENTITY_TOO_LARGE {
-            opt::set_uint(&mut inner, CoapOption::Size1, self.cfg.max_body as u32);
+            opt::set_uint(
+                &mut inner,
+                CoapOption::Size1,
+                opt::len_u32(self.cfg.max_body),
+            );
         }
         let own_szx = Block::szx_for(self.cfg.block_size);
         let szx = p.block2.map_or(own_szx, |b| b.szx.min(own_szx));
@@ -523,7 +527,7 @@ impl Endpoint {
             );
             if num == 0 {
                 // Bodies are bounded by max_body.
-                opt::set_uint(&mut inner, CoapOption::Size2, body.len() as u32);
+                opt::set_uint(&mut inner, CoapOption::Size2, opt::len_u32(body.len()));
             }
             inner.payload = body[start..end].to_vec();
         } else {
@@ -532,9 +536,7 @@ impl Endpoint {
         let mut outer = match &p.security {
             None => inner,
             Some((key, binding)) => {
-                let Some(ctx) = self.contexts.get_mut(key) else {
-                    return None;
-                };
+                let ctx = self.contexts.get_mut(key)?;
                 match ctx.protect_response(&inner, binding, fresh_piv) {
                     Ok((o, _)) => o,
                     Err(e) => {

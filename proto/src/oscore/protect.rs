@@ -53,7 +53,7 @@ pub struct OptionFields {
 pub fn compress_option(f: &OptionFields) -> Vec<u8> {
     let piv = f.piv.as_deref().unwrap_or(&[]);
     // A Partial IV is at most 5 bytes and a kid context at most 255 (checked by callers).
-    let mut flags = (piv.len() as u8) & 0x07;
+    let mut flags = len_u8(piv.len()) & 0x07;
     if f.kid.is_some() {
         flags |= 0x08;
     }
@@ -66,7 +66,7 @@ pub fn compress_option(f: &OptionFields) -> Vec<u8> {
     let mut v = vec![flags];
     v.extend_from_slice(piv);
     if let Some(c) = &f.kid_context {
-        v.push(c.len().min(255) as u8);
+        v.push(len_u8(c.len()));
         v.extend_from_slice(&c[..c.len().min(255)]);
     }
     if let Some(k) = &f.kid {
@@ -114,6 +114,10 @@ pub fn decompress_option(v: &[u8]) -> Result<OptionFields, OscoreError> {
     Ok(f)
 }
 
+fn len_u8(n: usize) -> u8 {
+    u8::try_from(n).unwrap_or(u8::MAX)
+}
+
 fn piv_of(seq: u64) -> Vec<u8> {
     let b = seq.to_be_bytes();
     let first = b.iter().position(|&x| x != 0).unwrap_or(7);
@@ -127,7 +131,7 @@ fn seq_of(piv: &[u8]) -> u64 {
 fn nonce(common_iv: &[u8; NONCE_LEN], id_piv: &[u8], piv: &[u8]) -> [u8; NONCE_LEN] {
     let mut n = [0u8; NONCE_LEN];
     // Ids are at most 7 bytes (checked at context creation); Partial IVs at most 5.
-    n[0] = id_piv.len() as u8;
+    n[0] = len_u8(id_piv.len());
     let id_end = NONCE_LEN - 5;
     n[id_end - id_piv.len()..id_end].copy_from_slice(id_piv);
     n[NONCE_LEN - piv.len()..].copy_from_slice(piv);
