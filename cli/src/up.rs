@@ -9,6 +9,7 @@
 
 use crate::relay;
 use clap::Args;
+use grove_proto::coap::ExchangeError;
 use grove_proto::coap::driver::{self, Handle, Incoming, Router};
 use grove_proto::coap::{
     Code, Config, Endpoint, LinkParams, Method, Request, Response, SendOptions,
@@ -19,6 +20,7 @@ use grove_proto::msg::{
 use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext, join_context};
 use grove_proto::paths;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -205,6 +207,25 @@ struct AgentState {
     error: Mutex<Option<String>>,
 }
 
+/// Repeat `op` after a timeout until it succeeds or the run stops.
+async fn retry<T, F, Fut>(stop: &AtomicBool, what: &str, op: F) -> Result<T, String>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, ExchangeError>>,
+{
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if stop.load(Ordering::SeqCst) => return Err(format!("{what}: {e}")),
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 async fn agent(
     n: u32,
     cluster: SocketAddr,
@@ -243,14 +264,12 @@ async fn agent(
         max_instances: None,
         underlay: None,
     };
-    let resp = c
-        .request(
-            cluster,
-            Request::post_cbor(paths::NODES, msg::to_cbor(&reg)),
-            SendOptions::secure(join_key.clone()),
-        )
-        .await
-        .map_err(|e| format!("registration: {e}"))?;
+    // A real agent keeps trying with back-off; a lost exchange is only a timeout.
+    let req = Request::post_cbor(paths::NODES, msg::to_cbor(&reg));
+    let resp = retry(&stop, "registration", || {
+        c.request(cluster, req.clone(), SendOptions::secure(join_key.clone()))
+    })
+    .await?;
     if !resp.code.is_success() {
         return Err(format!(
             "registration refused: {} {}",
@@ -281,14 +300,14 @@ async fn agent(
     st.node.store(node.0, Ordering::SeqCst);
     st.joined.store(true, Ordering::SeqCst);
 
-    let mut obs = c
-        .observe(
+    let mut obs = retry(&stop, "observe", || {
+        c.observe(
             cluster,
             Request::get(&paths::node_commands(node)),
             SendOptions::secure(key.clone()),
         )
-        .await
-        .map_err(|e| format!("observe: {e}"))?;
+    })
+    .await?;
     let apply = |st: &AgentState, body: &[u8]| {
         if let Ok(cmds) = msg::from_cbor::<NodeCommands>(body) {
             st.generation.fetch_max(cmds.generation, Ordering::SeqCst);

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what Grove's test suite needs on Debian 12, idempotently:
+#   - libcoap3-bin (coap-client-notls, the libcoap interop peer),
+#   - python3-venv and a venv at .venv with aiocoap[oscore] (the OSCORE interop peer),
+#   - cargo-nextest (the test runner).
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+AIOCOAP='aiocoap[oscore]==0.4.17'
+
+missing=()
+command -v coap-client-notls >/dev/null 2>&1 || missing+=(libcoap3-bin)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if ((${#missing[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    echo "test-deps: need root to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "test-deps: installing ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! .venv/bin/python -c 'import aiocoap.oscore, cbor2, cryptography' >/dev/null 2>&1; then
+  echo "test-deps: creating .venv with $AIOCOAP"
+  rm -rf .venv
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check "$AIOCOAP"
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "test-deps: installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+echo "test-deps: ready (coap-client-notls, .venv with aiocoap, cargo-nextest)"
