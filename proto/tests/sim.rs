@@ -740,3 +740,41 @@ fn an_empty_ack_is_code_0_00() {
     assert_eq!(ack.header.message_id, 42);
     assert!(ack.get_token().is_empty());
 }
+
+#[test]
+fn forged_join_attempts_leave_no_context_behind() {
+    let mut sim = SimNet::new(12, Impairment::default());
+    let mut c = cfg(12, 2, 1);
+    c.require_oscore = true;
+    sim.add(addr(1), Endpoint::new(c.clone()));
+    sim.add(addr(2), Endpoint::new(Config { seed: 13, ..c }));
+    let token_id = b"tok-0002".to_vec();
+    sim.ep(1)
+        .add_join_token(token_id.clone(), b"the real secret".to_vec());
+    for i in 0..20u8 {
+        let attempt = [i; 8];
+        let forged = sim.ep(0).add_context_params(&join_context(
+            &token_id,
+            b"a guessed secret",
+            &attempt,
+            true,
+        ));
+        let (r, seen) = one_exchange(
+            &mut sim,
+            Request::post_cbor("/v1/nodes", vec![0x80]),
+            SendOptions::secure(forged),
+        );
+        assert_eq!(seen, 0);
+        assert_eq!(r.unwrap().code, Code::BAD_REQUEST);
+        let mut id_context = token_id.clone();
+        id_context.extend_from_slice(&attempt);
+        let server_key = ContextKey {
+            id_context: Some(id_context),
+            recipient_id: vec![1],
+        };
+        assert!(
+            sim.ep(1).context(&server_key).is_none(),
+            "attempt {i} left a context"
+        );
+    }
+}

@@ -367,7 +367,11 @@ async fn run(
                             params,
                         };
                         tokio::spawn(async move {
-                            let mut r = h(inc).await;
+                            // A handler that panics still answers (5.00), so the
+                            // request does not stay pending forever.
+                            let mut r = tokio::spawn(h(inc)).await.unwrap_or_else(|_| {
+                                Response::error(Code::INTERNAL_SERVER_ERROR, "handler failed")
+                            });
                             r.observable |= observable;
                             let _ = tx.send((id, r));
                         });

@@ -82,6 +82,7 @@ pub struct Endpoint {
     dedup_order: VecDeque<(Instant, SocketAddr, u16)>,
     pub(crate) contexts: HashMap<ContextKey, SecurityContext>,
     pub(crate) join_tokens: HashMap<Vec<u8>, Vec<u8>>,
+    pub(crate) join_contexts: VecDeque<ContextKey>,
     pub(crate) exchanges: HashMap<u64, Exchange>,
     pub(crate) tokens: HashMap<Vec<u8>, u64>,
     pub(crate) inflight: HashMap<SocketAddr, usize>,
@@ -114,6 +115,7 @@ impl Endpoint {
             dedup_order: VecDeque::new(),
             contexts: HashMap::new(),
             join_tokens: HashMap::new(),
+            join_contexts: VecDeque::new(),
             exchanges: HashMap::new(),
             tokens: HashMap::new(),
             inflight: HashMap::new(),
@@ -181,6 +183,12 @@ impl Endpoint {
     /// Stop accepting a join token; contexts already derived from it are removed too.
     pub fn remove_join_token(&mut self, token_id: &[u8]) {
         self.join_tokens.remove(token_id);
+        let from_token = |k: &ContextKey| {
+            k.id_context
+                .as_deref()
+                .is_some_and(|c| c.starts_with(token_id))
+        };
+        self.join_contexts.retain(|k| !from_token(k));
         self.contexts.retain(|k, _| {
             !k.id_context
                 .as_deref()

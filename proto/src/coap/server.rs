@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 const OPT_ECHO: u16 = 252;
 /// Join token ids are this long; the kid context of a join is the id + an attempt nonce.
 pub const JOIN_TOKEN_ID_LEN: usize = 8;
+/// Join contexts alive at once (each join attempt derives one).
+const MAX_JOIN_CONTEXTS: usize = 64;
 /// How long a reassembly or a block-wise response is kept between blocks.
 const BLOCK_STATE_LIFETIME: Duration = Duration::from_secs(60);
 /// Bounds on concurrent reassemblies and cached bodies (memory bound).
@@ -104,7 +106,7 @@ impl Endpoint {
                     id_context: fields.kid_context.clone(),
                     recipient_id: fields.kid.clone().unwrap_or_default(),
                 };
-                self.derive_join_context(&key);
+                let fresh_join = self.derive_join_context(&key);
                 let Some(ctx) = self.contexts.get_mut(&key) else {
                     self.stats.oscore_rejected += 1;
                     return self.answer(
@@ -126,6 +128,10 @@ impl Endpoint {
                     }
                     Err((e, _)) => {
                         self.stats.oscore_rejected += 1;
+                        if fresh_join {
+                            // Forged join attempts must not accumulate contexts.
+                            self.forget_join_context(&key);
+                        }
                         let (code, text) = match e {
                             OscoreError::Replay(_) => (Code::UNAUTHORIZED, "Replay detected"),
                             OscoreError::DecryptFailed => (Code::BAD_REQUEST, "Decryption failed"),
@@ -240,22 +246,37 @@ impl Endpoint {
     }
 
     /// Derive the context of a join attempt on first use of a known join token.
-    fn derive_join_context(&mut self, key: &ContextKey) {
+    /// Returns whether a context was derived now. At most [`MAX_JOIN_CONTEXTS`] live
+    /// at once; the oldest goes first.
+    fn derive_join_context(&mut self, key: &ContextKey) -> bool {
         if self.contexts.contains_key(key) || key.recipient_id != [1] {
-            return;
+            return false;
         }
         let Some(ctx_id) = &key.id_context else {
-            return;
+            return false;
         };
         if ctx_id.len() <= JOIN_TOKEN_ID_LEN {
-            return;
+            return false;
         }
         let (token_id, attempt) = ctx_id.split_at(JOIN_TOKEN_ID_LEN);
-        if let Some(secret) = self.join_tokens.get(token_id) {
-            let params = join_context(token_id, secret, attempt, false);
-            self.contexts
-                .insert(key.clone(), SecurityContext::in_memory(&params));
+        let Some(secret) = self.join_tokens.get(token_id) else {
+            return false;
+        };
+        let params = join_context(token_id, secret, attempt, false);
+        if self.join_contexts.len() >= MAX_JOIN_CONTEXTS {
+            if let Some(old) = self.join_contexts.pop_front() {
+                self.contexts.remove(&old);
+            }
         }
+        self.contexts
+            .insert(key.clone(), SecurityContext::in_memory(&params));
+        self.join_contexts.push_back(key.clone());
+        true
+    }
+
+    fn forget_join_context(&mut self, key: &ContextKey) {
+        self.contexts.remove(key);
+        self.join_contexts.retain(|k| k != key);
     }
 
     fn reassemble(
