@@ -134,7 +134,9 @@ impl Endpoint {
                         }
                         let (code, text) = match e {
                             OscoreError::Replay(_) => (Code::UNAUTHORIZED, "Replay detected"),
-                            OscoreError::DecryptFailed => (Code::BAD_REQUEST, "Decryption failed"),
+                            // RFC 8613 §8.2 leaves the code open; 4.01 keeps one answer for
+                            // "no valid context", whatever the cause.
+                            OscoreError::DecryptFailed => (Code::UNAUTHORIZED, "Decryption failed"),
                             _ => (Code::BAD_OPTION, "Failed to decode COSE"),
                         };
                         return self.answer(now, &p, Response::error(code, text));
