@@ -517,3 +517,68 @@ async fn status(secs: u64, cst: &ClusterState, agents: &[Arc<AgentState>], clust
         stats.oscore_rejected,
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grove_proto::coap::ContextKey;
+
+    fn joining(payload: Vec<u8>) -> Incoming {
+        Incoming {
+            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+            request: Request::post_cbor(paths::NODES, payload),
+            security: Some(ContextKey {
+                id_context: Some(vec![1; 16]),
+                recipient_id: vec![1],
+            }),
+            params: vec![],
+        }
+    }
+
+    fn registration(major: u16) -> Vec<u8> {
+        msg::to_cbor(&RegisterNode {
+            version: msg::ProtocolVersion { major, minor: 0 },
+            name: "pi-1".into(),
+            arch: "aarch64".into(),
+            cpus: 4,
+            memory_mib: 4096,
+            disk_mib: 30_000,
+            virtualizations: vec!["container".into()],
+            location: None,
+            max_instances: None,
+            underlay: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn an_agent_of_another_major_version_gets_4_06_naming_both_versions() {
+        let st = Arc::new(ClusterState::default());
+        let r = register(st, joining(registration(2))).await;
+        assert_eq!(r.code, Code::NOT_ACCEPTABLE);
+        let text = String::from_utf8(r.payload).unwrap();
+        assert!(text.contains("2.0") && text.contains("1.0"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_registration_that_is_not_cbor_gets_4_00_naming_the_message() {
+        let st = Arc::new(ClusterState::default());
+        let r = register(st, joining(vec![0xff, 0x13])).await;
+        assert_eq!(r.code, Code::BAD_REQUEST);
+        assert!(
+            String::from_utf8(r.payload)
+                .unwrap()
+                .contains("RegisterNode")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_registration_without_a_join_token_is_forbidden() {
+        let st = Arc::new(ClusterState::default());
+        let mut inc = joining(registration(1));
+        inc.security = Some(ContextKey {
+            id_context: None,
+            recipient_id: vec![0, 0, 0, 9],
+        });
+        assert_eq!(register(st, inc).await.code, Code::FORBIDDEN);
+    }
+}
