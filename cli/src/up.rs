@@ -207,6 +207,23 @@ struct AgentState {
     error: Mutex<Option<String>>,
 }
 
+/// The heartbeat of a demo worker: fixed usage, no instance change.
+fn demo_heartbeat(node: NodeId, seq: u32) -> Heartbeat {
+    Heartbeat {
+        node,
+        seq,
+        cpu_centi_pct: 1200,
+        mem_used_mib: 900,
+        mem_total_mib: 4096,
+        disk_used_mib: 5000,
+        disk_total_mib: 32_000,
+        running: 0,
+        coord: NetCoord([0.0; 3]),
+        digest: [0; 8],
+        changes: vec![],
+    }
+}
+
 /// Repeat `op` after a timeout until it succeeds or the run stops.
 async fn retry<T, F, Fut>(stop: &AtomicBool, what: &str, op: F) -> Result<T, String>
 where
@@ -325,19 +342,7 @@ async fn agent(
     while !stop.load(Ordering::SeqCst) {
         tick.tick().await;
         seq += 1;
-        let hb = Heartbeat {
-            node,
-            seq,
-            cpu_centi_pct: 1200,
-            mem_used_mib: 900,
-            mem_total_mib: 4096,
-            disk_used_mib: 5000,
-            disk_total_mib: 32_000,
-            running: 0,
-            coord: NetCoord([0.0; 3]),
-            digest: [0; 8],
-            changes: vec![],
-        };
+        let hb = demo_heartbeat(node, seq);
         let req = Request::post_cbor(&paths::node_status(node), msg::to_cbor(&hb));
         let opts = SendOptions {
             non_confirmable: true,
@@ -467,19 +472,7 @@ pub async fn up(a: UpArgs) -> Result<bool, String> {
         cst.heartbeats.load(Ordering::Relaxed),
         dropped + forwarded
     );
-    let idle = Heartbeat {
-        node: NodeId(1),
-        seq: 1000,
-        cpu_centi_pct: 1200,
-        mem_used_mib: 900,
-        mem_total_mib: 4096,
-        disk_used_mib: 5000,
-        disk_total_mib: 32_000,
-        running: 0,
-        coord: NetCoord([0.0; 3]),
-        digest: [0; 8],
-        changes: vec![],
-    };
+    let idle = demo_heartbeat(NodeId(1), 1000);
     println!(
         "  an idle heartbeat body is {} bytes of CBOR",
         msg::to_cbor(&idle).len()

@@ -62,6 +62,30 @@ pub(crate) struct Block2Cache {
     pub(crate) expires: Instant,
 }
 
+/// How a response goes out, besides its content.
+#[derive(Debug)]
+struct How {
+    /// ETag of a cached body being served block by block.
+    etag: Option<Vec<u8>>,
+    /// Protect with a fresh Partial IV (notifications) instead of the request's nonce.
+    fresh_piv: bool,
+    /// What a separate confirmable message is, for retransmission bookkeeping.
+    kind: OutKind,
+    /// An Echo challenge to include (RFC 9175).
+    echo: Option<Vec<u8>>,
+}
+
+impl Default for How {
+    fn default() -> Self {
+        Self {
+            etag: None,
+            fresh_piv: false,
+            kind: OutKind::Separate,
+            echo: None,
+        }
+    }
+}
+
 fn etag_of(body: &[u8]) -> Vec<u8> {
     // FNV-1a, 32 bits: enough to tell representations apart between blocks.
     let mut h: u32 = 0x811c_9dc5;
@@ -212,7 +236,16 @@ impl Endpoint {
                 };
                 let (body, etag) = (c.body.clone(), c.etag.clone());
                 let _ = b;
-                self.send_response(now, &p, r, &body, Some(etag), false, OutKind::Separate);
+                self.send_response(
+                    now,
+                    &p,
+                    r,
+                    &body,
+                    How {
+                        etag: Some(etag),
+                        ..How::default()
+                    },
+                );
                 return;
             }
         }
@@ -421,7 +454,17 @@ impl Endpoint {
             r.observe = Some(o.seq);
             let body = std::mem::take(&mut r.payload);
             let kind = OutKind::Notification(key.0, key.1.clone());
-            let mid = self.send_response(now, &p, r, &body, None, true, kind);
+            let mid = self.send_response(
+                now,
+                &p,
+                r,
+                &body,
+                How {
+                    fresh_piv: true,
+                    kind,
+                    ..How::default()
+                },
+            );
             if let (Some(mid), Some(old)) = (mid, carried) {
                 if let Some(new) = self.outstanding.get_mut(&(key.0, mid)) {
                     new.attempts = old.attempts;
@@ -444,42 +487,39 @@ impl Endpoint {
 
     fn answer(&mut self, now: Instant, p: &Pending, mut r: Response) {
         let body = std::mem::take(&mut r.payload);
-        self.send_response(now, p, r, &body, None, false, OutKind::Separate);
+        self.send_response(now, p, r, &body, How::default());
     }
 
     fn answer_with(&mut self, now: Instant, p: &Pending, r: Response, echo: Option<Vec<u8>>) {
         let body = r.payload.clone();
-        self.send_response_opts(now, p, r, &body, None, false, OutKind::Separate, echo);
+        self.send_response(
+            now,
+            p,
+            r,
+            &body,
+            How {
+                echo,
+                ..How::default()
+            },
+        );
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Build, protect and send one response message; returns the message ID when it
+    /// went out as a separate confirmable message.
     fn send_response(
         &mut self,
         now: Instant,
         p: &Pending,
         r: Response,
         body: &[u8],
-        etag: Option<Vec<u8>>,
-        fresh_piv: bool,
-        kind: OutKind,
+        how: How,
     ) -> Option<u16> {
-        self.send_response_opts(now, p, r, body, etag, fresh_piv, kind, None)
-    }
-
-    /// Build, protect and send one response message; returns the message ID when it
-    /// went out as a separate confirmable message.
-    #[allow(clippy::too_many_arguments)]
-    fn send_response_opts(
-        &mut self,
-        now: Instant,
-        p: &Pending,
-        r: Response,
-        body: &[u8],
-        etag: Option<Vec<u8>>,
-        fresh_piv: bool,
-        kind: OutKind,
-        echo: Option<Vec<u8>>,
-    ) -> Option<u16> {
+        let How {
+            etag,
+            fresh_piv,
+            kind,
+            echo,
+        } = how;
         let mut inner = Packet::new();
         inner.header.code = MessageClass::from(r.code.0);
         if let Some(cf) = r.content_format {
@@ -514,15 +554,16 @@ impl Endpoint {
             let start = b.offset();
             if start >= body.len() && num > 0 {
                 let e = Response::error(Code::BAD_OPTION, "block number beyond the body");
-                return self.send_response_opts(
+                return self.send_response(
                     now,
                     p,
                     e,
                     b"block number beyond the body",
-                    None,
-                    fresh_piv,
-                    kind,
-                    None,
+                    How {
+                        fresh_piv,
+                        kind,
+                        ..How::default()
+                    },
                 );
             }
             let end = (start + size).min(body.len());
