@@ -774,3 +774,37 @@ fn forged_join_attempts_leave_no_context_behind() {
         );
     }
 }
+
+#[test]
+fn a_protected_idle_heartbeat_fits_one_small_datagram() {
+    use grove_proto::msg::{Heartbeat, NetCoord, NodeId, to_cbor};
+    let mut ep = Endpoint::new(cfg(1, 4, 1));
+    let key = ep.add_context_params(&ContextParams {
+        master_secret: vec![7; 32],
+        master_salt: vec![1; 8],
+        sender_id: 4117u32.to_be_bytes().to_vec(),
+        recipient_id: vec![],
+        id_context: None,
+    });
+    let hb = Heartbeat {
+        node: NodeId(4117),
+        seq: 123_456,
+        cpu_centi_pct: 4_250,
+        mem_used_mib: 1_900,
+        mem_total_mib: 3_800,
+        disk_used_mib: 14_500,
+        disk_total_mib: 29_000,
+        running: 12,
+        coord: NetCoord([12.5, -3.25, 40.75]),
+        digest: [0x9a; 8],
+        changes: vec![],
+    };
+    let body = to_cbor(&hb);
+    let req = Request::post_cbor(&grove_proto::paths::node_status(NodeId(4117)), body.clone());
+    ep.request(Instant::now(), addr(2), req, SendOptions { non_confirmable: true, security: Some(key) });
+    let datagram = ep.poll_transmit().unwrap().data;
+    // CoAP header, token, OSCORE option, inner code/options and the 8-byte tag around
+    // the CBOR body: the whole protected heartbeat stays far below one MTU.
+    eprintln!("idle heartbeat: {} bytes CBOR, {} bytes on the wire", body.len(), datagram.len());
+    assert!(datagram.len() <= body.len() + 64, "{} bytes", datagram.len());
+}
