@@ -393,9 +393,10 @@ pub async fn up(a: UpArgs) -> Result<bool, String> {
             }
         });
     }
-    let started = Instant::now();
+    // Seconds are counted in ticks (a late tick is caught up, never skipped), so the
+    // command generations follow the schedule even on a loaded machine.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut secs = 0u64;
+    let (mut secs, mut ticks) = (0u64, 0u64);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -403,7 +404,8 @@ pub async fn up(a: UpArgs) -> Result<bool, String> {
             _ = &mut ctrl_c => break,
             _ = tick.tick() => {}
         }
-        secs = started.elapsed().as_secs();
+        secs = ticks;
+        ticks += 1;
         if secs > 0 && secs % 5 == 0 {
             let g = cst.generation.fetch_add(1, Ordering::SeqCst) + 1;
             for st in &agents {

@@ -801,10 +801,26 @@ fn a_protected_idle_heartbeat_fits_one_small_datagram() {
     };
     let body = to_cbor(&hb);
     let req = Request::post_cbor(&grove_proto::paths::node_status(NodeId(4117)), body.clone());
-    ep.request(Instant::now(), addr(2), req, SendOptions { non_confirmable: true, security: Some(key) });
+    ep.request(
+        Instant::now(),
+        addr(2),
+        req,
+        SendOptions {
+            non_confirmable: true,
+            security: Some(key),
+        },
+    );
     let datagram = ep.poll_transmit().unwrap().data;
     // CoAP header, token, OSCORE option, inner code/options and the 8-byte tag around
     // the CBOR body: the whole protected heartbeat stays far below one MTU.
-    eprintln!("idle heartbeat: {} bytes CBOR, {} bytes on the wire", body.len(), datagram.len());
-    assert!(datagram.len() <= body.len() + 64, "{} bytes", datagram.len());
+    eprintln!(
+        "idle heartbeat: {} bytes CBOR, {} bytes on the wire",
+        body.len(),
+        datagram.len()
+    );
+    assert!(
+        datagram.len() <= body.len() + 64,
+        "{} bytes",
+        datagram.len()
+    );
 }

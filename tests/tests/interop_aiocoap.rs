@@ -145,12 +145,12 @@ async fn aiocoap_reaches_protected_grove_resources() {
     let notifier = {
         let server = server.clone();
         tokio::spawn(async move {
-            for i in 1..=40 {
+            for i in 1..=600 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 server
                     .notify(
                         "/secure/counter",
-                        Response::content(format!("n{i:02}").into_bytes(), Some(0)),
+                        Response::content(format!("n{i:03}").into_bytes(), Some(0)),
                     )
                     .await;
             }
