@@ -44,6 +44,8 @@ fn decode_all(body: &[u8]) {
     let _ = msg::from_cbor::<msg::ClusterRegistered>(body);
     let _ = msg::from_cbor::<msg::ClusterReport>(body);
     let _ = msg::from_cbor::<msg::ClusterCommands>(body);
+    let _ = msg::from_cbor::<msg::LogChunk>(body);
+    let _ = msg::from_cbor::<msg::ServiceEntry>(body);
 }
 
 /// Feed `data` to a protected server endpoint and to a client endpoint waiting for a

@@ -3,7 +3,9 @@
 //! Rules of this file: field numbers (`#[n(..)]`) are never renumbered or reused; a new
 //! field gets the next free number and must be optional (or have a default) so that an
 //! older peer can still decode the message, and unknown fields are ignored when
-//! decoding, so either side may be newer. Structs are CBOR arrays (the position is the
+//! decoding, so either side may be newer. Enum variants are not skipped when unknown:
+//! a new kind of [`NodeCommand`] needs a protocol minor version that the sender checks
+//! at registration before using it. Structs are CBOR arrays (the position is the
 //! field number), which keeps the frequent messages small: a worker heartbeat with no
 //! instance change is well under 64 bytes.
 
@@ -454,6 +456,70 @@ pub struct ClusterCommands {
     pub commands: Vec<NodeCommand>,
 }
 
+/// Worker → cluster, `POST /v1/nodes/{id}/logs`: a piece of an instance's log, sent
+/// only while a user asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct LogChunk {
+    /// Whose log.
+    #[n(0)]
+    pub instance: InstanceRef,
+    /// Byte offset of `data` in the log.
+    #[n(1)]
+    pub offset: u64,
+    /// Log bytes (at most one block's worth per chunk is typical, not required).
+    #[n(2)]
+    #[cbor(with = "minicbor::bytes")]
+    pub data: Vec<u8>,
+    /// No more data follows (the instance ended or the request was satisfied).
+    #[n(3)]
+    pub eof: bool,
+}
+
+/// Where one instance of a service can be reached.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct InstanceEndpoint {
+    /// The instance.
+    #[n(0)]
+    pub instance: InstanceRef,
+    /// Its IPv4 address on the overlay, host byte order.
+    #[n(1)]
+    pub ip: u32,
+    /// Its IPv6 address on the overlay.
+    #[n(2)]
+    #[cbor(with = "minicbor::bytes")]
+    pub ip6: Option<[u8; 16]>,
+    /// The underlay address of the worker hosting it (VXLAN endpoint).
+    #[n(3)]
+    pub worker: String,
+    /// The cluster the worker belongs to.
+    #[n(4)]
+    pub cluster: ClusterId,
+    /// Its state; only RUNNING instances receive traffic.
+    #[n(5)]
+    pub state: InstanceState,
+}
+
+/// Cluster ↔ root and worker ↔ cluster, `GET /v1/services/{name}` (observable): the
+/// service directory entry of one service.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ServiceEntry {
+    /// Full name `app.appns.service.servicens`.
+    #[n(0)]
+    pub name: String,
+    /// The service id at the root.
+    #[n(1)]
+    pub service: String,
+    /// Round-robin service IP, host byte order.
+    #[n(2)]
+    pub rr_ip: Option<u32>,
+    /// Closest service IP, host byte order.
+    #[n(3)]
+    pub closest_ip: Option<u32>,
+    /// Its instances.
+    #[n(4)]
+    pub instances: Vec<InstanceEndpoint>,
+}
+
 /// The diagnostic body of an error response (4.xx/5.xx), also readable as text by
 /// tools that do not speak CBOR: it is sent as a plain UTF-8 payload.
 pub fn diagnostic(text: &str) -> Vec<u8> {
@@ -564,6 +630,35 @@ mod tests {
         assert!(check_version(ProtocolVersion { major: 1, minor: 7 }).is_ok());
         let msg = check_version(ProtocolVersion { major: 2, minor: 0 }).unwrap_err();
         assert!(msg.contains("2.0") && msg.contains("1.0"), "{msg}");
+    }
+
+    #[test]
+    fn directory_and_log_messages_round_trip() {
+        let e = ServiceEntry {
+            name: "clientsrvr.test.nginx.test".into(),
+            service: "65f1a0c0e4b0a1b2c3d4e5f7".into(),
+            rr_ip: Some(0x0a1e_1e1e),
+            closest_ip: None,
+            instances: vec![InstanceEndpoint {
+                instance: InstanceRef {
+                    service: "65f1a0c0e4b0a1b2c3d4e5f7".into(),
+                    instance: 0,
+                },
+                ip: 0x0a12_0002,
+                ip6: Some([0xfd, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]),
+                worker: "192.0.2.10".into(),
+                cluster: ClusterId(1),
+                state: InstanceState::Running,
+            }],
+        };
+        assert_eq!(from_cbor::<ServiceEntry>(&to_cbor(&e)).unwrap(), e);
+        let l = LogChunk {
+            instance: e.instances[0].instance.clone(),
+            offset: 7,
+            data: b"GET /".to_vec(),
+            eof: false,
+        };
+        assert_eq!(from_cbor::<LogChunk>(&to_cbor(&l)).unwrap(), l);
     }
 
     #[test]

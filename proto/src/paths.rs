@@ -28,3 +28,19 @@ pub fn cluster_status(cluster: crate::msg::ClusterId) -> String {
 pub fn cluster_commands(cluster: crate::msg::ClusterId) -> String {
     format!("/v1/clusters/{}/commands", cluster.0)
 }
+
+/// Cluster: log chunks a worker sends up on request (POST, [`crate::msg::LogChunk`]).
+pub fn node_logs(node: crate::msg::NodeId) -> String {
+    format!("/v1/nodes/{}/logs", node.0)
+}
+
+/// Cluster and root: the directory entry of a service (GET + Observe,
+/// [`crate::msg::ServiceEntry`]); observing is the interest.
+pub fn service(name: &str) -> String {
+    format!("/v1/services/{name}")
+}
+
+/// Root: the directory entry of the service owning an IP (GET + Observe).
+pub fn service_by_ip(ip: std::net::IpAddr) -> String {
+    format!("/v1/services/by-ip/{ip}")
+}
