@@ -426,6 +426,12 @@ pub struct Capacity {
     /// The largest free memory on one worker, MiB.
     #[n(6)]
     pub max_free_memory_mib: u32,
+    /// Free GPUs summed (absent from older clusters: none).
+    #[n(7)]
+    pub free_vgpus: Option<u32>,
+    /// The most free GPUs on one worker.
+    #[n(8)]
+    pub max_free_vgpus: Option<u32>,
 }
 
 /// Cluster → root, non-confirmable `POST /v1/clusters/{id}/status` every 5 s.

@@ -1,8 +1,11 @@
 //! `grove-root`: the root orchestrator (Oakestra-compatible HTTP API, SQLite, root
 //! scheduler, cluster link).
 //!
-//! Only the command line exists so far: the API, storage and scheduler are the root
-//! issue's work. The binary says so and exits non-zero rather than pretending to run.
+//! Built so far: the command line and the root scheduler ([`scheduler`]). The API,
+//! storage and cluster link are still to come; the binary says so and exits non-zero
+//! rather than pretending to run.
+
+pub mod scheduler;
 
 use clap::Parser;
 
