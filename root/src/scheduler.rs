@@ -101,7 +101,7 @@ fn fit(c: &Capacity, d: &Demand) -> Option<f64> {
     if c.virtualization != d.virtualization || c.nodes == 0 {
         return None;
     }
-    if !d.arch.is_empty() && !d.arch.iter().any(|a| *a == c.arch) {
+    if !d.arch.is_empty() && !d.arch.contains(&c.arch) {
         return None;
     }
     let gpus = c.max_free_vgpus.unwrap_or(0);
