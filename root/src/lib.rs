@@ -1,11 +1,13 @@
 //! `grove-root`: the root orchestrator (Oakestra-compatible HTTP API, SQLite, root
 //! scheduler, cluster link).
 //!
-//! Built so far: the command line and the root scheduler ([`scheduler`]). The API,
+//! Built so far: the command line, the root scheduler ([`scheduler`]) and the SLA
+//! parser with field-path errors ([`sla`]). The API,
 //! storage and cluster link are still to come; the binary says so and exits non-zero
 //! rather than pretending to run.
 
 pub mod scheduler;
+pub mod sla;
 
 use clap::Parser;
 

@@ -1,0 +1,1035 @@
+//! The SLA v2.0 deployment descriptor: parsing and validation with field paths.
+//!
+//! The descriptor is read from JSON into typed structs by hand, field by field, so
+//! that every error names its field the way a user wrote it
+//! (`applications[0].microservices[1].port: "70000" is not a port`) and all errors of
+//! a descriptor are reported at once. Unknown keys are kept (`extra`) and passed
+//! through, as Oakestra does.
+
+use grove_proto::msg::GeoPoint;
+use serde_json::{Map, Value};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// One problem in a descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, e.g. `applications[0].microservices[1].port`.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// A whole descriptor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sla {
+    /// `sla_version`, "v2.0".
+    pub sla_version: String,
+    /// `customerID`.
+    pub customer_id: String,
+    /// `applications`.
+    pub applications: Vec<Application>,
+}
+
+/// One application of a descriptor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Application {
+    /// `applicationID`: empty on create.
+    pub id: String,
+    /// `application_name`.
+    pub name: String,
+    /// `application_namespace`.
+    pub namespace: String,
+    /// `application_desc`.
+    pub desc: String,
+    /// `microservices`.
+    pub microservices: Vec<Microservice>,
+    /// Keys Grove does not interpret, kept as given.
+    pub extra: Map<String, Value>,
+}
+
+/// How a service runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Virtualization {
+    /// OCI container.
+    Container,
+    /// Unikernel (accepted for compatibility; no worker runs them yet).
+    Unikernel,
+}
+
+impl Virtualization {
+    /// As the SLA writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Container => "container",
+            Self::Unikernel => "unikernel",
+        }
+    }
+}
+
+/// Transport of a port mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// TCP (the default).
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// One `host[:container][/tcp|udp]` mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortMapping {
+    /// Port on the worker.
+    pub host: u16,
+    /// Port in the container (the host port when not given).
+    pub container: u16,
+    /// Transport.
+    pub protocol: Protocol,
+}
+
+/// `addresses`: service IPs the user asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Addresses {
+    /// Round-robin IPv4, inside 10.30.0.0/16.
+    pub rr_ip: Option<Ipv4Addr>,
+    /// Round-robin IPv6, inside fdff:2000::/21.
+    pub rr_ip_v6: Option<Ipv6Addr>,
+    /// Closest IPv4, inside 10.30.0.0/16.
+    pub closest_ip: Option<Ipv4Addr>,
+    /// Closest IPv6, inside fdff:4000::/21.
+    pub closest_ip_v6: Option<Ipv6Addr>,
+}
+
+/// A placement constraint.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Constraint {
+    /// `direct`: this cluster and/or these nodes.
+    Direct {
+        /// Cluster name.
+        cluster: Option<String>,
+        /// Eligible node names (`node`, `;`-separated).
+        nodes: Vec<String>,
+    },
+    /// `geo`: within `threshold` km of `location`.
+    Geo {
+        /// The point.
+        location: GeoPoint,
+        /// Radius in km.
+        threshold_km: f64,
+        /// `rigidness` as given (0..=1).
+        rigidness: Option<f64>,
+    },
+    /// `latency`: at most `threshold` ms from `location` (or `area`).
+    Latency {
+        /// The point, if given.
+        location: Option<GeoPoint>,
+        /// An area name, if given.
+        area: Option<String>,
+        /// Milliseconds.
+        threshold_ms: f64,
+    },
+}
+
+/// One microservice of an application.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Microservice {
+    /// `microserviceID`: empty on create.
+    pub id: String,
+    /// `microservice_name`.
+    pub name: String,
+    /// `microservice_namespace`.
+    pub namespace: String,
+    /// `virtualization`.
+    pub virtualization: Virtualization,
+    /// `code`: the image reference.
+    pub code: String,
+    /// `cmd`.
+    pub cmd: Vec<String>,
+    /// `args`.
+    pub args: Vec<String>,
+    /// `environment` as `KEY=VALUE`.
+    pub environment: Vec<String>,
+    /// `memory` in MB.
+    pub memory_mb: u32,
+    /// `vcpus`, in thousandths.
+    pub millicpus: u32,
+    /// `vgpus`.
+    pub vgpus: u32,
+    /// `vtpus`.
+    pub vtpus: u32,
+    /// `bandwidth_in`.
+    pub bandwidth_in: u64,
+    /// `bandwidth_out`.
+    pub bandwidth_out: u64,
+    /// `storage`.
+    pub storage: u64,
+    /// `port`, parsed.
+    pub ports: Vec<PortMapping>,
+    /// `port` as written.
+    pub port: Option<String>,
+    /// `state`.
+    pub state: String,
+    /// `one_shot`.
+    pub one_shot: bool,
+    /// `privileged`.
+    pub privileged: bool,
+    /// `added_files`.
+    pub added_files: Vec<String>,
+    /// `addresses`.
+    pub addresses: Addresses,
+    /// `constraints`.
+    pub constraints: Vec<Constraint>,
+    /// `connectivity`, kept as given.
+    pub connectivity: Vec<Value>,
+    /// `volumes`, kept as given.
+    pub volumes: Vec<Value>,
+    /// `arch`.
+    pub arch: Vec<String>,
+    /// `platform`.
+    pub platform: Option<String>,
+    /// Keys Grove does not interpret, kept as given.
+    pub extra: Map<String, Value>,
+}
+
+impl Microservice {
+    /// The full name `app.appns.service.servicens`.
+    pub fn full_name(&self, app: &Application) -> String {
+        format!(
+            "{}.{}.{}.{}",
+            app.name, app.namespace, self.name, self.namespace
+        )
+    }
+}
+
+/// Walks a JSON value, collecting every problem with its path.
+struct Walk {
+    errors: Vec<FieldError>,
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("\"{s}\""),
+        other => other.to_string(),
+    }
+}
+
+impl Walk {
+    fn err(&mut self, field: &str, reason: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.to_owned(),
+            reason: reason.into(),
+        });
+    }
+
+    fn object<'v>(&mut self, v: &'v Value, field: &str) -> Option<&'v Map<String, Value>> {
+        match v.as_object() {
+            Some(m) => Some(m),
+            None => {
+                self.err(field, format!("must be an object, not {}", describe(v)));
+                None
+            }
+        }
+    }
+
+    fn string(
+        &mut self,
+        m: &Map<String, Value>,
+        key: &str,
+        path: &str,
+        required: bool,
+    ) -> Option<String> {
+        let field = join(path, key);
+        match m.get(key) {
+            None | Some(Value::Null) if required => {
+                self.err(&field, "is required");
+                None
+            }
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(v) => {
+                self.err(&field, format!("must be a string, not {}", describe(v)));
+                None
+            }
+        }
+    }
+
+    fn name(&mut self, m: &Map<String, Value>, key: &str, path: &str) -> String {
+        let s = self.string(m, key, path, true).unwrap_or_default();
+        let ok = (1..=30).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !ok && m.get(key).is_some_and(Value::is_string) {
+            self.err(
+                &join(path, key),
+                format!("\"{s}\" must be 1 to 30 letters or digits"),
+            );
+        }
+        s
+    }
+
+    fn number(&mut self, m: &Map<String, Value>, key: &str, path: &str, max: f64) -> Option<f64> {
+        let field = join(path, key);
+        match m.get(key) {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(x) if x.is_finite() && (0.0..=max).contains(&x) => Some(x),
+                _ => {
+                    self.err(&field, format!("{n} is out of range 0..={max}"));
+                    None
+                }
+            },
+            Some(v) => {
+                self.err(&field, format!("must be a number, not {}", describe(v)));
+                None
+            }
+        }
+    }
+
+    fn whole(&mut self, m: &Map<String, Value>, key: &str, path: &str, max: u64) -> u64 {
+        match self.number(m, key, path, max as f64) {
+            Some(x) if x.fract() != 0.0 => {
+                self.err(&join(path, key), format!("{x} must be a whole number"));
+                0
+            }
+            Some(x) => exact_u64(x),
+            None => 0,
+        }
+    }
+
+    fn boolean(&mut self, m: &Map<String, Value>, key: &str, path: &str) -> bool {
+        match m.get(key) {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => {
+                self.err(
+                    &join(path, key),
+                    format!("must be true or false, not {}", describe(v)),
+                );
+                false
+            }
+        }
+    }
+
+    fn array<'v>(
+        &mut self,
+        m: &'v Map<String, Value>,
+        key: &str,
+        path: &str,
+        required: bool,
+    ) -> &'v [Value] {
+        match m.get(key) {
+            None | Some(Value::Null) => {
+                if required {
+                    self.err(&join(path, key), "is required");
+                }
+                &[]
+            }
+            Some(Value::Array(a)) => a,
+            Some(v) => {
+                self.err(
+                    &join(path, key),
+                    format!("must be a list, not {}", describe(v)),
+                );
+                &[]
+            }
+        }
+    }
+
+    fn strings(&mut self, m: &Map<String, Value>, key: &str, path: &str) -> Vec<String> {
+        let items = self.array(m, key, path, false);
+        let mut out = Vec::new();
+        for (i, v) in items.iter().enumerate() {
+            match v.as_str() {
+                Some(s) => out.push(s.to_owned()),
+                None => self.err(
+                    &format!("{}[{i}]", join(path, key)),
+                    format!("must be a string, not {}", describe(v)),
+                ),
+            }
+        }
+        out
+    }
+}
+
+/// A whole, non-negative, in-range number (checked by the caller) as an integer.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn exact_u64(x: f64) -> u64 {
+    x as u64
+}
+
+/// Degrees as f32: about a metre of precision, plenty for placement.
+#[allow(clippy::cast_possible_truncation)]
+fn degrees(x: f64) -> f32 {
+    x as f32
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+const KNOWN_APP: &[&str] = &[
+    "applicationID",
+    "application_name",
+    "application_namespace",
+    "application_desc",
+    "microservices",
+];
+const KNOWN_SERVICE: &[&str] = &[
+    "microserviceID",
+    "microservice_name",
+    "microservice_namespace",
+    "virtualization",
+    "code",
+    "cmd",
+    "args",
+    "environment",
+    "memory",
+    "vcpus",
+    "vgpus",
+    "vtpus",
+    "bandwidth_in",
+    "bandwidth_out",
+    "storage",
+    "port",
+    "state",
+    "one_shot",
+    "privileged",
+    "added_files",
+    "addresses",
+    "constraints",
+    "connectivity",
+    "volumes",
+    "arch",
+    "platform",
+];
+
+fn extra(m: &Map<String, Value>, known: &[&str]) -> Map<String, Value> {
+    m.iter()
+        .filter(|(k, _)| !known.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Parse `host[:container][/tcp|udp]`, `;`-separated.
+pub fn parse_ports(s: &str) -> Result<Vec<PortMapping>, String> {
+    let port = |p: &str| -> Result<u16, String> {
+        match p.trim().parse::<u32>() {
+            Ok(n) if (1..=65535).contains(&n) => {
+                u16::try_from(n).map_err(|_| format!("\"{p}\" is not a port"))
+            }
+            _ => Err(format!("\"{}\" is not a port", p.trim())),
+        }
+    };
+    let mut out = Vec::new();
+    for entry in s.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let (ports, protocol) = match entry.split_once('/') {
+            None => (entry, Protocol::Tcp),
+            Some((p, "tcp")) => (p, Protocol::Tcp),
+            Some((p, "udp")) => (p, Protocol::Udp),
+            Some((_, other)) => return Err(format!("\"{other}\" is not tcp or udp")),
+        };
+        let (host, container) = match ports.split_once(':') {
+            None => (port(ports)?, port(ports)?),
+            Some((h, c)) => (port(h)?, port(c)?),
+        };
+        if out
+            .iter()
+            .any(|m: &PortMapping| m.host == host && m.protocol == protocol)
+        {
+            return Err(format!("host port {host} is mapped twice"));
+        }
+        out.push(PortMapping {
+            host,
+            container,
+            protocol,
+        });
+    }
+    Ok(out)
+}
+
+fn in_prefix(ip: Ipv6Addr, base: Ipv6Addr, len: u32) -> bool {
+    let mask = u128::MAX << (128 - len);
+    u128::from(ip) & mask == u128::from(base) & mask
+}
+
+fn parse_location(v: &Value) -> Option<GeoPoint> {
+    let (lat, lon) = match v {
+        Value::String(s) => {
+            let (a, b) = s.split_once(',')?;
+            (a.trim().parse::<f32>().ok()?, b.trim().parse::<f32>().ok()?)
+        }
+        Value::Object(m) => (
+            m.get("lat")?.as_f64()? as f32,
+            m.get("lon")?.as_f64()? as f32,
+        ),
+        _ => return None,
+    };
+    ((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon))
+        .then_some(GeoPoint { lat, lon })
+}
+
+impl Walk {
+    fn addresses(&mut self, m: &Map<String, Value>, path: &str) -> Addresses {
+        let mut a = Addresses::default();
+        let Some(v) = m.get("addresses").filter(|v| !v.is_null()) else {
+            return a;
+        };
+        let path = join(path, "addresses");
+        let Some(am) = self.object(v, &path) else {
+            return a;
+        };
+        for key in ["rr_ip", "closest_ip"] {
+            if let Some(s) = self.string(am, key, &path, false) {
+                match s.parse::<Ipv4Addr>() {
+                    Ok(ip) if ip.octets()[..2] == [10, 30] => {
+                        if key == "rr_ip" {
+                            a.rr_ip = Some(ip)
+                        } else {
+                            a.closest_ip = Some(ip)
+                        }
+                    }
+                    Ok(_) => self.err(
+                        &join(&path, key),
+                        format!("\"{s}\" is not inside 10.30.0.0/16"),
+                    ),
+                    Err(_) => {
+                        self.err(&join(&path, key), format!("\"{s}\" is not an IPv4 address"))
+                    }
+                }
+            }
+        }
+        for (key, base) in [
+            ("rr_ip_v6", Ipv6Addr::new(0xfdff, 0x2000, 0, 0, 0, 0, 0, 0)),
+            (
+                "closest_ip_v6",
+                Ipv6Addr::new(0xfdff, 0x4000, 0, 0, 0, 0, 0, 0),
+            ),
+        ] {
+            if let Some(s) = self.string(am, key, &path, false) {
+                match s.parse::<Ipv6Addr>() {
+                    Ok(ip) if in_prefix(ip, base, 21) => {
+                        if key == "rr_ip_v6" {
+                            a.rr_ip_v6 = Some(ip)
+                        } else {
+                            a.closest_ip_v6 = Some(ip)
+                        }
+                    }
+                    Ok(_) => self.err(
+                        &join(&path, key),
+                        format!("\"{s}\" is not inside {base}/21"),
+                    ),
+                    Err(_) => {
+                        self.err(&join(&path, key), format!("\"{s}\" is not an IPv6 address"))
+                    }
+                }
+            }
+        }
+        a
+    }
+
+    fn constraints(&mut self, m: &Map<String, Value>, path: &str) -> Vec<Constraint> {
+        let list = self.array(m, "constraints", path, false);
+        let mut out = Vec::new();
+        for (i, v) in list.iter().enumerate() {
+            let p = format!("{}[{i}]", join(path, "constraints"));
+            let Some(c) = self.object(v, &p) else {
+                continue;
+            };
+            let kind = self.string(c, "type", &p, true).unwrap_or_default();
+            match kind.as_str() {
+                "direct" => {
+                    let cluster = self
+                        .string(c, "cluster", &p, false)
+                        .filter(|s| !s.is_empty());
+                    let nodes: Vec<String> = self
+                        .string(c, "node", &p, false)
+                        .map(|s| {
+                            s.split(';')
+                                .map(str::trim)
+                                .filter(|n| !n.is_empty())
+                                .map(str::to_owned)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if cluster.is_none() && nodes.is_empty() {
+                        self.err(&p, "a direct constraint needs a cluster or a node");
+                    }
+                    out.push(Constraint::Direct { cluster, nodes });
+                }
+                "geo" => {
+                    let location = match c.get("location") {
+                        None => {
+                            self.err(&join(&p, "location"), "is required");
+                            None
+                        }
+                        Some(l) => {
+                            let g = parse_location(l);
+                            if g.is_none() {
+                                self.err(
+                                    &join(&p, "location"),
+                                    format!("{} is not \"lat,lon\"", describe(l)),
+                                );
+                            }
+                            g
+                        }
+                    };
+                    let threshold = self.number(c, "threshold", &p, 40_075.0);
+                    if threshold.is_none() && c.get("threshold").is_none() {
+                        self.err(&join(&p, "threshold"), "is required");
+                    }
+                    let rigidness = self.number(c, "rigidness", &p, 1.0);
+                    self.number(c, "convergence_time", &p, f64::MAX);
+                    if let (Some(location), Some(threshold_km)) = (location, threshold) {
+                        out.push(Constraint::Geo {
+                            location,
+                            threshold_km,
+                            rigidness,
+                        });
+                    }
+                }
+                "latency" => {
+                    let location = c.get("location").and_then(parse_location);
+                    let area = self.string(c, "area", &p, false);
+                    let threshold = self.number(c, "threshold", &p, 1e6);
+                    if threshold.is_none() && c.get("threshold").is_none() {
+                        self.err(&join(&p, "threshold"), "is required");
+                    }
+                    self.number(c, "rigidness", &p, 1.0);
+                    self.number(c, "convergence_time", &p, f64::MAX);
+                    if let Some(threshold_ms) = threshold {
+                        out.push(Constraint::Latency {
+                            location,
+                            area,
+                            threshold_ms,
+                        });
+                    }
+                }
+                "" => {}
+                other => self.err(
+                    &join(&p, "type"),
+                    format!("\"{other}\" is not direct, geo or latency"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn microservice(&mut self, v: &Value, path: &str) -> Option<Microservice> {
+        let m = self.object(v, path)?;
+        let virtualization = match self.string(m, "virtualization", path, true).as_deref() {
+            Some("container") => Virtualization::Container,
+            Some("unikernel") => Virtualization::Unikernel,
+            Some(other) => {
+                self.err(
+                    &join(path, "virtualization"),
+                    format!("\"{other}\" is not container or unikernel"),
+                );
+                Virtualization::Container
+            }
+            None => Virtualization::Container,
+        };
+        let code = self.string(m, "code", path, true).unwrap_or_default();
+        if m.get("code").is_some_and(Value::is_string)
+            && (code.trim().is_empty() || code.contains(char::is_whitespace))
+        {
+            self.err(
+                &join(path, "code"),
+                format!("\"{code}\" is not an image reference"),
+            );
+        }
+        let environment = self.strings(m, "environment", path);
+        for (i, e) in environment.iter().enumerate() {
+            if e.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
+                self.err(
+                    &format!("{}[{i}]", join(path, "environment")),
+                    format!("\"{e}\" is not KEY=VALUE"),
+                );
+            }
+        }
+        let port = match m.get("port") {
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => self.string(m, "port", path, false),
+        };
+        let ports = match port.as_deref().map(parse_ports) {
+            Some(Ok(p)) => p,
+            Some(Err(reason)) => {
+                self.err(&join(path, "port"), reason);
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let vcpus = self.number(m, "vcpus", path, 1024.0).unwrap_or(0.0);
+        Some(Microservice {
+            id: self
+                .string(m, "microserviceID", path, false)
+                .unwrap_or_default(),
+            name: self.name(m, "microservice_name", path),
+            namespace: self.name(m, "microservice_namespace", path),
+            virtualization,
+            code,
+            cmd: self.strings(m, "cmd", path),
+            args: self.strings(m, "args", path),
+            environment,
+            memory_mb: u32::try_from(self.whole(m, "memory", path, 1 << 24)).unwrap_or(0),
+            // At most 1024 CPUs: fits u32 in thousandths.
+            millicpus: u32::try_from(exact_u64((vcpus * 1000.0).round())).unwrap_or(u32::MAX),
+            vgpus: u32::try_from(self.whole(m, "vgpus", path, 1024)).unwrap_or(0),
+            vtpus: u32::try_from(self.whole(m, "vtpus", path, 1024)).unwrap_or(0),
+            bandwidth_in: self.whole(m, "bandwidth_in", path, u64::from(u32::MAX)),
+            bandwidth_out: self.whole(m, "bandwidth_out", path, u64::from(u32::MAX)),
+            storage: self.whole(m, "storage", path, u64::from(u32::MAX)),
+            ports,
+            port,
+            state: self.string(m, "state", path, false).unwrap_or_default(),
+            one_shot: self.boolean(m, "one_shot", path),
+            privileged: self.boolean(m, "privileged", path),
+            added_files: self.strings(m, "added_files", path),
+            addresses: self.addresses(m, path),
+            constraints: self.constraints(m, path),
+            connectivity: self.array(m, "connectivity", path, false).to_vec(),
+            volumes: self.array(m, "volumes", path, false).to_vec(),
+            arch: self.strings(m, "arch", path),
+            platform: self.string(m, "platform", path, false),
+            extra: extra(m, KNOWN_SERVICE),
+        })
+    }
+
+    fn application(&mut self, v: &Value, path: &str) -> Option<Application> {
+        let m = self.object(v, path)?;
+        let services = self.array(m, "microservices", path, true);
+        let mut microservices = Vec::new();
+        for (i, s) in services.iter().enumerate() {
+            if let Some(ms) = self.microservice(s, &format!("{}[{i}]", join(path, "microservices")))
+            {
+                microservices.push(ms);
+            }
+        }
+        let app = Application {
+            id: self
+                .string(m, "applicationID", path, false)
+                .unwrap_or_default(),
+            name: self.name(m, "application_name", path),
+            namespace: self.name(m, "application_namespace", path),
+            desc: self
+                .string(m, "application_desc", path, false)
+                .unwrap_or_default(),
+            microservices,
+            extra: extra(m, KNOWN_APP),
+        };
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in app.microservices.iter().enumerate() {
+            if !seen.insert((s.name.clone(), s.namespace.clone())) {
+                self.err(
+                    &format!("{}[{i}].microservice_name", join(path, "microservices")),
+                    format!(
+                        "\"{}.{}\" appears twice in this application",
+                        s.name, s.namespace
+                    ),
+                );
+            }
+        }
+        Some(app)
+    }
+}
+
+/// Parse and validate a descriptor; every problem is reported.
+pub fn parse(v: &Value) -> Result<Sla, Vec<FieldError>> {
+    let mut w = Walk { errors: Vec::new() };
+    let Some(m) = w.object(v, "(body)") else {
+        return Err(w.errors);
+    };
+    let sla_version = w.string(m, "sla_version", "", true).unwrap_or_default();
+    if m.get("sla_version").is_some_and(Value::is_string) && sla_version != "v2.0" {
+        w.err(
+            "sla_version",
+            format!("\"{sla_version}\" is not supported; use \"v2.0\""),
+        );
+    }
+    let customer_id = w.string(m, "customerID", "", true).unwrap_or_default();
+    let apps = w.array(m, "applications", "", true);
+    if apps.is_empty() && m.get("applications").is_some_and(Value::is_array) {
+        w.err("applications", "must hold at least one application");
+    }
+    let mut applications = Vec::new();
+    for (i, a) in apps.iter().enumerate() {
+        if let Some(app) = w.application(a, &format!("applications[{i}]")) {
+            applications.push(app);
+        }
+    }
+    if w.errors.is_empty() {
+        Ok(Sla {
+            sla_version,
+            customer_id,
+            applications,
+        })
+    } else {
+        Err(w.errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The seed's `deploy_curl_application` descriptor, verbatim.
+    pub(crate) fn seed() -> Value {
+        json!({
+          "sla_version" : "v2.0",
+          "customerID" : "Admin",
+          "applications" : [{
+              "applicationID" : "",
+              "application_name" : "clientsrvr",
+              "application_namespace" : "test",
+              "application_desc" : "Simple demo with curl client and Nginx server",
+              "microservices" : [
+                { "microserviceID": "", "microservice_name": "curl", "microservice_namespace": "test",
+                  "virtualization": "container", "cmd": ["sh", "-c", "tail -f /dev/null"],
+                  "memory": 100, "vcpus": 1, "vgpus": 0, "vtpus": 0, "bandwidth_in": 0, "bandwidth_out": 0,
+                  "storage": 0, "code": "docker.io/curlimages/curl:7.82.0", "state": "", "port": "9080",
+                  "added_files": [] },
+                { "microserviceID": "", "microservice_name": "nginx", "microservice_namespace": "test",
+                  "virtualization": "container", "cmd": [], "memory": 100, "vcpus": 1, "vgpus": 0, "vtpus": 0,
+                  "bandwidth_in": 0, "bandwidth_out": 0, "storage": 0, "code": "docker.io/library/nginx:latest",
+                  "state": "", "port": "6080:60/tcp", "addresses": { "rr_ip": "10.30.30.30" }, "added_files": [] }
+              ]
+          }]
+        })
+    }
+
+    fn errors_of(v: Value) -> Vec<String> {
+        parse(&v)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_seed_descriptor_parses_unchanged() {
+        let sla = parse(&seed()).expect("seed SLA is valid");
+        let app = &sla.applications[0];
+        assert_eq!(
+            (app.name.as_str(), app.namespace.as_str()),
+            ("clientsrvr", "test")
+        );
+        let (curl, nginx) = (&app.microservices[0], &app.microservices[1]);
+        assert_eq!(curl.full_name(app), "clientsrvr.test.curl.test");
+        assert_eq!(
+            curl.ports,
+            vec![PortMapping {
+                host: 9080,
+                container: 9080,
+                protocol: Protocol::Tcp
+            }]
+        );
+        assert_eq!(
+            nginx.ports,
+            vec![PortMapping {
+                host: 6080,
+                container: 60,
+                protocol: Protocol::Tcp
+            }]
+        );
+        assert_eq!(nginx.addresses.rr_ip, Some(Ipv4Addr::new(10, 30, 30, 30)));
+        assert_eq!((curl.memory_mb, curl.millicpus), (100, 1000));
+        assert_eq!(curl.cmd, ["sh", "-c", "tail -f /dev/null"]);
+    }
+
+    #[test]
+    fn a_bad_port_is_named_with_its_full_path() {
+        let mut v = seed();
+        v["applications"][0]["microservices"][1]["port"] = json!("70000");
+        assert_eq!(
+            errors_of(v),
+            [r#"applications[0].microservices[1].port: "70000" is not a port"#]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut v = seed();
+        let s = &mut v["applications"][0]["microservices"][0];
+        s["memory"] = json!(-5);
+        s["virtualization"] = json!("vm");
+        s["environment"] = json!(["NOEQUALS"]);
+        s.as_object_mut().unwrap().remove("code");
+        v["applications"][0]["application_name"] = json!("has space");
+        let errs = errors_of(v);
+        for want in [
+            "applications[0].microservices[0].memory: -5 is out of range",
+            "applications[0].microservices[0].virtualization: \"vm\" is not container or unikernel",
+            "applications[0].microservices[0].environment[0]: \"NOEQUALS\" is not KEY=VALUE",
+            "applications[0].microservices[0].code: is required",
+            "applications[0].application_name: \"has space\" must be 1 to 30 letters or digits",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {errs:#?}"
+            );
+        }
+        assert_eq!(errs.len(), 5, "{errs:#?}");
+    }
+
+    #[test]
+    fn field_checks_table() {
+        let cases: &[(&str, Value, &str)] = &[
+            (
+                "sla_version",
+                json!("v1.0"),
+                "sla_version: \"v1.0\" is not supported",
+            ),
+            (
+                "customerID",
+                json!(7),
+                "customerID: must be a string, not 7",
+            ),
+            (
+                "applications",
+                json!([]),
+                "applications: must hold at least one application",
+            ),
+            ("applications", json!({}), "applications: must be a list"),
+        ];
+        for (key, val, want) in cases {
+            let mut v = seed();
+            v[key] = val.clone();
+            let errs = errors_of(v);
+            assert!(errs.iter().any(|e| e.starts_with(want)), "{key}: {errs:?}");
+        }
+        let service_cases: &[(&str, Value, &str)] = &[
+            (
+                "addresses",
+                json!({"rr_ip": "10.31.0.1"}),
+                "addresses.rr_ip: \"10.31.0.1\" is not inside 10.30.0.0/16",
+            ),
+            (
+                "addresses",
+                json!({"closest_ip": "nope"}),
+                "addresses.closest_ip: \"nope\" is not an IPv4 address",
+            ),
+            (
+                "addresses",
+                json!({"rr_ip_v6": "fdff:6000::1"}),
+                "addresses.rr_ip_v6: \"fdff:6000::1\" is not inside fdff:2000::/21",
+            ),
+            ("port", json!("80/sctp"), "port: \"sctp\" is not tcp or udp"),
+            ("port", json!("80;80"), "port: host port 80 is mapped twice"),
+            ("port", json!("0:80"), "port: \"0\" is not a port"),
+            (
+                "vcpus",
+                json!("two"),
+                "vcpus: must be a number, not \"two\"",
+            ),
+            ("vgpus", json!(1.5), "vgpus: 1.5 must be a whole number"),
+            ("one_shot", json!("yes"), "one_shot: must be true or false"),
+            ("cmd", json!(["ok", 3]), "cmd[1]: must be a string, not 3"),
+            (
+                "constraints",
+                json!([{"type": "teleport"}]),
+                "constraints[0].type: \"teleport\" is not direct, geo or latency",
+            ),
+            (
+                "constraints",
+                json!([{"type": "direct"}]),
+                "constraints[0]: a direct constraint needs a cluster or a node",
+            ),
+            (
+                "constraints",
+                json!([{"type": "geo", "location": "91,0", "threshold": 5}]),
+                "constraints[0].location: \"91,0\" is not \"lat,lon\"",
+            ),
+            (
+                "constraints",
+                json!([{"type": "geo", "location": "48.1,11.6"}]),
+                "constraints[0].threshold: is required",
+            ),
+            (
+                "code",
+                json!("docker.io/a b"),
+                "code: \"docker.io/a b\" is not an image reference",
+            ),
+            (
+                "microservice_name",
+                json!("curl"),
+                "microservices[1].microservice_name: \"curl.test\" appears twice",
+            ),
+        ];
+        for (key, val, want) in service_cases {
+            let mut v = seed();
+            v["applications"][0]["microservices"][1][key] = val.clone();
+            let want = if want.starts_with("microservices") {
+                format!("applications[0].{want}")
+            } else {
+                format!("applications[0].microservices[1].{want}")
+            };
+            let errs = errors_of(v);
+            assert!(
+                errs.iter().any(|e| e.starts_with(&want)),
+                "{key}: want {want:?}, got {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn constraints_and_unknown_keys_are_kept() {
+        let mut v = seed();
+        let s = &mut v["applications"][0]["microservices"][0];
+        s["constraints"] = json!([
+            {"type": "direct", "cluster": "gpu", "node": "xavier1;xavier2"},
+            {"type": "geo", "location": "48.26,11.67", "threshold": 20, "rigidness": 0.5},
+            {"type": "latency", "area": "garching", "threshold": 15}
+        ]);
+        s["my_label"] = json!({"team": "edge"});
+        let sla = parse(&v).unwrap();
+        let ms = &sla.applications[0].microservices[0];
+        assert_eq!(
+            ms.constraints[0],
+            Constraint::Direct {
+                cluster: Some("gpu".into()),
+                nodes: vec!["xavier1".into(), "xavier2".into()]
+            }
+        );
+        assert!(
+            matches!(ms.constraints[1], Constraint::Geo { threshold_km, .. } if threshold_km == 20.0)
+        );
+        assert!(
+            matches!(&ms.constraints[2], Constraint::Latency { area: Some(a), threshold_ms, .. } if a == "garching" && *threshold_ms == 15.0)
+        );
+        assert_eq!(ms.extra["my_label"], json!({"team": "edge"}));
+    }
+
+    #[test]
+    fn ports_parse_every_form() {
+        assert_eq!(
+            parse_ports("80; 8080:80/udp ;443:8443/tcp").unwrap(),
+            vec![
+                PortMapping {
+                    host: 80,
+                    container: 80,
+                    protocol: Protocol::Tcp
+                },
+                PortMapping {
+                    host: 8080,
+                    container: 80,
+                    protocol: Protocol::Udp
+                },
+                PortMapping {
+                    host: 443,
+                    container: 8443,
+                    protocol: Protocol::Tcp
+                },
+            ]
+        );
+        assert_eq!(parse_ports("").unwrap(), vec![]);
+        // The same host port over TCP and UDP is two mappings, not a clash.
+        assert_eq!(parse_ports("53/udp;53/tcp").unwrap().len(), 2);
+    }
+}
