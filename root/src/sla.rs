@@ -466,8 +466,8 @@ fn parse_location(v: &Value) -> Option<GeoPoint> {
             (a.trim().parse::<f32>().ok()?, b.trim().parse::<f32>().ok()?)
         }
         Value::Object(m) => (
-            m.get("lat")?.as_f64()? as f32,
-            m.get("lon")?.as_f64()? as f32,
+            degrees(m.get("lat")?.as_f64()?),
+            degrees(m.get("lon")?.as_f64()?),
         ),
         _ => return None,
     };
