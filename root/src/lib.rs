@@ -2,12 +2,13 @@
 //! scheduler, cluster link).
 //!
 //! Built so far: the command line, the root scheduler ([`scheduler`]) and the SLA
-//! parser with field-path errors ([`sla`]). The API,
+//! parser with field-path errors ([`sla`]) and the SQLite store ([`store`]). The API,
 //! storage and cluster link are still to come; the binary says so and exits non-zero
 //! rather than pretending to run.
 
 pub mod scheduler;
 pub mod sla;
+pub mod store;
 
 use clap::Parser;
 

@@ -1,0 +1,748 @@
+//! Applications, services, instances and the instance status history.
+
+use super::{Result, Store, StoreError, new_object_id, next_free_ip, now_secs};
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+
+/// A service to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewService {
+    /// `microservice_name`.
+    pub name: String,
+    /// `microservice_namespace`.
+    pub namespace: String,
+    /// The microservice as the SLA gave it (JSON).
+    pub spec: String,
+    /// A round-robin IP the user asked for (host order), else one is allocated.
+    pub rr_ip: Option<u32>,
+    /// A closest IP the user asked for, else one is allocated.
+    pub closest_ip: Option<u32>,
+}
+
+/// An application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRow {
+    /// Id (24 hex digits).
+    pub id: String,
+    /// Owner's user id.
+    pub owner: String,
+    /// `application_name`.
+    pub name: String,
+    /// `application_namespace`.
+    pub namespace: String,
+    /// `application_desc`.
+    pub desc: String,
+    /// Keys of the SLA application Grove does not interpret (JSON object).
+    pub extra: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRow {
+    /// Id (24 hex digits).
+    pub id: String,
+    /// Application id.
+    pub application: String,
+    /// `microservice_name`.
+    pub name: String,
+    /// `microservice_namespace`.
+    pub namespace: String,
+    /// The microservice spec (JSON).
+    pub spec: String,
+    /// Round-robin IP, host order.
+    pub rr_ip: u32,
+    /// Closest IP, host order.
+    pub closest_ip: u32,
+    /// Bumped by every spec replacement.
+    pub generation: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// An instance of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRow {
+    /// Service id.
+    pub service: String,
+    /// Instance number within the service.
+    pub number: u32,
+    /// Oakestra status name.
+    pub status: String,
+    /// Failure reason or detail.
+    pub reason: Option<String>,
+    /// Cluster it was handed to.
+    pub cluster: Option<u32>,
+    /// Worker it runs on, as the cluster reported.
+    pub node: Option<String>,
+    /// Its IPv4 address, host order.
+    pub ip: Option<u32>,
+    /// The service generation it runs.
+    pub generation: i64,
+    /// Unix seconds of the last status change.
+    pub updated_at: i64,
+}
+
+const APP_COLS: &str = "id, owner, name, namespace, descr, extra, created_at";
+const SERVICE_COLS: &str =
+    "id, application, name, namespace, spec, rr_ip, closest_ip, generation, created_at";
+const INSTANCE_COLS: &str =
+    "service, number, status, reason, cluster, node, ip, generation, updated_at";
+
+fn app(r: &Row<'_>) -> rusqlite::Result<AppRow> {
+    Ok(AppRow {
+        id: r.get(0)?,
+        owner: r.get(1)?,
+        name: r.get(2)?,
+        namespace: r.get(3)?,
+        desc: r.get(4)?,
+        extra: r.get(5)?,
+        created_at: r.get(6)?,
+    })
+}
+
+fn service(r: &Row<'_>) -> rusqlite::Result<ServiceRow> {
+    Ok(ServiceRow {
+        id: r.get(0)?,
+        application: r.get(1)?,
+        name: r.get(2)?,
+        namespace: r.get(3)?,
+        spec: r.get(4)?,
+        rr_ip: r.get(5)?,
+        closest_ip: r.get(6)?,
+        generation: r.get(7)?,
+        created_at: r.get(8)?,
+    })
+}
+
+fn instance(r: &Row<'_>) -> rusqlite::Result<InstanceRow> {
+    Ok(InstanceRow {
+        service: r.get(0)?,
+        number: r.get(1)?,
+        status: r.get(2)?,
+        reason: r.get(3)?,
+        cluster: r.get(4)?,
+        node: r.get(5)?,
+        ip: r.get(6)?,
+        generation: r.get(7)?,
+        updated_at: r.get(8)?,
+    })
+}
+
+fn ip_taken(tx: &Transaction<'_>, ip: u32) -> Result<bool> {
+    let hit: Option<i64> = tx
+        .query_row(
+            "SELECT 1 FROM services WHERE rr_ip = ?1 OR closest_ip = ?1
+             UNION SELECT 1 FROM instances WHERE ip = ?1 LIMIT 1",
+            [ip],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(hit.is_some())
+}
+
+fn insert_services(
+    tx: &Transaction<'_>,
+    app_id: &str,
+    services: &[NewService],
+) -> Result<Vec<ServiceRow>> {
+    let mut out = Vec::new();
+    for s in services {
+        let mut ips = [0u32; 2];
+        // The address handed to rr_ip in this loop, not yet in the table.
+        let mut reserved = None;
+        for (slot, wanted) in ips.iter_mut().zip([s.rr_ip, s.closest_ip]) {
+            *slot = match wanted {
+                Some(ip) if ip_taken(tx, ip)? => {
+                    return Err(StoreError::Conflict(format!(
+                        "{} is already in use",
+                        std::net::Ipv4Addr::from(ip)
+                    )));
+                }
+                Some(ip) => ip,
+                None => next_free_ip(
+                    tx,
+                    &[s.rr_ip, s.closest_ip]
+                        .into_iter()
+                        .flatten()
+                        .chain(reserved)
+                        .collect::<Vec<_>>(),
+                )?,
+            };
+            reserved = Some(*slot);
+        }
+        let row = ServiceRow {
+            id: new_object_id(),
+            application: app_id.to_owned(),
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+            spec: s.spec.clone(),
+            rr_ip: ips[0],
+            closest_ip: ips[1],
+            generation: 1,
+            created_at: now_secs(),
+        };
+        if row.rr_ip == row.closest_ip {
+            return Err(StoreError::Conflict(
+                "rr_ip and closest_ip must differ".into(),
+            ));
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO services ({SERVICE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ),
+            params![
+                row.id,
+                row.application,
+                row.name,
+                row.namespace,
+                row.spec,
+                row.rr_ip,
+                row.closest_ip,
+                row.generation,
+                row.created_at
+            ],
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                StoreError::Conflict(format!(
+                    "service {}.{} exists in this application, or its IP is in use",
+                    s.name, s.namespace
+                ))
+            }
+            e => e.into(),
+        })?;
+        out.push(row);
+    }
+    Ok(out)
+}
+
+fn history(tx: &Transaction<'_>, i: &InstanceRow) -> Result<()> {
+    tx.execute(
+        "INSERT INTO instance_history (service, number, status, reason, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![i.service, i.number, i.status, i.reason, i.updated_at],
+    )?;
+    Ok(())
+}
+
+impl Store {
+    /// Create an application and its services in one transaction (all or nothing).
+    pub fn create_application(
+        &mut self,
+        owner: &str,
+        name: &str,
+        namespace: &str,
+        desc: &str,
+        extra: &str,
+        services: &[NewService],
+    ) -> Result<(AppRow, Vec<ServiceRow>)> {
+        let tx = self.conn.transaction()?;
+        let row = AppRow {
+            id: new_object_id(),
+            owner: owner.to_owned(),
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            desc: desc.to_owned(),
+            extra: extra.to_owned(),
+            created_at: now_secs(),
+        };
+        tx.execute(
+            &format!("INSERT INTO applications ({APP_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+            params![
+                row.id,
+                row.owner,
+                row.name,
+                row.namespace,
+                row.desc,
+                row.extra,
+                row.created_at
+            ],
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                StoreError::Conflict(format!("application {name}.{namespace} exists"))
+            }
+            e => e.into(),
+        })?;
+        let services = insert_services(&tx, &row.id, services)?;
+        tx.commit()?;
+        Ok((row, services))
+    }
+
+    /// Add services to an existing application (all or nothing).
+    pub fn add_services(
+        &mut self,
+        app_id: &str,
+        services: &[NewService],
+    ) -> Result<Vec<ServiceRow>> {
+        let tx = self.conn.transaction()?;
+        let exists: Option<i64> = tx
+            .query_row("SELECT 1 FROM applications WHERE id = ?1", [app_id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound("application"));
+        }
+        let rows = insert_services(&tx, app_id, services)?;
+        tx.commit()?;
+        Ok(rows)
+    }
+
+    /// An application.
+    pub fn application(&self, id: &str) -> Result<AppRow> {
+        self.conn
+            .query_row(
+                &format!("SELECT {APP_COLS} FROM applications WHERE id = ?1"),
+                [id],
+                app,
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound("application"))
+    }
+
+    /// All applications, or one owner's.
+    pub fn applications(&self, owner: Option<&str>) -> Result<Vec<AppRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {APP_COLS} FROM applications WHERE ?1 IS NULL OR owner = ?1 ORDER BY created_at, id"
+        ))?;
+        let rows = stmt
+            .query_map([owner], app)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Change an application's name, namespace and description.
+    pub fn update_application(
+        &mut self,
+        id: &str,
+        name: &str,
+        namespace: &str,
+        desc: &str,
+    ) -> Result<AppRow> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE applications SET name = ?2, namespace = ?3, descr = ?4 WHERE id = ?1",
+                params![id, name, namespace, desc],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StoreError::Conflict(format!("application {name}.{namespace} exists"))
+                }
+                e => e.into(),
+            })?;
+        if n == 0 {
+            return Err(StoreError::NotFound("application"));
+        }
+        self.application(id)
+    }
+
+    /// Delete an application with its services and instances; returns the instances
+    /// that existed (so the caller can undeploy them).
+    pub fn delete_application(&mut self, id: &str) -> Result<Vec<InstanceRow>> {
+        let tx = self.conn.transaction()?;
+        let instances = {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {INSTANCE_COLS} FROM instances WHERE service IN (SELECT id FROM services WHERE application = ?1)"
+            ))?;
+            stmt.query_map([id], instance)?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        if tx.execute("DELETE FROM applications WHERE id = ?1", [id])? == 0 {
+            return Err(StoreError::NotFound("application"));
+        }
+        tx.commit()?;
+        Ok(instances)
+    }
+
+    /// A service.
+    pub fn service(&self, id: &str) -> Result<ServiceRow> {
+        self.conn
+            .query_row(
+                &format!("SELECT {SERVICE_COLS} FROM services WHERE id = ?1"),
+                [id],
+                service,
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound("service"))
+    }
+
+    /// The services of an application, or all.
+    pub fn services(&self, app_id: Option<&str>) -> Result<Vec<ServiceRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {SERVICE_COLS} FROM services WHERE ?1 IS NULL OR application = ?1 ORDER BY created_at, id"
+        ))?;
+        let rows = stmt
+            .query_map([app_id], service)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Delete a service and its instances; returns the instances that existed.
+    pub fn delete_service(&mut self, id: &str) -> Result<Vec<InstanceRow>> {
+        let tx = self.conn.transaction()?;
+        let instances = {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {INSTANCE_COLS} FROM instances WHERE service = ?1"
+            ))?;
+            stmt.query_map([id], instance)?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        if tx.execute("DELETE FROM services WHERE id = ?1", [id])? == 0 {
+            return Err(StoreError::NotFound("service"));
+        }
+        tx.commit()?;
+        Ok(instances)
+    }
+
+    /// Replace a service's spec; returns the new generation.
+    pub fn replace_service_spec(&mut self, id: &str, spec: &str) -> Result<i64> {
+        let tx = self.conn.transaction()?;
+        if tx.execute(
+            "UPDATE services SET spec = ?2, generation = generation + 1 WHERE id = ?1",
+            params![id, spec],
+        )? == 0
+        {
+            return Err(StoreError::NotFound("service"));
+        }
+        let g = tx.query_row("SELECT generation FROM services WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })?;
+        tx.commit()?;
+        Ok(g)
+    }
+
+    /// Add an instance (the lowest free number, a fresh IP, status REQUESTED).
+    pub fn add_instance(&mut self, service_id: &str) -> Result<InstanceRow> {
+        let tx = self.conn.transaction()?;
+        let generation: i64 = tx
+            .query_row(
+                "SELECT generation FROM services WHERE id = ?1",
+                [service_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound("service"))?;
+        let numbers: Vec<u32> = {
+            let mut stmt =
+                tx.prepare("SELECT number FROM instances WHERE service = ?1 ORDER BY number")?;
+            stmt.query_map([service_id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let number = (0u32..)
+            .find(|n| numbers.binary_search(n).is_err())
+            .unwrap_or(u32::MAX);
+        let row = InstanceRow {
+            service: service_id.to_owned(),
+            number,
+            status: "REQUESTED".into(),
+            reason: None,
+            cluster: None,
+            node: None,
+            ip: Some(next_free_ip(&tx, &[])?),
+            generation,
+            updated_at: now_secs(),
+        };
+        tx.execute(
+            &format!("INSERT INTO instances ({INSTANCE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+            params![
+                row.service,
+                row.number,
+                row.status,
+                row.reason,
+                row.cluster,
+                row.node,
+                row.ip,
+                row.generation,
+                row.updated_at
+            ],
+        )?;
+        history(&tx, &row)?;
+        tx.commit()?;
+        Ok(row)
+    }
+
+    /// The instances of a service, or all.
+    pub fn instances(&self, service_id: Option<&str>) -> Result<Vec<InstanceRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {INSTANCE_COLS} FROM instances WHERE ?1 IS NULL OR service = ?1 ORDER BY service, number"
+        ))?;
+        let rows = stmt
+            .query_map([service_id], instance)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Record a status change (and where the instance is).
+    pub fn set_instance_status(
+        &mut self,
+        service_id: &str,
+        number: u32,
+        status: &str,
+        reason: Option<&str>,
+        cluster: Option<u32>,
+        node: Option<&str>,
+    ) -> Result<InstanceRow> {
+        let tx = self.conn.transaction()?;
+        let mut row = tx
+            .query_row(
+                &format!(
+                    "SELECT {INSTANCE_COLS} FROM instances WHERE service = ?1 AND number = ?2"
+                ),
+                params![service_id, number],
+                instance,
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound("instance"))?;
+        row.status = status.to_owned();
+        row.reason = reason.map(str::to_owned);
+        row.cluster = cluster.or(row.cluster);
+        row.node = node.map(str::to_owned).or(row.node);
+        row.updated_at = now_secs();
+        tx.execute(
+            "UPDATE instances SET status = ?3, reason = ?4, cluster = ?5, node = ?6, updated_at = ?7
+             WHERE service = ?1 AND number = ?2",
+            params![row.service, row.number, row.status, row.reason, row.cluster, row.node, row.updated_at],
+        )?;
+        history(&tx, &row)?;
+        tx.commit()?;
+        Ok(row)
+    }
+
+    /// Remove one instance; returns it.
+    pub fn remove_instance(&mut self, service_id: &str, number: u32) -> Result<InstanceRow> {
+        let tx = self.conn.transaction()?;
+        let row = tx
+            .query_row(
+                &format!(
+                    "SELECT {INSTANCE_COLS} FROM instances WHERE service = ?1 AND number = ?2"
+                ),
+                params![service_id, number],
+                instance,
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound("instance"))?;
+        tx.execute(
+            "DELETE FROM instances WHERE service = ?1 AND number = ?2",
+            params![service_id, number],
+        )?;
+        let gone = InstanceRow {
+            status: "UNDEPLOYED".into(),
+            updated_at: now_secs(),
+            ..row.clone()
+        };
+        history(&tx, &gone)?;
+        tx.commit()?;
+        Ok(row)
+    }
+
+    /// The status history of an instance, oldest first: (status, reason, Unix seconds).
+    pub fn instance_history(
+        &self,
+        service_id: &str,
+        number: u32,
+    ) -> Result<Vec<(String, Option<String>, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT status, reason, at FROM instance_history WHERE service = ?1 AND number = ?2 ORDER BY seq",
+        )?;
+        let rows = stmt
+            .query_map(params![service_id, number], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn ip(s: &str) -> u32 {
+        u32::from(s.parse::<Ipv4Addr>().unwrap())
+    }
+
+    fn svc(name: &str, rr: Option<&str>) -> NewService {
+        NewService {
+            name: name.into(),
+            namespace: "test".into(),
+            spec: format!("{{\"microservice_name\":\"{name}\"}}"),
+            rr_ip: rr.map(ip),
+            closest_ip: None,
+        }
+    }
+
+    fn with_owner() -> (Store, String) {
+        let mut s = Store::in_memory().unwrap();
+        let u = s
+            .create_user("Admin", "", "h", &["Admin".into()], None)
+            .unwrap();
+        (s, u.id)
+    }
+
+    #[test]
+    fn an_application_is_created_with_its_services_and_addresses() {
+        let (mut s, owner) = with_owner();
+        let (app, services) = s
+            .create_application(
+                &owner,
+                "clientsrvr",
+                "test",
+                "demo",
+                "{}",
+                &[svc("curl", None), svc("nginx", Some("10.30.30.30"))],
+            )
+            .unwrap();
+        assert_eq!(services.len(), 2);
+        assert_eq!(services[1].rr_ip, ip("10.30.30.30"));
+        let all: Vec<u32> = services
+            .iter()
+            .flat_map(|x| [x.rr_ip, x.closest_ip])
+            .collect();
+        let mut dedup = all.clone();
+        dedup.sort_unstable();
+        dedup.dedup();
+        assert_eq!(dedup.len(), 4, "every address handed out once: {all:?}");
+        assert!(all.iter().all(|a| a >> 16 == ip("10.30.0.0") >> 16));
+        assert_eq!(s.services(Some(&app.id)).unwrap(), services);
+        assert_eq!(s.applications(Some(&owner)).unwrap(), vec![app]);
+    }
+
+    #[test]
+    fn a_taken_rr_ip_rejects_the_whole_application() {
+        let (mut s, owner) = with_owner();
+        s.create_application(&owner, "a", "x", "", "{}", &[svc("one", Some("10.30.1.1"))])
+            .unwrap();
+        let err = s
+            .create_application(
+                &owner,
+                "b",
+                "x",
+                "",
+                "{}",
+                &[svc("two", None), svc("three", Some("10.30.1.1"))],
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("10.30.1.1 is already in use"),
+            "{err}"
+        );
+        assert_eq!(
+            s.applications(None).unwrap().len(),
+            1,
+            "nothing stored from the rejected request"
+        );
+        assert_eq!(s.services(None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn duplicate_application_names_conflict_per_owner() {
+        let (mut s, owner) = with_owner();
+        s.create_application(&owner, "a", "x", "", "{}", &[])
+            .unwrap();
+        assert!(matches!(
+            s.create_application(&owner, "a", "x", "", "{}", &[]),
+            Err(StoreError::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn instances_get_the_lowest_free_number_a_fresh_ip_and_a_history() {
+        let (mut s, owner) = with_owner();
+        let (_, services) = s
+            .create_application(&owner, "a", "x", "", "{}", &[svc("web", None)])
+            .unwrap();
+        let sid = &services[0].id;
+        let i0 = s.add_instance(sid).unwrap();
+        let i1 = s.add_instance(sid).unwrap();
+        assert_eq!((i0.number, i1.number), (0, 1));
+        assert_ne!(i0.ip, i1.ip);
+        assert!(![services[0].rr_ip, services[0].closest_ip].contains(&i0.ip.unwrap()));
+        s.remove_instance(sid, 0).unwrap();
+        assert_eq!(
+            s.add_instance(sid).unwrap().number,
+            0,
+            "number 0 is free again"
+        );
+        s.set_instance_status(sid, 1, "CLUSTER_SCHEDULED", None, Some(3), None)
+            .unwrap();
+        let r = s
+            .set_instance_status(sid, 1, "RUNNING", None, None, Some("pi-1"))
+            .unwrap();
+        assert_eq!((r.cluster, r.node.as_deref()), (Some(3), Some("pi-1")));
+        let h: Vec<String> = s
+            .instance_history(sid, 1)
+            .unwrap()
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
+        assert_eq!(h, ["REQUESTED", "CLUSTER_SCHEDULED", "RUNNING"]);
+        assert!(matches!(
+            s.set_instance_status(sid, 9, "RUNNING", None, None, None),
+            Err(StoreError::NotFound("instance"))
+        ));
+    }
+
+    #[test]
+    fn deleting_an_application_removes_services_and_instances_and_reports_them() {
+        let (mut s, owner) = with_owner();
+        let (app, services) = s
+            .create_application(&owner, "a", "x", "", "{}", &[svc("web", None)])
+            .unwrap();
+        s.add_instance(&services[0].id).unwrap();
+        let gone = s.delete_application(&app.id).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert!(s.services(None).unwrap().is_empty());
+        assert!(s.instances(None).unwrap().is_empty());
+        assert!(matches!(
+            s.application(&app.id),
+            Err(StoreError::NotFound("application"))
+        ));
+        // Its addresses are free again.
+        assert!(!s.ip_in_use(services[0].rr_ip).unwrap());
+    }
+
+    #[test]
+    fn replacing_a_spec_bumps_the_generation() {
+        let (mut s, owner) = with_owner();
+        let (_, services) = s
+            .create_application(&owner, "a", "x", "", "{}", &[svc("web", None)])
+            .unwrap();
+        assert_eq!(
+            s.replace_service_spec(&services[0].id, "{\"v\":2}")
+                .unwrap(),
+            2
+        );
+        assert_eq!(s.service(&services[0].id).unwrap().spec, "{\"v\":2}");
+        assert!(matches!(
+            s.replace_service_spec("nope", "{}"),
+            Err(StoreError::NotFound("service"))
+        ));
+    }
+
+    #[test]
+    fn everything_committed_is_there_after_reopening() {
+        let path = super::super::tests::temp_db("reopen");
+        let sid;
+        {
+            let mut s = Store::open(&path).unwrap();
+            let u = s.create_user("Admin", "", "h", &[], None).unwrap();
+            let (_, services) = s
+                .create_application(&u.id, "a", "x", "", "{}", &[svc("web", None)])
+                .unwrap();
+            sid = services[0].id.clone();
+            s.add_instance(&sid).unwrap();
+            // Dropped without any shutdown step.
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.instances(Some(&sid)).unwrap().len(), 1);
+    }
+}

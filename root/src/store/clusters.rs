@@ -1,0 +1,221 @@
+//! Clusters, their last aggregate, and cluster join tokens.
+
+use super::{Result, Store, StoreError, now_secs};
+use rusqlite::{OptionalExtension, Row, params};
+
+/// A registered cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterRow {
+    /// Id, assigned at registration.
+    pub id: u32,
+    /// Unique name.
+    pub name: String,
+    /// Location (lat, lon) in degrees.
+    pub location: Option<(f64, f64)>,
+    /// The last aggregate report (CBOR of the capacity list), if any.
+    pub aggregate: Option<Vec<u8>>,
+    /// Unix seconds of the last report.
+    pub last_report: Option<i64>,
+    /// Unix seconds of the (first) registration.
+    pub registered: i64,
+}
+
+const COLS: &str = "id, name, lat, lon, aggregate, last_report, registered";
+
+fn cluster(r: &Row<'_>) -> rusqlite::Result<ClusterRow> {
+    let (lat, lon): (Option<f64>, Option<f64>) = (r.get(2)?, r.get(3)?);
+    Ok(ClusterRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        location: lat.zip(lon),
+        aggregate: r.get(4)?,
+        last_report: r.get(5)?,
+        registered: r.get(6)?,
+    })
+}
+
+impl Store {
+    /// Register a cluster; a known name keeps its id (a cluster re-joining after losing
+    /// its state) and gets its location updated.
+    pub fn register_cluster(
+        &mut self,
+        name: &str,
+        location: Option<(f64, f64)>,
+    ) -> Result<ClusterRow> {
+        let tx = self.conn.transaction()?;
+        let (lat, lon) = location.unzip();
+        tx.execute(
+            "INSERT INTO clusters (name, lat, lon, registered) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name) DO UPDATE SET lat = excluded.lat, lon = excluded.lon",
+            params![name, lat, lon, now_secs()],
+        )?;
+        let row = tx.query_row(
+            &format!("SELECT {COLS} FROM clusters WHERE name = ?1"),
+            [name],
+            cluster,
+        )?;
+        tx.commit()?;
+        Ok(row)
+    }
+
+    /// All clusters.
+    pub fn clusters(&self) -> Result<Vec<ClusterRow>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {COLS} FROM clusters ORDER BY id"))?;
+        let rows = stmt
+            .query_map([], cluster)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// One cluster.
+    pub fn cluster(&self, id: u32) -> Result<ClusterRow> {
+        self.conn
+            .query_row(
+                &format!("SELECT {COLS} FROM clusters WHERE id = ?1"),
+                [id],
+                cluster,
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound("cluster"))
+    }
+
+    /// Record a report: its time always, its aggregate when it carries one.
+    pub fn record_report(&mut self, id: u32, aggregate: Option<&[u8]>, at: i64) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE clusters SET last_report = ?2, aggregate = COALESCE(?3, aggregate) WHERE id = ?1",
+            params![id, at, aggregate],
+        )?;
+        if n == 0 {
+            Err(StoreError::NotFound("cluster"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Clusters that reported within `within_secs` of `now`.
+    pub fn active_clusters(&self, now: i64, within_secs: i64) -> Result<Vec<ClusterRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {COLS} FROM clusters WHERE last_report >= ?1 ORDER BY id"
+        ))?;
+        let rows = stmt
+            .query_map([now - within_secs], cluster)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Store a cluster join token.
+    pub fn create_cluster_token(
+        &mut self,
+        id: &str,
+        secret: &[u8],
+        expires_at: i64,
+        single_use: bool,
+        created_by: &str,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO cluster_tokens (id, secret, expires_at, single_use, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, secret, expires_at, single_use, created_by],
+        )?;
+        Ok(())
+    }
+
+    /// The secret of a token that may still be used at `now`.
+    pub fn valid_cluster_token(&self, id: &str, now: i64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT secret FROM cluster_tokens
+                 WHERE id = ?1 AND expires_at > ?2 AND NOT (single_use AND used)",
+                params![id, now],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Mark a token used (a single-use token then stops working).
+    pub fn mark_cluster_token_used(&mut self, id: &str) -> Result<()> {
+        self.conn
+            .execute("UPDATE cluster_tokens SET used = 1 WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Revoke a token.
+    pub fn revoke_cluster_token(&mut self, id: &str) -> Result<()> {
+        match self
+            .conn
+            .execute("DELETE FROM cluster_tokens WHERE id = ?1", [id])?
+        {
+            0 => Err(StoreError::NotFound("token")),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_keeps_its_id_when_it_registers_again() {
+        let mut s = Store::in_memory().unwrap();
+        let a = s.register_cluster("munich", Some((48.1, 11.6))).unwrap();
+        let b = s.register_cluster("berlin", None).unwrap();
+        let a2 = s.register_cluster("munich", Some((48.2, 11.7))).unwrap();
+        assert_eq!(a.id, a2.id);
+        assert_ne!(a.id, b.id);
+        assert_eq!(a2.location, Some((48.2, 11.7)));
+    }
+
+    #[test]
+    fn active_clusters_are_those_that_reported_recently() {
+        let mut s = Store::in_memory().unwrap();
+        let a = s.register_cluster("a", None).unwrap();
+        let b = s.register_cluster("b", None).unwrap();
+        s.record_report(a.id, Some(&[0x80]), 1000).unwrap();
+        s.record_report(b.id, None, 980).unwrap();
+        let active: Vec<u32> = s
+            .active_clusters(1010, 15)
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(active, [a.id]);
+        assert_eq!(s.cluster(a.id).unwrap().aggregate, Some(vec![0x80]));
+        // A liveness-only report keeps the last aggregate.
+        s.record_report(a.id, None, 1005).unwrap();
+        assert_eq!(s.cluster(a.id).unwrap().aggregate, Some(vec![0x80]));
+        assert!(matches!(
+            s.record_report(99, None, 0),
+            Err(StoreError::NotFound("cluster"))
+        ));
+    }
+
+    #[test]
+    fn tokens_expire_are_single_use_when_asked_and_can_be_revoked() {
+        let mut s = Store::in_memory().unwrap();
+        s.create_cluster_token("t1", b"s1", 2000, true, "Admin")
+            .unwrap();
+        s.create_cluster_token("t2", b"s2", 2000, false, "Admin")
+            .unwrap();
+        assert_eq!(
+            s.valid_cluster_token("t1", 1000).unwrap(),
+            Some(b"s1".to_vec())
+        );
+        assert_eq!(s.valid_cluster_token("t1", 2000).unwrap(), None, "expired");
+        s.mark_cluster_token_used("t1").unwrap();
+        s.mark_cluster_token_used("t2").unwrap();
+        assert_eq!(
+            s.valid_cluster_token("t1", 1000).unwrap(),
+            None,
+            "single use"
+        );
+        assert!(
+            s.valid_cluster_token("t2", 1000).unwrap().is_some(),
+            "reusable"
+        );
+        s.revoke_cluster_token("t2").unwrap();
+        assert_eq!(s.valid_cluster_token("t2", 1000).unwrap(), None);
+    }
+}

@@ -1,0 +1,295 @@
+//! The root's SQLite store: one file, WAL, foreign keys, versioned migrations.
+//!
+//! Every change is one transaction, committed (synchronous = FULL) before the caller
+//! acknowledges anything, so a root killed at any moment restarts with everything it
+//! ever acknowledged.
+
+mod apps;
+mod clusters;
+mod users;
+
+pub use apps::{AppRow, InstanceRow, NewService, ServiceRow};
+pub use clusters::ClusterRow;
+pub use users::{OrgRow, UserRow};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Opening or migrating the database file.
+    #[error("database {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: rusqlite::Error,
+    },
+    /// A query failed.
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// The object does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A uniqueness rule would be broken (name taken, IP in use, ...).
+    #[error("{0}")]
+    Conflict(String),
+    /// The pool has no address left.
+    #[error("{0} exhausted")]
+    Exhausted(&'static str),
+}
+
+/// Result of store operations.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
+/// Never edit one that has shipped: add the next.
+const MIGRATIONS: &[&str] = &[
+    // 1: users, organizations, applications, services, instances and their history,
+    //    clusters, cluster join tokens, address allocations.
+    r#"
+    CREATE TABLE organizations (
+        id   TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE users (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL UNIQUE,
+        email         TEXT NOT NULL DEFAULT '',
+        password_hash TEXT NOT NULL,
+        roles         TEXT NOT NULL,
+        organization  TEXT REFERENCES organizations(id) ON DELETE SET NULL,
+        created_at    INTEGER NOT NULL
+    );
+    CREATE TABLE applications (
+        id         TEXT PRIMARY KEY,
+        owner      TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        name       TEXT NOT NULL,
+        namespace  TEXT NOT NULL,
+        descr      TEXT NOT NULL DEFAULT '',
+        extra      TEXT NOT NULL DEFAULT '{}',
+        created_at INTEGER NOT NULL,
+        UNIQUE (owner, name, namespace)
+    );
+    CREATE TABLE services (
+        id          TEXT PRIMARY KEY,
+        application TEXT NOT NULL REFERENCES applications(id) ON DELETE CASCADE,
+        name        TEXT NOT NULL,
+        namespace   TEXT NOT NULL,
+        spec        TEXT NOT NULL,
+        rr_ip       INTEGER UNIQUE,
+        closest_ip  INTEGER UNIQUE,
+        generation  INTEGER NOT NULL DEFAULT 1,
+        created_at  INTEGER NOT NULL,
+        UNIQUE (application, name, namespace)
+    );
+    CREATE TABLE instances (
+        service    TEXT NOT NULL REFERENCES services(id) ON DELETE CASCADE,
+        number     INTEGER NOT NULL,
+        status     TEXT NOT NULL,
+        reason     TEXT,
+        cluster    INTEGER,
+        node       TEXT,
+        ip         INTEGER UNIQUE,
+        generation INTEGER NOT NULL DEFAULT 1,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (service, number)
+    );
+    CREATE TABLE instance_history (
+        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        service TEXT NOT NULL,
+        number  INTEGER NOT NULL,
+        status  TEXT NOT NULL,
+        reason  TEXT,
+        at      INTEGER NOT NULL
+    );
+    CREATE INDEX instance_history_by_instance ON instance_history (service, number);
+    CREATE TABLE clusters (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        name        TEXT NOT NULL UNIQUE,
+        lat         REAL,
+        lon         REAL,
+        aggregate   BLOB,
+        last_report INTEGER,
+        registered  INTEGER NOT NULL
+    );
+    CREATE TABLE cluster_tokens (
+        id         TEXT PRIMARY KEY,
+        secret     BLOB NOT NULL,
+        expires_at INTEGER NOT NULL,
+        single_use INTEGER NOT NULL,
+        used       INTEGER NOT NULL DEFAULT 0,
+        created_by TEXT
+    );
+    "#,
+];
+
+/// The root's database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A new object id in MongoDB's shape (24 hex digits: 4 bytes of time, 8 random), so
+/// Oakestra's clients that parse ids keep working.
+pub fn new_object_id() -> String {
+    let mut b = [0u8; 12];
+    let secs = u32::try_from(now_secs().max(0)).unwrap_or(u32::MAX);
+    b[..4].copy_from_slice(&secs.to_be_bytes());
+    // Without an OS RNG the ids are still unique per second only by the UNIQUE
+    // constraints; getrandom does not fail on Linux.
+    let _ = getrandom::getrandom(&mut b[4..]);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Store {
+    /// Open (creating if needed) and migrate the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let wrap = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(wrap)?;
+        Self::setup(conn).map_err(|e| match e {
+            StoreError::Sql(source) => wrap(source),
+            other => other,
+        })
+    }
+
+    /// An in-memory database (unit tests).
+    pub fn in_memory() -> Result<Self> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(mut conn: Connection) -> Result<Self> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::Conflict(format!(
+                "database schema version {version} is newer than this grove-root ({}); upgrade grove-root",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(m)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(Self { conn })
+    }
+
+    /// The schema version.
+    pub fn schema_version(&self) -> Result<usize> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    /// Whether an IPv4 address (host order) is taken by a service or an instance.
+    pub fn ip_in_use(&self, ip: u32) -> Result<bool> {
+        let hit: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM services WHERE rr_ip = ?1 OR closest_ip = ?1
+                 UNION SELECT 1 FROM instances WHERE ip = ?1 LIMIT 1",
+                params![ip],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(hit.is_some())
+    }
+}
+
+/// The service and instance address range, 10.30.0.0/16, without .0 and .255 hosts of
+/// each /24 (kept free for tools that treat them specially).
+pub(crate) fn next_free_ip(tx: &rusqlite::Transaction<'_>, exclude: &[u32]) -> Result<u32> {
+    let base = u32::from(std::net::Ipv4Addr::new(10, 30, 0, 0));
+    let mut stmt = tx.prepare(
+        "SELECT ip FROM (SELECT rr_ip AS ip FROM services WHERE rr_ip IS NOT NULL
+                         UNION SELECT closest_ip FROM services WHERE closest_ip IS NOT NULL
+                         UNION SELECT ip FROM instances WHERE ip IS NOT NULL)
+         WHERE ip >= ?1 AND ip < ?2 ORDER BY ip",
+    )?;
+    let used: Vec<u32> = stmt
+        .query_map(params![base, base + 65536], |r| r.get(0))?
+        .collect::<std::result::Result<_, _>>()?;
+    let mut used = used.into_iter().peekable();
+    for ip in base + 1..base + 65535 {
+        let host = ip & 0xff;
+        if host == 0 || host == 255 {
+            continue;
+        }
+        while used.peek().is_some_and(|&u| u < ip) {
+            used.next();
+        }
+        if used.peek() != Some(&ip) && !exclude.contains(&ip) {
+            return Ok(ip);
+        }
+    }
+    Err(StoreError::Exhausted("service address pool 10.30.0.0/16"))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn temp_db(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("grove-root-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("root.db")
+    }
+
+    #[test]
+    fn migrations_run_once_and_survive_reopening() {
+        let path = temp_db("migrate");
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len());
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len());
+        let mode: String = s
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let fk: i64 = s
+            .conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_with_advice() {
+        let path = temp_db("newer");
+        let s = Store::open(&path).unwrap();
+        s.conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(s);
+        let err = Store::open(&path).unwrap_err().to_string();
+        assert!(err.contains("upgrade grove-root"), "{err}");
+    }
+
+    #[test]
+    fn object_ids_look_like_mongo_ids_and_differ() {
+        let a = new_object_id();
+        let b = new_object_id();
+        assert_eq!(a.len(), 24);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}
