@@ -2,10 +2,12 @@
 //! scheduler, cluster link).
 //!
 //! Built so far: the command line, the root scheduler ([`scheduler`]) and the SLA
-//! parser with field-path errors ([`sla`]) and the SQLite store ([`store`]). The API,
+//! parser with field-path errors ([`sla`]), the SQLite store ([`store`]) and
+//! authentication ([`auth`]). The API,
 //! storage and cluster link are still to come; the binary says so and exits non-zero
 //! rather than pretending to run.
 
+pub mod auth;
 pub mod scheduler;
 pub mod sla;
 pub mod store;

@@ -308,7 +308,7 @@ impl Store {
     /// All applications, or one owner's.
     pub fn applications(&self, owner: Option<&str>) -> Result<Vec<AppRow>> {
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {APP_COLS} FROM applications WHERE ?1 IS NULL OR owner = ?1 ORDER BY created_at, id"
+            "SELECT {APP_COLS} FROM applications WHERE ?1 IS NULL OR owner = ?1 ORDER BY rowid"
         ))?;
         let rows = stmt
             .query_map([owner], app)?
@@ -377,7 +377,7 @@ impl Store {
     /// The services of an application, or all.
     pub fn services(&self, app_id: Option<&str>) -> Result<Vec<ServiceRow>> {
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {SERVICE_COLS} FROM services WHERE ?1 IS NULL OR application = ?1 ORDER BY created_at, id"
+            "SELECT {SERVICE_COLS} FROM services WHERE ?1 IS NULL OR application = ?1 ORDER BY rowid"
         ))?;
         let rows = stmt
             .query_map([app_id], service)?

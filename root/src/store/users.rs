@@ -123,7 +123,7 @@ impl Store {
     /// All users, or those of one organization.
     pub fn users(&self, organization: Option<&str>) -> Result<Vec<UserRow>> {
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {USER_COLS} FROM users WHERE ?1 IS NULL OR organization = ?1 ORDER BY created_at, name"
+            "SELECT {USER_COLS} FROM users WHERE ?1 IS NULL OR organization = ?1 ORDER BY rowid"
         ))?;
         let rows = stmt
             .query_map([organization], user)?
