@@ -1,12 +1,12 @@
 //! `grove-root`: the root orchestrator (Oakestra-compatible HTTP API, SQLite, root
 //! scheduler, cluster link).
 //!
-//! Built so far: the command line, the root scheduler ([`scheduler`]) and the SLA
+//! Built so far: the HTTP API ([`api`]), the root scheduler ([`scheduler`]), the SLA
 //! parser with field-path errors ([`sla`]), the SQLite store ([`store`]) and
-//! authentication ([`auth`]). The API,
-//! storage and cluster link are still to come; the binary says so and exits non-zero
-//! rather than pretending to run.
+//! authentication ([`auth`]). Still to come: the cluster link over CoAP (registration,
+//! reports, commands, directory), rescheduling of lost clusters, the CoAP user API.
 
+pub mod api;
 pub mod auth;
 pub mod scheduler;
 pub mod sla;
@@ -35,11 +35,51 @@ pub struct Args {
     pub admin_password: Option<String>,
 }
 
-/// Run the root; not implemented yet.
-pub fn run(_args: Args) -> Result<(), String> {
-    Err(
-        "grove-root is not implemented yet: this build has only the tier protocol \
-         (use `grove up` to see it work)"
-            .into(),
-    )
+/// Open the data directory: the database, the token key and the first Admin.
+pub fn open_state(args: &Args) -> Result<api::Shared, String> {
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| format!("{}: {e}", args.data_dir.display()))?;
+    let mut store =
+        store::Store::open(&args.data_dir.join("root.db")).map_err(|e| e.to_string())?;
+    let keys = auth::AuthKeys::load_or_create(&args.data_dir).map_err(|e| e.to_string())?;
+    if let Some(pw) =
+        auth::bootstrap_admin(&mut store, &args.data_dir, args.admin_password.as_deref())
+            .map_err(|e| e.to_string())?
+    {
+        tracing::warn!(
+            password = %pw,
+            file = %args.data_dir.join("initial-admin-password").display(),
+            "created user Admin with a random password"
+        );
+    }
+    Ok(std::sync::Arc::new(api::AppState {
+        store: std::sync::Mutex::new(store),
+        keys,
+    }))
+}
+
+/// Run the root: the HTTP API (the cluster link over CoAP is still to come).
+pub fn run(args: Args) -> Result<(), String> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .try_init();
+    let state = open_state(&args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.http)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.http))?;
+        tracing::info!(http = %args.http, docs = "/api/docs", "grove-root serving the API");
+        api::serve(listener, state, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| e.to_string())
+    })
 }

@@ -362,7 +362,7 @@ fn exact_u64(x: f64) -> u64 {
 
 /// Degrees as f32: about a metre of precision, plenty for placement.
 #[allow(clippy::cast_possible_truncation)]
-fn degrees(x: f64) -> f32 {
+pub(crate) fn degrees(x: f64) -> f32 {
     x as f32
 }
 

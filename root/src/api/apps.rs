@@ -1,0 +1,571 @@
+//! Applications, services, instances and clusters.
+
+use super::{ApiError, ApiResult, Caller, Shared, body, oid};
+use crate::scheduler::{self, ClusterView, Demand};
+use crate::sla::{self, Microservice};
+use crate::store::{AppRow, ClusterRow, InstanceRow, NewService, ServiceRow, now_secs};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use grove_proto::msg::{Capacity, ClusterId, GeoPoint};
+use serde_json::{Map, Value, json};
+use std::net::Ipv4Addr;
+
+/// A cluster silent this long is lost (DESIGN.md: 3 missed 5 s reports).
+pub const CLUSTER_LOST_AFTER_SECS: i64 = 15;
+
+/// Lifecycle order, to report the least advanced instance as the service status.
+const ORDER: [&str; 6] = [
+    "REQUESTED",
+    "CLUSTER_SCHEDULED",
+    "NODE_SCHEDULED",
+    "CREATING",
+    "CREATED",
+    "RUNNING",
+];
+
+fn service_status(instances: &[InstanceRow]) -> &str {
+    if instances.is_empty() {
+        return "REQUESTED";
+    }
+    if let Some(failed) = instances
+        .iter()
+        .find(|i| !ORDER.contains(&i.status.as_str()))
+    {
+        return &failed.status;
+    }
+    instances
+        .iter()
+        .map(|i| i.status.as_str())
+        .min_by_key(|s| ORDER.iter().position(|o| o == s))
+        .unwrap_or("REQUESTED")
+}
+
+fn ip(v: u32) -> String {
+    Ipv4Addr::from(v).to_string()
+}
+
+fn app_doc(a: &AppRow, services: &[ServiceRow]) -> Value {
+    let mut doc: Map<String, Value> = serde_json::from_str(&a.extra).unwrap_or_default();
+    doc.insert("_id".into(), oid(&a.id));
+    doc.insert("applicationID".into(), json!(a.id));
+    doc.insert("application_name".into(), json!(a.name));
+    doc.insert("application_namespace".into(), json!(a.namespace));
+    doc.insert("application_desc".into(), json!(a.desc));
+    doc.insert(
+        "microservices".into(),
+        json!(services.iter().map(|s| s.id.clone()).collect::<Vec<_>>()),
+    );
+    doc.insert("userId".into(), json!(a.owner));
+    Value::Object(doc)
+}
+
+fn instance_doc(i: &InstanceRow) -> Value {
+    json!({
+        "instance_number": i.number,
+        "status": i.status,
+        "status_detail": i.reason,
+        "cluster_id": i.cluster.map(|c| c.to_string()),
+        "worker_id": i.node,
+        "instance_ip": i.ip.map(ip),
+        "generation": i.generation,
+        "last_modified_timestamp": i.updated_at,
+    })
+}
+
+fn service_doc(a: &AppRow, s: &ServiceRow, instances: &[InstanceRow]) -> Value {
+    let mut doc: Map<String, Value> = serde_json::from_str(&s.spec).unwrap_or_default();
+    doc.insert("_id".into(), oid(&s.id));
+    doc.insert("microserviceID".into(), json!(s.id));
+    doc.insert("applicationID".into(), json!(a.id));
+    doc.insert("app_name".into(), json!(a.name));
+    doc.insert("app_ns".into(), json!(a.namespace));
+    doc.insert("microservice_name".into(), json!(s.name));
+    doc.insert("microservice_namespace".into(), json!(s.namespace));
+    doc.insert(
+        "job_name".into(),
+        json!(format!(
+            "{}.{}.{}.{}",
+            a.name, a.namespace, s.name, s.namespace
+        )),
+    );
+    doc.insert("RR_ip".into(), json!(ip(s.rr_ip)));
+    let mut addresses = doc
+        .get("addresses")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    addresses.insert("rr_ip".into(), json!(ip(s.rr_ip)));
+    addresses.insert("closest_ip".into(), json!(ip(s.closest_ip)));
+    doc.insert("addresses".into(), Value::Object(addresses));
+    doc.insert("status".into(), json!(service_status(instances)));
+    doc.insert(
+        "instance_list".into(),
+        Value::Array(instances.iter().map(instance_doc).collect()),
+    );
+    doc.insert("generation".into(), json!(s.generation));
+    Value::Object(doc)
+}
+
+fn to_new(ms: &Microservice, raw: &Value) -> NewService {
+    NewService {
+        name: ms.name.clone(),
+        namespace: ms.namespace.clone(),
+        spec: raw.to_string(),
+        rr_ip: ms.addresses.rr_ip.map(u32::from),
+        closest_ip: ms.addresses.closest_ip.map(u32::from),
+    }
+}
+
+fn user_apps(st: &Shared, owner: &str) -> ApiResult<Value> {
+    let db = st.db();
+    let mut out = Vec::new();
+    for a in db.applications(Some(owner))? {
+        let services = db.services(Some(&a.id))?;
+        out.push(app_doc(&a, &services));
+    }
+    Ok(Value::Array(out))
+}
+
+/// `POST /api/application/`: an SLA; creates its applications and services. Answers
+/// with the caller's applications, as Oakestra does.
+pub async fn create_applications(
+    State(st): State<Shared>,
+    caller: Caller,
+    raw: Bytes,
+) -> ApiResult {
+    let v = body(&raw)?;
+    let sla = sla::parse(&v).map_err(ApiError::Invalid)?;
+    let me = caller.user(&st)?;
+    let existing = st.db().applications(Some(&me.id))?;
+    if sla.applications.iter().any(|a| {
+        existing
+            .iter()
+            .any(|e| e.name == a.name && e.namespace == a.namespace)
+    }) {
+        return Err(ApiError::Conflict(
+            "An application with the same name and namespace exists already".into(),
+        ));
+    }
+    check_addresses_free(&st, &sla)?;
+    let mut created = Vec::new();
+    for (i, app) in sla.applications.iter().enumerate() {
+        let raws = v["applications"][i]["microservices"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let services: Vec<NewService> = app
+            .microservices
+            .iter()
+            .zip(&raws)
+            .map(|(ms, r)| to_new(ms, r))
+            .collect();
+        let extra = Value::Object(app.extra.clone()).to_string();
+        let result = st.db().create_application(
+            &me.id,
+            &app.name,
+            &app.namespace,
+            &app.desc,
+            &extra,
+            &services,
+        );
+        match result {
+            Ok((row, _)) => created.push(row.id),
+            Err(e) => {
+                // All or nothing: undo the applications this request already created.
+                for id in created {
+                    st.db().delete_application(&id)?;
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(Json(user_apps(&st, &me.id)?))
+}
+
+/// Requested service IPs already held by another service or instance: 400 per field.
+fn check_addresses_free(st: &Shared, sla: &sla::Sla) -> ApiResult<()> {
+    let db = st.db();
+    let mut errors = Vec::new();
+    for (i, app) in sla.applications.iter().enumerate() {
+        for (j, ms) in app.microservices.iter().enumerate() {
+            for (key, ip) in [
+                ("rr_ip", ms.addresses.rr_ip),
+                ("closest_ip", ms.addresses.closest_ip),
+            ] {
+                if let Some(ip) = ip {
+                    if db.ip_in_use(u32::from(ip))? {
+                        errors.push(sla::FieldError {
+                            field: format!("applications[{i}].microservices[{j}].addresses.{key}"),
+                            reason: format!("{ip} is already in use"),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(errors))
+    }
+}
+
+fn owned_app(st: &Shared, caller: &Caller, appid: &str) -> ApiResult<AppRow> {
+    let app = st.db().application(appid)?;
+    caller.check_access(st, &app.owner, "application")?;
+    Ok(app)
+}
+
+/// `GET /api/application/{appid}`.
+pub async fn get_application(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(appid): Path<String>,
+) -> ApiResult {
+    let app = owned_app(&st, &caller, &appid)?;
+    let services = st.db().services(Some(&app.id))?;
+    Ok(Json(app_doc(&app, &services)))
+}
+
+/// `PUT /api/application/{appid}`: `{application_name, application_namespace, application_desc}`.
+pub async fn put_application(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(appid): Path<String>,
+    raw: Bytes,
+) -> ApiResult {
+    let app = owned_app(&st, &caller, &appid)?;
+    let v = body(&raw)?;
+    let field = |k: &str, old: &str| v.get(k).and_then(Value::as_str).unwrap_or(old).to_owned();
+    let (name, ns, desc) = (
+        field("application_name", &app.name),
+        field("application_namespace", &app.namespace),
+        field("application_desc", &app.desc),
+    );
+    for (k, val) in [("application_name", &name), ("application_namespace", &ns)] {
+        if val.is_empty() || val.len() > 30 || !val.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(ApiError::Invalid(vec![sla::FieldError {
+                field: k.into(),
+                reason: format!("\"{val}\" must be 1 to 30 letters or digits"),
+            }]));
+        }
+    }
+    st.db().update_application(&appid, &name, &ns, &desc)?;
+    Ok(Json(json!({ "message": "Application is updated" })))
+}
+
+/// `DELETE /api/application/{appid}`: with all its services and instances.
+pub async fn delete_application(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(appid): Path<String>,
+) -> ApiResult {
+    owned_app(&st, &caller, &appid)?;
+    st.db().delete_application(&appid)?;
+    Ok(Json(json!({ "message": "Application Deleted" })))
+}
+
+/// `GET /api/applications/` (Admin): every application.
+pub async fn all_applications(State(st): State<Shared>, caller: Caller) -> ApiResult {
+    caller.require_admin()?;
+    let db = st.db();
+    let mut out = Vec::new();
+    for a in db.applications(None)? {
+        let services = db.services(Some(&a.id))?;
+        out.push(app_doc(&a, &services));
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+/// `GET /api/applications/{userid}`: a user's applications.
+pub async fn user_applications(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(userid): Path<String>,
+) -> ApiResult {
+    if st.db().user_by_id(&userid)?.is_none() {
+        return Err(ApiError::NotFound("user not found".into()));
+    }
+    caller.check_access(&st, &userid, "user's application list")?;
+    Ok(Json(user_apps(&st, &userid)?))
+}
+
+/// `POST /api/service/`: an SLA whose application carries `applicationID`; adds its
+/// microservices to that application.
+pub async fn create_services(State(st): State<Shared>, caller: Caller, raw: Bytes) -> ApiResult {
+    let v = body(&raw)?;
+    let sla = sla::parse(&v).map_err(ApiError::Invalid)?;
+    let mut out = Vec::new();
+    for (i, app) in sla.applications.iter().enumerate() {
+        if app.id.is_empty() {
+            return Err(ApiError::Invalid(vec![sla::FieldError {
+                field: format!("applications[{i}].applicationID"),
+                reason: "is required to add services to an application".into(),
+            }]));
+        }
+        let row = owned_app(&st, &caller, &app.id)?;
+        let raws = v["applications"][i]["microservices"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let services: Vec<NewService> = app
+            .microservices
+            .iter()
+            .zip(&raws)
+            .map(|(ms, r)| to_new(ms, r))
+            .collect();
+        for s in st.db().add_services(&row.id, &services)? {
+            out.push(service_doc(&row, &s, &[]));
+        }
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+fn owned_service(st: &Shared, caller: &Caller, id: &str) -> ApiResult<(AppRow, ServiceRow)> {
+    let s = st.db().service(id)?;
+    let app = st.db().application(&s.application)?;
+    caller.check_access(st, &app.owner, "service")?;
+    Ok((app, s))
+}
+
+/// `GET /api/service/{serviceid}`: the service with its instances and their status.
+pub async fn get_service(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let (app, s) = owned_service(&st, &caller, &id)?;
+    let instances = st.db().instances(Some(&s.id))?;
+    Ok(Json(service_doc(&app, &s, &instances)))
+}
+
+/// `DELETE /api/service/{serviceid}`: the service and all its instances.
+pub async fn delete_service(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    owned_service(&st, &caller, &id)?;
+    st.db().delete_service(&id)?;
+    Ok(Json(json!({ "message": "Job deleted" })))
+}
+
+/// Validate one microservice (bare, or the first of an SLA) in the context of its app.
+fn one_microservice(v: &Value, app: &AppRow) -> ApiResult<(Microservice, Value)> {
+    let raw = v
+        .get("applications")
+        .and_then(|a| a.get(0))
+        .and_then(|a| a.get("microservices"))
+        .and_then(|m| m.get(0))
+        .cloned()
+        .unwrap_or_else(|| v.clone());
+    let wrapped = json!({
+        "sla_version": "v2.0",
+        "customerID": "",
+        "applications": [{
+            "application_name": app.name,
+            "application_namespace": app.namespace,
+            "microservices": [raw.clone()],
+        }],
+    });
+    let mut sla = sla::parse(&wrapped).map_err(ApiError::Invalid)?;
+    let ms = sla.applications.remove(0).microservices.remove(0);
+    Ok((ms, raw))
+}
+
+/// `PUT /api/service/{serviceid}`: replace the service's spec (Oakestra answers 501).
+/// The name stays; the generation goes up, and the cluster link rolls the instances
+/// to it one at a time.
+pub async fn put_service(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> ApiResult {
+    let (app, s) = owned_service(&st, &caller, &id)?;
+    let (ms, raw_ms) = one_microservice(&body(&raw)?, &app)?;
+    if (ms.name.as_str(), ms.namespace.as_str()) != (s.name.as_str(), s.namespace.as_str()) {
+        return Err(ApiError::Invalid(vec![sla::FieldError {
+            field: "microservice_name".into(),
+            reason: format!(
+                "a service keeps its name {}.{}; create a new service to rename",
+                s.name, s.namespace
+            ),
+        }]));
+    }
+    st.db().replace_service_spec(&id, &raw_ms.to_string())?;
+    let s = st.db().service(&id)?;
+    let instances = st.db().instances(Some(&id))?;
+    Ok(Json(service_doc(&app, &s, &instances)))
+}
+
+/// `GET /api/services/{appid}`: an application's services.
+pub async fn app_services(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(appid): Path<String>,
+) -> ApiResult {
+    let app = owned_app(&st, &caller, &appid)?;
+    let db = st.db();
+    let mut out = Vec::new();
+    for s in db.services(Some(&app.id))? {
+        let instances = db.instances(Some(&s.id))?;
+        out.push(service_doc(&app, &s, &instances));
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+/// `GET /api/services/` (Admin): every service.
+pub async fn all_services(State(st): State<Shared>, caller: Caller) -> ApiResult {
+    caller.require_admin()?;
+    let db = st.db();
+    let mut out = Vec::new();
+    for s in db.services(None)? {
+        let app = db.application(&s.application)?;
+        let instances = db.instances(Some(&s.id))?;
+        out.push(service_doc(&app, &s, &instances));
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+/// What the root knows of each cluster, for the scheduler.
+pub fn cluster_views(rows: &[ClusterRow], now: i64) -> Vec<ClusterView> {
+    rows.iter()
+        .map(|c| ClusterView {
+            id: ClusterId(c.id),
+            name: c.name.clone(),
+            active: c
+                .last_report
+                .is_some_and(|t| now - t < CLUSTER_LOST_AFTER_SECS),
+            location: c.location.map(|(lat, lon)| GeoPoint {
+                lat: sla::degrees(lat),
+                lon: sla::degrees(lon),
+            }),
+            capacity: c
+                .aggregate
+                .as_deref()
+                .and_then(|b| minicbor::decode::<Vec<Capacity>>(b).ok())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// The scheduler's view of what one instance of `ms` needs.
+pub fn demand_of(ms: &Microservice) -> Demand {
+    Demand {
+        millicpus: ms.millicpus,
+        memory_mib: ms.memory_mb,
+        vgpus: ms.vgpus,
+        virtualization: ms.virtualization.as_str().into(),
+        arch: ms.arch.clone(),
+        constraints: ms
+            .constraints
+            .iter()
+            .filter_map(|c| match c {
+                sla::Constraint::Direct {
+                    cluster: Some(name),
+                    ..
+                } => Some(scheduler::Constraint::Direct {
+                    cluster: name.clone(),
+                }),
+                sla::Constraint::Geo {
+                    location,
+                    threshold_km,
+                    ..
+                } => Some(scheduler::Constraint::Geo {
+                    location: *location,
+                    threshold_km: *threshold_km,
+                }),
+                _ => None,
+            })
+            .collect(),
+    }
+}
+
+/// `POST /api/service/{serviceid}/instance`: one more instance, placed by the root
+/// scheduler (CLUSTER_SCHEDULED) or FAILED with Oakestra's reason.
+pub async fn add_instance(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let (app, s) = owned_service(&st, &caller, &id)?;
+    let spec: Value =
+        serde_json::from_str(&s.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (ms, _) = one_microservice(&spec, &app)?;
+    let mut db = st.db();
+    let inst = db.add_instance(&s.id)?;
+    let views = cluster_views(&db.clusters()?, now_secs());
+    let placed = match scheduler::schedule(&views, &demand_of(&ms)) {
+        Ok(cluster) => db.set_instance_status(
+            &s.id,
+            inst.number,
+            "CLUSTER_SCHEDULED",
+            None,
+            Some(cluster.0),
+            None,
+        )?,
+        Err(reason) => db.set_instance_status(
+            &s.id,
+            inst.number,
+            "FAILED",
+            Some(reason.as_str()),
+            None,
+            None,
+        )?,
+    };
+    Ok(Json(instance_doc(&placed)))
+}
+
+/// `DELETE /api/service/{serviceid}/instance/{number}`.
+pub async fn remove_instance(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path((id, number)): Path<(String, String)>,
+) -> ApiResult {
+    owned_service(&st, &caller, &id)?;
+    let n: u32 = number
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("\"{number}\" is not an instance number")))?;
+    st.db().remove_instance(&id, n)?;
+    Ok(Json(json!({ "message": "Instance removed" })))
+}
+
+fn cluster_doc(v: &ClusterView, row: &ClusterRow) -> Value {
+    json!({
+        "_id": oid(&format!("{:024x}", row.id)),
+        "cluster_id": row.id,
+        "cluster_name": row.name,
+        "cluster_location": row.location.map(|(a, b)| format!("{a},{b}")),
+        "active": v.active,
+        "last_modified_timestamp": row.last_report,
+        "aggregation_per_architecture": v.capacity.iter().map(|c| json!({
+            "arch": c.arch, "virtualization": c.virtualization, "active_nodes": c.nodes,
+            "free_millicpus": c.free_millicpus, "free_memory_mib": c.free_memory_mib,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn clusters_json(st: &Shared, only_active: bool) -> ApiResult<Value> {
+    let rows = st.db().clusters()?;
+    let views = cluster_views(&rows, now_secs());
+    Ok(Value::Array(
+        views
+            .iter()
+            .zip(&rows)
+            .filter(|(v, _)| v.active || !only_active)
+            .map(|(v, r)| cluster_doc(v, r))
+            .collect(),
+    ))
+}
+
+/// `GET /api/clusters/`: every registered cluster.
+pub async fn clusters(State(st): State<Shared>, _caller: Caller) -> ApiResult {
+    Ok(Json(clusters_json(&st, false)?))
+}
+
+/// `GET /api/clusters/active`: clusters that reported within 15 s.
+pub async fn active_clusters(State(st): State<Shared>, _caller: Caller) -> ApiResult {
+    Ok(Json(clusters_json(&st, true)?))
+}

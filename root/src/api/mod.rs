@@ -1,0 +1,305 @@
+//! The HTTP API on TCP 10000: Oakestra's paths, methods and bodies.
+//!
+//! Documents keep Oakestra's shapes (`_id: {"$oid": …}`, `microservices` as id lists,
+//! `instance_list`), returned as plain JSON; Oakestra's own CLI accepts both that and
+//! the JSON-in-a-string its Flask server sends.
+
+mod apps;
+mod docs;
+mod users;
+
+use crate::auth::{AuthKeys, Claims, Role, TokenKind};
+use crate::sla::FieldError;
+use crate::store::{Store, StoreError, UserRow, now_secs};
+use axum::extract::FromRequestParts;
+use axum::http::{StatusCode, request::Parts};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Everything a handler needs.
+#[derive(Debug)]
+pub struct AppState {
+    /// The database.
+    pub store: Mutex<Store>,
+    /// Token keys.
+    pub keys: AuthKeys,
+}
+
+/// Shared state of the router.
+pub type Shared = Arc<AppState>;
+
+impl AppState {
+    /// Lock the store (a poisoned lock still holds a consistent database: every change
+    /// is a committed transaction).
+    pub fn db(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An API error: a status and a JSON body with a message (and field errors).
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400 with a message.
+    BadRequest(String),
+    /// 400 naming each bad field.
+    Invalid(Vec<FieldError>),
+    /// 401.
+    Unauthorized(String),
+    /// 403.
+    Forbidden(String),
+    /// 404.
+    NotFound(String),
+    /// 409.
+    Conflict(String),
+    /// 500.
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match self {
+            Self::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({ "message": m })),
+            Self::Invalid(errors) => {
+                let list: Vec<Value> = errors
+                    .iter()
+                    .map(|e| json!({ "field": e.field, "reason": e.reason }))
+                    .collect();
+                let first = errors.first().map(ToString::to_string).unwrap_or_default();
+                (
+                    StatusCode::BAD_REQUEST,
+                    json!({ "message": format!("invalid SLA: {first}"), "errors": list }),
+                )
+            }
+            Self::Unauthorized(m) => (StatusCode::UNAUTHORIZED, json!({ "message": m })),
+            Self::Forbidden(m) => (StatusCode::FORBIDDEN, json!({ "message": m })),
+            Self::NotFound(m) => (StatusCode::NOT_FOUND, json!({ "message": m })),
+            Self::Conflict(m) => (StatusCode::CONFLICT, json!({ "message": m })),
+            Self::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({ "message": "internal error" }),
+                )
+            }
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => Self::NotFound(format!("{what} not found")),
+            StoreError::Conflict(m) => Self::Conflict(m),
+            StoreError::Exhausted(what) => Self::Conflict(format!("{what} exhausted")),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Handler result.
+pub type ApiResult<T = Json<Value>> = Result<T, ApiError>;
+
+/// The caller, from a valid access token in `Authorization: Bearer …`.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Claims);
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::Unauthorized("missing bearer token: log in at /api/auth/login".into())
+        })
+}
+
+impl FromRequestParts<Shared> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Shared,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        state
+            .keys
+            .verify(token, TokenKind::Access, now_secs())
+            .map(Caller)
+            .map_err(|e| ApiError::Unauthorized(format!("{e}: log in again")))
+    }
+}
+
+/// The caller, from a valid refresh token.
+#[derive(Debug, Clone)]
+pub struct Refresher(pub Claims);
+
+impl FromRequestParts<Shared> for Refresher {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Shared,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        state
+            .keys
+            .verify(token, TokenKind::Refresh, now_secs())
+            .map(Refresher)
+            .map_err(|e| ApiError::Unauthorized(e.to_string()))
+    }
+}
+
+impl Caller {
+    /// Admin only.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.0.has(Role::Admin) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("only Admin may do this".into()))
+        }
+    }
+
+    /// The caller's user row.
+    pub fn user(&self, st: &AppState) -> ApiResult<UserRow> {
+        st.db()
+            .user_by_name(&self.0.sub)?
+            .ok_or_else(|| ApiError::Unauthorized("user no longer exists".into()))
+    }
+
+    /// Whether the caller may see and change what `owner` owns: their own things, all
+    /// of their organization's as Organization_Admin, everything as Admin.
+    pub fn may_access(&self, st: &AppState, owner_id: &str) -> ApiResult<bool> {
+        if self.0.has(Role::Admin) {
+            return Ok(true);
+        }
+        let me = self.user(st)?;
+        if me.id == owner_id {
+            return Ok(true);
+        }
+        if self.0.has(Role::OrganizationAdmin) {
+            let owner = st.db().user_by_id(owner_id)?;
+            return Ok(owner
+                .is_some_and(|o| o.organization.is_some() && o.organization == me.organization));
+        }
+        Ok(false)
+    }
+
+    /// Fail with 403 unless [`Self::may_access`].
+    pub fn check_access(&self, st: &AppState, owner_id: &str, what: &str) -> ApiResult<()> {
+        if self.may_access(st, owner_id)? {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this {what} belongs to another user"
+            )))
+        }
+    }
+}
+
+/// The route table the OpenAPI description is generated from (method, path, summary,
+/// needs a token, who may call).
+pub fn docs_routes() -> &'static [(&'static str, &'static str, &'static str, bool, &'static str)] {
+    docs::ROUTES
+}
+
+/// A MongoDB-style id object, as Oakestra's documents carry it.
+pub fn oid(id: &str) -> Value {
+    json!({ "$oid": id })
+}
+
+/// A JSON body, with a parse error named rather than a bare 400/415.
+pub fn body(bytes: &[u8]) -> ApiResult<Value> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("request body is not JSON: {e}")))
+}
+
+/// The router of the whole API.
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/api/auth/login", post(users::login))
+        .route("/api/auth/refresh", post(users::refresh))
+        .route("/api/auth/register", post(users::register))
+        .route("/api/permission/{username}", get(users::permission))
+        .route(
+            "/api/user/{username}",
+            get(users::get_user)
+                .put(users::put_user)
+                .delete(users::delete_user)
+                .post(users::change_password),
+        )
+        .route("/api/users/", get(users::list_users))
+        .route("/api/users", get(users::list_users))
+        .route("/api/users/{org_id}", get(users::list_org_users))
+        .route(
+            "/api/organization/",
+            get(users::list_orgs).post(users::create_org),
+        )
+        .route(
+            "/api/organization",
+            get(users::list_orgs).post(users::create_org),
+        )
+        .route(
+            "/api/organization/{id}",
+            get(users::get_org)
+                .put(users::put_org)
+                .delete(users::delete_org),
+        )
+        .route("/api/application/", post(apps::create_applications))
+        .route("/api/application", post(apps::create_applications))
+        .route(
+            "/api/application/{appid}",
+            get(apps::get_application)
+                .put(apps::put_application)
+                .delete(apps::delete_application),
+        )
+        .route("/api/applications/", get(apps::all_applications))
+        .route("/api/applications", get(apps::all_applications))
+        .route("/api/applications/{userid}", get(apps::user_applications))
+        .route("/api/service/", post(apps::create_services))
+        .route("/api/service", post(apps::create_services))
+        .route(
+            "/api/service/{serviceid}",
+            get(apps::get_service)
+                .delete(apps::delete_service)
+                .put(apps::put_service),
+        )
+        .route("/api/services/", get(apps::all_services))
+        .route("/api/services", get(apps::all_services))
+        .route("/api/services/{appid}", get(apps::app_services))
+        .route(
+            "/api/service/{serviceid}/instance",
+            post(apps::add_instance),
+        )
+        .route(
+            "/api/service/{serviceid}/instance/{number}",
+            axum::routing::delete(apps::remove_instance),
+        )
+        .route("/api/clusters/", get(apps::clusters))
+        .route("/api/clusters", get(apps::clusters))
+        .route("/api/clusters/active", get(apps::active_clusters))
+        .route("/api/docs", get(docs::page))
+        .route("/api/docs/", get(docs::page))
+        .route("/api/docs/openapi.json", get(docs::openapi))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .with_state(state)
+}
+
+/// Serve the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Shared,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

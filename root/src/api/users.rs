@@ -1,0 +1,348 @@
+//! Auth, users, permissions and organizations.
+
+use super::{ApiError, ApiResult, Caller, Refresher, Shared, body, oid};
+use crate::auth::{Role, TokenKind, hash_password, verify_password};
+use crate::store::{OrgRow, UserRow, now_secs};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use serde_json::{Value, json};
+
+fn user_doc(u: &UserRow) -> Value {
+    json!({
+        "_id": oid(&u.id),
+        "name": u.name,
+        "email": u.email,
+        "roles": u.roles,
+        "organization": u.organization,
+        "created_at": u.created_at,
+    })
+}
+
+fn org_doc(o: &OrgRow) -> Value {
+    json!({ "_id": oid(&o.id), "name": o.name })
+}
+
+fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+fn roles_field(v: &Value) -> ApiResult<Option<Vec<String>>> {
+    let Some(r) = v.get("roles") else {
+        return Ok(None);
+    };
+    let list = r
+        .as_array()
+        .ok_or_else(|| ApiError::BadRequest("roles: must be a list".into()))?;
+    let mut out = Vec::new();
+    for (i, x) in list.iter().enumerate() {
+        // Oakestra's clients send either role names or {"name": role}.
+        let name = x
+            .as_str()
+            .or_else(|| x.get("name").and_then(Value::as_str))
+            .unwrap_or_default();
+        match Role::parse(name) {
+            Some(role) => out.push(role.as_str().to_owned()),
+            None => {
+                return Err(ApiError::BadRequest(format!(
+                    "roles[{i}]: \"{name}\" is not a role"
+                )));
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// `POST /api/auth/login`: `{username, password, organization_name?}` → tokens.
+pub async fn login(State(st): State<Shared>, raw: Bytes) -> ApiResult {
+    let v = body(&raw)?;
+    let (Some(name), Some(password)) = (str_field(&v, "username"), str_field(&v, "password"))
+    else {
+        return Err(ApiError::BadRequest(
+            "username and password are required".into(),
+        ));
+    };
+    let db = st.db();
+    let user = db.user_by_name(name)?;
+    let ok = user
+        .as_ref()
+        .is_some_and(|u| verify_password(&u.password_hash, password));
+    let Some(user) = user.filter(|_| ok) else {
+        return Err(ApiError::Unauthorized(
+            "invalid username or password".into(),
+        ));
+    };
+    let org = match str_field(&v, "organization_name") {
+        Some(org_name) => {
+            let org = db
+                .org(org_name)?
+                .ok_or_else(|| ApiError::NotFound("Found no organization with this name".into()))?;
+            if user.organization.as_deref() != Some(org.id.as_str())
+                && !user.roles.iter().any(|r| r == "Admin")
+            {
+                return Err(ApiError::Unauthorized(
+                    "invalid username or password".into(),
+                ));
+            }
+            org.id
+        }
+        None => user.organization.clone().unwrap_or_default(),
+    };
+    drop(db);
+    let now = now_secs();
+    Ok(Json(json!({
+        "token": st.keys.issue(&user.name, &user.roles, &org, TokenKind::Access, now),
+        "refresh_token": st.keys.issue(&user.name, &user.roles, &org, TokenKind::Refresh, now),
+    })))
+}
+
+/// `POST /api/auth/refresh` with the refresh token as bearer → a new access token.
+pub async fn refresh(State(st): State<Shared>, Refresher(c): Refresher) -> ApiResult {
+    let user = st
+        .db()
+        .user_by_name(&c.sub)?
+        .ok_or_else(|| ApiError::NotFound("User does not exists".into()))?;
+    Ok(Json(
+        json!({ "token": st.keys.issue(&user.name, &user.roles, &c.organization, TokenKind::Access, now_secs()) }),
+    ))
+}
+
+/// `POST /api/auth/register` (Admin): `{name, password, roles?, email?, organization?}`.
+pub async fn register(State(st): State<Shared>, caller: Caller, raw: Bytes) -> ApiResult {
+    caller.require_admin()?;
+    let v = body(&raw)?;
+    let name = str_field(&v, "name").unwrap_or_default();
+    let password = str_field(&v, "password").unwrap_or_default();
+    if name.is_empty() || password.is_empty() {
+        return Err(ApiError::BadRequest(
+            "name and password are required".into(),
+        ));
+    }
+    let roles =
+        roles_field(&v)?.unwrap_or_else(|| vec![Role::ApplicationProvider.as_str().to_owned()]);
+    let org = match str_field(&v, "organization") {
+        Some(o) => Some(
+            st.db()
+                .org(o)?
+                .ok_or_else(|| ApiError::NotFound(format!("organization \"{o}\" not found")))?
+                .id,
+        ),
+        None => Some(caller.0.organization.clone()).filter(|o| !o.is_empty()),
+    };
+    let hash = hash_password(password).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let user = st
+        .db()
+        .create_user(
+            name,
+            str_field(&v, "email").unwrap_or_default(),
+            &hash,
+            &roles,
+            org.as_deref(),
+        )
+        .map_err(|e| match e {
+            crate::store::StoreError::Conflict(_) => {
+                ApiError::Conflict("Username already exists".into())
+            }
+            other => other.into(),
+        })?;
+    Ok(Json(user_doc(&user)))
+}
+
+fn self_or_admin(caller: &Caller, username: &str) -> ApiResult<()> {
+    if caller.0.sub == username || caller.0.has(Role::Admin) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "only the user or Admin may do this".into(),
+        ))
+    }
+}
+
+/// `GET /api/permission/{username}`: the user's roles.
+pub async fn permission(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(username): Path<String>,
+) -> ApiResult {
+    self_or_admin(&caller, &username)?;
+    let u = st
+        .db()
+        .user_by_name(&username)?
+        .ok_or_else(|| ApiError::NotFound("user not found".into()))?;
+    Ok(Json(json!({ "name": u.name, "roles": u.roles })))
+}
+
+/// `GET /api/user/{username}`: the user's own record (Admin: anyone's).
+pub async fn get_user(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(username): Path<String>,
+) -> ApiResult {
+    self_or_admin(&caller, &username)?;
+    let u = st
+        .db()
+        .user_by_name(&username)?
+        .ok_or_else(|| ApiError::NotFound("user not found".into()))?;
+    Ok(Json(user_doc(&u)))
+}
+
+/// `PUT /api/user/{username}` (Admin): change e-mail, roles, organization.
+pub async fn put_user(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(username): Path<String>,
+    raw: Bytes,
+) -> ApiResult {
+    caller.require_admin()?;
+    let v = body(&raw)?;
+    let roles = roles_field(&v)?;
+    let org = match v.get("organization") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(o) => {
+            let o = o
+                .as_str()
+                .ok_or_else(|| ApiError::BadRequest("organization: must be a string".into()))?;
+            Some(Some(
+                st.db()
+                    .org(o)?
+                    .ok_or_else(|| ApiError::NotFound(format!("organization \"{o}\" not found")))?
+                    .id,
+            ))
+        }
+    };
+    let u = st.db().update_user(
+        &username,
+        str_field(&v, "email"),
+        roles.as_deref(),
+        org.as_ref().map(|o| o.as_deref()),
+    )?;
+    Ok(Json(user_doc(&u)))
+}
+
+/// `DELETE /api/user/{username}` (Admin).
+pub async fn delete_user(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(username): Path<String>,
+) -> ApiResult {
+    caller.require_admin()?;
+    st.db().delete_user(&username)?;
+    Ok(Json(json!({ "message": "User deleted" })))
+}
+
+/// `POST /api/user/{username}`: change one's own password `{oldPassword, newPassword}`.
+pub async fn change_password(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(username): Path<String>,
+    raw: Bytes,
+) -> ApiResult {
+    if caller.0.sub != username {
+        return Err(ApiError::Forbidden(
+            "only the user may change their password".into(),
+        ));
+    }
+    let v = body(&raw)?;
+    let (Some(old), Some(new)) = (str_field(&v, "oldPassword"), str_field(&v, "newPassword"))
+    else {
+        return Err(ApiError::BadRequest(
+            "oldPassword and newPassword are required".into(),
+        ));
+    };
+    let u = caller.user(&st)?;
+    if !verify_password(&u.password_hash, old) {
+        return Err(ApiError::BadRequest("Old password is not valid!".into()));
+    }
+    if old == new {
+        return Err(ApiError::BadRequest(
+            "Old password can't be the new password!".into(),
+        ));
+    }
+    let hash = hash_password(new).map_err(|e| ApiError::Internal(e.to_string()))?;
+    st.db().set_password(&username, &hash)?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /api/users/` (Admin): every user.
+pub async fn list_users(State(st): State<Shared>, caller: Caller) -> ApiResult {
+    caller.require_admin()?;
+    Ok(Json(Value::Array(
+        st.db().users(None)?.iter().map(user_doc).collect(),
+    )))
+}
+
+/// `GET /api/users/{org_id}`: an organization's users (Admin, or its Organization_Admin).
+pub async fn list_org_users(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(org_id): Path<String>,
+) -> ApiResult {
+    let own_org = caller.0.has(Role::OrganizationAdmin) && caller.0.organization == org_id;
+    if !(caller.0.has(Role::Admin) || own_org) {
+        return Err(ApiError::Forbidden(
+            "only Admin or this organization's admin may list its users".into(),
+        ));
+    }
+    Ok(Json(Value::Array(
+        st.db().users(Some(&org_id))?.iter().map(user_doc).collect(),
+    )))
+}
+
+/// `GET /api/organization/` (Admin).
+pub async fn list_orgs(State(st): State<Shared>, caller: Caller) -> ApiResult {
+    caller.require_admin()?;
+    Ok(Json(Value::Array(
+        st.db().orgs()?.iter().map(org_doc).collect(),
+    )))
+}
+
+/// `POST /api/organization/` (Admin): `{name}`.
+pub async fn create_org(State(st): State<Shared>, caller: Caller, raw: Bytes) -> ApiResult {
+    caller.require_admin()?;
+    let v = body(&raw)?;
+    let name = str_field(&v, "name")
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("name is required".into()))?;
+    Ok(Json(org_doc(&st.db().create_org(name)?)))
+}
+
+/// `GET /api/organization/{id}` (Admin).
+pub async fn get_org(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    caller.require_admin()?;
+    let o = st
+        .db()
+        .org(&id)?
+        .ok_or_else(|| ApiError::NotFound("organization not found".into()))?;
+    Ok(Json(org_doc(&o)))
+}
+
+/// `PUT /api/organization/{id}` (Admin): `{name}`.
+pub async fn put_org(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> ApiResult {
+    caller.require_admin()?;
+    let v = body(&raw)?;
+    let name = str_field(&v, "name")
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("name is required".into()))?;
+    Ok(Json(org_doc(&st.db().rename_org(&id, name)?)))
+}
+
+/// `DELETE /api/organization/{id}` (Admin).
+pub async fn delete_org(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    caller.require_admin()?;
+    st.db().delete_org(&id)?;
+    Ok(Json(json!({ "message": "Organization deleted" })))
+}

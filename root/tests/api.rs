@@ -1,0 +1,539 @@
+//! The HTTP API driven by a real HTTP client over loopback.
+
+use clap::Parser;
+use grove_root::api::{self, Shared};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+struct Root {
+    base: String,
+    _rt: tokio::runtime::Runtime,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start(name: &str) -> Root {
+    let dir = std::env::temp_dir().join(format!("grove-root-api-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let args = grove_root::Args::parse_from([
+        "grove-root",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--admin-password",
+        "Admin",
+    ]);
+    let state: Shared = grove_root::open_state(&args).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    rt.spawn(api::serve(listener, state, std::future::pending()));
+    Root { base, _rt: rt, dir }
+}
+
+fn call(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = ureq::request(method, &format!("{base}{path}")).timeout(Duration::from_secs(20));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let res = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    let resp = match res {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {path}: {e}"),
+    };
+    let status = resp.status();
+    let text = resp.into_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+impl Root {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        call(&self.base, method, path, token, body)
+    }
+    fn ok(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
+        let (s, v) = self.call(method, path, Some(token), body);
+        assert_eq!(s, 200, "{method} {path}: {v}");
+        v
+    }
+    fn login(&self, user: &str, pw: &str) -> String {
+        let v = self.ok_anon(
+            "POST",
+            "/api/auth/login",
+            json!({"username": user, "password": pw}),
+        );
+        v["token"].as_str().unwrap().to_owned()
+    }
+    fn ok_anon(&self, method: &str, path: &str, body: Value) -> Value {
+        let (s, v) = self.call(method, path, None, Some(body));
+        assert_eq!(s, 200, "{method} {path}: {v}");
+        v
+    }
+}
+
+/// The seed README's `deploy_curl_application` SLA, verbatim.
+fn seed_sla() -> Value {
+    serde_json::from_str(include_str!("seed_sla.json")).unwrap()
+}
+
+#[test]
+fn the_seed_readme_requests_replayed() {
+    let root = start("seed");
+    let t = root.login("Admin", "Admin");
+    // Register the application and its services.
+    let apps = root.ok("POST", "/api/application/", &t, Some(seed_sla()));
+    let app = &apps.as_array().unwrap()[0];
+    assert_eq!(app["application_name"], "clientsrvr");
+    let app_id = app["_id"]["$oid"].as_str().unwrap().to_owned();
+    assert_eq!(app["microservices"].as_array().unwrap().len(), 2);
+    // Monitor: applications (the README's /api/aplications/ is a typo), services.
+    let all = root.ok("GET", "/api/applications/", &t, None);
+    assert_eq!(all.as_array().unwrap().len(), 1);
+    let services = root.ok("GET", &format!("/api/services/{app_id}"), &t, None);
+    let names: Vec<&str> = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["job_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["clientsrvr.test.curl.test", "clientsrvr.test.nginx.test"]
+    );
+    let nginx = &services[1];
+    assert_eq!(nginx["RR_ip"], "10.30.30.30");
+    let sid = nginx["_id"]["$oid"].as_str().unwrap().to_owned();
+    // Deploy an instance: no cluster is registered, so it fails with Oakestra's reason.
+    let inst = root.ok("POST", &format!("/api/service/{sid}/instance"), &t, None);
+    assert_eq!(
+        (inst["instance_number"].as_u64(), inst["status"].as_str()),
+        (Some(0), Some("FAILED"))
+    );
+    assert_eq!(inst["status_detail"], "NoActiveClusterWithCapacity");
+    let svc = root.ok("GET", &format!("/api/service/{sid}"), &t, None);
+    assert_eq!(svc["instance_list"].as_array().unwrap().len(), 1);
+    assert!(
+        svc["instance_list"][0]["instance_ip"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.30.")
+    );
+    // Undeploy one instance, then the whole application.
+    root.ok(
+        "DELETE",
+        &format!("/api/service/{sid}/instance/0"),
+        &t,
+        None,
+    );
+    let svc = root.ok("GET", &format!("/api/service/{sid}"), &t, None);
+    assert!(svc["instance_list"].as_array().unwrap().is_empty());
+    root.ok("DELETE", &format!("/api/application/{app_id}"), &t, None);
+    assert_eq!(root.ok("GET", "/api/applications/", &t, None), json!([]));
+    assert_eq!(
+        root.call("GET", &format!("/api/service/{sid}"), Some(&t), None)
+            .0,
+        404
+    );
+    assert_eq!(root.ok("GET", "/api/clusters/active", &t, None), json!([]));
+}
+
+#[test]
+fn a_bad_sla_gets_400_naming_the_field_and_stores_nothing() {
+    let root = start("bad-sla");
+    let t = root.login("Admin", "Admin");
+    let mut sla = seed_sla();
+    sla["applications"][0]["microservices"][1]["port"] = json!("70000");
+    let (s, v) = root.call("POST", "/api/application/", Some(&t), Some(sla));
+    assert_eq!(s, 400);
+    assert_eq!(
+        v["errors"][0]["field"],
+        "applications[0].microservices[1].port"
+    );
+    assert_eq!(v["errors"][0]["reason"], "\"70000\" is not a port");
+    assert_eq!(root.ok("GET", "/api/applications/", &t, None), json!([]));
+    // Not JSON at all.
+    let (s, v) = root.call("POST", "/api/application/", Some(&t), Some(json!("{")));
+    assert_eq!(s, 400, "{v}");
+}
+
+#[test]
+fn taken_service_ips_and_duplicate_names_are_refused() {
+    let root = start("conflicts");
+    let t = root.login("Admin", "Admin");
+    root.ok("POST", "/api/application/", &t, Some(seed_sla()));
+    let (s, v) = root.call("POST", "/api/application/", Some(&t), Some(seed_sla()));
+    assert_eq!(s, 409, "{v}");
+    let mut other = seed_sla();
+    other["applications"][0]["application_name"] = json!("another");
+    let (s, v) = root.call("POST", "/api/application/", Some(&t), Some(other));
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(
+        v["errors"][0]["field"],
+        "applications[0].microservices[1].addresses.rr_ip"
+    );
+    assert_eq!(
+        root.ok("GET", "/api/applications/", &t, None)
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+fn fill(path: &str) -> String {
+    path.replace("{username}", "Admin")
+        .replace("{org_id}", "000000000000000000000000")
+        .replace("{id}", "000000000000000000000000")
+        .replace("{appid}", "000000000000000000000000")
+        .replace("{userid}", "000000000000000000000000")
+        .replace("{serviceid}", "000000000000000000000000")
+        .replace("{number}", "0")
+}
+
+#[test]
+fn every_protected_endpoint_answers_401_without_a_valid_token() {
+    let root = start("401");
+    let expired_or_forged = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJBZG1pbiJ9.c2lnbmF0dXJl";
+    for (method, path, _, auth, _) in api::docs_routes() {
+        if !auth {
+            continue;
+        }
+        let body = matches!(*method, "post" | "put").then(|| json!({}));
+        let (s, _) = root.call(&method.to_uppercase(), &fill(path), None, body.clone());
+        assert_eq!(s, 401, "{method} {path} without a token");
+        let (s, _) = root.call(
+            &method.to_uppercase(),
+            &fill(path),
+            Some(expired_or_forged),
+            body,
+        );
+        assert_eq!(s, 401, "{method} {path} with a forged token");
+    }
+}
+
+#[test]
+fn another_user_s_objects_are_forbidden() {
+    let root = start("403");
+    let admin = root.login("Admin", "Admin");
+    root.ok(
+        "POST",
+        "/api/auth/register",
+        &admin,
+        Some(json!({"name": "bob", "password": "pw-bob", "roles": ["Application_Provider"]})),
+    );
+    let bob = root.login("bob", "pw-bob");
+    let apps = root.ok("POST", "/api/application/", &admin, Some(seed_sla()));
+    let app_id = apps[0]["_id"]["$oid"].as_str().unwrap().to_owned();
+    let sid = apps[0]["microservices"][0].as_str().unwrap().to_owned();
+    root.ok(
+        "POST",
+        &format!("/api/service/{sid}/instance"),
+        &admin,
+        None,
+    );
+    let admin_id = root.ok("GET", "/api/user/Admin", &admin, None)["_id"]["$oid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut add = seed_sla();
+    add["applications"][0]["applicationID"] = json!(app_id);
+    add["applications"][0]["microservices"] =
+        json!([add["applications"][0]["microservices"][0].clone()]);
+    add["applications"][0]["microservices"][0]["microservice_name"] = json!("extra");
+    let cases: Vec<(&str, String, Option<Value>)> = vec![
+        ("GET", format!("/api/application/{app_id}"), None),
+        (
+            "PUT",
+            format!("/api/application/{app_id}"),
+            Some(json!({"application_name": "x"})),
+        ),
+        ("DELETE", format!("/api/application/{app_id}"), None),
+        ("GET", format!("/api/applications/{admin_id}"), None),
+        ("GET", format!("/api/services/{app_id}"), None),
+        ("POST", "/api/service/".to_owned(), Some(add)),
+        ("GET", format!("/api/service/{sid}"), None),
+        (
+            "PUT",
+            format!("/api/service/{sid}"),
+            Some(seed_sla()["applications"][0]["microservices"][0].clone()),
+        ),
+        ("DELETE", format!("/api/service/{sid}"), None),
+        ("POST", format!("/api/service/{sid}/instance"), None),
+        ("DELETE", format!("/api/service/{sid}/instance/0"), None),
+        ("GET", "/api/permission/Admin".to_owned(), None),
+        ("GET", "/api/user/Admin".to_owned(), None),
+        (
+            "PUT",
+            "/api/user/Admin".to_owned(),
+            Some(json!({"email": "x"})),
+        ),
+        ("DELETE", "/api/user/Admin".to_owned(), None),
+        (
+            "POST",
+            "/api/user/Admin".to_owned(),
+            Some(json!({"oldPassword": "a", "newPassword": "b"})),
+        ),
+        ("GET", "/api/users/".to_owned(), None),
+        ("GET", "/api/organization/".to_owned(), None),
+        (
+            "POST",
+            "/api/organization/".to_owned(),
+            Some(json!({"name": "evil"})),
+        ),
+        (
+            "POST",
+            "/api/auth/register".to_owned(),
+            Some(json!({"name": "mallory", "password": "x"})),
+        ),
+        ("GET", "/api/applications/".to_owned(), None),
+        ("GET", "/api/services/".to_owned(), None),
+    ];
+    for (method, path, body) in cases {
+        let (s, v) = root.call(method, &path, Some(&bob), body);
+        assert_eq!(s, 403, "{method} {path} as bob: {v}");
+    }
+    // Nothing of Admin's changed.
+    let svc = root.ok("GET", &format!("/api/service/{sid}"), &admin, None);
+    assert_eq!(svc["instance_list"].as_array().unwrap().len(), 1);
+    // Bob's own things work.
+    let mut mine = seed_sla();
+    mine["applications"][0]["microservices"][1]["addresses"] = json!({});
+    let apps = root.ok("POST", "/api/application/", &bob, Some(mine));
+    assert_eq!(
+        apps.as_array().unwrap().len(),
+        1,
+        "bob sees only his application"
+    );
+}
+
+#[test]
+fn login_refresh_and_password_change() {
+    let root = start("auth");
+    let (s, v) = root.call(
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(json!({"username": "Admin", "password": "wrong"})),
+    );
+    assert_eq!(
+        (s, v["message"].as_str()),
+        (401, Some("invalid username or password"))
+    );
+    let tokens = root.ok_anon(
+        "POST",
+        "/api/auth/login",
+        json!({"username": "Admin", "password": "Admin"}),
+    );
+    let (access, refresh) = (
+        tokens["token"].as_str().unwrap(),
+        tokens["refresh_token"].as_str().unwrap(),
+    );
+    let fresh = root.ok("POST", "/api/auth/refresh", refresh, None);
+    assert!(fresh["token"].as_str().is_some());
+    assert_eq!(
+        root.call("POST", "/api/auth/refresh", Some(access), None).0,
+        401,
+        "an access token is no refresh token"
+    );
+    assert_eq!(
+        root.call("GET", "/api/applications/", Some(refresh), None)
+            .0,
+        401,
+        "a refresh token is no access token"
+    );
+    let (s, v) = root.call(
+        "POST",
+        "/api/user/Admin",
+        Some(access),
+        Some(json!({"oldPassword": "nope", "newPassword": "N3w"})),
+    );
+    assert_eq!(
+        (s, v["message"].as_str()),
+        (400, Some("Old password is not valid!"))
+    );
+    root.ok(
+        "POST",
+        "/api/user/Admin",
+        access,
+        Some(json!({"oldPassword": "Admin", "newPassword": "N3w"})),
+    );
+    assert_eq!(
+        root.call(
+            "POST",
+            "/api/auth/login",
+            None,
+            Some(json!({"username": "Admin", "password": "Admin"}))
+        )
+        .0,
+        401
+    );
+    root.login("Admin", "N3w");
+    assert_eq!(
+        root.ok("GET", "/api/permission/Admin", access, None)["roles"],
+        json!(["Admin"])
+    );
+}
+
+#[test]
+fn organizations_and_users_are_managed_by_admin() {
+    let root = start("orgs");
+    let t = root.login("Admin", "Admin");
+    let org = root.ok(
+        "POST",
+        "/api/organization/",
+        &t,
+        Some(json!({"name": "tum"})),
+    );
+    let oid = org["_id"]["$oid"].as_str().unwrap().to_owned();
+    assert_eq!(
+        root.call(
+            "POST",
+            "/api/organization/",
+            Some(&t),
+            Some(json!({"name": "tum"}))
+        )
+        .0,
+        409
+    );
+    root.ok(
+        "POST",
+        "/api/auth/register",
+        &t,
+        Some(json!({"name": "carol", "password": "pw", "organization": "tum"})),
+    );
+    assert_eq!(
+        root.call(
+            "POST",
+            "/api/auth/register",
+            Some(&t),
+            Some(json!({"name": "carol", "password": "pw"}))
+        )
+        .0,
+        409
+    );
+    let members = root.ok("GET", &format!("/api/users/{oid}"), &t, None);
+    assert_eq!(members[0]["name"], "carol");
+    let u = root.ok(
+        "PUT",
+        "/api/user/carol",
+        &t,
+        Some(json!({"roles": ["Organization_Admin"]})),
+    );
+    assert_eq!(u["roles"], json!(["Organization_Admin"]));
+    let carol = root.login("carol", "pw");
+    assert_eq!(
+        root.ok("GET", &format!("/api/users/{oid}"), &carol, None)
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    root.ok(
+        "PUT",
+        &format!("/api/organization/{oid}"),
+        &t,
+        Some(json!({"name": "tum2"})),
+    );
+    assert_eq!(
+        root.ok("GET", &format!("/api/organization/{oid}"), &t, None)["name"],
+        "tum2"
+    );
+    assert_eq!(
+        root.call(
+            "PUT",
+            "/api/user/carol",
+            Some(&t),
+            Some(json!({"roles": ["Emperor"]}))
+        )
+        .0,
+        400
+    );
+    root.ok("DELETE", "/api/user/carol", &t, None);
+    assert_eq!(root.call("GET", "/api/user/carol", Some(&t), None).0, 404);
+    root.ok("DELETE", &format!("/api/organization/{oid}"), &t, None);
+}
+
+#[test]
+fn put_service_replaces_the_spec_and_keeps_the_name() {
+    let root = start("put");
+    let t = root.login("Admin", "Admin");
+    let apps = root.ok("POST", "/api/application/", &t, Some(seed_sla()));
+    let sid = apps[0]["microservices"][0].as_str().unwrap().to_owned();
+    let mut ms = seed_sla()["applications"][0]["microservices"][0].clone();
+    ms["memory"] = json!(256);
+    let svc = root.ok("PUT", &format!("/api/service/{sid}"), &t, Some(ms.clone()));
+    assert_eq!(
+        (svc["memory"].as_u64(), svc["generation"].as_u64()),
+        (Some(256), Some(2))
+    );
+    ms["microservice_name"] = json!("renamed");
+    assert_eq!(
+        root.call(
+            "PUT",
+            &format!("/api/service/{sid}"),
+            Some(&t),
+            Some(ms.clone())
+        )
+        .0,
+        400
+    );
+    ms["microservice_name"] = json!("curl");
+    ms["port"] = json!("99999");
+    let (s, v) = root.call("PUT", &format!("/api/service/{sid}"), Some(&t), Some(ms));
+    assert_eq!(s, 400);
+    assert!(
+        v["errors"][0]["field"].as_str().unwrap().ends_with(".port"),
+        "{v}"
+    );
+}
+
+#[test]
+fn the_docs_work_offline() {
+    let root = start("docs");
+    let (s, spec) = root.call("GET", "/api/docs/openapi.json", None, None);
+    assert_eq!(s, 200);
+    for (method, path, ..) in api::docs_routes() {
+        assert!(
+            spec["paths"][path][method].is_object(),
+            "{method} {path} missing from openapi.json"
+        );
+    }
+    let page = ureq::get(&format!("{}/api/docs", root.base))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(page.contains("openapi.json"));
+    assert!(
+        !page.contains("https://") && !page.contains("http://"),
+        "the docs page loads nothing from elsewhere"
+    );
+}
