@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod link;
 pub mod scheduler;
 pub mod sla;
 pub mod store;
@@ -30,6 +31,14 @@ pub struct Args {
     /// CoAP address.
     #[arg(long, env = "GROVE_COAP", default_value = "0.0.0.0:10000")]
     pub coap: std::net::SocketAddr,
+    /// Seconds without a report after which a cluster is lost (its instances move).
+    #[arg(
+        long,
+        env = "GROVE_CLUSTER_LOST_AFTER",
+        default_value_t = 15,
+        hide = true
+    )]
+    pub cluster_lost_after: i64,
     /// Password of the `Admin` user created on first start.
     #[arg(long, env = "GROVE_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
@@ -55,10 +64,11 @@ pub fn open_state(args: &Args) -> Result<api::Shared, String> {
     Ok(std::sync::Arc::new(api::AppState {
         store: std::sync::Mutex::new(store),
         keys,
+        link: std::sync::OnceLock::new(),
     }))
 }
 
-/// Run the root: the HTTP API (the cluster link over CoAP is still to come).
+/// Run the root: the HTTP API and the cluster link.
 pub fn run(args: Args) -> Result<(), String> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -75,7 +85,14 @@ pub fn run(args: Args) -> Result<(), String> {
         let listener = tokio::net::TcpListener::bind(args.http)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.http))?;
-        tracing::info!(http = %args.http, docs = "/api/docs", "grove-root serving the API");
+        let udp = tokio::net::UdpSocket::bind(args.coap)
+            .await
+            .map_err(|e| format!("cannot listen on udp {}: {e}", args.coap))?;
+        let link = link::start(state.clone(), udp, args.data_dir.clone(), args.cluster_lost_after)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = state.link.set(link);
+        tracing::info!(http = %args.http, coap = %args.coap, docs = "/api/docs", "grove-root serving the API and the cluster link");
         api::serve(listener, state, async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -199,10 +199,12 @@ pub struct Microservice {
 impl Microservice {
     /// The full name `app.appns.service.servicens`.
     pub fn full_name(&self, app: &Application) -> String {
-        format!(
-            "{}.{}.{}.{}",
-            app.name, app.namespace, self.name, self.namespace
-        )
+        self.full_name_in(&app.name, &app.namespace)
+    }
+
+    /// The full name given the application's name and namespace.
+    pub fn full_name_in(&self, app: &str, app_ns: &str) -> String {
+        format!("{app}.{app_ns}.{}.{}", self.name, self.namespace)
     }
 }
 

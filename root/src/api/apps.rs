@@ -262,7 +262,8 @@ pub async fn delete_application(
     Path(appid): Path<String>,
 ) -> ApiResult {
     owned_app(&st, &caller, &appid)?;
-    st.db().delete_application(&appid)?;
+    let gone = st.db().delete_application(&appid)?;
+    st.clusters_changed(gone.iter().map(|i| i.cluster));
     Ok(Json(json!({ "message": "Application Deleted" })))
 }
 
@@ -347,8 +348,15 @@ pub async fn delete_service(
     Path(id): Path<String>,
 ) -> ApiResult {
     owned_service(&st, &caller, &id)?;
-    st.db().delete_service(&id)?;
+    let gone = st.db().delete_service(&id)?;
+    st.clusters_changed(gone.iter().map(|i| i.cluster));
     Ok(Json(json!({ "message": "Job deleted" })))
+}
+
+/// The stored spec of a service, parsed.
+pub fn microservice_of(app: &AppRow, s: &ServiceRow) -> Option<Microservice> {
+    let spec: Value = serde_json::from_str(&s.spec).ok()?;
+    one_microservice(&spec, app).ok().map(|(ms, _)| ms)
 }
 
 /// Validate one microservice (bare, or the first of an SLA) in the context of its app.
@@ -397,6 +405,7 @@ pub async fn put_service(
     st.db().replace_service_spec(&id, &raw_ms.to_string())?;
     let s = st.db().service(&id)?;
     let instances = st.db().instances(Some(&id))?;
+    st.clusters_changed(instances.iter().map(|i| i.cluster));
     Ok(Json(service_doc(&app, &s, &instances)))
 }
 
@@ -498,23 +507,11 @@ pub async fn add_instance(
     let inst = db.add_instance(&s.id)?;
     let views = cluster_views(&db.clusters()?, now_secs());
     let placed = match scheduler::schedule(&views, &demand_of(&ms)) {
-        Ok(cluster) => db.set_instance_status(
-            &s.id,
-            inst.number,
-            "CLUSTER_SCHEDULED",
-            None,
-            Some(cluster.0),
-            None,
-        )?,
-        Err(reason) => db.set_instance_status(
-            &s.id,
-            inst.number,
-            "FAILED",
-            Some(reason.as_str()),
-            None,
-            None,
-        )?,
+        Ok(cluster) => db.move_instance(&s.id, inst.number, Some(cluster.0), None)?,
+        Err(reason) => db.move_instance(&s.id, inst.number, None, Some(reason.as_str()))?,
     };
+    drop(db);
+    st.clusters_changed([placed.cluster]);
     Ok(Json(instance_doc(&placed)))
 }
 
@@ -528,7 +525,8 @@ pub async fn remove_instance(
     let n: u32 = number
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("\"{number}\" is not an instance number")))?;
-    st.db().remove_instance(&id, n)?;
+    let gone = st.db().remove_instance(&id, n)?;
+    st.clusters_changed([gone.cluster]);
     Ok(Json(json!({ "message": "Instance removed" })))
 }
 
@@ -568,4 +566,72 @@ pub async fn clusters(State(st): State<Shared>, _caller: Caller) -> ApiResult {
 /// `GET /api/clusters/active`: clusters that reported within 15 s.
 pub async fn active_clusters(State(st): State<Shared>, _caller: Caller) -> ApiResult {
     Ok(Json(clusters_json(&st, true)?))
+}
+
+/// `POST /api/clusters/token` (Admin): `{expires_in_secs?: 3600, single_use?: true}` →
+/// a join token for `grove-cluster --join-token`.
+pub async fn create_cluster_token(
+    State(st): State<Shared>,
+    caller: Caller,
+    raw: Bytes,
+) -> ApiResult {
+    caller.require_admin()?;
+    let v = if raw.is_empty() {
+        json!({})
+    } else {
+        body(&raw)?
+    };
+    let ttl = v
+        .get("expires_in_secs")
+        .map_or(Some(3600), Value::as_i64)
+        .filter(|t| *t > 0 && *t <= 365 * 86400);
+    let Some(ttl) = ttl else {
+        return Err(ApiError::BadRequest(
+            "expires_in_secs: must be 1 to 31536000".into(),
+        ));
+    };
+    let single_use = v.get("single_use").map_or(Some(true), Value::as_bool);
+    let Some(single_use) = single_use else {
+        return Err(ApiError::BadRequest(
+            "single_use: must be true or false".into(),
+        ));
+    };
+    let mut id = [0u8; 8];
+    let mut secret = [0u8; 16];
+    getrandom::getrandom(&mut id).map_err(|e| ApiError::Internal(e.to_string()))?;
+    getrandom::getrandom(&mut secret).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let expires_at = now_secs() + ttl;
+    st.db()
+        .create_cluster_token(&hex(&id), &secret, expires_at, single_use, &caller.0.sub)?;
+    if let Some(link) = st.link.get() {
+        link.add_join_token(id.to_vec(), secret.to_vec());
+    }
+    Ok(Json(json!({
+        "id": hex(&id),
+        "token": format!("{}.{}", hex(&id), hex(&secret)),
+        "expires_at": expires_at,
+        "single_use": single_use,
+    })))
+}
+
+/// `DELETE /api/clusters/token/{id}` (Admin).
+pub async fn revoke_cluster_token(
+    State(st): State<Shared>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    caller.require_admin()?;
+    st.db().revoke_cluster_token(&id)?;
+    if let Some(link) = st.link.get() {
+        let raw: Option<Vec<u8>> = (0..id.len())
+            .step_by(2)
+            .map(|i| {
+                id.get(i..i + 2)
+                    .and_then(|b| u8::from_str_radix(b, 16).ok())
+            })
+            .collect();
+        link.remove_join_token(raw.unwrap_or_default());
+    }
+    Ok(Json(json!({ "message": "Token revoked" })))
 }

@@ -205,6 +205,20 @@ pub const ROUTES: &[(&str, &str, &str, bool, &str)] = &[
         true,
         "any user",
     ),
+    (
+        "post",
+        "/api/clusters/token",
+        "A cluster join token {expires_in_secs?, single_use?} for grove-cluster --join-token",
+        true,
+        "Admin",
+    ),
+    (
+        "delete",
+        "/api/clusters/token/{id}",
+        "Revoke a cluster join token",
+        true,
+        "Admin",
+    ),
 ];
 
 /// The OpenAPI 3 description, generated from [`ROUTES`].

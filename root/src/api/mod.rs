@@ -5,6 +5,8 @@
 //! the JSON-in-a-string its Flask server sends.
 
 mod apps;
+
+pub use apps::{cluster_views, demand_of, microservice_of};
 mod docs;
 mod users;
 
@@ -26,6 +28,8 @@ pub struct AppState {
     pub store: Mutex<Store>,
     /// Token keys.
     pub keys: AuthKeys,
+    /// The cluster link, once started.
+    pub link: std::sync::OnceLock<crate::link::LinkHandle>,
 }
 
 /// Shared state of the router.
@@ -36,6 +40,18 @@ impl AppState {
     /// is a committed transaction).
     pub fn db(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tell the link that these clusters' instance sets changed.
+    pub fn clusters_changed(&self, clusters: impl IntoIterator<Item = Option<u32>>) {
+        if let Some(link) = self.link.get() {
+            let mut seen = std::collections::HashSet::new();
+            for c in clusters.into_iter().flatten() {
+                if seen.insert(c) {
+                    link.cluster_changed(c);
+                }
+            }
+        }
     }
 }
 
@@ -286,6 +302,11 @@ pub fn router(state: Shared) -> Router {
         .route("/api/clusters/", get(apps::clusters))
         .route("/api/clusters", get(apps::clusters))
         .route("/api/clusters/active", get(apps::active_clusters))
+        .route("/api/clusters/token", post(apps::create_cluster_token))
+        .route(
+            "/api/clusters/token/{id}",
+            axum::routing::delete(apps::revoke_cluster_token),
+        )
         .route("/api/docs", get(docs::page))
         .route("/api/docs/", get(docs::page))
         .route("/api/docs/openapi.json", get(docs::openapi))

@@ -480,6 +480,57 @@ impl Store {
         Ok(rows)
     }
 
+    /// The instances handed to a cluster that it should run (not ended).
+    pub fn instances_of_cluster(&self, cluster: u32) -> Result<Vec<InstanceRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {INSTANCE_COLS} FROM instances WHERE cluster = ?1
+             AND status NOT IN ('FAILED', 'DEAD', 'COMPLETED', 'UNDEPLOYED') ORDER BY service, number"
+        ))?;
+        let rows = stmt
+            .query_map([cluster], instance)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Hand an instance to another cluster (or to none, failing it), in one step.
+    pub fn move_instance(
+        &mut self,
+        service_id: &str,
+        number: u32,
+        cluster: Option<u32>,
+        reason: Option<&str>,
+    ) -> Result<InstanceRow> {
+        let tx = self.conn.transaction()?;
+        let mut row = tx
+            .query_row(
+                &format!(
+                    "SELECT {INSTANCE_COLS} FROM instances WHERE service = ?1 AND number = ?2"
+                ),
+                params![service_id, number],
+                instance,
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound("instance"))?;
+        row.cluster = cluster;
+        row.node = None;
+        row.status = if cluster.is_some() {
+            "CLUSTER_SCHEDULED"
+        } else {
+            "FAILED"
+        }
+        .into();
+        row.reason = reason.map(str::to_owned);
+        row.updated_at = now_secs();
+        tx.execute(
+            "UPDATE instances SET status = ?3, reason = ?4, cluster = ?5, node = NULL, updated_at = ?6
+             WHERE service = ?1 AND number = ?2",
+            params![row.service, row.number, row.status, row.reason, row.cluster, row.updated_at],
+        )?;
+        history(&tx, &row)?;
+        tx.commit()?;
+        Ok(row)
+    }
+
     /// Record a status change (and where the instance is).
     pub fn set_instance_status(
         &mut self,

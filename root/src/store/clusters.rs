@@ -18,9 +18,12 @@ pub struct ClusterRow {
     pub last_report: Option<i64>,
     /// Unix seconds of the (first) registration.
     pub registered: i64,
+    /// Long-term OSCORE master secret and salt handed to the cluster.
+    pub credentials: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-const COLS: &str = "id, name, lat, lon, aggregate, last_report, registered";
+const COLS: &str =
+    "id, name, lat, lon, aggregate, last_report, registered, oscore_secret, oscore_salt";
 
 fn cluster(r: &Row<'_>) -> rusqlite::Result<ClusterRow> {
     let (lat, lon): (Option<f64>, Option<f64>) = (r.get(2)?, r.get(3)?);
@@ -31,6 +34,10 @@ fn cluster(r: &Row<'_>) -> rusqlite::Result<ClusterRow> {
         aggregate: r.get(4)?,
         last_report: r.get(5)?,
         registered: r.get(6)?,
+        credentials: {
+            let (secret, salt): (Option<Vec<u8>>, Option<Vec<u8>>) = (r.get(7)?, r.get(8)?);
+            secret.zip(salt)
+        },
     })
 }
 
@@ -56,6 +63,30 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(row)
+    }
+
+    /// Store the OSCORE credentials handed to a cluster.
+    pub fn set_cluster_credentials(&mut self, id: u32, secret: &[u8], salt: &[u8]) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE clusters SET oscore_secret = ?2, oscore_salt = ?3 WHERE id = ?1",
+            params![id, secret, salt],
+        )?;
+        if n == 0 {
+            Err(StoreError::NotFound("cluster"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Join tokens that may still be used: (id, secret).
+    pub fn live_cluster_tokens(&self, now: i64) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, secret FROM cluster_tokens WHERE expires_at > ?1 AND NOT (single_use AND used)",
+        )?;
+        let rows = stmt
+            .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
     }
 
     /// All clusters.

@@ -123,6 +123,11 @@ const MIGRATIONS: &[&str] = &[
         created_by TEXT
     );
     "#,
+    // 2: the long-term OSCORE credentials each cluster got at registration.
+    r#"
+    ALTER TABLE clusters ADD COLUMN oscore_secret BLOB;
+    ALTER TABLE clusters ADD COLUMN oscore_salt BLOB;
+    "#,
 ];
 
 /// The root's database.

@@ -1,0 +1,410 @@
+//! The cluster link: CoAP + OSCORE on UDP 10000.
+//!
+//! Clusters join with a join token made through the API, get long-term OSCORE
+//! credentials (kept in the database, so a restarted root still knows them), report
+//! their aggregate and instance status changes, and observe their command resource:
+//! the full, versioned set of instances the cluster should run. Because every
+//! notification carries the whole set, a lost notification loses nothing and a
+//! cluster that comes back after a partition stops what was moved away from it.
+//!
+//! A cluster silent for `lost_after` seconds is lost: its instances are rescheduled
+//! into the other clusters.
+
+use crate::api::{AppState, Shared, microservice_of};
+use crate::scheduler;
+use crate::store::now_secs;
+use grove_proto::coap::driver::{self, Handle, Incoming, Router};
+use grove_proto::coap::{Code, Config, Endpoint, Method, Response};
+use grove_proto::msg::{
+    self, ClusterCommands, ClusterId, ClusterRegistered, ClusterReport, Credentials, InstanceRef,
+    InstanceSpec, NodeCommand, RegisterCluster,
+};
+use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext};
+use grove_proto::paths;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// What the API uses to reach the link.
+#[derive(Debug, Clone)]
+pub struct LinkHandle {
+    coap: Handle,
+    changed: mpsc::UnboundedSender<u32>,
+}
+
+impl LinkHandle {
+    /// A cluster's desired instances changed: push its commands.
+    pub fn cluster_changed(&self, cluster: u32) {
+        let _ = self.changed.send(cluster);
+    }
+
+    /// Accept joins with a new token.
+    pub fn add_join_token(&self, id: Vec<u8>, secret: Vec<u8>) {
+        self.coap.add_join_token(id, secret);
+    }
+
+    /// Stop accepting a token.
+    pub fn remove_join_token(&self, id: Vec<u8>) {
+        self.coap.remove_join_token(id);
+    }
+
+    /// The link's UDP address.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.coap.local_addr()
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    let _ = getrandom::getrandom(&mut b);
+    b
+}
+
+fn seq_file(dir: &std::path::Path, cluster: u32) -> PathBuf {
+    dir.join("oscore").join(format!("cluster-{cluster}.seq"))
+}
+
+fn context_params(cluster: u32, secret: &[u8], salt: &[u8]) -> ContextParams {
+    ContextParams {
+        master_secret: secret.to_vec(),
+        master_salt: salt.to_vec(),
+        sender_id: Vec::new(),
+        recipient_id: cluster.to_be_bytes().to_vec(),
+        id_context: None,
+    }
+}
+
+/// The cluster a request speaks for, if its long-term OSCORE kid is that cluster's.
+fn cluster_of(inc: &Incoming) -> Result<u32, Response> {
+    let id: u32 = inc
+        .param("id")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Response::error(Code::NOT_FOUND, "no such cluster"))?;
+    match &inc.security {
+        Some(k) if k.id_context.is_none() && k.recipient_id == id.to_be_bytes() => Ok(id),
+        _ => Err(Response::error(
+            Code::FORBIDDEN,
+            "not this cluster's credentials",
+        )),
+    }
+}
+
+/// The full set of instances a cluster should run.
+pub fn commands_for(st: &AppState, cluster: u32, generation: u64) -> ClusterCommands {
+    let db = st.db();
+    let mut commands = Vec::new();
+    for i in db.instances_of_cluster(cluster).unwrap_or_default() {
+        let (Ok(s), Some(ip)) = (db.service(&i.service), i.ip) else {
+            continue;
+        };
+        let Ok(app) = db.application(&s.application) else {
+            continue;
+        };
+        let Some(ms) = microservice_of(&app, &s) else {
+            continue;
+        };
+        let mut cmd = ms.cmd.clone();
+        cmd.extend(ms.args.iter().cloned());
+        commands.push(NodeCommand::Deploy(InstanceSpec {
+            instance: InstanceRef {
+                service: s.id.clone(),
+                instance: i.number,
+            },
+            name: ms.full_name_in(&app.name, &app.namespace),
+            image: ms.code.clone(),
+            cmd,
+            env: ms.environment.clone(),
+            memory_mib: ms.memory_mb,
+            millicpus: ms.millicpus,
+            ports: ms.port.clone(),
+            one_shot: ms.one_shot,
+            ip: Some(ip),
+        }));
+    }
+    ClusterCommands {
+        generation,
+        commands,
+    }
+}
+
+fn generation() -> u64 {
+    // Milliseconds since the epoch: increases across root restarts too.
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+async fn register(
+    st: Shared,
+    coap: Arc<std::sync::OnceLock<Handle>>,
+    dir: PathBuf,
+    inc: Incoming,
+) -> Response {
+    let Some(ctx_id) = inc.security.as_ref().and_then(|k| k.id_context.clone()) else {
+        return Response::error(Code::FORBIDDEN, "registration needs a join token");
+    };
+    let token_id = hex(&ctx_id[..8.min(ctx_id.len())]);
+    let reg: RegisterCluster = match msg::from_cbor(&inc.request.payload) {
+        Ok(r) => r,
+        Err(e) => return Response::error(Code::BAD_REQUEST, &e.to_string()),
+    };
+    if let Err(diag) = msg::check_version(reg.version) {
+        return Response::error(Code::NOT_ACCEPTABLE, &diag);
+    }
+    if reg.name.is_empty() || reg.name.len() > 64 {
+        return Response::error(Code::BAD_REQUEST, "cluster name must be 1 to 64 characters");
+    }
+    let (secret, salt) = (random::<32>().to_vec(), random::<8>().to_vec());
+    let row = {
+        let mut db = st.db();
+        match db.valid_cluster_token(&token_id, now_secs()) {
+            Ok(Some(_)) => {}
+            _ => return Response::error(Code::FORBIDDEN, "join token expired, used or revoked"),
+        }
+        let loc = reg.location.map(|g| (f64::from(g.lat), f64::from(g.lon)));
+        let row = match db.register_cluster(&reg.name, loc) {
+            Ok(r) => r,
+            Err(e) => return Response::error(Code::INTERNAL_SERVER_ERROR, &e.to_string()),
+        };
+        if db.set_cluster_credentials(row.id, &secret, &salt).is_err()
+            || db.mark_cluster_token_used(&token_id).is_err()
+        {
+            return Response::error(
+                Code::INTERNAL_SERVER_ERROR,
+                "cannot store the cluster's credentials",
+            );
+        }
+        row
+    };
+    let file = seq_file(&dir, row.id);
+    let _ = std::fs::remove_file(&file);
+    let ctx = match SecurityContext::new(
+        &context_params(row.id, &secret, &salt),
+        Box::new(FileContextStore::new(&file)),
+    ) {
+        Ok(c) => c,
+        Err(e) => return Response::error(Code::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    if let Some(h) = coap.get() {
+        h.add_context(ctx).await;
+    }
+    let answer = ClusterRegistered {
+        version: msg::PROTOCOL_VERSION,
+        cluster: ClusterId(row.id),
+        // A /18 of worker subnets per cluster from 10.18.0.0 (48 clusters); real pools
+        // with reuse are still to come.
+        subnets: msg::Ipv4Prefix {
+            addr: 0x0A12_0000 + (row.id.saturating_sub(1) << 14),
+            len: 18,
+        },
+        timing: msg::Timing {
+            heartbeat_ms: 5000,
+            missed_before_lost: 3,
+        },
+        credentials: Some(Credentials {
+            master_secret: secret,
+            master_salt: salt,
+            sender_id: row.id.to_be_bytes().to_vec(),
+            recipient_id: Vec::new(),
+        }),
+    };
+    Response {
+        code: Code::CREATED,
+        ..Response::cbor(msg::to_cbor(&answer))
+    }
+}
+
+fn report(st: &Shared, inc: &Incoming) -> Response {
+    let id = match cluster_of(inc) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let rep: ClusterReport = match msg::from_cbor(&inc.request.payload) {
+        Ok(r) => r,
+        Err(e) => return Response::error(Code::BAD_REQUEST, &e.to_string()),
+    };
+    let mut db = st.db();
+    let aggregate = (!rep.capacity.is_empty()).then(|| msg::to_cbor(&rep.capacity));
+    if let Err(e) = db.record_report(id, aggregate.as_deref(), now_secs()) {
+        return Response::error(Code::NOT_FOUND, &e.to_string());
+    }
+    for c in &rep.changes {
+        // Only the cluster an instance is placed on speaks for it: a cluster back from
+        // a partition cannot overwrite the status of an instance moved away.
+        let placed_here = db
+            .instances(Some(&c.instance.service))
+            .unwrap_or_default()
+            .iter()
+            .any(|i| i.number == c.instance.instance && i.cluster == Some(id));
+        if placed_here {
+            let _ = db.set_instance_status(
+                &c.instance.service,
+                c.instance.instance,
+                c.state.as_str(),
+                c.detail.as_deref(),
+                Some(id),
+                None,
+            );
+        }
+    }
+    Response::new(Code::CHANGED)
+}
+
+/// Start the link on `socket`; runs until the runtime stops.
+pub async fn start(
+    st: Shared,
+    socket: tokio::net::UdpSocket,
+    dir: PathBuf,
+    lost_after: i64,
+) -> std::io::Result<LinkHandle> {
+    std::fs::create_dir_all(dir.join("oscore"))?;
+    let handle_cell: Arc<std::sync::OnceLock<Handle>> = Arc::default();
+    let (s1, s2, s3, h1, d1) = (
+        st.clone(),
+        st.clone(),
+        st.clone(),
+        handle_cell.clone(),
+        dir.clone(),
+    );
+    let router = Router::new()
+        .route(Method::Post, paths::CLUSTERS, move |inc| {
+            register(s1.clone(), h1.clone(), d1.clone(), inc)
+        })
+        .route(Method::Post, "/v1/clusters/{id}/status", move |inc| {
+            let st = s2.clone();
+            async move { report(&st, &inc) }
+        })
+        .observable("/v1/clusters/{id}/commands", move |inc| {
+            let st = s3.clone();
+            async move {
+                match cluster_of(&inc) {
+                    Ok(id) => Response::cbor(msg::to_cbor(&commands_for(&st, id, generation()))),
+                    Err(r) => r,
+                }
+            }
+        });
+    let cfg = Config {
+        seed: u64::from_le_bytes(random::<8>()),
+        ..Config::default()
+    };
+    let (coap, _task) = driver::spawn(socket, Endpoint::new(cfg), router)?;
+    let _ = handle_cell.set(coap.clone());
+    // Contexts of registered clusters and live join tokens survive a restart.
+    let (clusters, tokens) = {
+        let db = st.db();
+        (
+            db.clusters().unwrap_or_default(),
+            db.live_cluster_tokens(now_secs()).unwrap_or_default(),
+        )
+    };
+    for c in clusters {
+        if let Some((secret, salt)) = &c.credentials {
+            match SecurityContext::new(
+                &context_params(c.id, secret, salt),
+                Box::new(FileContextStore::new(seq_file(&dir, c.id))),
+            ) {
+                Ok(ctx) => {
+                    coap.add_context(ctx).await;
+                }
+                Err(e) => {
+                    tracing::error!(cluster = c.id, error = %e, "cannot load the cluster's OSCORE context")
+                }
+            }
+        }
+    }
+    for (id, secret) in tokens {
+        if let Some(raw) = unhex(&id) {
+            coap.add_join_token(raw, secret);
+        }
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<u32>();
+    let link = LinkHandle {
+        coap: coap.clone(),
+        changed: tx,
+    };
+    // Push commands when a cluster's set changes.
+    let (st_push, coap_push) = (st.clone(), coap.clone());
+    tokio::spawn(async move {
+        while let Some(id) = rx.recv().await {
+            let body = msg::to_cbor(&commands_for(&st_push, id, generation()));
+            coap_push
+                .notify(
+                    &paths::cluster_commands(ClusterId(id)),
+                    Response::cbor(body),
+                )
+                .await;
+        }
+    });
+    // Reschedule the instances of lost clusters.
+    let (st_watch, link_watch) = (st.clone(), link.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            for id in reschedule_lost(&st_watch, now_secs(), lost_after) {
+                link_watch.cluster_changed(id);
+            }
+        }
+    });
+    Ok(link)
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect()
+}
+
+/// Move the instances of clusters silent for `lost_after` seconds into active clusters
+/// (or fail them); returns the clusters whose command sets changed.
+pub fn reschedule_lost(st: &AppState, now: i64, lost_after: i64) -> HashSet<u32> {
+    let mut changed = HashSet::new();
+    let mut db = st.db();
+    let rows = db.clusters().unwrap_or_default();
+    let mut views = crate::api::cluster_views(&rows, now);
+    for v in &mut views {
+        v.active = rows
+            .iter()
+            .any(|r| r.id == v.id.0 && r.last_report.is_some_and(|t| now - t < lost_after));
+    }
+    for lost in views.iter().filter(|v| !v.active) {
+        let instances = db.instances_of_cluster(lost.id.0).unwrap_or_default();
+        for i in instances {
+            let Ok(s) = db.service(&i.service) else {
+                continue;
+            };
+            let Ok(app) = db.application(&s.application) else {
+                continue;
+            };
+            let Some(ms) = microservice_of(&app, &s) else {
+                continue;
+            };
+            let target = scheduler::schedule(&views, &crate::api::demand_of(&ms));
+            let moved = match target {
+                Ok(c) => db
+                    .move_instance(&i.service, i.number, Some(c.0), None)
+                    .map(|_| Some(c.0)),
+                Err(reason) => db
+                    .move_instance(&i.service, i.number, None, Some(reason.as_str()))
+                    .map(|_| None),
+            };
+            match moved {
+                Ok(to) => {
+                    tracing::warn!(cluster = lost.id.0, service = %i.service, instance = i.number, to = ?to, "cluster lost: instance moved");
+                    changed.insert(lost.id.0);
+                    changed.extend(to);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot move an instance of a lost cluster"),
+            }
+        }
+    }
+    changed
+}

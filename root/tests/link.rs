@@ -1,0 +1,503 @@
+//! The cluster link with test clusters that speak the real protocol through `proto/`.
+
+use clap::Parser;
+use grove_proto::coap::driver::{self, Handle, Observation, Router};
+use grove_proto::coap::{Code, Config, ContextKey, Endpoint, Request, SendOptions};
+use grove_proto::msg::{
+    self, Capacity, ClusterCommands, ClusterId, ClusterRegistered, ClusterReport, GeoPoint,
+    InstanceRef, InstanceState, InstanceStatus, NodeCommand, RegisterCluster,
+};
+use grove_proto::oscore::{ContextParams, SecurityContext, join_context};
+use grove_proto::paths;
+use grove_root::{api, link};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+struct Root {
+    base: String,
+    coap: SocketAddr,
+    rt: tokio::runtime::Runtime,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start(name: &str, lost_after: i64) -> Root {
+    let dir = std::env::temp_dir().join(format!("grove-root-link-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let args = grove_root::Args::parse_from([
+        "grove-root",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--admin-password",
+        "Admin",
+        "--cluster-lost-after",
+        &lost_after.to_string(),
+    ]);
+    let state = grove_root::open_state(&args).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(3)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (base, coap) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let l = link::start(state.clone(), udp, dir.clone(), lost_after)
+            .await
+            .unwrap();
+        let coap = l.local_addr();
+        state.link.set(l).unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(api::serve(listener, state, std::future::pending()));
+        (base, coap)
+    });
+    Root {
+        base,
+        coap,
+        rt,
+        dir,
+    }
+}
+
+fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = ureq::request(method, &format!("{base}{path}")).timeout(Duration::from_secs(20));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let res = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    let r = match res {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {path}: {e}"),
+    };
+    let s = r.status();
+    (s, r.into_json().unwrap_or(Value::Null))
+}
+
+fn admin(base: &str) -> String {
+    let (_, v) = http(
+        base,
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(json!({"username": "Admin", "password": "Admin"})),
+    );
+    v["token"].as_str().unwrap().to_owned()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+struct TestCluster {
+    coap: Handle,
+    key: ContextKey,
+    id: u32,
+    root: SocketAddr,
+}
+
+async fn client() -> Handle {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    driver::spawn(sock, Endpoint::new(Config::default()), Router::new())
+        .unwrap()
+        .0
+}
+
+fn registration(name: &str, major: u16) -> Vec<u8> {
+    msg::to_cbor(&RegisterCluster {
+        version: msg::ProtocolVersion { major, minor: 0 },
+        name: name.into(),
+        location: Some(GeoPoint {
+            lat: 48.1,
+            lon: 11.6,
+        }),
+    })
+}
+
+async fn join(root: SocketAddr, token: &str, name: &str) -> Result<TestCluster, (Code, String)> {
+    let (id, secret) = token.split_once('.').unwrap();
+    let coap = client().await;
+    let mut attempt = [0u8; 8];
+    getrandom::getrandom(&mut attempt).unwrap();
+    let jk = coap
+        .add_context(SecurityContext::in_memory(&join_context(
+            &unhex(id),
+            &unhex(secret),
+            &attempt,
+            true,
+        )))
+        .await
+        .unwrap();
+    let r = coap
+        .request(
+            root,
+            Request::post_cbor(paths::CLUSTERS, registration(name, 1)),
+            SendOptions::secure(jk),
+        )
+        .await
+        .unwrap();
+    if r.code != Code::CREATED {
+        return Err((r.code, String::from_utf8_lossy(&r.payload).into_owned()));
+    }
+    let reg: ClusterRegistered = msg::from_cbor(&r.payload).unwrap();
+    let c = reg.credentials.unwrap();
+    let key = coap
+        .add_context(SecurityContext::in_memory(&ContextParams {
+            master_secret: c.master_secret,
+            master_salt: c.master_salt,
+            sender_id: c.sender_id,
+            recipient_id: c.recipient_id,
+            id_context: None,
+        }))
+        .await
+        .unwrap();
+    Ok(TestCluster {
+        coap,
+        key,
+        id: reg.cluster.0,
+        root,
+    })
+}
+
+fn capacity(cpu: u32, mem: u32) -> Vec<Capacity> {
+    vec![Capacity {
+        arch: "x86_64".into(),
+        virtualization: "container".into(),
+        nodes: 1,
+        free_millicpus: u64::from(cpu),
+        free_memory_mib: u64::from(mem),
+        max_free_millicpus: cpu,
+        max_free_memory_mib: mem,
+        free_vgpus: None,
+        max_free_vgpus: None,
+    }]
+}
+
+impl TestCluster {
+    async fn report(&self, seq: u32, capacity: Vec<Capacity>, changes: Vec<InstanceStatus>) {
+        let body = msg::to_cbor(&ClusterReport {
+            cluster: ClusterId(self.id),
+            seq,
+            capacity,
+            changes,
+        });
+        let r = self
+            .coap
+            .request(
+                self.root,
+                Request::post_cbor(&paths::cluster_status(ClusterId(self.id)), body),
+                SendOptions::secure(self.key.clone()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.code, Code::CHANGED);
+    }
+
+    async fn observe(&self) -> Observation {
+        let o = self
+            .coap
+            .observe(
+                self.root,
+                Request::get(&paths::cluster_commands(ClusterId(self.id))),
+                SendOptions::secure(self.key.clone()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(o.first.code, Code::CONTENT);
+        o
+    }
+}
+
+fn deploys(c: &ClusterCommands) -> Vec<InstanceRef> {
+    c.commands
+        .iter()
+        .filter_map(|x| match x {
+            NodeCommand::Deploy(s) => Some(s.instance.clone()),
+            NodeCommand::Undeploy(_) => None,
+        })
+        .collect()
+}
+
+/// Wait (at most `secs`) for a notification whose command set satisfies `want`.
+async fn wait_for(
+    o: &mut Observation,
+    secs: u64,
+    want: impl Fn(&ClusterCommands) -> bool,
+) -> ClusterCommands {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let n = tokio::time::timeout_at(deadline, o.notifications.recv())
+            .await
+            .expect("no such notification in time")
+            .expect("observation ended");
+        let cmds: ClusterCommands = msg::from_cbor(&n.payload).unwrap();
+        if want(&cmds) {
+            return cmds;
+        }
+    }
+}
+
+fn seed() -> Value {
+    serde_json::from_str(include_str!("seed_sla.json")).unwrap()
+}
+
+#[test]
+fn a_registered_cluster_receives_an_api_deploy_through_its_observed_commands() {
+    let root = start("deploy", 15);
+    let t = admin(&root.base);
+    let (s, tok) = http(
+        &root.base,
+        "POST",
+        "/api/clusters/token",
+        Some(&t),
+        Some(json!({"expires_in_secs": 600})),
+    );
+    assert_eq!(s, 200, "{tok}");
+    let token = tok["token"].as_str().unwrap().to_owned();
+    let base = root.base.clone();
+    root.rt.block_on(async move {
+        let c = join(root.coap, &token, "munich").await.unwrap();
+        // The token was single-use.
+        let again = join(root.coap, &token, "munich2")
+            .await
+            .err()
+            .expect("a used token is refused");
+        assert_eq!(again.0, Code::FORBIDDEN, "{}", again.1);
+        c.report(1, capacity(4000, 8000), vec![]).await;
+        let mut obs = c.observe().await;
+        let first: ClusterCommands = msg::from_cbor(&obs.first.payload).unwrap();
+        assert!(first.commands.is_empty());
+
+        let (_, active) = http(&base, "GET", "/api/clusters/active", Some(&t), None);
+        assert_eq!(active[0]["cluster_name"], "munich");
+        let (_, apps) = http(&base, "POST", "/api/application/", Some(&t), Some(seed()));
+        let sid = apps[0]["microservices"][1].as_str().unwrap().to_owned();
+        let (s, inst) = http(
+            &base,
+            "POST",
+            &format!("/api/service/{sid}/instance"),
+            Some(&t),
+            None,
+        );
+        assert_eq!(
+            (s, inst["status"].as_str()),
+            (200, Some("CLUSTER_SCHEDULED")),
+            "{inst}"
+        );
+        assert_eq!(inst["cluster_id"], c.id.to_string());
+
+        let cmds = wait_for(&mut obs, 10, |c| !c.commands.is_empty()).await;
+        let NodeCommand::Deploy(spec) = &cmds.commands[0] else {
+            panic!("{cmds:?}")
+        };
+        assert_eq!(
+            spec.instance,
+            InstanceRef {
+                service: sid.clone(),
+                instance: 0
+            }
+        );
+        assert_eq!(spec.image, "docker.io/library/nginx:latest");
+        assert_eq!(spec.ports.as_deref(), Some("6080:60/tcp"));
+        assert_eq!(spec.name, "clientsrvr.test.nginx.test");
+        assert!(cmds.generation > first.generation);
+
+        // The cluster reports the instance running; the API shows it.
+        let running = InstanceStatus {
+            instance: spec.instance.clone(),
+            state: InstanceState::Running,
+            detail: None,
+            ip: spec.ip,
+        };
+        c.report(2, vec![], vec![running]).await;
+        let (_, svc) = http(&base, "GET", &format!("/api/service/{sid}"), Some(&t), None);
+        assert_eq!(svc["instance_list"][0]["status"], "RUNNING");
+        assert_eq!(svc["status"], "RUNNING");
+
+        // Removing the instance through the API takes it out of the cluster's set.
+        http(
+            &base,
+            "DELETE",
+            &format!("/api/service/{sid}/instance/0"),
+            Some(&t),
+            None,
+        );
+        wait_for(&mut obs, 10, |c| c.commands.is_empty()).await;
+    });
+}
+
+#[test]
+fn a_lost_cluster_s_instances_move_and_on_return_it_is_told_to_stop_them() {
+    // Lost after 2 s here (15 s by default) to keep the test short.
+    let root = start("lost", 2);
+    let t = admin(&root.base);
+    let tok = |single: bool| {
+        let (_, v) = http(
+            &root.base,
+            "POST",
+            "/api/clusters/token",
+            Some(&t),
+            Some(json!({"single_use": single})),
+        );
+        v["token"].as_str().unwrap().to_owned()
+    };
+    let (ta, tb) = (tok(false), tok(true));
+    let base = root.base.clone();
+    root.rt.block_on(async move {
+        let a = join(root.coap, &ta, "tight").await.unwrap();
+        let b = join(root.coap, &tb, "roomy").await.unwrap();
+        a.report(1, capacity(1200, 200), vec![]).await;
+        b.report(1, capacity(16_000, 32_000), vec![]).await;
+        let mut obs_a = a.observe().await;
+        let mut obs_b = b.observe().await;
+        // B keeps reporting; A falls silent after the deploy.
+        let b_reporter = tokio::spawn(async move {
+            for seq in 2.. {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                b.report(seq, vec![], vec![]).await;
+            }
+        });
+        let (_, apps) = http(&base, "POST", "/api/application/", Some(&t), Some(seed()));
+        let sid = apps[0]["microservices"][1].as_str().unwrap().to_owned();
+        let (_, inst) = http(
+            &base,
+            "POST",
+            &format!("/api/service/{sid}/instance"),
+            Some(&t),
+            None,
+        );
+        assert_eq!(
+            inst["cluster_id"],
+            a.id.to_string(),
+            "best fit picks the tight cluster"
+        );
+        let wanted = InstanceRef {
+            service: sid.clone(),
+            instance: 0,
+        };
+        wait_for(&mut obs_a, 10, |c| deploys(c).contains(&wanted)).await;
+
+        // A is silent: within the loss time plus a check period the instance is on B.
+        wait_for(&mut obs_b, 10, |c| deploys(c).contains(&wanted)).await;
+        let (_, svc) = http(&base, "GET", &format!("/api/service/{sid}"), Some(&t), None);
+        assert_eq!(svc["instance_list"][0]["cluster_id"], "2");
+        // A was told to stop it (its set no longer holds it), and so it stays when A
+        // comes back and reports, even if it claims the instance runs.
+        wait_for(&mut obs_a, 10, |c| !deploys(c).contains(&wanted)).await;
+        let stale = InstanceStatus {
+            instance: wanted.clone(),
+            state: InstanceState::Running,
+            detail: None,
+            ip: None,
+        };
+        a.report(2, capacity(1200, 200), vec![stale]).await;
+        let (_, svc) = http(&base, "GET", &format!("/api/service/{sid}"), Some(&t), None);
+        assert_eq!(
+            svc["instance_list"][0]["cluster_id"], "2",
+            "the returning cluster does not take it back"
+        );
+        let now: ClusterCommands = {
+            let r = a
+                .coap
+                .request(
+                    a.root,
+                    Request::get(&paths::cluster_commands(ClusterId(a.id))),
+                    SendOptions::secure(a.key.clone()),
+                )
+                .await
+                .unwrap();
+            msg::from_cbor(&r.payload).unwrap()
+        };
+        assert!(!deploys(&now).contains(&wanted));
+        b_reporter.abort();
+    });
+}
+
+#[test]
+fn registration_refuses_other_major_versions_and_unknown_tokens() {
+    let root = start("refuse", 15);
+    let t = admin(&root.base);
+    let (_, tok) = http(
+        &root.base,
+        "POST",
+        "/api/clusters/token",
+        Some(&t),
+        Some(json!({})),
+    );
+    let token = tok["token"].as_str().unwrap().to_owned();
+    let (_, revoke_me) = http(
+        &root.base,
+        "POST",
+        "/api/clusters/token",
+        Some(&t),
+        Some(json!({})),
+    );
+    let (s, _) = http(
+        &root.base,
+        "DELETE",
+        &format!("/api/clusters/token/{}", revoke_me["id"].as_str().unwrap()),
+        Some(&t),
+        None,
+    );
+    assert_eq!(s, 200);
+    let revoked = revoke_me["token"].as_str().unwrap().to_owned();
+    let coap_addr = root.coap;
+    root.rt.block_on(async move {
+        let (id, secret) = token.split_once('.').unwrap();
+        let coap = client().await;
+        let jk = coap
+            .add_context(SecurityContext::in_memory(&join_context(
+                &unhex(id),
+                &unhex(secret),
+                b"attempt1",
+                true,
+            )))
+            .await
+            .unwrap();
+        let r = coap
+            .request(
+                coap_addr,
+                Request::post_cbor(paths::CLUSTERS, registration("future", 2)),
+                SendOptions::secure(jk),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.code, Code::NOT_ACCEPTABLE);
+        let diag = String::from_utf8_lossy(&r.payload);
+        assert!(diag.contains("2.0") && diag.contains("1.0"), "{diag}");
+        // A revoked token's registration cannot even be verified.
+        let err = join(coap_addr, &revoked, "x")
+            .await
+            .err()
+            .expect("revoked token refused");
+        assert_eq!(err.0, Code::UNAUTHORIZED);
+        // A made-up token likewise.
+        let err = join(
+            coap_addr,
+            "0011223344556677.00112233445566778899aabbccddeeff",
+            "x",
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(err.0, Code::UNAUTHORIZED);
+    });
+}
