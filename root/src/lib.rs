@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod coap_api;
 pub mod link;
 pub mod scheduler;
 pub mod sla;
@@ -68,35 +69,58 @@ pub fn open_state(args: &Args) -> Result<api::Shared, String> {
     }))
 }
 
-/// Run the root: the HTTP API and the cluster link.
+/// A running root's addresses.
+#[derive(Debug, Clone)]
+pub struct Running {
+    /// The HTTP API.
+    pub http: std::net::SocketAddr,
+    /// The CoAP link and user API.
+    pub coap: std::net::SocketAddr,
+    /// Its state.
+    pub state: api::Shared,
+}
+
+/// Open the state, bind the HTTP API and the CoAP link as `args` say, and serve them
+/// on the current tokio runtime until it stops.
+pub async fn start(args: &Args) -> Result<Running, String> {
+    let state = open_state(args)?;
+    let listener = tokio::net::TcpListener::bind(args.http)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.http))?;
+    let udp = tokio::net::UdpSocket::bind(args.coap)
+        .await
+        .map_err(|e| format!("cannot listen on udp {}: {e}", args.coap))?;
+    let l = link::start(
+        state.clone(),
+        udp,
+        args.data_dir.clone(),
+        args.cluster_lost_after,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let coap = l.local_addr();
+    let _ = state.link.set(l);
+    let http = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(api::serve(listener, state.clone(), std::future::pending()));
+    Ok(Running { http, coap, state })
+}
+
+/// Run the root: the HTTP API and the cluster link, until Ctrl-C.
 pub fn run(args: Args) -> Result<(), String> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .try_init();
-    let state = open_state(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.http)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", args.http))?;
-        let udp = tokio::net::UdpSocket::bind(args.coap)
-            .await
-            .map_err(|e| format!("cannot listen on udp {}: {e}", args.coap))?;
-        let link = link::start(state.clone(), udp, args.data_dir.clone(), args.cluster_lost_after)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = state.link.set(link);
-        tracing::info!(http = %args.http, coap = %args.coap, docs = "/api/docs", "grove-root serving the API and the cluster link");
-        api::serve(listener, state, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .map_err(|e| e.to_string())
+        let r = start(&args).await?;
+        tracing::info!(http = %r.http, coap = %r.coap, docs = "/api/docs", "grove-root serving the API and the cluster link");
+        let _ = tokio::signal::ctrl_c().await;
+        Ok(())
     })
 }

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 pub struct LinkHandle {
     coap: Handle,
     changed: mpsc::UnboundedSender<u32>,
+    dir: PathBuf,
 }
 
 impl LinkHandle {
@@ -48,6 +49,21 @@ impl LinkHandle {
     /// Stop accepting a token.
     pub fn remove_join_token(&self, id: Vec<u8>) {
         self.coap.remove_join_token(id);
+    }
+
+    /// Install the OSCORE context of a CoAP API user.
+    pub async fn add_user_context(
+        &self,
+        kid: &[u8],
+        secret: &[u8],
+        salt: &[u8],
+    ) -> Result<(), String> {
+        let ctx = user_context(&self.dir, kid, secret, salt)?;
+        self.coap
+            .add_context(ctx)
+            .await
+            .map(|_| ())
+            .ok_or_else(|| "the link stopped".to_owned())
     }
 
     /// The link's UDP address.
@@ -68,6 +84,23 @@ fn random<const N: usize>() -> [u8; N] {
 
 fn seq_file(dir: &std::path::Path, cluster: u32) -> PathBuf {
     dir.join("oscore").join(format!("cluster-{cluster}.seq"))
+}
+
+fn user_context(
+    dir: &std::path::Path,
+    kid: &[u8],
+    secret: &[u8],
+    salt: &[u8],
+) -> Result<SecurityContext, String> {
+    let params = ContextParams {
+        master_secret: secret.to_vec(),
+        master_salt: salt.to_vec(),
+        sender_id: Vec::new(),
+        recipient_id: kid.to_vec(),
+        id_context: None,
+    };
+    let file = dir.join("oscore").join(format!("user-{}.seq", hex(kid)));
+    SecurityContext::new(&params, Box::new(FileContextStore::new(file))).map_err(|e| e.to_string())
 }
 
 fn context_params(cluster: u32, secret: &[u8], salt: &[u8]) -> ContextParams {
@@ -273,7 +306,9 @@ pub async fn start(
         handle_cell.clone(),
         dir.clone(),
     );
+    let (s4, http) = (st.clone(), crate::api::router(st.clone()));
     let router = Router::new()
+        .fallback(move |inc| crate::coap_api::handle(s4.clone(), http.clone(), inc))
         .route(Method::Post, paths::CLUSTERS, move |inc| {
             register(s1.clone(), h1.clone(), d1.clone(), inc)
         })
@@ -324,10 +359,20 @@ pub async fn start(
             coap.add_join_token(raw, secret);
         }
     }
+    let users = st.db().coap_credentials().unwrap_or_default();
+    for (kid, secret, salt) in users {
+        match user_context(&dir, &kid, &secret, &salt) {
+            Ok(ctx) => {
+                coap.add_context(ctx).await;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot load a CoAP user's OSCORE context"),
+        }
+    }
     let (tx, mut rx) = mpsc::unbounded_channel::<u32>();
     let link = LinkHandle {
         coap: coap.clone(),
         changed: tx,
+        dir: dir.clone(),
     };
     // Push commands when a cluster's set changes.
     let (st_push, coap_push) = (st.clone(), coap.clone());

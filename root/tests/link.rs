@@ -9,7 +9,6 @@ use grove_proto::msg::{
 };
 use grove_proto::oscore::{ContextParams, SecurityContext, join_context};
 use grove_proto::paths;
-use grove_root::{api, link};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -39,24 +38,18 @@ fn start(name: &str, lost_after: i64) -> Root {
         "--cluster-lost-after",
         &lost_after.to_string(),
     ]);
-    let state = grove_root::open_state(&args).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(3)
         .enable_all()
         .build()
         .unwrap();
-    let (base, coap) = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let l = link::start(state.clone(), udp, dir.clone(), lost_after)
-            .await
-            .unwrap();
-        let coap = l.local_addr();
-        state.link.set(l).unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(api::serve(listener, state, std::future::pending()));
-        (base, coap)
-    });
+    let args = grove_root::Args {
+        http: "127.0.0.1:0".parse().unwrap(),
+        coap: "127.0.0.1:0".parse().unwrap(),
+        ..args
+    };
+    let r = rt.block_on(grove_root::start(&args)).unwrap();
+    let (base, coap) = (format!("http://{}", r.http), r.coap);
     Root {
         base,
         coap,
@@ -499,5 +492,163 @@ fn registration_refuses_other_major_versions_and_unknown_tokens() {
         .err()
         .unwrap();
         assert_eq!(err.0, Code::UNAUTHORIZED);
+    });
+}
+
+/// A Grove CoAP client holding the OSCORE credentials a user got from the HTTP API.
+async fn coap_user(root: SocketAddr, creds: &Value) -> (Handle, ContextKey) {
+    let c = client().await;
+    let key = c
+        .add_context(SecurityContext::in_memory(&ContextParams {
+            master_secret: unhex(creds["secret_hex"].as_str().unwrap()),
+            master_salt: unhex(creds["salt_hex"].as_str().unwrap()),
+            sender_id: unhex(creds["sender-id_hex"].as_str().unwrap()),
+            recipient_id: unhex(creds["recipient-id_hex"].as_str().unwrap()),
+            id_context: None,
+        }))
+        .await
+        .unwrap();
+    let _ = root;
+    (c, key)
+}
+
+fn cbor_request(method: grove_proto::coap::Method, path: &str, body: Option<&Value>) -> Request {
+    let mut r = Request::new(method, path);
+    if let Some(b) = body {
+        r.content_format = Some(60);
+        r.payload = grove_root::coap_api::json_to_cbor(b);
+    }
+    r
+}
+
+#[test]
+fn the_user_api_answers_over_coap_with_credentials_from_http() {
+    use grove_proto::coap::Method;
+    let root = start("coap-api", 15);
+    let t = admin(&root.base);
+    let (s, creds) = http(&root.base, "POST", "/api/auth/coap", Some(&t), None);
+    assert_eq!(s, 200, "{creds}");
+    assert_eq!(
+        creds["coap_port"].as_u64(),
+        Some(u64::from(root.coap.port()))
+    );
+    http(
+        &root.base,
+        "POST",
+        "/api/auth/register",
+        Some(&t),
+        Some(json!({"name": "eve", "password": "pw"})),
+    );
+    let (_, et) = http(
+        &root.base,
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(json!({"username": "eve", "password": "pw"})),
+    );
+    let (_, eve_creds) = http(
+        &root.base,
+        "POST",
+        "/api/auth/coap",
+        et["token"].as_str(),
+        None,
+    );
+    let (_, me) = http(&root.base, "GET", "/api/user/Admin", Some(&t), None);
+    let admin_id = me["_id"]["$oid"].as_str().unwrap().to_owned();
+    let coap_addr = root.coap;
+    root.rt.block_on(async move {
+        let (c, key) = coap_user(coap_addr, &creds).await;
+        let go = |r: Request| {
+            let (c, key) = (c.clone(), key.clone());
+            async move {
+                c.request(coap_addr, r, SendOptions::secure(key))
+                    .await
+                    .unwrap()
+            }
+        };
+        let decode = |p: &[u8]| grove_root::coap_api::cbor_to_json(p).unwrap();
+        // Deploy the seed SLA with a CBOR body (block-wise: it is over 1 KiB).
+        let r = go(cbor_request(
+            Method::Post,
+            "/api/application/",
+            Some(&seed()),
+        ))
+        .await;
+        assert_eq!(
+            r.code,
+            Code::CHANGED,
+            "{}",
+            String::from_utf8_lossy(&r.payload)
+        );
+        let apps = decode(&r.payload);
+        let sid = apps[0]["microservices"][1].as_str().unwrap().to_owned();
+        // List, add an instance, read its status, remove it.
+        let r = go(cbor_request(
+            Method::Get,
+            &format!("/api/applications/{admin_id}"),
+            None,
+        ))
+        .await;
+        assert_eq!(r.code, Code::CONTENT);
+        assert_eq!(decode(&r.payload)[0]["application_name"], "clientsrvr");
+        let r = go(cbor_request(
+            Method::Post,
+            &format!("/api/service/{sid}/instance"),
+            None,
+        ))
+        .await;
+        assert_eq!(decode(&r.payload)["instance_number"], 0);
+        let r = go(cbor_request(
+            Method::Get,
+            &format!("/api/service/{sid}"),
+            None,
+        ))
+        .await;
+        assert_eq!(
+            decode(&r.payload)["instance_list"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        let r = go(cbor_request(
+            Method::Delete,
+            &format!("/api/service/{sid}/instance/0"),
+            None,
+        ))
+        .await;
+        assert_eq!(r.code, Code::DELETED);
+        // A bad SLA over CoAP names the field, like over HTTP.
+        let mut bad = seed();
+        bad["applications"][0]["microservices"][0]["port"] = json!("70000");
+        let r = go(cbor_request(Method::Post, "/api/application/", Some(&bad))).await;
+        assert_eq!(r.code, Code::BAD_REQUEST);
+        assert_eq!(
+            decode(&r.payload)["errors"][0]["field"],
+            "applications[0].microservices[0].port"
+        );
+
+        // Another user's credentials do not reach Admin's objects.
+        let (e, ekey) = coap_user(coap_addr, &eve_creds).await;
+        let r = e
+            .request(
+                coap_addr,
+                cbor_request(Method::Get, &format!("/api/service/{sid}"), None),
+                SendOptions::secure(ekey),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.code, Code::FORBIDDEN);
+        // No credentials: 4.01, nothing runs.
+        let plain = client().await;
+        let r = plain
+            .request(
+                coap_addr,
+                cbor_request(Method::Get, "/api/applications/", None),
+                SendOptions::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.code, Code::UNAUTHORIZED);
     });
 }

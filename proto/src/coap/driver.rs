@@ -62,10 +62,22 @@ impl std::fmt::Debug for Route {
 }
 
 /// Routes from method and path pattern (`/v1/nodes/{id}/commands`) to handlers.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Router {
     routes: Vec<Route>,
+    fallback: Option<FallbackFn>,
 }
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("routes", &self.routes)
+            .field("fallback", &self.fallback.is_some())
+            .finish()
+    }
+}
+
+type FallbackFn = HandlerFn;
 
 fn segments(path: &str) -> Vec<String> {
     path.split('/')
@@ -129,6 +141,16 @@ impl Router {
         Fut: Future<Output = Response> + Send + 'static,
     {
         self.add(method, pattern, observable, true, f)
+    }
+
+    /// A handler for every request no route matches (protected by OSCORE like routes).
+    pub fn fallback<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Incoming) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response> + Send + 'static,
+    {
+        self.fallback = Some(Arc::new(move |i| Box::pin(f(i))));
+        self
     }
 
     fn find(&self, method: Method, path: &str) -> Result<(&Route, Params), Code> {
@@ -354,11 +376,20 @@ async fn run(
                     peer,
                     request,
                     security,
-                } => match router.find(request.method, &request.path) {
-                    Err(code) => ep.respond(now, id, Response::new(code)),
-                    Ok((route, params)) => {
-                        let h = route.handler.clone();
-                        let observable = route.observable;
+                } => {
+                    let target = match router.find(request.method, &request.path) {
+                        Ok((route, params)) => {
+                            Some((route.handler.clone(), route.observable, params))
+                        }
+                        Err(code) => match router.fallback.clone() {
+                            Some(f) => Some((f, false, Vec::new())),
+                            None => {
+                                ep.respond(now, id, Response::new(code));
+                                None
+                            }
+                        },
+                    };
+                    if let Some((h, observable, params)) = target {
                         let tx = resp_tx.clone();
                         let inc = Incoming {
                             peer,
@@ -376,7 +407,7 @@ async fn run(
                             let _ = tx.send((id, r));
                         });
                     }
-                },
+                }
                 Event::Response { handle, response } => match waiters.remove(&handle) {
                     Some(Waiter::Once(tx)) => {
                         let _ = tx.send(Ok(response));

@@ -28,6 +28,13 @@ pub const ROUTES: &[(&str, &str, &str, bool, &str)] = &[
         "Admin",
     ),
     (
+        "post",
+        "/api/auth/coap",
+        "OSCORE credentials for the CoAP API (an aiocoap settings.json)",
+        true,
+        "any user",
+    ),
+    (
         "get",
         "/api/permission/{username}",
         "A user's roles",

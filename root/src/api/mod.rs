@@ -244,6 +244,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/auth/login", post(users::login))
         .route("/api/auth/refresh", post(users::refresh))
         .route("/api/auth/register", post(users::register))
+        .route("/api/auth/coap", post(users::coap_credentials))
         .route("/api/permission/{username}", get(users::permission))
         .route(
             "/api/user/{username}",

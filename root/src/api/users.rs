@@ -346,3 +346,34 @@ pub async fn delete_org(
     st.db().delete_org(&id)?;
     Ok(Json(json!({ "message": "Organization deleted" })))
 }
+
+/// `POST /api/auth/coap`: OSCORE credentials for the CoAP API, as an aiocoap
+/// `settings.json` (the client side of the context) plus the CoAP port.
+pub async fn coap_credentials(State(st): State<Shared>, caller: Caller) -> ApiResult {
+    let me = caller.user(&st)?;
+    let Some(link) = st.link.get() else {
+        return Err(ApiError::NotFound("the CoAP API is not running".into()));
+    };
+    let mut kid = [0u8; 7];
+    let mut secret = [0u8; 32];
+    let mut salt = [0u8; 8];
+    for b in [&mut kid[1..], &mut secret[..], &mut salt[..]] {
+        getrandom::getrandom(b).map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
+    kid[0] = crate::coap_api::USER_KID_PREFIX;
+    st.db()
+        .create_coap_credentials(&kid, &me.id, &secret, &salt)?;
+    link.add_user_context(&kid, &secret, &salt)
+        .await
+        .map_err(ApiError::Internal)?;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    Ok(Json(json!({
+        "sender-id_hex": hex(&kid),
+        "recipient-id_hex": "",
+        "secret_hex": hex(&secret),
+        "salt_hex": hex(&salt),
+        "algorithm": "AES-CCM-16-64-128",
+        "kdf-hashfun": "sha256",
+        "coap_port": link.local_addr().port(),
+    })))
+}

@@ -128,6 +128,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE clusters ADD COLUMN oscore_secret BLOB;
     ALTER TABLE clusters ADD COLUMN oscore_salt BLOB;
     "#,
+    // 3: OSCORE credentials of users of the CoAP API.
+    r#"
+    CREATE TABLE coap_credentials (
+        kid        BLOB PRIMARY KEY,
+        user_id    TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        secret     BLOB NOT NULL,
+        salt       BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The root's database.

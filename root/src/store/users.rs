@@ -31,6 +31,9 @@ pub struct UserRow {
     pub created_at: i64,
 }
 
+/// A CoAP API credential: (kid, master secret, master salt).
+pub type CoapCredential = (Vec<u8>, Vec<u8>, Vec<u8>);
+
 const USER_COLS: &str = "id, name, email, password_hash, roles, organization, created_at";
 
 fn user(r: &Row<'_>) -> rusqlite::Result<UserRow> {
@@ -185,6 +188,47 @@ impl Store {
             0 => Err(StoreError::NotFound("user")),
             _ => Ok(()),
         }
+    }
+
+    /// Store OSCORE credentials a user obtained for the CoAP API.
+    pub fn create_coap_credentials(
+        &mut self,
+        kid: &[u8],
+        user_id: &str,
+        secret: &[u8],
+        salt: &[u8],
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO coap_credentials (kid, user_id, secret, salt, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![kid, user_id, secret, salt, now_secs()],
+        )?;
+        Ok(())
+    }
+
+    /// The user a CoAP kid belongs to.
+    pub fn coap_user(&self, kid: &[u8]) -> Result<Option<UserRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {} FROM users WHERE id = (SELECT user_id FROM coap_credentials WHERE kid = ?1)",
+                    USER_COLS
+                ),
+                [kid],
+                user,
+            )
+            .optional()?)
+    }
+
+    /// Every CoAP credential: (kid, secret, salt).
+    pub fn coap_credentials(&self) -> Result<Vec<CoapCredential>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT kid, secret, salt FROM coap_credentials")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
     }
 
     /// Create an organization; the name must be free.
