@@ -266,6 +266,10 @@ pub struct InstanceStatus {
     /// The instance's IPv4 address on the overlay, host byte order.
     #[n(3)]
     pub ip: Option<u32>,
+    /// The underlay address of the worker running it (its VXLAN endpoint), as the
+    /// cluster knows it; set by the cluster when it reports up.
+    #[n(4)]
+    pub worker: Option<String>,
 }
 
 /// Worker → cluster, non-confirmable `POST /v1/nodes/{id}/status` every 2 s.

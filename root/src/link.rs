@@ -27,11 +27,21 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// A change of the service directory.
+#[derive(Debug, Clone)]
+pub enum DirectoryUpdate {
+    /// A service's instances or addresses changed.
+    Service(String),
+    /// A service was deleted: its full name and service IPs.
+    Removed(String, Vec<u32>),
+}
+
 /// What the API uses to reach the link.
 #[derive(Debug, Clone)]
 pub struct LinkHandle {
     coap: Handle,
     changed: mpsc::UnboundedSender<u32>,
+    directory: mpsc::UnboundedSender<DirectoryUpdate>,
     dir: PathBuf,
 }
 
@@ -39,6 +49,11 @@ impl LinkHandle {
     /// A cluster's desired instances changed: push its commands.
     pub fn cluster_changed(&self, cluster: u32) {
         let _ = self.changed.send(cluster);
+    }
+
+    /// The directory changed: push it to the clusters observing it.
+    pub fn directory_changed(&self, u: DirectoryUpdate) {
+        let _ = self.directory.send(u);
     }
 
     /// Accept joins with a new token.
@@ -254,6 +269,74 @@ async fn register(
     }
 }
 
+fn state_of(s: &str) -> msg::InstanceState {
+    use msg::InstanceState as S;
+    match s {
+        "CLUSTER_SCHEDULED" => S::ClusterScheduled,
+        "NODE_SCHEDULED" => S::NodeScheduled,
+        "CREATING" => S::Creating,
+        "CREATED" => S::Created,
+        "RUNNING" => S::Running,
+        "COMPLETED" => S::Completed,
+        "DEAD" => S::Dead,
+        "FAILED" => S::Failed,
+        "UNDEPLOYED" => S::Undeployed,
+        _ => S::Requested,
+    }
+}
+
+/// The directory entry of a service: its addresses and where each instance runs.
+pub fn entry_for(
+    st: &AppState,
+    app: &crate::store::AppRow,
+    s: &crate::store::ServiceRow,
+) -> msg::ServiceEntry {
+    let instances = st.db().instances(Some(&s.id)).unwrap_or_default();
+    msg::ServiceEntry {
+        name: format!("{}.{}.{}.{}", app.name, app.namespace, s.name, s.namespace),
+        service: s.id.clone(),
+        rr_ip: Some(s.rr_ip),
+        closest_ip: Some(s.closest_ip),
+        instances: instances
+            .iter()
+            .filter_map(|i| {
+                Some(msg::InstanceEndpoint {
+                    instance: InstanceRef {
+                        service: s.id.clone(),
+                        instance: i.number,
+                    },
+                    ip: i.ip?,
+                    ip6: None,
+                    worker: i.node.clone().unwrap_or_default(),
+                    cluster: ClusterId(i.cluster?),
+                    state: state_of(&i.status),
+                })
+            })
+            .collect(),
+    }
+}
+
+fn directory_lookup(st: &AppState, inc: &Incoming) -> Response {
+    let is_cluster =
+        matches!(&inc.security, Some(k) if k.id_context.is_none() && k.recipient_id.len() == 4);
+    if !is_cluster {
+        return Response::error(Code::FORBIDDEN, "the directory is for clusters");
+    }
+    let found = if let Some(ip) = inc.param("ip") {
+        match ip.parse::<std::net::Ipv4Addr>() {
+            Ok(ip) => st.db().service_by_ip(u32::from(ip)),
+            Err(_) => return Response::error(Code::BAD_REQUEST, "not an IPv4 address"),
+        }
+    } else {
+        st.db()
+            .service_by_name(inc.param("name").unwrap_or_default())
+    };
+    match found {
+        Ok(Some((app, s))) => Response::cbor(msg::to_cbor(&entry_for(st, &app, &s))),
+        _ => Response::error(Code::NOT_FOUND, "no such service"),
+    }
+}
+
 fn report(st: &Shared, inc: &Incoming) -> Response {
     let id = match cluster_of(inc) {
         Ok(id) => id,
@@ -268,6 +351,7 @@ fn report(st: &Shared, inc: &Incoming) -> Response {
     if let Err(e) = db.record_report(id, aggregate.as_deref(), now_secs()) {
         return Response::error(Code::NOT_FOUND, &e.to_string());
     }
+    let mut services = HashSet::new();
     for c in &rep.changes {
         // Only the cluster an instance is placed on speaks for it: a cluster back from
         // a partition cannot overwrite the status of an instance moved away.
@@ -283,8 +367,15 @@ fn report(st: &Shared, inc: &Incoming) -> Response {
                 c.state.as_str(),
                 c.detail.as_deref(),
                 Some(id),
-                None,
+                c.worker.as_deref(),
             );
+            services.insert(c.instance.service.clone());
+        }
+    }
+    drop(db);
+    if let Some(link) = st.link.get() {
+        for s in services {
+            link.directory_changed(DirectoryUpdate::Service(s));
         }
     }
     Response::new(Code::CHANGED)
@@ -315,6 +406,20 @@ pub async fn start(
         .route(Method::Post, "/v1/clusters/{id}/status", move |inc| {
             let st = s2.clone();
             async move { report(&st, &inc) }
+        })
+        .observable("/v1/services/{name}", {
+            let st = st.clone();
+            move |inc| {
+                let st = st.clone();
+                async move { directory_lookup(&st, &inc) }
+            }
+        })
+        .observable("/v1/services/by-ip/{ip}", {
+            let st = st.clone();
+            move |inc| {
+                let st = st.clone();
+                async move { directory_lookup(&st, &inc) }
+            }
         })
         .observable("/v1/clusters/{id}/commands", move |inc| {
             let st = s3.clone();
@@ -369,11 +474,49 @@ pub async fn start(
         }
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<u32>();
+    let (dtx, mut drx) = mpsc::unbounded_channel::<DirectoryUpdate>();
     let link = LinkHandle {
         coap: coap.clone(),
         changed: tx,
+        directory: dtx,
         dir: dir.clone(),
     };
+    // Push directory entries to the clusters observing them.
+    let (st_dir, coap_dir) = (st.clone(), coap.clone());
+    tokio::spawn(async move {
+        while let Some(u) = drx.recv().await {
+            let (entry, ips) = match u {
+                DirectoryUpdate::Service(id) => {
+                    let found = {
+                        let db = st_dir.db();
+                        db.service(&id)
+                            .and_then(|s| Ok((db.application(&s.application)?, s)))
+                    };
+                    let Ok((app, s)) = found else { continue };
+                    let ips = vec![s.rr_ip, s.closest_ip];
+                    (entry_for(&st_dir, &app, &s), ips)
+                }
+                DirectoryUpdate::Removed(name, ips) => (
+                    msg::ServiceEntry {
+                        name,
+                        service: String::new(),
+                        rr_ip: None,
+                        closest_ip: None,
+                        instances: vec![],
+                    },
+                    ips,
+                ),
+            };
+            let body = msg::to_cbor(&entry);
+            coap_dir
+                .notify(&paths::service(&entry.name), Response::cbor(body.clone()))
+                .await;
+            for ip in ips {
+                let path = paths::service_by_ip(std::net::IpAddr::V4(std::net::Ipv4Addr::from(ip)));
+                coap_dir.notify(&path, Response::cbor(body.clone())).await;
+            }
+        }
+    });
     // Push commands when a cluster's set changes.
     let (st_push, coap_push) = (st.clone(), coap.clone());
     tokio::spawn(async move {
@@ -443,6 +586,9 @@ pub fn reschedule_lost(st: &AppState, now: i64, lost_after: i64) -> HashSet<u32>
             };
             match moved {
                 Ok(to) => {
+                    if let Some(link) = st.link.get() {
+                        link.directory_changed(DirectoryUpdate::Service(i.service.clone()));
+                    }
                     tracing::warn!(cluster = lost.id.0, service = %i.service, instance = i.number, to = ?to, "cluster lost: instance moved");
                     changed.insert(lost.id.0);
                     changed.extend(to);

@@ -319,6 +319,7 @@ fn a_registered_cluster_receives_an_api_deploy_through_its_observed_commands() {
             state: InstanceState::Running,
             detail: None,
             ip: spec.ip,
+            worker: None,
         };
         c.report(2, vec![], vec![running]).await;
         let (_, svc) = http(&base, "GET", &format!("/api/service/{sid}"), Some(&t), None);
@@ -400,6 +401,7 @@ fn a_lost_cluster_s_instances_move_and_on_return_it_is_told_to_stop_them() {
             state: InstanceState::Running,
             detail: None,
             ip: None,
+            worker: None,
         };
         a.report(2, capacity(1200, 200), vec![stale]).await;
         let (_, svc) = http(&base, "GET", &format!("/api/service/{sid}"), Some(&t), None);
@@ -650,5 +652,138 @@ fn the_user_api_answers_over_coap_with_credentials_from_http() {
             .await
             .unwrap();
         assert_eq!(r.code, Code::UNAUTHORIZED);
+    });
+}
+
+/// Wait (at most `secs`) for a directory notification satisfying `want`.
+async fn wait_entry(
+    o: &mut Observation,
+    secs: u64,
+    want: impl Fn(&msg::ServiceEntry) -> bool,
+) -> msg::ServiceEntry {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let n = tokio::time::timeout_at(deadline, o.notifications.recv())
+            .await
+            .expect("no such entry in time")
+            .expect("observation ended");
+        let e: msg::ServiceEntry = msg::from_cbor(&n.payload).unwrap();
+        if want(&e) {
+            return e;
+        }
+    }
+}
+
+#[test]
+fn the_directory_pushes_an_instance_placed_in_one_cluster_to_another_that_observes_it() {
+    let root = start("directory", 15);
+    let t = admin(&root.base);
+    let tok = |_: ()| {
+        let (_, v) = http(
+            &root.base,
+            "POST",
+            "/api/clusters/token",
+            Some(&t),
+            Some(json!({})),
+        );
+        v["token"].as_str().unwrap().to_owned()
+    };
+    let (ta, tb) = (tok(()), tok(()));
+    let (_, apps) = http(
+        &root.base,
+        "POST",
+        "/api/application/",
+        Some(&t),
+        Some(seed()),
+    );
+    let sid = apps[0]["microservices"][1].as_str().unwrap().to_owned();
+    let base = root.base.clone();
+    root.rt.block_on(async move {
+        let a = join(root.coap, &ta, "edge-a").await.unwrap();
+        let b = join(root.coap, &tb, "edge-b").await.unwrap();
+        a.report(1, capacity(1200, 200), vec![]).await;
+        b.report(1, capacity(16_000, 32_000), vec![]).await;
+        // B is interested in the nginx service by name, A by its round-robin IP.
+        let name = "clientsrvr.test.nginx.test";
+        let mut by_name = b
+            .coap
+            .observe(
+                b.root,
+                Request::get(&paths::service(name)),
+                SendOptions::secure(b.key.clone()),
+            )
+            .await
+            .unwrap();
+        let first: msg::ServiceEntry = msg::from_cbor(&by_name.first.payload).unwrap();
+        assert_eq!((first.name.as_str(), first.instances.len()), (name, 0));
+        assert_eq!(
+            first.rr_ip,
+            Some(u32::from(std::net::Ipv4Addr::new(10, 30, 30, 30)))
+        );
+        let ip_path = paths::service_by_ip("10.30.30.30".parse().unwrap());
+        let mut by_ip = a
+            .coap
+            .observe(
+                a.root,
+                Request::get(&ip_path),
+                SendOptions::secure(a.key.clone()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(by_ip.first.code, Code::CONTENT);
+
+        let (_, inst) = http(
+            &base,
+            "POST",
+            &format!("/api/service/{sid}/instance"),
+            Some(&t),
+            None,
+        );
+        assert_eq!(inst["cluster_id"], a.id.to_string());
+        let wanted = InstanceRef {
+            service: sid.clone(),
+            instance: 0,
+        };
+        a.report(
+            2,
+            vec![],
+            vec![InstanceStatus {
+                instance: wanted.clone(),
+                state: InstanceState::Running,
+                detail: None,
+                ip: None,
+                worker: Some("192.0.2.7".into()),
+            }],
+        )
+        .await;
+        let e = wait_entry(&mut by_name, 10, |e| {
+            e.instances
+                .iter()
+                .any(|i| i.state == InstanceState::Running)
+        })
+        .await;
+        let i = &e.instances[0];
+        assert_eq!(
+            (i.worker.as_str(), i.cluster, &i.instance),
+            ("192.0.2.7", ClusterId(a.id), &wanted)
+        );
+        assert_eq!(
+            i.ip >> 16,
+            u32::from(std::net::Ipv4Addr::new(10, 30, 0, 0)) >> 16
+        );
+        wait_entry(&mut by_ip, 10, |e| {
+            e.instances.iter().any(|i| i.worker == "192.0.2.7")
+        })
+        .await;
+
+        // Its removal is pushed too.
+        http(
+            &base,
+            "DELETE",
+            &format!("/api/service/{sid}/instance/0"),
+            Some(&t),
+            None,
+        );
+        wait_entry(&mut by_name, 10, |e| e.instances.is_empty()).await;
     });
 }

@@ -1,6 +1,7 @@
 //! Applications, services, instances and clusters.
 
 use super::{ApiError, ApiResult, Caller, Shared, body, oid};
+use crate::link::DirectoryUpdate;
 use crate::scheduler::{self, ClusterView, Demand};
 use crate::sla::{self, Microservice};
 use crate::store::{AppRow, ClusterRow, InstanceRow, NewService, ServiceRow, now_secs};
@@ -105,6 +106,13 @@ fn service_doc(a: &AppRow, s: &ServiceRow, instances: &[InstanceRow]) -> Value {
     );
     doc.insert("generation".into(), json!(s.generation));
     Value::Object(doc)
+}
+
+fn removed_entry(a: &AppRow, s: &ServiceRow) -> DirectoryUpdate {
+    DirectoryUpdate::Removed(
+        format!("{}.{}.{}.{}", a.name, a.namespace, s.name, s.namespace),
+        vec![s.rr_ip, s.closest_ip],
+    )
 }
 
 fn to_new(ms: &Microservice, raw: &Value) -> NewService {
@@ -261,8 +269,12 @@ pub async fn delete_application(
     caller: Caller,
     Path(appid): Path<String>,
 ) -> ApiResult {
-    owned_app(&st, &caller, &appid)?;
+    let app = owned_app(&st, &caller, &appid)?;
+    let removed = st.db().services(Some(&appid))?;
     let gone = st.db().delete_application(&appid)?;
+    for s in removed {
+        st.directory_changed(removed_entry(&app, &s));
+    }
     st.clusters_changed(gone.iter().map(|i| i.cluster));
     Ok(Json(json!({ "message": "Application Deleted" })))
 }
@@ -347,8 +359,9 @@ pub async fn delete_service(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
-    owned_service(&st, &caller, &id)?;
+    let (app, s) = owned_service(&st, &caller, &id)?;
     let gone = st.db().delete_service(&id)?;
+    st.directory_changed(removed_entry(&app, &s));
     st.clusters_changed(gone.iter().map(|i| i.cluster));
     Ok(Json(json!({ "message": "Job deleted" })))
 }
@@ -406,6 +419,7 @@ pub async fn put_service(
     let s = st.db().service(&id)?;
     let instances = st.db().instances(Some(&id))?;
     st.clusters_changed(instances.iter().map(|i| i.cluster));
+    st.directory_changed(DirectoryUpdate::Service(id.clone()));
     Ok(Json(service_doc(&app, &s, &instances)))
 }
 
@@ -512,6 +526,7 @@ pub async fn add_instance(
     };
     drop(db);
     st.clusters_changed([placed.cluster]);
+    st.directory_changed(DirectoryUpdate::Service(id.clone()));
     Ok(Json(instance_doc(&placed)))
 }
 
@@ -527,6 +542,7 @@ pub async fn remove_instance(
         .map_err(|_| ApiError::BadRequest(format!("\"{number}\" is not an instance number")))?;
     let gone = st.db().remove_instance(&id, n)?;
     st.clusters_changed([gone.cluster]);
+    st.directory_changed(DirectoryUpdate::Service(id.clone()));
     Ok(Json(json!({ "message": "Instance removed" })))
 }
 

@@ -42,6 +42,13 @@ impl AppState {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Tell the link that the service directory changed.
+    pub fn directory_changed(&self, u: crate::link::DirectoryUpdate) {
+        if let Some(link) = self.link.get() {
+            link.directory_changed(u);
+        }
+    }
+
     /// Tell the link that these clusters' instance sets changed.
     pub fn clusters_changed(&self, clusters: impl IntoIterator<Item = Option<u32>>) {
         if let Some(link) = self.link.get() {

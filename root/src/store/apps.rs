@@ -385,6 +385,46 @@ impl Store {
         Ok(rows)
     }
 
+    /// A service by its full name `app.appns.service.servicens` (the first if several
+    /// users use the same name).
+    pub fn service_by_name(&self, full: &str) -> Result<Option<(AppRow, ServiceRow)>> {
+        let parts: Vec<&str> = full.split('.').collect();
+        let [a, an, s, sn] = parts[..] else {
+            return Ok(None);
+        };
+        let id: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT s.id FROM services s JOIN applications a ON s.application = a.id
+                 WHERE a.name = ?1 AND a.namespace = ?2 AND s.name = ?3 AND s.namespace = ?4 ORDER BY s.rowid LIMIT 1",
+                params![a, an, s, sn],
+                |r| r.get(0),
+            )
+            .optional()?;
+        self.service_with_app(id)
+    }
+
+    /// The service owning an IPv4 address (a service IP or one of its instances').
+    pub fn service_by_ip(&self, ip: u32) -> Result<Option<(AppRow, ServiceRow)>> {
+        let id: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT id FROM services WHERE rr_ip = ?1 OR closest_ip = ?1
+                 UNION SELECT service FROM instances WHERE ip = ?1 LIMIT 1",
+                [ip],
+                |r| r.get(0),
+            )
+            .optional()?;
+        self.service_with_app(id)
+    }
+
+    fn service_with_app(&self, id: Option<String>) -> Result<Option<(AppRow, ServiceRow)>> {
+        let Some(id) = id else { return Ok(None) };
+        let s = self.service(&id)?;
+        let a = self.application(&s.application)?;
+        Ok(Some((a, s)))
+    }
+
     /// Delete a service and its instances; returns the instances that existed.
     pub fn delete_service(&mut self, id: &str) -> Result<Vec<InstanceRow>> {
         let tx = self.conn.transaction()?;
