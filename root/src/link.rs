@@ -10,7 +10,7 @@
 //! A cluster silent for `lost_after` seconds is lost: its instances are rescheduled
 //! into the other clusters.
 
-use crate::api::{AppState, Shared, microservice_of};
+use crate::api::{AppState, Shared, microservice_of, place_new_instance, spec_microservice};
 use crate::scheduler;
 use crate::store::now_secs;
 use grove_proto::coap::driver::{self, Handle, Incoming, Router};
@@ -154,7 +154,12 @@ pub fn commands_for(st: &AppState, cluster: u32, generation: u64) -> ClusterComm
         let Ok(app) = db.application(&s.application) else {
             continue;
         };
-        let Some(ms) = microservice_of(&app, &s) else {
+        // Each instance runs the spec of its generation: old ones keep theirs while a
+        // replacement rolls.
+        let Ok(spec) = db.spec_of(&s.id, i.generation) else {
+            continue;
+        };
+        let Some(ms) = spec_microservice(&app, &spec) else {
             continue;
         };
         let mut cmd = ms.cmd.clone();
@@ -539,6 +544,13 @@ pub async fn start(
             for id in reschedule_lost(&st_watch, now_secs(), lost_after) {
                 link_watch.cluster_changed(id);
             }
+            let (clusters, services) = rollout_step(&st_watch);
+            for id in clusters {
+                link_watch.cluster_changed(id);
+            }
+            for s in services {
+                link_watch.directory_changed(DirectoryUpdate::Service(s));
+            }
         }
     });
     Ok(link)
@@ -598,4 +610,58 @@ pub fn reschedule_lost(st: &AppState, now: i64, lost_after: i64) -> HashSet<u32>
         }
     }
     changed
+}
+
+/// One step of every rolling replacement (`PUT /api/service/{id}`): while instances of
+/// an older generation run, add one of the new generation when every new one is
+/// RUNNING and the count is at its target, then remove one old instance — so the
+/// service never has fewer running instances than before, and at most one extra.
+/// Returns the clusters and services whose state changed.
+pub fn rollout_step(st: &AppState) -> (HashSet<u32>, HashSet<String>) {
+    const ENDED: [&str; 4] = ["FAILED", "DEAD", "COMPLETED", "UNDEPLOYED"];
+    let mut clusters = HashSet::new();
+    let mut services = HashSet::new();
+    let rollouts = st.db().rollouts().unwrap_or_default();
+    for (sid, target) in rollouts {
+        let (s, app, live) = {
+            let db = st.db();
+            let Ok(s) = db.service(&sid) else { continue };
+            let Ok(app) = db.application(&s.application) else {
+                continue;
+            };
+            let live: Vec<_> = db
+                .instances(Some(&sid))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|i| !ENDED.contains(&i.status.as_str()))
+                .collect();
+            (s, app, live)
+        };
+        let (old, new): (Vec<_>, Vec<_>) = live.iter().partition(|i| i.generation < s.generation);
+        if old.is_empty() {
+            let _ = st.db().finish_rollout(&sid);
+            continue;
+        }
+        if new.iter().any(|i| i.status != "RUNNING") {
+            continue;
+        }
+        let count = u32::try_from(live.len()).unwrap_or(u32::MAX);
+        if count <= target {
+            match place_new_instance(st, &app, &s) {
+                Ok(i) => {
+                    clusters.extend(i.cluster);
+                    services.insert(sid.clone());
+                }
+                Err(e) => {
+                    tracing::error!(service = %sid, error = ?e, "rollout: cannot add an instance")
+                }
+            }
+        } else if let Some(victim) = old.first() {
+            if st.db().remove_instance(&sid, victim.number).is_ok() {
+                clusters.extend(victim.cluster);
+                services.insert(sid.clone());
+            }
+        }
+    }
+    (clusters, services)
 }

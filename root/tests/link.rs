@@ -787,3 +787,130 @@ fn the_directory_pushes_an_instance_placed_in_one_cluster_to_another_that_observ
         wait_entry(&mut by_name, 10, |e| e.instances.is_empty()).await;
     });
 }
+
+#[test]
+fn put_service_replaces_instances_one_at_a_time_never_all_down() {
+    let root = start("rolling", 15);
+    let t = admin(&root.base);
+    let (_, tok) = http(
+        &root.base,
+        "POST",
+        "/api/clusters/token",
+        Some(&t),
+        Some(json!({})),
+    );
+    let token = tok["token"].as_str().unwrap().to_owned();
+    let (_, apps) = http(
+        &root.base,
+        "POST",
+        "/api/application/",
+        Some(&t),
+        Some(seed()),
+    );
+    let sid = apps[0]["microservices"][1].as_str().unwrap().to_owned();
+    let base = root.base.clone();
+    root.rt.block_on(async move {
+        let c = join(root.coap, &token, "edge").await.unwrap();
+        c.report(1, capacity(64_000, 64_000), vec![]).await;
+        let mut obs = c.observe().await;
+        for _ in 0..3 {
+            http(
+                &base,
+                "POST",
+                &format!("/api/service/{sid}/instance"),
+                Some(&t),
+                None,
+            );
+        }
+        // The test cluster runs whatever it is told to: every new instance reports
+        // RUNNING as soon as it appears in the command set.
+        let mut running: Vec<InstanceRef> = Vec::new();
+        let mut seq = 2;
+        let mut history: Vec<Vec<(u32, u32)>> = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut put_done = false;
+        loop {
+            let n = tokio::time::timeout_at(deadline, obs.notifications.recv())
+                .await
+                .expect("rollout did not finish")
+                .unwrap();
+            let cmds: ClusterCommands = msg::from_cbor(&n.payload).unwrap();
+            let set: Vec<(u32, u32)> = cmds
+                .commands
+                .iter()
+                .filter_map(|x| match x {
+                    NodeCommand::Deploy(s) => Some((s.instance.instance, s.memory_mib)),
+                    NodeCommand::Undeploy(_) => None,
+                })
+                .collect();
+            let fresh: Vec<InstanceStatus> = cmds
+                .commands
+                .iter()
+                .filter_map(|x| match x {
+                    NodeCommand::Deploy(s) if !running.contains(&s.instance) => {
+                        Some(InstanceStatus {
+                            instance: s.instance.clone(),
+                            state: InstanceState::Running,
+                            detail: None,
+                            ip: s.ip,
+                            worker: Some("192.0.2.9".into()),
+                        })
+                    }
+                    _ => None,
+                })
+                .collect();
+            running.retain(|r| set.iter().any(|(n, _)| *n == r.instance));
+            running.extend(fresh.iter().map(|f| f.instance.clone()));
+            if !fresh.is_empty() {
+                c.report(seq, vec![], fresh).await;
+                seq += 1;
+            }
+            if put_done {
+                history.push(set.clone());
+            }
+            if !put_done && set.len() == 3 && running.len() == 3 {
+                let mut ms = seed()["applications"][0]["microservices"][1].clone();
+                ms["memory"] = json!(256);
+                let (s, _) = http(
+                    &base,
+                    "PUT",
+                    &format!("/api/service/{sid}"),
+                    Some(&t),
+                    Some(ms),
+                );
+                assert_eq!(s, 200);
+                put_done = true;
+            }
+            if put_done && set.len() == 3 && set.iter().all(|(_, m)| *m == 256) {
+                break;
+            }
+        }
+        // Never fewer than three instances while rolling, never more than one extra,
+        // and old instances kept their old spec until they went.
+        for set in &history {
+            assert!(
+                (3..=4).contains(&set.len()),
+                "instances during rollout: {history:?}"
+            );
+            assert!(set.iter().all(|(_, m)| *m == 100 || *m == 256));
+        }
+        assert!(
+            history.iter().any(|s| s.len() == 4),
+            "no surge instance seen: {history:?}"
+        );
+        assert!(
+            history
+                .iter()
+                .any(|s| s.iter().any(|x| x.1 == 100) && s.iter().any(|x| x.1 == 256)),
+            "old and new never ran side by side: {history:?}"
+        );
+        let (_, svc) = http(&base, "GET", &format!("/api/service/{sid}"), Some(&t), None);
+        let gens: Vec<u64> = svc["instance_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["generation"].as_u64().unwrap())
+            .collect();
+        assert_eq!(gens, [2, 2, 2]);
+    });
+}

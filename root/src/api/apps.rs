@@ -1,6 +1,6 @@
 //! Applications, services, instances and clusters.
 
-use super::{ApiError, ApiResult, Caller, Shared, body, oid};
+use super::{ApiError, ApiResult, AppState, Caller, Shared, body, oid};
 use crate::link::DirectoryUpdate;
 use crate::scheduler::{self, ClusterView, Demand};
 use crate::sla::{self, Microservice};
@@ -366,10 +366,29 @@ pub async fn delete_service(
     Ok(Json(json!({ "message": "Job deleted" })))
 }
 
-/// The stored spec of a service, parsed.
+/// The stored (current) spec of a service, parsed.
 pub fn microservice_of(app: &AppRow, s: &ServiceRow) -> Option<Microservice> {
-    let spec: Value = serde_json::from_str(&s.spec).ok()?;
+    spec_microservice(app, &s.spec)
+}
+
+/// A stored spec (of any generation), parsed.
+pub fn spec_microservice(app: &AppRow, spec: &str) -> Option<Microservice> {
+    let spec: Value = serde_json::from_str(spec).ok()?;
     one_microservice(&spec, app).ok().map(|(ms, _)| ms)
+}
+
+/// Add one instance of the service's current spec, placed by the root scheduler
+/// (CLUSTER_SCHEDULED) or FAILED with Oakestra's reason.
+pub fn place_new_instance(st: &AppState, app: &AppRow, s: &ServiceRow) -> ApiResult<InstanceRow> {
+    let ms = microservice_of(app, s)
+        .ok_or_else(|| ApiError::Internal("stored spec does not parse".into()))?;
+    let mut db = st.db();
+    let inst = db.add_instance(&s.id)?;
+    let views = cluster_views(&db.clusters()?, now_secs());
+    Ok(match scheduler::schedule(&views, &demand_of(&ms)) {
+        Ok(cluster) => db.move_instance(&s.id, inst.number, Some(cluster.0), None)?,
+        Err(reason) => db.move_instance(&s.id, inst.number, None, Some(reason.as_str()))?,
+    })
 }
 
 /// Validate one microservice (bare, or the first of an SLA) in the context of its app.
@@ -514,17 +533,7 @@ pub async fn add_instance(
     Path(id): Path<String>,
 ) -> ApiResult {
     let (app, s) = owned_service(&st, &caller, &id)?;
-    let spec: Value =
-        serde_json::from_str(&s.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let (ms, _) = one_microservice(&spec, &app)?;
-    let mut db = st.db();
-    let inst = db.add_instance(&s.id)?;
-    let views = cluster_views(&db.clusters()?, now_secs());
-    let placed = match scheduler::schedule(&views, &demand_of(&ms)) {
-        Ok(cluster) => db.move_instance(&s.id, inst.number, Some(cluster.0), None)?,
-        Err(reason) => db.move_instance(&s.id, inst.number, None, Some(reason.as_str()))?,
-    };
-    drop(db);
+    let placed = place_new_instance(&st, &app, &s)?;
     st.clusters_changed([placed.cluster]);
     st.directory_changed(DirectoryUpdate::Service(id.clone()));
     Ok(Json(instance_doc(&placed)))

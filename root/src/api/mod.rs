@@ -6,7 +6,7 @@
 
 mod apps;
 
-pub use apps::{cluster_views, demand_of, microservice_of};
+pub use apps::{cluster_views, demand_of, microservice_of, place_new_instance, spec_microservice};
 mod docs;
 mod users;
 

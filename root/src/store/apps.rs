@@ -214,6 +214,10 @@ fn insert_services(
             }
             e => e.into(),
         })?;
+        tx.execute(
+            "INSERT INTO service_specs (service, generation, spec) VALUES (?1, 1, ?2)",
+            params![row.id, row.spec],
+        )?;
         out.push(row);
     }
     Ok(out)
@@ -452,11 +456,63 @@ impl Store {
         {
             return Err(StoreError::NotFound("service"));
         }
-        let g = tx.query_row("SELECT generation FROM services WHERE id = ?1", [id], |r| {
+        let g: i64 = tx.query_row("SELECT generation FROM services WHERE id = ?1", [id], |r| {
             r.get(0)
         })?;
+        tx.execute(
+            "INSERT INTO service_specs (service, generation, spec) VALUES (?1, ?2, ?3)",
+            params![id, g, spec],
+        )?;
+        // Roll the running instances to it, keeping their number up (unless a rollout
+        // is already under way: it keeps its target).
+        tx.execute(
+            "UPDATE services SET rollout_target = COALESCE(rollout_target, (SELECT COUNT(*) FROM instances
+               WHERE service = ?1 AND status NOT IN ('FAILED', 'DEAD', 'COMPLETED', 'UNDEPLOYED')))
+             WHERE id = ?1",
+            [id],
+        )?;
+        tx.execute(
+            "UPDATE services SET rollout_target = NULL WHERE id = ?1 AND rollout_target = 0",
+            [id],
+        )?;
         tx.commit()?;
         Ok(g)
+    }
+
+    /// The spec of one generation of a service (the current one if that is unknown).
+    pub fn spec_of(&self, service_id: &str, generation: i64) -> Result<String> {
+        let spec: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT spec FROM service_specs WHERE service = ?1 AND generation = ?2",
+                params![service_id, generation],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match spec {
+            Some(s) => Ok(s),
+            None => Ok(self.service(service_id)?.spec),
+        }
+    }
+
+    /// Services being rolled to a new spec: (service id, instance count to keep up).
+    pub fn rollouts(&self) -> Result<Vec<(String, u32)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, rollout_target FROM services WHERE rollout_target IS NOT NULL")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// A rollout is done.
+    pub fn finish_rollout(&mut self, service_id: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE services SET rollout_target = NULL WHERE id = ?1",
+            [service_id],
+        )?;
+        Ok(())
     }
 
     /// Add an instance (the lowest free number, a fresh IP, status REQUESTED).

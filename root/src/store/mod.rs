@@ -138,6 +138,18 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     "#,
+    // 4: every generation of a service's spec (old instances keep theirs while a
+    //    replacement rolls), and the instance count a rollout keeps up.
+    r#"
+    CREATE TABLE service_specs (
+        service    TEXT NOT NULL REFERENCES services(id) ON DELETE CASCADE,
+        generation INTEGER NOT NULL,
+        spec       TEXT NOT NULL,
+        PRIMARY KEY (service, generation)
+    );
+    INSERT INTO service_specs (service, generation, spec) SELECT id, generation, spec FROM services;
+    ALTER TABLE services ADD COLUMN rollout_target INTEGER;
+    "#,
 ];
 
 /// The root's database.
