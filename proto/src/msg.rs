@@ -404,6 +404,9 @@ pub struct ClusterRegistered {
     /// Long-term OSCORE credentials (present when joining with a token).
     #[n(4)]
     pub credentials: Option<Credentials>,
+    /// The block of IPv6 worker subnets (/120s) this cluster hands out.
+    #[n(5)]
+    pub subnets_v6: Option<Ipv6Prefix>,
 }
 
 /// Capacity of one class of workers (an architecture and virtualization).

@@ -97,6 +97,14 @@ fn random<const N: usize>() -> [u8; N] {
     b
 }
 
+/// The IPv6 worker-subnet block of a cluster: fc00:<block + 1>::/32 inside fc00::/16.
+fn v6_block(block: u32) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0] = 0xfc;
+    a[2..4].copy_from_slice(&u16::try_from(block + 1).unwrap_or(u16::MAX).to_be_bytes());
+    a
+}
+
 fn seq_file(dir: &std::path::Path, cluster: u32) -> PathBuf {
     dir.join("oscore").join(format!("cluster-{cluster}.seq"))
 }
@@ -236,6 +244,12 @@ async fn register(
         }
         row
     };
+    // A /18 of worker subnets (64 workers of /26) from 10.18.0.0 up to 10.29.255.255:
+    // 48 blocks, each handed out once and kept by its cluster.
+    let block = match st.db().cluster_block(row.id, 48) {
+        Ok(b) => b,
+        Err(e) => return Response::error(Code::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
     let file = seq_file(&dir, row.id);
     let _ = std::fs::remove_file(&file);
     let ctx = match SecurityContext::new(
@@ -251,12 +265,14 @@ async fn register(
     let answer = ClusterRegistered {
         version: msg::PROTOCOL_VERSION,
         cluster: ClusterId(row.id),
-        // A /18 of worker subnets per cluster from 10.18.0.0 (48 clusters); real pools
-        // with reuse are still to come.
         subnets: msg::Ipv4Prefix {
-            addr: 0x0A12_0000 + (row.id.saturating_sub(1) << 14),
+            addr: 0x0A12_0000 + (block << 14),
             len: 18,
         },
+        subnets_v6: Some(msg::Ipv6Prefix {
+            addr: v6_block(block),
+            len: 32,
+        }),
         timing: msg::Timing {
             heartbeat_ms: 5000,
             missed_before_lost: 3,
@@ -311,7 +327,11 @@ pub fn entry_for(
                         instance: i.number,
                     },
                     ip: i.ip?,
-                    ip6: None,
+                    ip6: i
+                        .ip6
+                        .as_deref()
+                        .and_then(|t| t.parse::<std::net::Ipv6Addr>().ok())
+                        .map(|a| a.octets()),
                     worker: i.node.clone().unwrap_or_default(),
                     cluster: ClusterId(i.cluster?),
                     state: state_of(&i.status),

@@ -315,6 +315,12 @@ fn another_user_s_objects_are_forbidden() {
         ),
         ("GET", "/api/applications/".to_owned(), None),
         ("GET", "/api/services/".to_owned(), None),
+        ("POST", "/api/clusters/token".to_owned(), Some(json!({}))),
+        (
+            "DELETE",
+            "/api/clusters/token/0011223344556677".to_owned(),
+            None,
+        ),
     ];
     for (method, path, body) in cases {
         let (s, v) = root.call(method, &path, Some(&bob), body);
@@ -535,5 +541,115 @@ fn the_docs_work_offline() {
     assert!(
         !page.contains("https://") && !page.contains("http://"),
         "the docs page loads nothing from elsewhere"
+    );
+}
+
+#[test]
+fn the_remaining_endpoints_answer_their_owner_and_say_404_for_unknown_ids() {
+    let root = start("rest");
+    let t = root.login("Admin", "Admin");
+    let apps = root.ok("POST", "/api/application/", &t, Some(seed_sla()));
+    let app_id = apps[0]["_id"]["$oid"].as_str().unwrap().to_owned();
+    // Application: read and rename.
+    assert_eq!(
+        root.ok("GET", &format!("/api/application/{app_id}"), &t, None)["application_desc"],
+        "Simple demo with curl client and Nginx server"
+    );
+    root.ok(
+        "PUT",
+        &format!("/api/application/{app_id}"),
+        &t,
+        Some(json!({"application_name": "renamed", "application_desc": "new"})),
+    );
+    let app = root.ok("GET", &format!("/api/application/{app_id}"), &t, None);
+    assert_eq!(
+        (
+            app["application_name"].as_str(),
+            app["application_desc"].as_str()
+        ),
+        (Some("renamed"), Some("new"))
+    );
+    let (s, v) = root.call(
+        "PUT",
+        &format!("/api/application/{app_id}"),
+        Some(&t),
+        Some(json!({"application_name": "bad name"})),
+    );
+    assert_eq!(
+        (s, v["errors"][0]["field"].as_str()),
+        (400, Some("application_name"))
+    );
+    // Add a service to it, list all services, delete one.
+    let mut add = seed_sla();
+    add["applications"][0]["applicationID"] = json!(app_id);
+    add["applications"][0]["microservices"] =
+        json!([add["applications"][0]["microservices"][0].clone()]);
+    add["applications"][0]["microservices"][0]["microservice_name"] = json!("extra");
+    let added = root.ok("POST", "/api/service/", &t, Some(add));
+    let extra = added[0]["_id"]["$oid"].as_str().unwrap().to_owned();
+    assert_eq!(added[0]["job_name"], "renamed.test.extra.test");
+    assert_eq!(
+        root.ok("GET", "/api/services/", &t, None)
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    root.ok("DELETE", &format!("/api/service/{extra}"), &t, None);
+    assert_eq!(
+        root.ok("GET", &format!("/api/services/{app_id}"), &t, None)
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // Admin lists users, organizations, clusters.
+    assert_eq!(root.ok("GET", "/api/users/", &t, None)[0]["name"], "Admin");
+    assert_eq!(
+        root.ok("GET", "/api/organization/", &t, None)[0]["name"],
+        "root"
+    );
+    assert_eq!(root.ok("GET", "/api/clusters/", &t, None), json!([]));
+    // Unknown ids are 404, a malformed instance number 400.
+    let missing = "ffffffffffffffffffffffff";
+    for (method, path) in [
+        ("GET", format!("/api/application/{missing}")),
+        ("DELETE", format!("/api/application/{missing}")),
+        ("GET", format!("/api/service/{missing}")),
+        ("POST", format!("/api/service/{missing}/instance")),
+        ("GET", format!("/api/services/{missing}")),
+        ("GET", format!("/api/applications/{missing}")),
+        ("GET", "/api/user/nobody".to_owned()),
+        ("GET", format!("/api/organization/{missing}")),
+        ("DELETE", "/api/clusters/token/0011223344556677".to_owned()),
+        ("GET", "/api/no/such/endpoint".to_owned()),
+    ] {
+        let (s, v) = root.call(method, &path, Some(&t), None);
+        assert_eq!(s, 404, "{method} {path}: {v}");
+        assert!(
+            v["message"].is_string(),
+            "{method} {path}: errors are JSON with a message"
+        );
+    }
+    let sid = apps[0]["microservices"][0].as_str().unwrap();
+    assert_eq!(
+        root.call(
+            "DELETE",
+            &format!("/api/service/{sid}/instance/7"),
+            Some(&t),
+            None
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        root.call(
+            "DELETE",
+            &format!("/api/service/{sid}/instance/x"),
+            Some(&t),
+            None
+        )
+        .0,
+        400
     );
 }

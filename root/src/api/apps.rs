@@ -69,6 +69,7 @@ fn instance_doc(i: &InstanceRow) -> Value {
         "cluster_id": i.cluster.map(|c| c.to_string()),
         "worker_id": i.node,
         "instance_ip": i.ip.map(ip),
+        "instance_ip_v6": i.ip6,
         "generation": i.generation,
         "last_modified_timestamp": i.updated_at,
     })
@@ -98,6 +99,8 @@ fn service_doc(a: &AppRow, s: &ServiceRow, instances: &[InstanceRow]) -> Value {
         .unwrap_or_default();
     addresses.insert("rr_ip".into(), json!(ip(s.rr_ip)));
     addresses.insert("closest_ip".into(), json!(ip(s.closest_ip)));
+    addresses.insert("rr_ip_v6".into(), json!(s.rr_ip_v6));
+    addresses.insert("closest_ip_v6".into(), json!(s.closest_ip_v6));
     doc.insert("addresses".into(), Value::Object(addresses));
     doc.insert("status".into(), json!(service_status(instances)));
     doc.insert(
@@ -122,6 +125,8 @@ fn to_new(ms: &Microservice, raw: &Value) -> NewService {
         spec: raw.to_string(),
         rr_ip: ms.addresses.rr_ip.map(u32::from),
         closest_ip: ms.addresses.closest_ip.map(u32::from),
+        rr_ip_v6: ms.addresses.rr_ip_v6,
+        closest_ip_v6: ms.addresses.closest_ip_v6,
     }
 }
 
@@ -197,12 +202,31 @@ fn check_addresses_free(st: &Shared, sla: &sla::Sla) -> ApiResult<()> {
     let mut errors = Vec::new();
     for (i, app) in sla.applications.iter().enumerate() {
         for (j, ms) in app.microservices.iter().enumerate() {
-            for (key, ip) in [
-                ("rr_ip", ms.addresses.rr_ip),
-                ("closest_ip", ms.addresses.closest_ip),
-            ] {
-                if let Some(ip) = ip {
-                    if db.ip_in_use(u32::from(ip))? {
+            let a = &ms.addresses;
+            let taken = [
+                (
+                    "rr_ip",
+                    a.rr_ip.map(|x| (x.to_string(), db.ip_in_use(u32::from(x)))),
+                ),
+                (
+                    "closest_ip",
+                    a.closest_ip
+                        .map(|x| (x.to_string(), db.ip_in_use(u32::from(x)))),
+                ),
+                (
+                    "rr_ip_v6",
+                    a.rr_ip_v6
+                        .map(|x| (x.to_string(), db.ip6_in_use(&x.to_string()))),
+                ),
+                (
+                    "closest_ip_v6",
+                    a.closest_ip_v6
+                        .map(|x| (x.to_string(), db.ip6_in_use(&x.to_string()))),
+                ),
+            ];
+            for (key, found) in taken {
+                if let Some((ip, in_use)) = found {
+                    if in_use? {
                         errors.push(sla::FieldError {
                             field: format!("applications[{i}].microservices[{j}].addresses.{key}"),
                             reason: format!("{ip} is already in use"),

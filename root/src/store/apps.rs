@@ -1,6 +1,9 @@
 //! Applications, services, instances and the instance status history.
 
-use super::{Result, Store, StoreError, new_object_id, next_free_ip, now_secs};
+use super::{
+    CLOSEST_V6, INSTANCE_V6, RR_V6, Result, Store, StoreError, new_object_id, next_free_ip,
+    next_free_v6, now_secs,
+};
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 
 /// A service to create.
@@ -16,6 +19,10 @@ pub struct NewService {
     pub rr_ip: Option<u32>,
     /// A closest IP the user asked for, else one is allocated.
     pub closest_ip: Option<u32>,
+    /// A round-robin IPv6 the user asked for, else one is allocated.
+    pub rr_ip_v6: Option<std::net::Ipv6Addr>,
+    /// A closest IPv6 the user asked for, else one is allocated.
+    pub closest_ip_v6: Option<std::net::Ipv6Addr>,
 }
 
 /// An application.
@@ -58,6 +65,10 @@ pub struct ServiceRow {
     pub generation: i64,
     /// Unix seconds.
     pub created_at: i64,
+    /// Round-robin IPv6.
+    pub rr_ip_v6: Option<String>,
+    /// Closest IPv6.
+    pub closest_ip_v6: Option<String>,
 }
 
 /// An instance of a service.
@@ -81,13 +92,14 @@ pub struct InstanceRow {
     pub generation: i64,
     /// Unix seconds of the last status change.
     pub updated_at: i64,
+    /// Its IPv6 address.
+    pub ip6: Option<String>,
 }
 
 const APP_COLS: &str = "id, owner, name, namespace, descr, extra, created_at";
-const SERVICE_COLS: &str =
-    "id, application, name, namespace, spec, rr_ip, closest_ip, generation, created_at";
+const SERVICE_COLS: &str = "id, application, name, namespace, spec, rr_ip, closest_ip, generation, created_at, rr_ip_v6, closest_ip_v6";
 const INSTANCE_COLS: &str =
-    "service, number, status, reason, cluster, node, ip, generation, updated_at";
+    "service, number, status, reason, cluster, node, ip, generation, updated_at, ip6";
 
 fn app(r: &Row<'_>) -> rusqlite::Result<AppRow> {
     Ok(AppRow {
@@ -112,6 +124,8 @@ fn service(r: &Row<'_>) -> rusqlite::Result<ServiceRow> {
         closest_ip: r.get(6)?,
         generation: r.get(7)?,
         created_at: r.get(8)?,
+        rr_ip_v6: r.get(9)?,
+        closest_ip_v6: r.get(10)?,
     })
 }
 
@@ -126,6 +140,7 @@ fn instance(r: &Row<'_>) -> rusqlite::Result<InstanceRow> {
         ip: r.get(6)?,
         generation: r.get(7)?,
         updated_at: r.get(8)?,
+        ip6: r.get(9)?,
     })
 }
 
@@ -181,6 +196,8 @@ fn insert_services(
             closest_ip: ips[1],
             generation: 1,
             created_at: now_secs(),
+            rr_ip_v6: Some(v6_for(tx, s.rr_ip_v6, RR_V6, "rr_ip_v6")?),
+            closest_ip_v6: Some(v6_for(tx, s.closest_ip_v6, CLOSEST_V6, "closest_ip_v6")?),
         };
         if row.rr_ip == row.closest_ip {
             return Err(StoreError::Conflict(
@@ -189,7 +206,7 @@ fn insert_services(
         }
         tx.execute(
             &format!(
-                "INSERT INTO services ({SERVICE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                "INSERT INTO services ({SERVICE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
             ),
             params![
                 row.id,
@@ -200,7 +217,9 @@ fn insert_services(
                 row.rr_ip,
                 row.closest_ip,
                 row.generation,
-                row.created_at
+                row.created_at,
+                row.rr_ip_v6,
+                row.closest_ip_v6
             ],
         )
         .map_err(|e| match e {
@@ -221,6 +240,34 @@ fn insert_services(
         out.push(row);
     }
     Ok(out)
+}
+
+/// A service IPv6: the one asked for if free, else the next free one of its range.
+fn v6_for(
+    tx: &Transaction<'_>,
+    wanted: Option<std::net::Ipv6Addr>,
+    base: std::net::Ipv6Addr,
+    column: &str,
+) -> Result<String> {
+    let sql = format!("SELECT {column} FROM services WHERE {column} IS NOT NULL");
+    match wanted {
+        Some(ip) => {
+            let text = ip.to_string();
+            let taken: Option<i64> = tx
+                .query_row(
+                    "SELECT 1 FROM services WHERE rr_ip_v6 = ?1 OR closest_ip_v6 = ?1
+                     UNION SELECT 1 FROM instances WHERE ip6 = ?1 LIMIT 1",
+                    [&text],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if taken.is_some() {
+                return Err(StoreError::Conflict(format!("{ip} is already in use")));
+            }
+            Ok(text)
+        }
+        None => next_free_v6(tx, &sql, base, &[]),
+    }
 }
 
 fn history(tx: &Transaction<'_>, i: &InstanceRow) -> Result<()> {
@@ -545,9 +592,15 @@ impl Store {
             ip: Some(next_free_ip(&tx, &[])?),
             generation,
             updated_at: now_secs(),
+            ip6: Some(next_free_v6(
+                &tx,
+                "SELECT ip6 FROM instances WHERE ip6 IS NOT NULL",
+                INSTANCE_V6,
+                &[],
+            )?),
         };
         tx.execute(
-            &format!("INSERT INTO instances ({INSTANCE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+            &format!("INSERT INTO instances ({INSTANCE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
             params![
                 row.service,
                 row.number,
@@ -557,7 +610,8 @@ impl Store {
                 row.node,
                 row.ip,
                 row.generation,
-                row.updated_at
+                row.updated_at,
+                row.ip6
             ],
         )?;
         history(&tx, &row)?;
@@ -724,6 +778,8 @@ mod tests {
             spec: format!("{{\"microservice_name\":\"{name}\"}}"),
             rr_ip: rr.map(ip),
             closest_ip: None,
+            rr_ip_v6: None,
+            closest_ip_v6: None,
         }
     }
 
@@ -761,6 +817,40 @@ mod tests {
         assert!(all.iter().all(|a| a >> 16 == ip("10.30.0.0") >> 16));
         assert_eq!(s.services(Some(&app.id)).unwrap(), services);
         assert_eq!(s.applications(Some(&owner)).unwrap(), vec![app]);
+    }
+
+    #[test]
+    fn ipv6_addresses_come_from_their_ranges_once_each() {
+        let (mut s, owner) = with_owner();
+        let (_, services) = s
+            .create_application(
+                &owner,
+                "a",
+                "x",
+                "",
+                "{}",
+                &[svc("one", None), svc("two", None)],
+            )
+            .unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for sv in &services {
+            let rr: std::net::Ipv6Addr = sv.rr_ip_v6.as_deref().unwrap().parse().unwrap();
+            let cl: std::net::Ipv6Addr = sv.closest_ip_v6.as_deref().unwrap().parse().unwrap();
+            assert_eq!(rr.segments()[..2], [0xfdff, 0x2000]);
+            assert_eq!(cl.segments()[..2], [0xfdff, 0x4000]);
+            assert!(seen.insert(rr) && seen.insert(cl));
+        }
+        let i = s.add_instance(&services[0].id).unwrap();
+        let i6: std::net::Ipv6Addr = i.ip6.unwrap().parse().unwrap();
+        assert_eq!(i6.segments()[0], 0xfdff);
+        assert!(i6.segments()[1] < 0x0800, "inside fdff::/21");
+        // Asking for a taken one is refused.
+        let mut again = svc("three", None);
+        again.rr_ip_v6 = services[0].rr_ip_v6.as_deref().map(|t| t.parse().unwrap());
+        assert!(matches!(
+            s.create_application(&owner, "b", "x", "", "{}", &[again]),
+            Err(StoreError::Conflict(_))
+        ));
     }
 
     #[test]

@@ -89,6 +89,36 @@ impl Store {
         Ok(rows)
     }
 
+    /// The block of worker subnets of a cluster: its own if it has one, else the lowest
+    /// free of `blocks`. Blocks are never shared.
+    pub fn cluster_block(&mut self, cluster: u32, blocks: u32) -> Result<u32> {
+        let tx = self.conn.transaction()?;
+        let own: Option<u32> = tx
+            .query_row(
+                "SELECT block FROM subnet_blocks WHERE cluster = ?1",
+                [cluster],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(b) = own {
+            return Ok(b);
+        }
+        let used: Vec<u32> = {
+            let mut stmt = tx.prepare("SELECT block FROM subnet_blocks ORDER BY block")?;
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let b = (0..blocks)
+            .find(|b| used.binary_search(b).is_err())
+            .ok_or(StoreError::Exhausted("worker subnet blocks"))?;
+        tx.execute(
+            "INSERT INTO subnet_blocks (cluster, block) VALUES (?1, ?2)",
+            params![cluster, b],
+        )?;
+        tx.commit()?;
+        Ok(b)
+    }
+
     /// All clusters.
     pub fn clusters(&self) -> Result<Vec<ClusterRow>> {
         let mut stmt = self
@@ -220,6 +250,28 @@ mod tests {
         assert!(matches!(
             s.record_report(99, None, 0),
             Err(StoreError::NotFound("cluster"))
+        ));
+    }
+
+    #[test]
+    fn worker_subnet_blocks_are_handed_out_once_and_kept() {
+        let mut s = Store::in_memory().unwrap();
+        let ids: Vec<u32> = (0..4)
+            .map(|i| s.register_cluster(&format!("c{i}"), None).unwrap().id)
+            .collect();
+        let blocks: Vec<u32> = ids[..3]
+            .iter()
+            .map(|&id| s.cluster_block(id, 3).unwrap())
+            .collect();
+        assert_eq!(blocks, [0, 1, 2]);
+        assert_eq!(
+            s.cluster_block(ids[1], 3).unwrap(),
+            1,
+            "a cluster keeps its block"
+        );
+        assert!(matches!(
+            s.cluster_block(ids[3], 3),
+            Err(StoreError::Exhausted(_))
         ));
     }
 

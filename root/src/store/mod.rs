@@ -150,6 +150,20 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO service_specs (service, generation, spec) SELECT id, generation, spec FROM services;
     ALTER TABLE services ADD COLUMN rollout_target INTEGER;
     "#,
+    // 5: IPv6 service and instance addresses, and the pool of worker-subnet blocks
+    //    handed to clusters.
+    r#"
+    ALTER TABLE services ADD COLUMN rr_ip_v6 TEXT;
+    ALTER TABLE services ADD COLUMN closest_ip_v6 TEXT;
+    ALTER TABLE instances ADD COLUMN ip6 TEXT;
+    CREATE UNIQUE INDEX services_rr_ip_v6 ON services (rr_ip_v6);
+    CREATE UNIQUE INDEX services_closest_ip_v6 ON services (closest_ip_v6);
+    CREATE UNIQUE INDEX instances_ip6 ON instances (ip6);
+    CREATE TABLE subnet_blocks (
+        cluster INTEGER PRIMARY KEY REFERENCES clusters(id) ON DELETE CASCADE,
+        block   INTEGER NOT NULL UNIQUE
+    );
+    "#,
 ];
 
 /// The root's database.
@@ -223,6 +237,20 @@ impl Store {
         Ok(self
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    /// Whether an IPv6 address (canonical text) is taken by a service or an instance.
+    pub fn ip6_in_use(&self, ip: &str) -> Result<bool> {
+        let hit: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM services WHERE rr_ip_v6 = ?1 OR closest_ip_v6 = ?1
+                 UNION SELECT 1 FROM instances WHERE ip6 = ?1 LIMIT 1",
+                [ip],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(hit.is_some())
     }
 
     /// Whether an IPv4 address (host order) is taken by a service or an instance.
@@ -319,4 +347,38 @@ pub(crate) mod tests {
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
     }
+}
+
+/// Round-robin service IPv6 range, fdff:2000::/21.
+pub const RR_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfdff, 0x2000, 0, 0, 0, 0, 0, 0);
+/// Closest service IPv6 range, fdff:4000::/21.
+pub const CLOSEST_V6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfdff, 0x4000, 0, 0, 0, 0, 0, 0);
+/// Instance IPv6 range, fdff::/21.
+pub const INSTANCE_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfdff, 0, 0, 0, 0, 0, 0, 0);
+
+/// The lowest free address after `base` among the IPv6 addresses stored in `sql`'s
+/// single column (canonical text), skipping `exclude`.
+pub(crate) fn next_free_v6(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    base: std::net::Ipv6Addr,
+    exclude: &[String],
+) -> Result<String> {
+    let mut stmt = tx.prepare(sql)?;
+    let used: std::collections::HashSet<u128> = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .filter_map(|r| r.ok()?.parse::<std::net::Ipv6Addr>().ok().map(u128::from))
+        .chain(
+            exclude
+                .iter()
+                .filter_map(|e| e.parse::<std::net::Ipv6Addr>().ok().map(u128::from)),
+        )
+        .collect();
+    // A /21 holds far more than any SQLite file will; stop at 2^32 candidates anyway.
+    (1u128..1 << 32)
+        .map(|n| u128::from(base) + n)
+        .find(|c| !used.contains(c))
+        .map(|c| std::net::Ipv6Addr::from(c).to_string())
+        .ok_or(StoreError::Exhausted("IPv6 service address pool"))
 }
