@@ -297,6 +297,40 @@ pub(crate) fn next_free_ip(tx: &rusqlite::Transaction<'_>, exclude: &[u32]) -> R
     Err(StoreError::Exhausted("service address pool 10.30.0.0/16"))
 }
 
+/// Round-robin service IPv6 range, fdff:2000::/21.
+pub const RR_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfdff, 0x2000, 0, 0, 0, 0, 0, 0);
+/// Closest service IPv6 range, fdff:4000::/21.
+pub const CLOSEST_V6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfdff, 0x4000, 0, 0, 0, 0, 0, 0);
+/// Instance IPv6 range, fdff::/21.
+pub const INSTANCE_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfdff, 0, 0, 0, 0, 0, 0, 0);
+
+/// The lowest free address after `base` among the IPv6 addresses stored in `sql`'s
+/// single column (canonical text), skipping `exclude`.
+pub(crate) fn next_free_v6(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    base: std::net::Ipv6Addr,
+    exclude: &[String],
+) -> Result<String> {
+    let mut stmt = tx.prepare(sql)?;
+    let used: std::collections::HashSet<u128> = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .filter_map(|r| r.ok()?.parse::<std::net::Ipv6Addr>().ok().map(u128::from))
+        .chain(
+            exclude
+                .iter()
+                .filter_map(|e| e.parse::<std::net::Ipv6Addr>().ok().map(u128::from)),
+        )
+        .collect();
+    // A /21 holds far more than any SQLite file will; stop at 2^32 candidates anyway.
+    (1u128..1 << 32)
+        .map(|n| u128::from(base) + n)
+        .find(|c| !used.contains(c))
+        .map(|c| std::net::Ipv6Addr::from(c).to_string())
+        .ok_or(StoreError::Exhausted("IPv6 service address pool"))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -347,38 +381,4 @@ pub(crate) mod tests {
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
     }
-}
-
-/// Round-robin service IPv6 range, fdff:2000::/21.
-pub const RR_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfdff, 0x2000, 0, 0, 0, 0, 0, 0);
-/// Closest service IPv6 range, fdff:4000::/21.
-pub const CLOSEST_V6: std::net::Ipv6Addr =
-    std::net::Ipv6Addr::new(0xfdff, 0x4000, 0, 0, 0, 0, 0, 0);
-/// Instance IPv6 range, fdff::/21.
-pub const INSTANCE_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfdff, 0, 0, 0, 0, 0, 0, 0);
-
-/// The lowest free address after `base` among the IPv6 addresses stored in `sql`'s
-/// single column (canonical text), skipping `exclude`.
-pub(crate) fn next_free_v6(
-    tx: &rusqlite::Transaction<'_>,
-    sql: &str,
-    base: std::net::Ipv6Addr,
-    exclude: &[String],
-) -> Result<String> {
-    let mut stmt = tx.prepare(sql)?;
-    let used: std::collections::HashSet<u128> = stmt
-        .query_map([], |r| r.get::<_, String>(0))?
-        .filter_map(|r| r.ok()?.parse::<std::net::Ipv6Addr>().ok().map(u128::from))
-        .chain(
-            exclude
-                .iter()
-                .filter_map(|e| e.parse::<std::net::Ipv6Addr>().ok().map(u128::from)),
-        )
-        .collect();
-    // A /21 holds far more than any SQLite file will; stop at 2^32 candidates anyway.
-    (1u128..1 << 32)
-        .map(|n| u128::from(base) + n)
-        .find(|c| !used.contains(c))
-        .map(|c| std::net::Ipv6Addr::from(c).to_string())
-        .ok_or(StoreError::Exhausted("IPv6 service address pool"))
 }
