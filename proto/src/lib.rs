@@ -12,6 +12,8 @@
 //! - [`sim`]: a seeded in-memory network for deterministic tests of the core.
 
 pub mod coap;
+#[cfg(feature = "config")]
+pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod msg;

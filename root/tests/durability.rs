@@ -128,3 +128,59 @@ fn a_sigkilled_root_loses_nothing_it_acknowledged() {
     child.wait().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_config_file_sets_what_the_command_line_does_not() {
+    let dir = std::env::temp_dir().join(format!("grove-root-config-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let cfg = dir.join("root.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data-dir = \"{}\"\nhttp = \"127.0.0.1:{port}\"\ncoap = \"127.0.0.1:0\"\nadmin_password = \"FromFile\"\n",
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_grove-root"))
+        .args(["--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ok = loop {
+        let r = ureq::post(&format!("{base}/api/auth/login"))
+            .timeout(Duration::from_secs(5))
+            .send_json(json!({"username": "Admin", "password": "FromFile"}));
+        if r.is_ok() {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        ok,
+        "grove-root did not serve on the configured port with the configured password"
+    );
+    assert!(
+        dir.join("state/root.db").exists(),
+        "the configured data dir is used"
+    );
+    // An unknown key is refused by name.
+    std::fs::write(&cfg, "data-dri = \"/tmp/x\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_grove-root"))
+        .args(["--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown key `data-dri`"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
