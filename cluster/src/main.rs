@@ -1,25 +1,7 @@
 //! `grove-cluster` entry point.
-use clap::{CommandFactory, FromArgMatches};
 
 fn main() {
-    let flags: Vec<grove_proto::config::Flag> = grove_cluster::Args::command()
-        .get_arguments()
-        .map(|a| grove_proto::config::Flag {
-            id: a.get_id().to_string(),
-            takes_value: a.get_action().takes_values(),
-        })
-        .collect();
-    let argv = match grove_proto::config::args_with_config(std::env::args().collect(), &flags) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("grove-cluster: {e}");
-            std::process::exit(2);
-        }
-    };
-    let args = grove_cluster::Args::from_arg_matches(
-        &grove_cluster::Args::command().get_matches_from(argv),
-    )
-    .unwrap_or_else(|e| e.exit());
+    let args = grove_proto::config::parse::<grove_cluster::Args>("grove-cluster");
     if let Err(e) = grove_cluster::run(args) {
         eprintln!("grove-cluster: {e}");
         std::process::exit(1);

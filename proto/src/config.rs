@@ -84,6 +84,25 @@ pub fn args_with_config(mut argv: Vec<String>, flags: &[Flag]) -> Result<Vec<Str
     Ok(argv)
 }
 
+/// Parse a daemon's command line with its `--config` file applied; on a bad file it
+/// says why and exits with status 2 (clap does the same for bad flags).
+pub fn parse<A: clap::Parser>(bin: &str) -> A {
+    let flags: Vec<Flag> = A::command()
+        .get_arguments()
+        .map(|a| Flag {
+            id: a.get_id().to_string(),
+            takes_value: a.get_action().takes_values(),
+        })
+        .collect();
+    match args_with_config(std::env::args().collect(), &flags) {
+        Ok(argv) => A::parse_from(argv),
+        Err(e) => {
+            eprintln!("{bin}: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

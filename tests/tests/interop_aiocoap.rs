@@ -212,32 +212,38 @@ struct AiocoapServer {
 
 async fn aiocoap_server(name: &str) -> Option<AiocoapServer> {
     let py = aiocoap_python()?;
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let dir = aiocoap_ctx(name, "5e", "0c", SECRET);
-    let mut child = tokio::process::Command::new(py)
-        .arg(interop_script("aiocoap_server.py"))
-        .arg(&dir)
-        .arg(port.to_string())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start aiocoap server");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(LIMIT, lines.next_line()).await;
-    assert!(
-        matches!(ready, Ok(Ok(Some(ref l))) if l == "ready"),
-        "aiocoap server did not start: {ready:?}"
-    );
-    Some(AiocoapServer {
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        _child: child,
-        dir,
-    })
+    // Another test may take the port between our probe and aiocoap's bind: try again
+    // with a new one (the server speaks only UDP, so only UDP ports matter).
+    let mut last = None;
+    for _ in 0..5 {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = tokio::process::Command::new(&py)
+            .arg(interop_script("aiocoap_server.py"))
+            .arg(&dir)
+            .arg(port.to_string())
+            .env("AIOCOAP_SERVER_TRANSPORT", "udp6")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start aiocoap server");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(LIMIT, lines.next_line()).await;
+        if matches!(ready, Ok(Ok(Some(ref l))) if l == "ready") {
+            return Some(AiocoapServer {
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                _child: child,
+                dir,
+            });
+        }
+        last = Some(format!("{ready:?}"));
+    }
+    panic!("aiocoap server did not start: {last:?}");
 }
 
 async fn grove_client(secret: &str) -> (Handle, ContextKey) {

@@ -118,6 +118,19 @@ fn removed_entry(a: &AppRow, s: &ServiceRow) -> DirectoryUpdate {
     )
 }
 
+/// The services of application `i` of an SLA, each with its spec as the user wrote it.
+fn new_services(v: &Value, i: usize, app: &sla::Application) -> Vec<NewService> {
+    let raws = v["applications"][i]["microservices"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    app.microservices
+        .iter()
+        .zip(&raws)
+        .map(|(ms, r)| to_new(ms, r))
+        .collect()
+}
+
 fn to_new(ms: &Microservice, raw: &Value) -> NewService {
     NewService {
         name: ms.name.clone(),
@@ -163,16 +176,7 @@ pub async fn create_applications(
     check_addresses_free(&st, &sla)?;
     let mut created = Vec::new();
     for (i, app) in sla.applications.iter().enumerate() {
-        let raws = v["applications"][i]["microservices"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let services: Vec<NewService> = app
-            .microservices
-            .iter()
-            .zip(&raws)
-            .map(|(ms, r)| to_new(ms, r))
-            .collect();
+        let services = new_services(&v, i, app);
         let extra = Value::Object(app.extra.clone()).to_string();
         let result = st.db().create_application(
             &me.id,
@@ -342,16 +346,7 @@ pub async fn create_services(State(st): State<Shared>, caller: Caller, raw: Byte
             }]));
         }
         let row = owned_app(&st, &caller, &app.id)?;
-        let raws = v["applications"][i]["microservices"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let services: Vec<NewService> = app
-            .microservices
-            .iter()
-            .zip(&raws)
-            .map(|(ms, r)| to_new(ms, r))
-            .collect();
+        let services = new_services(&v, i, app);
         for s in st.db().add_services(&row.id, &services)? {
             out.push(service_doc(&row, &s, &[]));
         }

@@ -245,79 +245,82 @@ pub fn body(bytes: &[u8]) -> ApiResult<Value> {
         .map_err(|e| ApiError::BadRequest(format!("request body is not JSON: {e}")))
 }
 
+/// Add a route under `path` and, for paths ending in `/`, under the same path without
+/// it (Oakestra's clients use both spellings).
+fn both(r: Router<Shared>, path: &str, m: axum::routing::MethodRouter<Shared>) -> Router<Shared> {
+    match path.strip_suffix('/') {
+        Some(bare) => r.route(path, m.clone()).route(bare, m),
+        None => r.route(path, m),
+    }
+}
+
 /// The router of the whole API.
 pub fn router(state: Shared) -> Router {
-    Router::new()
-        .route("/api/auth/login", post(users::login))
-        .route("/api/auth/refresh", post(users::refresh))
-        .route("/api/auth/register", post(users::register))
-        .route("/api/auth/coap", post(users::coap_credentials))
-        .route("/api/permission/{username}", get(users::permission))
-        .route(
+    use axum::routing::delete;
+    let routes: Vec<(&str, axum::routing::MethodRouter<Shared>)> = vec![
+        ("/api/auth/login", post(users::login)),
+        ("/api/auth/refresh", post(users::refresh)),
+        ("/api/auth/register", post(users::register)),
+        ("/api/auth/coap", post(users::coap_credentials)),
+        ("/api/permission/{username}", get(users::permission)),
+        (
             "/api/user/{username}",
             get(users::get_user)
                 .put(users::put_user)
                 .delete(users::delete_user)
                 .post(users::change_password),
-        )
-        .route("/api/users/", get(users::list_users))
-        .route("/api/users", get(users::list_users))
-        .route("/api/users/{org_id}", get(users::list_org_users))
-        .route(
+        ),
+        ("/api/users/", get(users::list_users)),
+        ("/api/users/{org_id}", get(users::list_org_users)),
+        (
             "/api/organization/",
             get(users::list_orgs).post(users::create_org),
-        )
-        .route(
-            "/api/organization",
-            get(users::list_orgs).post(users::create_org),
-        )
-        .route(
+        ),
+        (
             "/api/organization/{id}",
             get(users::get_org)
                 .put(users::put_org)
                 .delete(users::delete_org),
-        )
-        .route("/api/application/", post(apps::create_applications))
-        .route("/api/application", post(apps::create_applications))
-        .route(
+        ),
+        ("/api/application/", post(apps::create_applications)),
+        (
             "/api/application/{appid}",
             get(apps::get_application)
                 .put(apps::put_application)
                 .delete(apps::delete_application),
-        )
-        .route("/api/applications/", get(apps::all_applications))
-        .route("/api/applications", get(apps::all_applications))
-        .route("/api/applications/{userid}", get(apps::user_applications))
-        .route("/api/service/", post(apps::create_services))
-        .route("/api/service", post(apps::create_services))
-        .route(
+        ),
+        ("/api/applications/", get(apps::all_applications)),
+        ("/api/applications/{userid}", get(apps::user_applications)),
+        ("/api/service/", post(apps::create_services)),
+        (
             "/api/service/{serviceid}",
             get(apps::get_service)
                 .delete(apps::delete_service)
                 .put(apps::put_service),
-        )
-        .route("/api/services/", get(apps::all_services))
-        .route("/api/services", get(apps::all_services))
-        .route("/api/services/{appid}", get(apps::app_services))
-        .route(
+        ),
+        ("/api/services/", get(apps::all_services)),
+        ("/api/services/{appid}", get(apps::app_services)),
+        (
             "/api/service/{serviceid}/instance",
             post(apps::add_instance),
-        )
-        .route(
+        ),
+        (
             "/api/service/{serviceid}/instance/{number}",
-            axum::routing::delete(apps::remove_instance),
-        )
-        .route("/api/clusters/", get(apps::clusters))
-        .route("/api/clusters", get(apps::clusters))
-        .route("/api/clusters/active", get(apps::active_clusters))
-        .route("/api/clusters/token", post(apps::create_cluster_token))
-        .route(
+            delete(apps::remove_instance),
+        ),
+        ("/api/clusters/", get(apps::clusters)),
+        ("/api/clusters/active", get(apps::active_clusters)),
+        ("/api/clusters/token", post(apps::create_cluster_token)),
+        (
             "/api/clusters/token/{id}",
-            axum::routing::delete(apps::revoke_cluster_token),
-        )
-        .route("/api/docs", get(docs::page))
-        .route("/api/docs/", get(docs::page))
-        .route("/api/docs/openapi.json", get(docs::openapi))
+            delete(apps::revoke_cluster_token),
+        ),
+        ("/api/docs/", get(docs::page)),
+        ("/api/docs/openapi.json", get(docs::openapi)),
+    ];
+    routes
+        .into_iter()
+        .fold(Router::new(), |r, (path, m)| both(r, path, m))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }
