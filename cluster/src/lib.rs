@@ -1,8 +1,11 @@
 //! `grove-cluster`: the cluster orchestrator (node registry, cluster scheduler, failure
 //! detection, root link).
 //!
-//! Only the command line exists so far (the cluster issue builds the rest); the binary
-//! says so and exits non-zero.
+//! Built so far: the command line and the cluster scheduler ([`scheduler`]); the
+//! registry, links and storage are still to come, so the binary says so and exits
+//! non-zero.
+
+pub mod scheduler;
 
 use clap::Parser;
 

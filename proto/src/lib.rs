@@ -20,5 +20,6 @@ pub mod msg;
 pub mod oscore;
 pub mod paths;
 pub mod sim;
+pub mod vivaldi;
 
 pub use msg::{PROTOCOL_VERSION, ProtocolVersion};

@@ -1,0 +1,416 @@
+//! The cluster scheduler: picks a worker for one instance. A pure function over a
+//! snapshot of the nodes; the caller does the I/O.
+//!
+//! Filters, in order, each with its failure reason:
+//! 1. a `direct` node list (`node1;node2`) names known workers — else `NO_NODE_FOUND`;
+//! 2. virtualization, architecture, `geo` (great-circle km to a location) and `latency`
+//!    (estimated RTT from network coordinates to a target) — else
+//!    `NO_QUALIFIED_WORKER_FOUND`;
+//! 3. free CPU, memory and GPUs after the reservations of what is placed there (not
+//!    the reported usage) — else `NO_WORKER_CAPACITY`.
+//!
+//! Among the workers left, replicas of one service spread (fewest instances of the
+//! service first), then best fit on CPU and memory together, then the lower node id.
+
+use grove_proto::msg::{GeoPoint, NetCoord, NodeId};
+use grove_proto::vivaldi;
+
+/// What the cluster knows of one worker when it schedules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    /// Id.
+    pub id: NodeId,
+    /// Name (`direct` constraints list names).
+    pub name: String,
+    /// Heartbeating (not lost).
+    pub active: bool,
+    /// CPU architecture.
+    pub arch: String,
+    /// Virtualizations it runs.
+    pub virtualizations: Vec<String>,
+    /// Where it is.
+    pub location: Option<GeoPoint>,
+    /// Its network coordinate.
+    pub coord: Option<NetCoord>,
+    /// Capacity: CPU in thousandths, memory MiB, GPUs.
+    pub capacity: Resources,
+    /// Reserved by the instances placed on it.
+    pub reserved: Resources,
+    /// How many instances of the service being placed it already holds.
+    pub same_service: u32,
+}
+
+/// CPU, memory and GPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// CPU in thousandths.
+    pub millicpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// GPUs.
+    pub vgpus: u32,
+}
+
+/// A placement constraint on workers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Constraint {
+    /// Only these workers (by name).
+    Nodes(Vec<String>),
+    /// Within `threshold_km` of `location`.
+    Geo {
+        /// The point.
+        location: GeoPoint,
+        /// Radius in km.
+        threshold_km: f64,
+    },
+    /// Estimated RTT at most `threshold_ms` to the nearest of `targets` (the
+    /// coordinates of a user location's nearest worker, or of another service's
+    /// instances).
+    Latency {
+        /// Coordinates to be near.
+        targets: Vec<NetCoord>,
+        /// Milliseconds.
+        threshold_ms: f32,
+    },
+}
+
+/// What one instance needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Demand {
+    /// Resources.
+    pub resources: Resources,
+    /// `container` or `unikernel`.
+    pub virtualization: String,
+    /// Acceptable architectures; empty means any.
+    pub arch: Vec<String>,
+    /// Constraints, all of which must hold.
+    pub constraints: Vec<Constraint>,
+}
+
+/// Why no worker was chosen: Oakestra's reasons, kept verbatim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A `direct` node list names no known worker.
+    NoNodeFound,
+    /// No worker passes the qualification filters.
+    NoQualifiedWorkerFound,
+    /// Qualified workers exist but none has room.
+    NoWorkerCapacity,
+}
+
+impl Failure {
+    /// As Oakestra writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoNodeFound => "NO_NODE_FOUND",
+            Self::NoQualifiedWorkerFound => "NO_QUALIFIED_WORKER_FOUND",
+            Self::NoWorkerCapacity => "NO_WORKER_CAPACITY",
+        }
+    }
+}
+
+/// Great-circle distance in km (haversine).
+pub fn distance_km(a: GeoPoint, b: GeoPoint) -> f64 {
+    let (la1, la2) = (f64::from(a.lat).to_radians(), f64::from(b.lat).to_radians());
+    let dlat = la2 - la1;
+    let dlon = (f64::from(b.lon) - f64::from(a.lon)).to_radians();
+    let h = (dlat / 2.0).sin().powi(2) + la1.cos() * la2.cos() * (dlon / 2.0).sin().powi(2);
+    2.0 * 6371.0 * h.sqrt().min(1.0).asin()
+}
+
+fn qualifies(n: &NodeView, d: &Demand) -> bool {
+    n.virtualizations.contains(&d.virtualization)
+        && (d.arch.is_empty() || d.arch.contains(&n.arch))
+        && d.constraints.iter().all(|c| match c {
+            Constraint::Nodes(_) => true,
+            Constraint::Geo {
+                location,
+                threshold_km,
+            } => n
+                .location
+                .is_some_and(|l| distance_km(*location, l) <= *threshold_km),
+            Constraint::Latency {
+                targets,
+                threshold_ms,
+            } => n.coord.is_some_and(|c| {
+                targets
+                    .iter()
+                    .any(|t| vivaldi::distance(c, *t) <= *threshold_ms)
+            }),
+        })
+}
+
+/// The spare fraction the node keeps after the instance (lower is a better fit), or
+/// `None` if it does not fit.
+fn fit(n: &NodeView, want: Resources) -> Option<f64> {
+    let free = |cap: u32, res: u32| cap.saturating_sub(res);
+    let (cpu, mem, gpu) = (
+        free(n.capacity.millicpus, n.reserved.millicpus),
+        free(n.capacity.memory_mib, n.reserved.memory_mib),
+        free(n.capacity.vgpus, n.reserved.vgpus),
+    );
+    if cpu < want.millicpus || mem < want.memory_mib || gpu < want.vgpus {
+        return None;
+    }
+    let spare = |f: u32, w: u32| {
+        if f == 0 {
+            0.0
+        } else {
+            f64::from(f - w) / f64::from(f)
+        }
+    };
+    Some((spare(cpu, want.millicpus) + spare(mem, want.memory_mib)) / 2.0)
+}
+
+/// Pick the worker for one instance.
+pub fn schedule(nodes: &[NodeView], d: &Demand) -> Result<NodeId, Failure> {
+    let listed = d.constraints.iter().find_map(|c| match c {
+        Constraint::Nodes(names) => Some(names),
+        _ => None,
+    });
+    if let Some(names) = listed {
+        if !nodes.iter().any(|n| names.contains(&n.name)) {
+            return Err(Failure::NoNodeFound);
+        }
+    }
+    let mut any_qualified = false;
+    let mut best: Option<(u32, f64, NodeId)> = None;
+    for n in nodes {
+        if !n.active || listed.is_some_and(|names| !names.contains(&n.name)) || !qualifies(n, d) {
+            continue;
+        }
+        any_qualified = true;
+        let Some(score) = fit(n, d.resources) else {
+            continue;
+        };
+        let key = (n.same_service, score, n.id);
+        let better = best.is_none_or(|b| {
+            (key.0
+                .cmp(&b.0)
+                .then(key.1.total_cmp(&b.1))
+                .then(key.2.cmp(&b.2)))
+                == std::cmp::Ordering::Less
+        });
+        if better {
+            best = Some(key);
+        }
+    }
+    match best {
+        Some((_, _, id)) => Ok(id),
+        None if any_qualified => Err(Failure::NoWorkerCapacity),
+        None => Err(Failure::NoQualifiedWorkerFound),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u32, name: &str, arch: &str, cpu: u32, mem: u32) -> NodeView {
+        NodeView {
+            id: NodeId(id),
+            name: name.into(),
+            active: true,
+            arch: arch.into(),
+            virtualizations: vec!["container".into()],
+            location: None,
+            coord: None,
+            capacity: Resources {
+                millicpus: cpu,
+                memory_mib: mem,
+                vgpus: 0,
+            },
+            reserved: Resources::default(),
+            same_service: 0,
+        }
+    }
+
+    fn demand(cpu: u32, mem: u32) -> Demand {
+        Demand {
+            resources: Resources {
+                millicpus: cpu,
+                memory_mib: mem,
+                vgpus: 0,
+            },
+            virtualization: "container".into(),
+            arch: vec![],
+            constraints: vec![],
+        }
+    }
+
+    #[test]
+    fn best_fit_counts_reservations_not_reported_usage() {
+        let mut a = node(1, "a", "x86_64", 4000, 4096);
+        let b = node(2, "b", "x86_64", 2000, 2048);
+        assert_eq!(
+            schedule(&[a.clone(), b.clone()], &demand(1000, 1000)),
+            Ok(NodeId(2)),
+            "b is the tighter fit"
+        );
+        a.reserved = Resources {
+            millicpus: 2500,
+            memory_mib: 2500,
+            vgpus: 0,
+        };
+        assert_eq!(
+            schedule(&[a.clone(), b.clone()], &demand(1000, 1000)),
+            Ok(NodeId(1)),
+            "a's reservations make it tighter"
+        );
+        a.reserved = Resources {
+            millicpus: 3500,
+            memory_mib: 0,
+            vgpus: 0,
+        };
+        assert_eq!(
+            schedule(&[a, b], &demand(1000, 1000)),
+            Ok(NodeId(2)),
+            "a no longer fits"
+        );
+    }
+
+    #[test]
+    fn cpu_and_memory_both_weigh() {
+        let a = node(1, "a", "x86_64", 1100, 64_000);
+        let b = node(2, "b", "x86_64", 1300, 1100);
+        assert_eq!(schedule(&[a, b], &demand(1000, 1000)), Ok(NodeId(2)));
+    }
+
+    #[test]
+    fn replicas_spread_before_fitting_tightly() {
+        let mut a = node(1, "a", "x86_64", 2000, 2000);
+        let b = node(2, "b", "x86_64", 8000, 8000);
+        a.same_service = 1;
+        assert_eq!(schedule(&[a, b], &demand(1000, 1000)), Ok(NodeId(2)));
+    }
+
+    #[test]
+    fn direct_node_lists_and_their_failure() {
+        let nodes = [
+            node(1, "pi-1", "aarch64", 4000, 4000),
+            node(2, "pi-2", "aarch64", 4000, 4000),
+        ];
+        let mut d = demand(100, 100);
+        d.constraints = vec![Constraint::Nodes(vec!["pi-2".into(), "pi-9".into()])];
+        assert_eq!(schedule(&nodes, &d), Ok(NodeId(2)));
+        d.constraints = vec![Constraint::Nodes(vec!["pi-9".into()])];
+        assert_eq!(schedule(&nodes, &d), Err(Failure::NoNodeFound));
+    }
+
+    #[test]
+    fn qualification_filters_and_their_failure() {
+        let nodes = [node(1, "a", "aarch64", 4000, 4000)];
+        let mut d = demand(100, 100);
+        d.arch = vec!["x86_64".into()];
+        assert_eq!(schedule(&nodes, &d), Err(Failure::NoQualifiedWorkerFound));
+        let mut u = demand(100, 100);
+        u.virtualization = "unikernel".into();
+        assert_eq!(schedule(&nodes, &u), Err(Failure::NoQualifiedWorkerFound));
+        let mut lost = nodes[0].clone();
+        lost.active = false;
+        assert_eq!(
+            schedule(&[lost], &demand(100, 100)),
+            Err(Failure::NoQualifiedWorkerFound)
+        );
+    }
+
+    #[test]
+    fn capacity_and_its_failure() {
+        let mut n = node(1, "a", "x86_64", 1000, 1000);
+        n.capacity.vgpus = 1;
+        assert_eq!(
+            schedule(std::slice::from_ref(&n), &demand(2000, 100)),
+            Err(Failure::NoWorkerCapacity)
+        );
+        assert_eq!(
+            schedule(std::slice::from_ref(&n), &demand(100, 2000)),
+            Err(Failure::NoWorkerCapacity)
+        );
+        let mut g = demand(100, 100);
+        g.resources.vgpus = 1;
+        assert_eq!(schedule(std::slice::from_ref(&n), &g), Ok(NodeId(1)));
+        g.resources.vgpus = 2;
+        assert_eq!(schedule(&[n], &g), Err(Failure::NoWorkerCapacity));
+    }
+
+    #[test]
+    fn geo_keeps_workers_near_a_location() {
+        let mut munich = node(1, "munich", "x86_64", 4000, 4000);
+        munich.location = Some(GeoPoint {
+            lat: 48.14,
+            lon: 11.58,
+        });
+        let mut berlin = node(2, "berlin", "x86_64", 1500, 1500);
+        berlin.location = Some(GeoPoint {
+            lat: 52.52,
+            lon: 13.40,
+        });
+        let nowhere = node(3, "unknown", "x86_64", 1200, 1200);
+        let mut d = demand(1000, 1000);
+        d.constraints = vec![Constraint::Geo {
+            location: GeoPoint {
+                lat: 48.25,
+                lon: 11.65,
+            },
+            threshold_km: 50.0,
+        }];
+        assert_eq!(
+            schedule(&[munich.clone(), berlin.clone(), nowhere.clone()], &d),
+            Ok(NodeId(1))
+        );
+        d.constraints = vec![Constraint::Geo {
+            location: GeoPoint { lat: 0.0, lon: 0.0 },
+            threshold_km: 10.0,
+        }];
+        assert_eq!(
+            schedule(&[munich, berlin, nowhere], &d),
+            Err(Failure::NoQualifiedWorkerFound)
+        );
+    }
+
+    #[test]
+    fn latency_keeps_workers_within_the_rtt_of_a_target() {
+        let mut near = node(1, "near", "x86_64", 8000, 8000);
+        near.coord = Some(NetCoord([5.0, 0.0, 0.0]));
+        let mut far = node(2, "far", "x86_64", 1500, 1500);
+        far.coord = Some(NetCoord([80.0, 0.0, 0.0]));
+        let target = NetCoord([0.0, 0.0, 0.0]);
+        let mut d = demand(1000, 1000);
+        d.constraints = vec![Constraint::Latency {
+            targets: vec![target],
+            threshold_ms: 20.0,
+        }];
+        assert_eq!(
+            schedule(&[near.clone(), far.clone()], &d),
+            Ok(NodeId(1)),
+            "far is the tighter fit but too far"
+        );
+        d.constraints = vec![Constraint::Latency {
+            targets: vec![target],
+            threshold_ms: 1.0,
+        }];
+        assert_eq!(
+            schedule(&[near, far], &d),
+            Err(Failure::NoQualifiedWorkerFound)
+        );
+    }
+
+    #[test]
+    fn ties_go_to_the_lower_node_id() {
+        let nodes = [
+            node(9, "x", "x86_64", 2000, 2000),
+            node(4, "y", "x86_64", 2000, 2000),
+        ];
+        assert_eq!(schedule(&nodes, &demand(1000, 1000)), Ok(NodeId(4)));
+    }
+
+    #[test]
+    fn reasons_read_as_oakestra_writes_them() {
+        assert_eq!(Failure::NoWorkerCapacity.as_str(), "NO_WORKER_CAPACITY");
+        assert_eq!(
+            Failure::NoQualifiedWorkerFound.as_str(),
+            "NO_QUALIFIED_WORKER_FOUND"
+        );
+        assert_eq!(Failure::NoNodeFound.as_str(), "NO_NODE_FOUND");
+    }
+}
