@@ -1,0 +1,416 @@
+//! The agent's control loop: join, heartbeat, observe commands, converge the runtime,
+//! report status changes at once, reconnect with back-off — one task, no threads per
+//! instance. While the cluster is away, instances keep running and changes queue up.
+
+use crate::runtime::Runtime;
+use grove_proto::coap::driver::{self, Handle, Observation, Router};
+use grove_proto::coap::{Code, Config, Endpoint, ExchangeError, LinkParams, Request, SendOptions};
+use grove_proto::msg::{
+    self, GeoPoint, Heartbeat, InstanceRef, InstanceStatus, NetCoord, NodeCommand, NodeCommands,
+    NodeRegistered, RegisterNode,
+};
+use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext, join_context};
+use grove_proto::paths;
+use sha2::{Digest, Sha256};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// What the control loop needs to know.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The cluster's CoAP address.
+    pub cluster: SocketAddr,
+    /// This worker's name.
+    pub name: String,
+    /// A worker join token `idhex.secrethex` (needed only for the first join).
+    pub join_token: Option<String>,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Where the worker is.
+    pub location: Option<GeoPoint>,
+    /// Room for this many instances.
+    pub max_instances: Option<u16>,
+}
+
+/// Why the loop stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No stored credentials and no join token.
+    #[error(
+        "no credentials in {0} and no --join-token: ask the cluster operator for a worker join token"
+    )]
+    NoToken(String),
+    /// A malformed token.
+    #[error("join token must be <id hex>.<secret hex> with an 8-byte id")]
+    BadToken,
+    /// The cluster refused the registration.
+    #[error("the cluster refused the registration: {0}")]
+    Refused(String),
+    /// Local I/O.
+    #[error("{0}")]
+    Io(String),
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect()
+}
+
+fn parse_token(t: &str) -> Result<(Vec<u8>, Vec<u8>), ControlError> {
+    let (id, secret) = t.trim().split_once('.').ok_or(ControlError::BadToken)?;
+    match (unhex(id), unhex(secret)) {
+        (Some(id), Some(secret)) if id.len() == 8 && !secret.is_empty() => Ok((id, secret)),
+        _ => Err(ControlError::BadToken),
+    }
+}
+
+fn meminfo_mib() -> u32 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kib| u32::try_from(kib / 1024).unwrap_or(u32::MAX))
+        .unwrap_or(0)
+}
+
+fn credentials_file(dir: &Path) -> PathBuf {
+    dir.join("node.cbor")
+}
+
+async fn backoff_sleep(attempt: &mut u32) {
+    let ms = 200u64.saturating_mul(1 << (*attempt).min(5)).min(5_000);
+    *attempt += 1;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+async fn join(c: &Handle, s: &Settings) -> Result<NodeRegistered, ControlError> {
+    let token = s
+        .join_token
+        .as_deref()
+        .ok_or_else(|| ControlError::NoToken(s.state_dir.display().to_string()))?;
+    let (id, secret) = parse_token(token)?;
+    let mut attempt_id = [0u8; 8];
+    getrandom::getrandom(&mut attempt_id).map_err(|e| ControlError::Io(e.to_string()))?;
+    let key = c
+        .add_context(SecurityContext::in_memory(&join_context(
+            &id,
+            &secret,
+            &attempt_id,
+            true,
+        )))
+        .await
+        .ok_or_else(|| ControlError::Io("driver stopped".into()))?;
+    let reg = RegisterNode {
+        version: msg::PROTOCOL_VERSION,
+        name: s.name.clone(),
+        arch: std::env::consts::ARCH.into(),
+        cpus: std::thread::available_parallelism()
+            .map(|n| u16::try_from(n.get()).unwrap_or(u16::MAX))
+            .unwrap_or(1),
+        memory_mib: meminfo_mib(),
+        disk_mib: 32_000,
+        virtualizations: vec!["container".into()],
+        location: s.location,
+        max_instances: s.max_instances,
+        underlay: None,
+    };
+    let mut attempt = 0;
+    loop {
+        match c
+            .request(
+                s.cluster,
+                Request::post_cbor(paths::NODES, msg::to_cbor(&reg)),
+                SendOptions::secure(key.clone()),
+            )
+            .await
+        {
+            Ok(r) if r.code.is_success() => {
+                c.remove_context(key);
+                return msg::from_cbor(&r.payload)
+                    .map_err(|e| ControlError::Refused(e.to_string()));
+            }
+            Ok(r) => {
+                return Err(ControlError::Refused(format!(
+                    "{} {}",
+                    r.code,
+                    String::from_utf8_lossy(&r.payload)
+                )));
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "cluster not reachable; retrying the join");
+                backoff_sleep(&mut attempt).await;
+            }
+        }
+    }
+}
+
+fn digest(instances: &[(InstanceRef, msg::InstanceState)]) -> [u8; 8] {
+    let mut keys: Vec<String> = instances
+        .iter()
+        .map(|(i, s)| format!("{}/{}/{}", i.service, i.instance, s.as_str()))
+        .collect();
+    keys.sort();
+    let h = Sha256::digest(keys.join("\n").as_bytes());
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&h[..8]);
+    out
+}
+
+/// Converge the runtime to a full command set; returns nothing (changes come from poll).
+fn converge(rt: &mut dyn Runtime, cmds: &NodeCommands) {
+    let wanted: Vec<&msg::InstanceSpec> = cmds
+        .commands
+        .iter()
+        .filter_map(|c| match c {
+            NodeCommand::Deploy(s) => Some(s),
+            NodeCommand::Undeploy(_) => None,
+        })
+        .collect();
+    for (have, _) in rt.list() {
+        let undeploy = cmds
+            .commands
+            .iter()
+            .any(|c| matches!(c, NodeCommand::Undeploy(r) if *r == have));
+        if undeploy || !wanted.iter().any(|s| s.instance == have) {
+            rt.stop(&have);
+        }
+    }
+    for spec in wanted {
+        rt.deploy(spec);
+    }
+}
+
+/// Run the control loop until `stop` resolves.
+pub async fn run(
+    s: Settings,
+    mut rt: Box<dyn Runtime>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), ControlError> {
+    std::fs::create_dir_all(&s.state_dir)
+        .map_err(|e| ControlError::Io(format!("{}: {e}", s.state_dir.display())))?;
+    let socket = tokio::net::UdpSocket::bind(if s.cluster.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .await
+    .map_err(|e| ControlError::Io(e.to_string()))?;
+    let link = LinkParams {
+        ack_timeout: Duration::from_secs(1),
+        max_retransmit: 4,
+        ..LinkParams::default()
+    };
+    let mut seed = [0u8; 8];
+    let _ = getrandom::getrandom(&mut seed);
+    let cfg = Config {
+        link,
+        seed: u64::from_le_bytes(seed),
+        ..Config::default()
+    };
+    let (c, _task) = driver::spawn(socket, Endpoint::new(cfg), Router::new())
+        .map_err(|e| ControlError::Io(e.to_string()))?;
+
+    // Credentials: stored from an earlier join, or a join with the token now.
+    let file = credentials_file(&s.state_dir);
+    let reg: NodeRegistered = match std::fs::read(&file)
+        .ok()
+        .and_then(|b| msg::from_cbor(&b).ok())
+    {
+        Some(r) => r,
+        None => {
+            let r = join(&c, &s).await?;
+            let tmp = file.with_extension("tmp");
+            std::fs::write(&tmp, msg::to_cbor(&r))
+                .and_then(|()| std::fs::rename(&tmp, &file))
+                .map_err(|e| ControlError::Io(format!("{}: {e}", file.display())))?;
+            r
+        }
+    };
+    let creds = reg
+        .credentials
+        .clone()
+        .ok_or_else(|| ControlError::Refused("no credentials in the answer".into()))?;
+    let ctx = SecurityContext::new(
+        &ContextParams {
+            master_secret: creds.master_secret,
+            master_salt: creds.master_salt,
+            sender_id: creds.sender_id,
+            recipient_id: creds.recipient_id,
+            id_context: None,
+        },
+        Box::new(FileContextStore::new(
+            s.state_dir.join("cluster.oscore-seq"),
+        )),
+    )
+    .map_err(|e| ControlError::Io(e.to_string()))?;
+    let key = c
+        .add_context(ctx)
+        .await
+        .ok_or_else(|| ControlError::Io("driver stopped".into()))?;
+    let node = reg.node;
+    tracing::info!(node = node.0, cluster = %s.cluster, "worker joined");
+
+    let period = Duration::from_millis(u64::from(reg.timing.heartbeat_ms.max(100)));
+    let mut heartbeat = tokio::time::interval(period);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut obs: Option<Observation> = None;
+    let mut reobserve_at = tokio::time::Instant::now();
+    let mut attempt = 0u32;
+    let mut pending: Vec<InstanceStatus> = Vec::new();
+    let mut seq = 0u32;
+    // Exchanges with the cluster run as tasks, so a cluster that is away never holds up
+    // the heartbeat or the runtime: their outcomes come back on these channels.
+    let (obs_tx, mut obs_rx) = mpsc::channel::<Result<Observation, ExchangeError>>(1);
+    let (ack_tx, mut ack_rx) = mpsc::channel::<(usize, bool)>(1);
+    let (mut observing, mut reporting) = (false, false);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = heartbeat.tick() => {
+                seq = seq.wrapping_add(1);
+                let list = rt.list();
+                let u = rt.usage();
+                let running = list.iter().filter(|(_, st)| *st == msg::InstanceState::Running).count();
+                let hb = Heartbeat {
+                    node,
+                    seq,
+                    cpu_centi_pct: u.cpu_centi_pct,
+                    mem_used_mib: u.mem_used_mib,
+                    mem_total_mib: meminfo_mib(),
+                    disk_used_mib: u.disk_used_mib,
+                    disk_total_mib: 32_000,
+                    running: u16::try_from(running).unwrap_or(u16::MAX),
+                    coord: NetCoord([0.0; 3]),
+                    digest: digest(&list),
+                    changes: Vec::new(),
+                };
+                let req = Request::post_cbor(&paths::node_status(node), msg::to_cbor(&hb));
+                let (c2, key2, to) = (c.clone(), key.clone(), s.cluster);
+                tokio::spawn(async move {
+                    let _ = c2.request(to, req, SendOptions { non_confirmable: true, security: Some(key2) }).await;
+                });
+            }
+            _ = tick.tick() => {
+                pending.extend(rt.poll());
+                if obs.is_none() && !observing && tokio::time::Instant::now() >= reobserve_at {
+                    observing = true;
+                    let (c2, key2, to, tx) = (c.clone(), key.clone(), s.cluster, obs_tx.clone());
+                    tokio::spawn(async move {
+                        let r = c2.observe(to, Request::get(&paths::node_commands(node)), SendOptions::secure(key2)).await;
+                        let _ = tx.send(r).await;
+                    });
+                }
+                if !pending.is_empty() && !reporting {
+                    reporting = true;
+                    let hb = Heartbeat {
+                        node, seq, cpu_centi_pct: 0, mem_used_mib: 0, mem_total_mib: 0, disk_used_mib: 0,
+                        disk_total_mib: 0, running: 0, coord: NetCoord([0.0; 3]), digest: [0; 8],
+                        changes: pending.clone(),
+                    };
+                    let n = pending.len();
+                    let req = Request::post_cbor(&paths::node_status(node), msg::to_cbor(&hb));
+                    let (c2, key2, to, tx) = (c.clone(), key.clone(), s.cluster, ack_tx.clone());
+                    tokio::spawn(async move {
+                        let ok = matches!(c2.request(to, req, SendOptions::secure(key2)).await, Ok(r) if r.code.is_success());
+                        let _ = tx.send((n, ok)).await;
+                    });
+                }
+            }
+            Some((n, ok)) = ack_rx.recv() => {
+                reporting = false;
+                if ok {
+                    pending.drain(..n.min(pending.len()));
+                }
+            }
+            Some(r) = obs_rx.recv() => {
+                observing = false;
+                match r {
+                    Ok(o) if o.first.code == Code::CONTENT => {
+                        attempt = 0;
+                        if let Ok(cmds) = msg::from_cbor::<NodeCommands>(&o.first.payload) {
+                            converge(rt.as_mut(), &cmds);
+                        }
+                        obs = Some(o);
+                    }
+                    Ok(o) => {
+                        tracing::warn!(code = %o.first.code, "the cluster refused the observation");
+                        reobserve_at = tokio::time::Instant::now() + Duration::from_secs(5);
+                    }
+                    Err(e) => {
+                        tracing::info!(error = %e, "cluster away; instances keep running");
+                        let ms = 200u64.saturating_mul(1 << attempt.min(5)).min(5_000);
+                        attempt += 1;
+                        reobserve_at = tokio::time::Instant::now() + Duration::from_millis(ms);
+                    }
+                }
+            }
+            n = async { match obs.as_mut() { Some(o) => o.notifications.recv().await, None => std::future::pending().await } } => {
+                match n {
+                    Some(n) => {
+                        if let Ok(cmds) = msg::from_cbor::<NodeCommands>(&n.payload) {
+                            converge(rt.as_mut(), &cmds);
+                        }
+                    }
+                    None => {
+                        obs = None;
+                        reobserve_at = tokio::time::Instant::now();
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_checked_for_shape() {
+        assert!(parse_token("0011223344556677.abcd").is_ok());
+        assert!(matches!(
+            parse_token("0011.abcd"),
+            Err(ControlError::BadToken)
+        ));
+        assert!(matches!(
+            parse_token("nonsense"),
+            Err(ControlError::BadToken)
+        ));
+        assert!(matches!(
+            parse_token("0011223344556677.xyz"),
+            Err(ControlError::BadToken)
+        ));
+    }
+
+    #[test]
+    fn the_instance_digest_ignores_order() {
+        let a = (
+            InstanceRef {
+                service: "s".into(),
+                instance: 0,
+            },
+            msg::InstanceState::Running,
+        );
+        let b = (
+            InstanceRef {
+                service: "s".into(),
+                instance: 1,
+            },
+            msg::InstanceState::Running,
+        );
+        assert_eq!(digest(&[a.clone(), b.clone()]), digest(&[b, a.clone()]));
+        assert_ne!(digest(std::slice::from_ref(&a)), digest(&[]));
+    }
+}
