@@ -1,11 +1,12 @@
 //! `grove-cluster`: the cluster orchestrator (node registry, cluster scheduler, failure
 //! detection, root link).
 //!
-//! Built so far: the command line and the cluster scheduler ([`scheduler`]); the
-//! registry, links and storage are still to come, so the binary says so and exits
-//! non-zero.
+//! The node link and registry, placement, loss handling and the root link live in
+//! [`daemon`]; the scheduler in [`scheduler`]; SQLite in [`store`].
 
+pub mod daemon;
 pub mod scheduler;
+pub mod store;
 
 use clap::Parser;
 
@@ -13,31 +14,122 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "grove-cluster", version, about = "Grove cluster orchestrator")]
 pub struct Args {
-    /// The root's CoAP address, HOST[:PORT].
+    /// Something other than running the cluster.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Configuration file (TOML).
+    #[arg(long, env = "GROVE_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// The root's CoAP address, HOST[:PORT] (port 10000 by default).
     #[arg(long, env = "GROVE_ROOT")]
-    pub root: String,
+    pub root: Option<String>,
     /// This cluster's name.
     #[arg(long, env = "GROVE_NAME")]
-    pub name: String,
+    pub name: Option<String>,
     /// Location, LAT,LON.
     #[arg(long, env = "GROVE_LOCATION")]
     pub location: Option<String>,
     /// State directory.
     #[arg(long, env = "GROVE_DATA_DIR", default_value = "/var/lib/grove-cluster")]
     pub data_dir: std::path::PathBuf,
-    /// CoAP address.
+    /// CoAP address for workers.
     #[arg(long, env = "GROVE_COAP", default_value = "0.0.0.0:10100")]
     pub coap: std::net::SocketAddr,
-    /// Join token issued by the root.
+    /// Join token issued by the root (first start only).
     #[arg(long, env = "GROVE_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
 }
 
-/// Run the cluster; not implemented yet.
-pub fn run(_args: Args) -> Result<(), String> {
-    Err(
-        "grove-cluster is not implemented yet: this build has only the tier protocol \
-         (use `grove up` to see it work)"
-            .into(),
-    )
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print a worker join token for `grove-agent --join-token`.
+    Token {
+        /// Seconds it stays valid.
+        #[arg(long, default_value_t = 3600)]
+        expires_in_secs: i64,
+        /// Let several workers join with it (default: single use).
+        #[arg(long)]
+        reusable: bool,
+    },
+}
+
+fn parse_location(s: &str) -> Result<grove_proto::msg::GeoPoint, String> {
+    let (a, b) = s
+        .split_once(',')
+        .ok_or_else(|| format!("--location {s}: expected LAT,LON"))?;
+    match (a.trim().parse::<f32>(), b.trim().parse::<f32>()) {
+        (Ok(lat), Ok(lon)) if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon) => {
+            Ok(grove_proto::msg::GeoPoint { lat, lon })
+        }
+        _ => Err(format!(
+            "--location {s}: latitude -90..90, longitude -180..180"
+        )),
+    }
+}
+
+/// Run the cluster (or a subcommand).
+pub fn run(args: Args) -> Result<(), String> {
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| format!("{}: {e}", args.data_dir.display()))?;
+    let db = args.data_dir.join("cluster.db");
+    let mut store = store::Store::open(&db).map_err(|e| format!("{}: {e}", db.display()))?;
+    if let Some(Command::Token {
+        expires_in_secs,
+        reusable,
+    }) = args.command
+    {
+        if expires_in_secs <= 0 {
+            return Err("--expires-in-secs must be positive".into());
+        }
+        println!(
+            "{}",
+            daemon::make_worker_token(&mut store, expires_in_secs, !reusable)?
+        );
+        return Ok(());
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .try_init();
+    let root = args
+        .root
+        .as_deref()
+        .ok_or("--root HOST[:PORT] is required")?;
+    let name = args.name.clone().ok_or("--name is required")?;
+    let root = {
+        use std::net::ToSocketAddrs;
+        let with_port = if root.contains(':') {
+            root.to_owned()
+        } else {
+            format!("{root}:10000")
+        };
+        with_port
+            .to_socket_addrs()
+            .map_err(|e| format!("--root {root}: {e}"))?
+            .next()
+            .ok_or(format!("--root {root}: no address"))?
+    };
+    let location = args.location.as_deref().map(parse_location).transpose()?;
+    let settings = daemon::Settings {
+        root,
+        name,
+        location,
+        data_dir: args.data_dir.clone(),
+        join_token: args.join_token.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let socket = tokio::net::UdpSocket::bind(args.coap)
+            .await
+            .map_err(|e| format!("cannot listen on udp {}: {e}", args.coap))?;
+        daemon::start(settings, store, socket).await?;
+        let _ = tokio::signal::ctrl_c().await;
+        Ok(())
+    })
 }

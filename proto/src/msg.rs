@@ -533,6 +533,25 @@ pub struct ServiceEntry {
     pub instances: Vec<InstanceEndpoint>,
 }
 
+/// A generation number for full-state command sets: milliseconds since the epoch (so
+/// it also grows across restarts), strictly increasing within a process.
+pub fn next_generation() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
 /// The diagnostic body of an error response (4.xx/5.xx), also readable as text by
 /// tools that do not speak CBOR: it is sent as a plain UTF-8 payload.
 pub fn diagnostic(text: &str) -> Vec<u8> {

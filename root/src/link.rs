@@ -195,27 +195,7 @@ pub fn commands_for(st: &AppState, cluster: u32, generation: u64) -> ClusterComm
 }
 
 fn generation() -> u64 {
-    // Milliseconds since the epoch, so generations also increase across root restarts;
-    // strictly increasing within one root even when two sets are built in the same
-    // millisecond.
-    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
-    let mut last = LAST.load(std::sync::atomic::Ordering::Relaxed);
-    loop {
-        let next = now.max(last + 1);
-        match LAST.compare_exchange(
-            last,
-            next,
-            std::sync::atomic::Ordering::Relaxed,
-            std::sync::atomic::Ordering::Relaxed,
-        ) {
-            Ok(_) => return next,
-            Err(seen) => last = seen,
-        }
-    }
+    msg::next_generation()
 }
 
 async fn register(

@@ -1,0 +1,176 @@
+//! Root and cluster (in this process) with real `grove-agent --runtime sim` processes:
+//! an API deploy runs on a worker; SIGKILL that worker and the instance runs on the
+//! other one within 8 s.
+
+use clap::Parser;
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn http(base: &str, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Value {
+    let mut req = ureq::request(method, &format!("{base}{path}")).timeout(Duration::from_secs(20));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let r = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    }
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    r.into_json().unwrap()
+}
+
+fn agent(cluster: std::net::SocketAddr, token: &str, name: &str, dir: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_grove-agent"))
+        .args([
+            "--runtime",
+            "sim",
+            "--cluster",
+            &cluster.to_string(),
+            "--name",
+            name,
+            "--join-token",
+            token,
+            "--state-dir",
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn holds(dir: &std::path::Path, service: &str) -> bool {
+    std::fs::read(dir.join("sim-instances.cbor"))
+        .map(|b| b.windows(service.len()).any(|w| w == service.as_bytes()))
+        .unwrap_or(false)
+}
+
+fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_api_deploy_runs_on_a_worker_and_moves_when_the_worker_is_killed() {
+    let dir = std::env::temp_dir().join(format!("grove-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let root_args = grove_root::Args::parse_from([
+        "grove-root",
+        "--data-dir",
+        dir.join("root").to_str().unwrap(),
+        "--admin-password",
+        "Admin",
+        "--http",
+        "127.0.0.1:0",
+        "--coap",
+        "127.0.0.1:0",
+    ]);
+    let root = rt.block_on(grove_root::start(&root_args)).unwrap();
+    let base = format!("http://{}", root.http);
+    let t = http(
+        &base,
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(json!({"username": "Admin", "password": "Admin"})),
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ctoken = http(
+        &base,
+        "POST",
+        "/api/clusters/token",
+        Some(&t),
+        Some(json!({})),
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The cluster, in this process.
+    let cdir = dir.join("cluster");
+    std::fs::create_dir_all(&cdir).unwrap();
+    let mut store = grove_cluster::store::Store::open(&cdir.join("cluster.db")).unwrap();
+    let wtoken = grove_cluster::daemon::make_worker_token(&mut store, 600, false).unwrap();
+    let socket = rt
+        .block_on(tokio::net::UdpSocket::bind("127.0.0.1:0"))
+        .unwrap();
+    let caddr = socket.local_addr().unwrap();
+    let settings = grove_cluster::daemon::Settings {
+        root: root.coap,
+        name: "edge".into(),
+        location: None,
+        data_dir: cdir.clone(),
+        join_token: Some(ctoken),
+    };
+    rt.block_on(grove_cluster::daemon::start(settings, store, socket))
+        .unwrap();
+
+    let (d1, d2) = (dir.join("w1"), dir.join("w2"));
+    let mut a1 = agent(caddr, &wtoken, "w1", &d1);
+    let mut a2 = agent(caddr, &wtoken, "w2", &d2);
+    wait_until(20, "the cluster reporting two workers", || {
+        let active = http(&base, "GET", "/api/clusters/active", Some(&t), None);
+        active[0]["aggregation_per_architecture"][0]["active_nodes"].as_u64() == Some(2)
+    });
+
+    let apps = http(
+        &base,
+        "POST",
+        "/api/application/",
+        Some(&t),
+        Some(serde_json::from_str(include_str!("../../root/tests/seed_sla.json")).unwrap()),
+    );
+    let sid = apps[0]["microservices"][1].as_str().unwrap().to_owned();
+    let inst = http(
+        &base,
+        "POST",
+        &format!("/api/service/{sid}/instance"),
+        Some(&t),
+        None,
+    );
+    assert_eq!(inst["status"], "CLUSTER_SCHEDULED", "{inst}");
+    let running = |base: &str| {
+        let svc = http(base, "GET", &format!("/api/service/{sid}"), Some(&t), None);
+        let i = &svc["instance_list"][0];
+        (i["status"].as_str() == Some("RUNNING"))
+            .then(|| i["worker_id"].as_str().unwrap_or_default().to_owned())
+    };
+    let mut first = None;
+    wait_until(20, "the instance RUNNING", || {
+        first = running(&base);
+        first.is_some()
+    });
+    let first = first.unwrap();
+    let (victim, survivor_dir) = if holds(&d1, &sid) {
+        (&mut a1, &d2)
+    } else {
+        (&mut a2, &d1)
+    };
+
+    let killed = Instant::now();
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    wait_until(30, "the instance RUNNING on the other worker", || {
+        running(&base).is_some_and(|w| w != first) && holds(survivor_dir, &sid)
+    });
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(8), "moved after {took:?}");
+    eprintln!("instance RUNNING on the other worker {took:?} after the SIGKILL");
+    let _ = a1.kill();
+    let _ = a2.kill();
+    let _ = a1.wait();
+    let _ = a2.wait();
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,782 @@
+//! The running cluster: the node link (agents join, heartbeat, observe their full-state
+//! commands), the root link (join, observe the cluster's commands, report), placement
+//! with the cluster scheduler, and the loss watcher.
+
+use crate::scheduler::{self, Demand, NodeView, Resources};
+use crate::store::{InstanceRow, NewNode, Store, now_secs};
+use grove_proto::coap::driver::{self, Handle, Incoming, Observation, Router};
+use grove_proto::coap::{
+    Code, Config, Endpoint, LinkParams, Method, Request, Response, SendOptions,
+};
+use grove_proto::msg::{
+    self, Capacity, ClusterCommands, ClusterId, ClusterRegistered, ClusterReport, GeoPoint,
+    Heartbeat, InstanceRef, InstanceSpec, InstanceState, InstanceStatus, NodeCommand, NodeCommands,
+    NodeId, NodeRegistered, RegisterCluster, RegisterNode,
+};
+use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext, join_context};
+use grove_proto::paths;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Heartbeat period handed to workers.
+pub const HEARTBEAT_MS: u32 = 2000;
+/// Missed heartbeats before a worker is lost.
+pub const MISSED: u32 = 3;
+/// Report period to the root.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The root's CoAP address.
+    pub root: SocketAddr,
+    /// Cluster name.
+    pub name: String,
+    /// Location.
+    pub location: Option<GeoPoint>,
+    /// State directory.
+    pub data_dir: PathBuf,
+    /// A cluster join token from the root (first start only).
+    pub join_token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Live {
+    last_seen: Instant,
+    lost: bool,
+}
+
+/// The cluster's state shared by its tasks.
+#[derive(Debug)]
+pub struct Cluster {
+    store: Mutex<Store>,
+    coap: OnceLock<Handle>,
+    live: Mutex<HashMap<u32, Live>>,
+    to_root: mpsc::UnboundedSender<InstanceStatus>,
+    block: Mutex<(u32, [u8; 16])>,
+    dir: PathBuf,
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    let _ = getrandom::getrandom(&mut b);
+    b
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect()
+}
+
+/// Parse `idhex.secrethex`.
+pub fn parse_token(t: &str) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (id, secret) = t.trim().split_once('.')?;
+    let (id, secret) = (unhex(id)?, unhex(secret)?);
+    (id.len() == 8 && !secret.is_empty()).then_some((id, secret))
+}
+
+/// Make a worker join token valid for `ttl_secs` and store it; returns `idhex.secrethex`.
+pub fn make_worker_token(
+    store: &mut Store,
+    ttl_secs: i64,
+    single_use: bool,
+) -> Result<String, String> {
+    let (id, secret) = (random::<8>(), random::<16>());
+    store
+        .create_worker_token(&hex(&id), &secret, now_secs() + ttl_secs, single_use)
+        .map_err(|e| e.to_string())?;
+    Ok(format!("{}.{}", hex(&id), hex(&secret)))
+}
+
+fn node_context(
+    dir: &std::path::Path,
+    id: u32,
+    secret: &[u8],
+    salt: &[u8],
+) -> Result<SecurityContext, String> {
+    let params = ContextParams {
+        master_secret: secret.to_vec(),
+        master_salt: salt.to_vec(),
+        sender_id: Vec::new(),
+        recipient_id: id.to_be_bytes().to_vec(),
+        id_context: None,
+    };
+    SecurityContext::new(
+        &params,
+        Box::new(FileContextStore::new(
+            dir.join("oscore").join(format!("node-{id}.seq")),
+        )),
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn node_of(inc: &Incoming) -> Result<u32, Response> {
+    let id: u32 = inc
+        .param("id")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Response::error(Code::NOT_FOUND, "no such node"))?;
+    match &inc.security {
+        Some(k) if k.id_context.is_none() && k.recipient_id == id.to_be_bytes() => Ok(id),
+        _ => Err(Response::error(
+            Code::FORBIDDEN,
+            "not this node's credentials",
+        )),
+    }
+}
+
+fn spec_of(i: &InstanceRow) -> Option<InstanceSpec> {
+    msg::from_cbor(&i.spec).ok()
+}
+
+const ENDED: [&str; 4] = ["FAILED", "DEAD", "COMPLETED", "UNDEPLOYED"];
+
+impl Cluster {
+    fn db(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live(&self) -> MutexGuard<'_, HashMap<u32, Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The full set of instances a worker should run.
+    pub fn commands_for(&self, node: u32) -> NodeCommands {
+        let commands = self
+            .db()
+            .instances()
+            .unwrap_or_default()
+            .iter()
+            .filter(|i| i.node == Some(node) && !ENDED.contains(&i.status.as_str()))
+            .filter_map(spec_of)
+            .map(NodeCommand::Deploy)
+            .collect();
+        NodeCommands {
+            generation: generation(),
+            commands,
+        }
+    }
+
+    async fn push_node(&self, node: u32) {
+        if let Some(h) = self.coap.get() {
+            let body = msg::to_cbor(&self.commands_for(node));
+            h.notify(&paths::node_commands(NodeId(node)), Response::cbor(body))
+                .await;
+        }
+    }
+
+    fn views(&self, exclude: Option<u32>) -> Vec<NodeView> {
+        let nodes = self.db().nodes().unwrap_or_default();
+        let instances = self.db().instances().unwrap_or_default();
+        let live = self.live().clone();
+        nodes
+            .iter()
+            .map(|n| {
+                let mut reserved = Resources::default();
+                for i in instances
+                    .iter()
+                    .filter(|i| i.node == Some(n.id) && !ENDED.contains(&i.status.as_str()))
+                {
+                    if let Some(s) = spec_of(i) {
+                        reserved.millicpus += s.millicpus;
+                        reserved.memory_mib += s.memory_mib;
+                    }
+                }
+                NodeView {
+                    id: NodeId(n.id),
+                    name: n.name.clone(),
+                    active: Some(n.id) != exclude && live.get(&n.id).is_some_and(|l| !l.lost),
+                    arch: n.arch.clone(),
+                    virtualizations: n.virtualizations.clone(),
+                    location: n.location.map(|(a, b)| GeoPoint {
+                        lat: degrees(a),
+                        lon: degrees(b),
+                    }),
+                    coord: None,
+                    capacity: Resources {
+                        millicpus: n.cpus * 1000,
+                        memory_mib: n.memory_mib,
+                        vgpus: 0,
+                    },
+                    reserved,
+                    same_service: 0,
+                }
+            })
+            .collect()
+    }
+
+    /// Place every instance without a (live) worker; returns the workers to notify.
+    fn place_pending(&self) -> HashSet<u32> {
+        let mut touched = HashSet::new();
+        let instances = self.db().instances().unwrap_or_default();
+        for i in instances
+            .iter()
+            .filter(|i| i.node.is_none() && !ENDED.contains(&i.status.as_str()))
+        {
+            let Some(spec) = spec_of(i) else { continue };
+            let mut views = self.views(None);
+            let same: Vec<u32> = instances
+                .iter()
+                .filter(|x| x.service == i.service && x.node.is_some())
+                .filter_map(|x| x.node)
+                .collect();
+            for v in &mut views {
+                v.same_service = u32::try_from(same.iter().filter(|n| **n == v.id.0).count())
+                    .unwrap_or(u32::MAX);
+            }
+            let demand = Demand {
+                resources: Resources {
+                    millicpus: spec.millicpus,
+                    memory_mib: spec.memory_mib,
+                    vgpus: 0,
+                },
+                virtualization: "container".into(),
+                arch: vec![],
+                constraints: vec![],
+            };
+            let (node, state, reason) = match scheduler::schedule(&views, &demand) {
+                Ok(n) => (Some(n.0), InstanceState::NodeScheduled, None),
+                Err(f) => (None, InstanceState::Failed, Some(f.as_str().to_owned())),
+            };
+            if self
+                .db()
+                .place(
+                    &i.service,
+                    i.number,
+                    node,
+                    state.as_str(),
+                    reason.as_deref(),
+                )
+                .is_ok()
+            {
+                touched.extend(node);
+                let _ = self.to_root.send(InstanceStatus {
+                    instance: InstanceRef {
+                        service: i.service.clone(),
+                        instance: i.number,
+                    },
+                    state,
+                    detail: reason,
+                    ip: spec.ip,
+                    worker: node.map(|n| format!("node-{n}")),
+                });
+            }
+        }
+        touched
+    }
+
+    /// Apply the root's full command set.
+    pub async fn apply_root(&self, cmds: &ClusterCommands) {
+        let mut touched = HashSet::new();
+        let wanted: BTreeMap<(String, u32), &InstanceSpec> = cmds
+            .commands
+            .iter()
+            .filter_map(|c| match c {
+                NodeCommand::Deploy(s) => {
+                    Some(((s.instance.service.clone(), s.instance.instance), s))
+                }
+                NodeCommand::Undeploy(_) => None,
+            })
+            .collect();
+        let have = self.db().instances().unwrap_or_default();
+        for i in &have {
+            if !wanted.contains_key(&(i.service.clone(), i.number)) {
+                if let Ok(Some(n)) = self.db().remove_instance(&i.service, i.number) {
+                    touched.insert(n);
+                }
+            }
+        }
+        for ((service, number), spec) in &wanted {
+            let changed = self
+                .db()
+                .upsert_instance(service, *number, &msg::to_cbor(*spec))
+                .unwrap_or(false);
+            if changed {
+                if let Some(n) = have
+                    .iter()
+                    .find(|i| i.service == *service && i.number == *number)
+                    .and_then(|i| i.node)
+                {
+                    touched.insert(n);
+                }
+            }
+        }
+        touched.extend(self.place_pending());
+        for n in touched {
+            self.push_node(n).await;
+        }
+    }
+
+    /// Move the instances of workers silent for too long; returns workers to notify.
+    fn handle_losses(&self) -> HashSet<u32> {
+        let limit = Duration::from_millis(u64::from(HEARTBEAT_MS * MISSED));
+        let lost: Vec<u32> = {
+            let mut live = self.live();
+            let mut out = Vec::new();
+            for (id, l) in live.iter_mut() {
+                if !l.lost && l.last_seen.elapsed() > limit {
+                    l.lost = true;
+                    out.push(*id);
+                }
+            }
+            out
+        };
+        let mut touched = HashSet::new();
+        for id in lost {
+            tracing::warn!(node = id, "worker lost: moving its instances");
+            // Collect first: a guard in the loop head would live through the body.
+            let placed: Vec<InstanceRow> = self
+                .db()
+                .instances()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|i| i.node == Some(id) && !ENDED.contains(&i.status.as_str()))
+                .collect();
+            for i in &placed {
+                let _ = self
+                    .db()
+                    .place(&i.service, i.number, None, "CLUSTER_SCHEDULED", None);
+            }
+            touched.insert(id);
+            touched.extend(self.place_pending());
+        }
+        touched
+    }
+
+    fn capacity(&self) -> Vec<Capacity> {
+        let mut classes: BTreeMap<(String, String), Capacity> = BTreeMap::new();
+        for v in self.views(None).iter().filter(|v| v.active) {
+            let free_cpu = v.capacity.millicpus.saturating_sub(v.reserved.millicpus);
+            let free_mem = v.capacity.memory_mib.saturating_sub(v.reserved.memory_mib);
+            for virt in &v.virtualizations {
+                let c = classes
+                    .entry((v.arch.clone(), virt.clone()))
+                    .or_insert_with(|| Capacity {
+                        arch: v.arch.clone(),
+                        virtualization: virt.clone(),
+                        nodes: 0,
+                        free_millicpus: 0,
+                        free_memory_mib: 0,
+                        max_free_millicpus: 0,
+                        max_free_memory_mib: 0,
+                        free_vgpus: None,
+                        max_free_vgpus: None,
+                    });
+                c.nodes += 1;
+                c.free_millicpus += u64::from(free_cpu);
+                c.free_memory_mib += u64::from(free_mem);
+                c.max_free_millicpus = c.max_free_millicpus.max(free_cpu);
+                c.max_free_memory_mib = c.max_free_memory_mib.max(free_mem);
+            }
+        }
+        classes.into_values().collect()
+    }
+}
+
+fn degrees(x: f64) -> f32 {
+    #[allow(clippy::cast_possible_truncation)]
+    let y = x as f32;
+    y
+}
+
+fn generation() -> u64 {
+    msg::next_generation()
+}
+
+async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {
+    let Some(ctx_id) = inc.security.as_ref().and_then(|k| k.id_context.clone()) else {
+        return Response::error(Code::FORBIDDEN, "registration needs a worker join token");
+    };
+    let reg: RegisterNode = match msg::from_cbor(&inc.request.payload) {
+        Ok(r) => r,
+        Err(e) => return Response::error(Code::BAD_REQUEST, &e.to_string()),
+    };
+    if let Err(diag) = msg::check_version(reg.version) {
+        return Response::error(Code::NOT_ACCEPTABLE, &diag);
+    }
+    let token = hex(&ctx_id[..8.min(ctx_id.len())]);
+    if !cl
+        .db()
+        .use_worker_token(&token, now_secs())
+        .unwrap_or(false)
+    {
+        return Response::error(
+            Code::FORBIDDEN,
+            "worker join token expired, used or revoked",
+        );
+    }
+    let (secret, salt) = (random::<32>(), random::<8>());
+    let node = NewNode {
+        name: &reg.name,
+        arch: &reg.arch,
+        cpus: u32::from(reg.cpus),
+        memory_mib: reg.memory_mib,
+        virtualizations: &reg.virtualizations,
+        location: reg.location.map(|g| (f64::from(g.lat), f64::from(g.lon))),
+        secret: &secret,
+        salt: &salt,
+    };
+    // 256 /26s in the cluster's /18.
+    let row = match cl.db().register_node(&node, 256) {
+        Ok(r) => r,
+        Err(e) => return Response::error(Code::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    let _ = std::fs::remove_file(cl.dir.join("oscore").join(format!("node-{}.seq", row.id)));
+    match node_context(&cl.dir, row.id, &secret, &salt) {
+        Ok(ctx) => {
+            if let Some(h) = cl.coap.get() {
+                h.add_context(ctx).await;
+            }
+        }
+        Err(e) => return Response::error(Code::INTERNAL_SERVER_ERROR, &e),
+    }
+    cl.live().insert(
+        row.id,
+        Live {
+            last_seen: Instant::now(),
+            lost: false,
+        },
+    );
+    let (v4, v6) = *cl.block.lock().unwrap_or_else(|p| p.into_inner());
+    let mut v6_subnet = v6;
+    v6_subnet[14] = u8::try_from(row.subnet).unwrap_or(u8::MAX);
+    let answer = NodeRegistered {
+        version: msg::PROTOCOL_VERSION,
+        node: NodeId(row.id),
+        subnet_v4: msg::Ipv4Prefix {
+            addr: v4 + row.subnet * 64,
+            len: 26,
+        },
+        subnet_v6: msg::Ipv6Prefix {
+            addr: v6_subnet,
+            len: 120,
+        },
+        timing: msg::Timing {
+            heartbeat_ms: HEARTBEAT_MS,
+            missed_before_lost: u8::try_from(MISSED).unwrap_or(3),
+        },
+        credentials: Some(msg::Credentials {
+            master_secret: secret.to_vec(),
+            master_salt: salt.to_vec(),
+            sender_id: row.id.to_be_bytes().to_vec(),
+            recipient_id: Vec::new(),
+        }),
+    };
+    Response {
+        code: Code::CREATED,
+        ..Response::cbor(msg::to_cbor(&answer))
+    }
+}
+
+async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
+    let id = match node_of(&inc) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let hb: Heartbeat = match msg::from_cbor(&inc.request.payload) {
+        Ok(h) => h,
+        Err(e) => return Response::error(Code::BAD_REQUEST, &e.to_string()),
+    };
+    let came_back = {
+        let mut live = cl.live();
+        let l = live.entry(id).or_insert(Live {
+            last_seen: Instant::now(),
+            lost: false,
+        });
+        let was_lost = l.lost;
+        l.last_seen = Instant::now();
+        l.lost = false;
+        was_lost
+    };
+    for c in &hb.changes {
+        let ok = cl
+            .db()
+            .report_status(
+                &c.instance.service,
+                c.instance.instance,
+                id,
+                c.state.as_str(),
+                c.detail.as_deref(),
+            )
+            .unwrap_or(false);
+        if ok {
+            let mut up = c.clone();
+            up.worker = Some(format!("node-{id}"));
+            let _ = cl.to_root.send(up);
+        }
+    }
+    if came_back {
+        // Tell it what it should run now (what was moved away is no longer there).
+        cl.push_node(id).await;
+    }
+    Response::new(Code::CHANGED)
+}
+
+/// Start the node link on `socket` and the root link; runs until the runtime stops.
+pub async fn start(
+    s: Settings,
+    store: Store,
+    socket: tokio::net::UdpSocket,
+) -> Result<Arc<Cluster>, String> {
+    std::fs::create_dir_all(s.data_dir.join("oscore")).map_err(|e| e.to_string())?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cl = Arc::new(Cluster {
+        store: Mutex::new(store),
+        coap: OnceLock::new(),
+        live: Mutex::new(HashMap::new()),
+        to_root: tx,
+        block: Mutex::new((
+            0x0A12_0000,
+            [0xfc, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        )),
+        dir: s.data_dir.clone(),
+    });
+    let (c1, c2, c3) = (cl.clone(), cl.clone(), cl.clone());
+    let router = Router::new()
+        .route(Method::Post, paths::NODES, move |inc| {
+            register_node(c1.clone(), inc)
+        })
+        .route(Method::Post, "/v1/nodes/{id}/status", move |inc| {
+            node_status(c2.clone(), inc)
+        })
+        .observable("/v1/nodes/{id}/commands", move |inc| {
+            let cl = c3.clone();
+            async move {
+                match node_of(&inc) {
+                    Ok(id) => Response::cbor(msg::to_cbor(&cl.commands_for(id))),
+                    Err(r) => r,
+                }
+            }
+        });
+    let cfg = Config {
+        seed: u64::from_le_bytes(random::<8>()),
+        ..Config::default()
+    };
+    let (coap, _) = driver::spawn(socket, Endpoint::new(cfg), router).map_err(|e| e.to_string())?;
+    let _ = cl.coap.set(coap.clone());
+    // Workers registered before a restart get a grace period of one loss timeout.
+    let known = cl.db().nodes().unwrap_or_default();
+    for n in known {
+        cl.live().insert(
+            n.id,
+            Live {
+                last_seen: Instant::now(),
+                lost: false,
+            },
+        );
+        match node_context(&cl.dir, n.id, &n.secret, &n.salt) {
+            Ok(ctx) => {
+                coap.add_context(ctx).await;
+            }
+            Err(e) => tracing::error!(node = n.id, error = %e, "cannot load a worker's context"),
+        }
+    }
+    // Worker join tokens made by `grove-cluster token` (also while running).
+    let ct = cl.clone();
+    tokio::spawn(async move {
+        let mut known = HashSet::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let tokens = ct.db().live_worker_tokens(now_secs()).unwrap_or_default();
+            for (id, secret) in tokens {
+                if known.insert(id.clone()) {
+                    if let (Some(raw), Some(h)) = (unhex(&id), ct.coap.get()) {
+                        h.add_join_token(raw, secret);
+                    }
+                }
+            }
+        }
+    });
+    // Loss watcher.
+    let cw = cl.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            for n in cw.handle_losses() {
+                cw.push_node(n).await;
+            }
+        }
+    });
+    // Root link: join (or resume), observe commands, report.
+    let root_coap = {
+        let sock = tokio::net::UdpSocket::bind(if s.root.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let link = LinkParams {
+            ack_timeout: Duration::from_secs(1),
+            max_retransmit: 4,
+            ..LinkParams::default()
+        };
+        let cfg = Config {
+            link,
+            seed: u64::from_le_bytes(random::<8>()),
+            ..Config::default()
+        };
+        driver::spawn(sock, Endpoint::new(cfg), Router::new())
+            .map_err(|e| e.to_string())?
+            .0
+    };
+    let (cluster_id, key) = root_join(&cl, &s, &root_coap).await?;
+    let cr = cl.clone();
+    let (rc, rk, root) = (root_coap.clone(), key.clone(), s.root);
+    tokio::spawn(async move {
+        let mut obs: Option<Observation> = None;
+        let mut report = tokio::time::interval(REPORT_EVERY);
+        let mut pending: Vec<InstanceStatus> = Vec::new();
+        let mut seq = 0u32;
+        let mut retry = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = retry.tick() => {
+                    if obs.is_none() {
+                        match rc.observe(root, Request::get(&paths::cluster_commands(ClusterId(cluster_id))), SendOptions::secure(rk.clone())).await {
+                            Ok(o) if o.first.code == Code::CONTENT => {
+                                if let Ok(cmds) = msg::from_cbor::<ClusterCommands>(&o.first.payload) {
+                                    cr.apply_root(&cmds).await;
+                                }
+                                obs = Some(o);
+                            }
+                            _ => {}
+                        }
+                    }
+                    if !pending.is_empty() {
+                        seq = seq.wrapping_add(1);
+                        let rep = ClusterReport { cluster: ClusterId(cluster_id), seq, capacity: vec![], changes: pending.clone() };
+                        let req = Request::post_cbor(&paths::cluster_status(ClusterId(cluster_id)), msg::to_cbor(&rep));
+                        if matches!(rc.request(root, req, SendOptions::secure(rk.clone())).await, Ok(r) if r.code.is_success()) {
+                            pending.clear();
+                        }
+                    }
+                }
+                _ = report.tick() => {
+                    seq = seq.wrapping_add(1);
+                    let rep = ClusterReport { cluster: ClusterId(cluster_id), seq, capacity: cr.capacity(), changes: vec![] };
+                    let req = Request::post_cbor(&paths::cluster_status(ClusterId(cluster_id)), msg::to_cbor(&rep));
+                    let (rc2, rk2) = (rc.clone(), rk.clone());
+                    tokio::spawn(async move {
+                        let _ = rc2.request(root, req, SendOptions { non_confirmable: true, security: Some(rk2) }).await;
+                    });
+                }
+                Some(change) = rx.recv() => {
+                    pending.push(change);
+                    retry.reset_immediately();
+                }
+                n = async { match obs.as_mut() { Some(o) => o.notifications.recv().await, None => std::future::pending().await } } => {
+                    match n {
+                        Some(n) => {
+                            if let Ok(cmds) = msg::from_cbor::<ClusterCommands>(&n.payload) {
+                                cr.apply_root(&cmds).await;
+                            }
+                        }
+                        None => obs = None,
+                    }
+                }
+            }
+        }
+    });
+    Ok(cl)
+}
+
+async fn root_join(
+    cl: &Arc<Cluster>,
+    s: &Settings,
+    c: &Handle,
+) -> Result<(u32, grove_proto::coap::ContextKey), String> {
+    let stored = cl.db().root_value("registered").ok().flatten();
+    let reg: ClusterRegistered = match stored.and_then(|b| msg::from_cbor(&b).ok()) {
+        Some(r) => r,
+        None => {
+            let token = s.join_token.as_deref().ok_or("no root credentials yet and no --join-token: create one with POST /api/clusters/token")?;
+            let (id, secret) =
+                parse_token(token).ok_or("--join-token must be <id hex>.<secret hex>")?;
+            let jk = c
+                .add_context(SecurityContext::in_memory(&join_context(
+                    &id,
+                    &secret,
+                    &random::<8>(),
+                    true,
+                )))
+                .await
+                .ok_or("driver stopped")?;
+            let body = msg::to_cbor(&RegisterCluster {
+                version: msg::PROTOCOL_VERSION,
+                name: s.name.clone(),
+                location: s.location,
+            });
+            let mut attempt = 0u32;
+            let r = loop {
+                match c
+                    .request(
+                        s.root,
+                        Request::post_cbor(paths::CLUSTERS, body.clone()),
+                        SendOptions::secure(jk.clone()),
+                    )
+                    .await
+                {
+                    Ok(r) => break r,
+                    Err(e) => {
+                        tracing::info!(error = %e, "root not reachable; retrying the join");
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25))))
+                            .await;
+                    }
+                }
+            };
+            if !r.code.is_success() {
+                return Err(format!(
+                    "the root refused the registration: {} {}",
+                    r.code,
+                    String::from_utf8_lossy(&r.payload)
+                ));
+            }
+            c.remove_context(jk);
+            cl.db()
+                .set_root_value("registered", &r.payload)
+                .map_err(|e| e.to_string())?;
+            msg::from_cbor(&r.payload).map_err(|e| e.to_string())?
+        }
+    };
+    let creds = reg
+        .credentials
+        .clone()
+        .ok_or("the root sent no credentials")?;
+    {
+        let mut b = cl.block.lock().unwrap_or_else(|p| p.into_inner());
+        b.0 = reg.subnets.addr;
+        if let Some(v6) = reg.subnets_v6 {
+            b.1 = v6.addr;
+        }
+    }
+    let ctx = SecurityContext::new(
+        &ContextParams {
+            master_secret: creds.master_secret,
+            master_salt: creds.master_salt,
+            sender_id: creds.sender_id,
+            recipient_id: creds.recipient_id,
+            id_context: None,
+        },
+        Box::new(FileContextStore::new(s.data_dir.join("root.oscore-seq"))),
+    )
+    .map_err(|e| e.to_string())?;
+    let key = c.add_context(ctx).await.ok_or("driver stopped")?;
+    tracing::info!(cluster = reg.cluster.0, "joined the root");
+    Ok((reg.cluster.0, key))
+}

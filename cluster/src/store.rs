@@ -1,0 +1,443 @@
+//! The cluster's SQLite store: nodes, instances, worker join tokens, the root link's
+//! credentials. WAL, foreign keys, numbered migrations; every change committed before
+//! it is acknowledged, so a cluster killed at any moment resumes with its nodes and
+//! instances.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite.
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// Not there.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A pool is used up.
+    #[error("{0} exhausted")]
+    Exhausted(&'static str),
+}
+
+/// Result of store operations.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE nodes (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        name            TEXT NOT NULL UNIQUE,
+        arch            TEXT NOT NULL,
+        cpus            INTEGER NOT NULL,
+        memory_mib      INTEGER NOT NULL,
+        virtualizations TEXT NOT NULL,
+        lat             REAL,
+        lon             REAL,
+        secret          BLOB NOT NULL,
+        salt            BLOB NOT NULL,
+        subnet          INTEGER NOT NULL UNIQUE
+    );
+    CREATE TABLE instances (
+        service TEXT NOT NULL,
+        number  INTEGER NOT NULL,
+        spec    BLOB NOT NULL,
+        node    INTEGER REFERENCES nodes(id) ON DELETE SET NULL,
+        status  TEXT NOT NULL,
+        reason  TEXT,
+        PRIMARY KEY (service, number)
+    );
+    CREATE TABLE worker_tokens (
+        id         TEXT PRIMARY KEY,
+        secret     BLOB NOT NULL,
+        expires_at INTEGER NOT NULL,
+        single_use INTEGER NOT NULL,
+        used       INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE root_link (
+        key   TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+"#];
+
+/// A registered worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRow {
+    /// Id.
+    pub id: u32,
+    /// Unique name.
+    pub name: String,
+    /// Architecture.
+    pub arch: String,
+    /// CPUs.
+    pub cpus: u32,
+    /// Memory, MiB.
+    pub memory_mib: u32,
+    /// Virtualizations.
+    pub virtualizations: Vec<String>,
+    /// Location.
+    pub location: Option<(f64, f64)>,
+    /// OSCORE master secret and salt.
+    pub secret: Vec<u8>,
+    /// Salt.
+    pub salt: Vec<u8>,
+    /// Index of its /26 in the cluster's block.
+    pub subnet: u32,
+}
+
+/// A worker registering.
+#[derive(Debug, Clone, Copy)]
+pub struct NewNode<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// Architecture.
+    pub arch: &'a str,
+    /// CPUs.
+    pub cpus: u32,
+    /// Memory, MiB.
+    pub memory_mib: u32,
+    /// Virtualizations.
+    pub virtualizations: &'a [String],
+    /// Location.
+    pub location: Option<(f64, f64)>,
+    /// OSCORE master secret.
+    pub secret: &'a [u8],
+    /// OSCORE master salt.
+    pub salt: &'a [u8],
+}
+
+/// An instance handed to this cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceRow {
+    /// Service id.
+    pub service: String,
+    /// Number.
+    pub number: u32,
+    /// The spec (CBOR of `InstanceSpec`).
+    pub spec: Vec<u8>,
+    /// The worker it is placed on.
+    pub node: Option<u32>,
+    /// Oakestra status name.
+    pub status: String,
+    /// Failure reason.
+    pub reason: Option<String>,
+}
+
+/// The cluster's database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+const NODE_COLS: &str =
+    "id, name, arch, cpus, memory_mib, virtualizations, lat, lon, secret, salt, subnet";
+
+fn node(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRow> {
+    let v: String = r.get(5)?;
+    let (lat, lon): (Option<f64>, Option<f64>) = (r.get(6)?, r.get(7)?);
+    Ok(NodeRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        arch: r.get(2)?,
+        cpus: r.get(3)?,
+        memory_mib: r.get(4)?,
+        virtualizations: v
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        location: lat.zip(lon),
+        secret: r.get(8)?,
+        salt: r.get(9)?,
+        subnet: r.get(10)?,
+    })
+}
+
+fn instance(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
+    Ok(InstanceRow {
+        service: r.get(0)?,
+        number: r.get(1)?,
+        spec: r.get(2)?,
+        node: r.get(3)?,
+        status: r.get(4)?,
+        reason: r.get(5)?,
+    })
+}
+
+impl Store {
+    /// Open and migrate.
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::setup(Connection::open(path)?)
+    }
+
+    /// In memory (tests).
+    pub fn in_memory() -> Result<Self> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(mut conn: Connection) -> Result<Self> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(m)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(Self { conn })
+    }
+
+    /// Register (or re-register by name) a worker; `subnets` is the number of /26s in
+    /// the cluster's block. Returns it with its (kept) subnet index.
+    pub fn register_node(&mut self, n: &NewNode<'_>, subnets: u32) -> Result<NodeRow> {
+        let NewNode {
+            name,
+            arch,
+            cpus,
+            memory_mib,
+            virtualizations,
+            location,
+            secret,
+            salt,
+        } = *n;
+        let tx = self.conn.transaction()?;
+        let existing: Option<u32> = tx
+            .query_row("SELECT subnet FROM nodes WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let subnet = match existing {
+            Some(s) => s,
+            None => {
+                let used: Vec<u32> = {
+                    let mut st = tx.prepare("SELECT subnet FROM nodes ORDER BY subnet")?;
+                    st.query_map([], |r| r.get(0))?
+                        .collect::<rusqlite::Result<_>>()?
+                };
+                (0..subnets)
+                    .find(|s| used.binary_search(s).is_err())
+                    .ok_or(StoreError::Exhausted("worker subnets"))?
+            }
+        };
+        let (lat, lon) = location.unzip();
+        tx.execute(
+            "INSERT INTO nodes (name, arch, cpus, memory_mib, virtualizations, lat, lon, secret, salt, subnet)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (name) DO UPDATE SET arch = excluded.arch, cpus = excluded.cpus,
+               memory_mib = excluded.memory_mib, virtualizations = excluded.virtualizations,
+               lat = excluded.lat, lon = excluded.lon, secret = excluded.secret, salt = excluded.salt",
+            params![name, arch, cpus, memory_mib, virtualizations.join(","), lat, lon, secret, salt, subnet],
+        )?;
+        let row = tx.query_row(
+            &format!("SELECT {NODE_COLS} FROM nodes WHERE name = ?1"),
+            [name],
+            node,
+        )?;
+        tx.commit()?;
+        Ok(row)
+    }
+
+    /// Every worker.
+    pub fn nodes(&self) -> Result<Vec<NodeRow>> {
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT {NODE_COLS} FROM nodes ORDER BY id"))?;
+        let rows = st.query_map([], node)?.collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Store or replace an instance handed down by the root (keeping its placement).
+    pub fn upsert_instance(&mut self, service: &str, number: u32, spec: &[u8]) -> Result<bool> {
+        let n = self.conn.execute(
+            "INSERT INTO instances (service, number, spec, status) VALUES (?1, ?2, ?3, 'CLUSTER_SCHEDULED')
+             ON CONFLICT (service, number) DO UPDATE SET spec = excluded.spec WHERE instances.spec <> excluded.spec",
+            params![service, number, spec],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Remove an instance; returns where it was.
+    pub fn remove_instance(&mut self, service: &str, number: u32) -> Result<Option<u32>> {
+        let node: Option<Option<u32>> = self
+            .conn
+            .query_row(
+                "SELECT node FROM instances WHERE service = ?1 AND number = ?2",
+                params![service, number],
+                |r| r.get(0),
+            )
+            .optional()?;
+        self.conn.execute(
+            "DELETE FROM instances WHERE service = ?1 AND number = ?2",
+            params![service, number],
+        )?;
+        Ok(node.flatten())
+    }
+
+    /// Every instance.
+    pub fn instances(&self) -> Result<Vec<InstanceRow>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT service, number, spec, node, status, reason FROM instances ORDER BY service, number")?;
+        let rows = st
+            .query_map([], instance)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Place an instance (or unplace it with a failure reason).
+    pub fn place(
+        &mut self,
+        service: &str,
+        number: u32,
+        node: Option<u32>,
+        status: &str,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE instances SET node = ?3, status = ?4, reason = ?5 WHERE service = ?1 AND number = ?2",
+            params![service, number, node, status, reason],
+        )?;
+        if n == 0 {
+            Err(StoreError::NotFound("instance"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Record a status a worker reported (only if the instance is placed there).
+    pub fn report_status(
+        &mut self,
+        service: &str,
+        number: u32,
+        node: u32,
+        status: &str,
+        reason: Option<&str>,
+    ) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE instances SET status = ?4, reason = ?5 WHERE service = ?1 AND number = ?2 AND node = ?3",
+            params![service, number, node, status, reason],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Store a worker join token.
+    pub fn create_worker_token(
+        &mut self,
+        id: &str,
+        secret: &[u8],
+        expires_at: i64,
+        single_use: bool,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO worker_tokens (id, secret, expires_at, single_use) VALUES (?1, ?2, ?3, ?4)",
+            params![id, secret, expires_at, single_use],
+        )?;
+        Ok(())
+    }
+
+    /// Tokens usable at `now`: (id, secret).
+    pub fn live_worker_tokens(&self, now: i64) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, secret FROM worker_tokens WHERE expires_at > ?1 AND NOT (single_use AND used)")?;
+        let rows = st
+            .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Whether a token may be used now; marks a single-use one used.
+    pub fn use_worker_token(&mut self, id: &str, now: i64) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE worker_tokens SET used = 1 WHERE id = ?1 AND expires_at > ?2 AND NOT (single_use AND used)",
+            params![id, now],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// A value of the root link (credentials, cluster id).
+    pub fn root_value(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM root_link WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Set a value of the root link.
+    pub fn set_root_value(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO root_link (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_keep_their_subnet_and_instances_their_placement() {
+        let mut s = Store::in_memory().unwrap();
+        let v = vec!["container".to_owned()];
+        let nn = |name: &'static str, arch: &'static str| NewNode {
+            name,
+            arch,
+            cpus: 4,
+            memory_mib: 4096,
+            virtualizations: &v,
+            location: None,
+            secret: b"s",
+            salt: b"t",
+        };
+        let a = s.register_node(&nn("a", "x86_64"), 2).unwrap();
+        let b = s.register_node(&nn("b", "x86_64"), 2).unwrap();
+        assert_eq!((a.subnet, b.subnet), (0, 1));
+        let a2 = s.register_node(&nn("a", "aarch64"), 2).unwrap();
+        assert_eq!((a2.id, a2.subnet, a2.arch.as_str()), (a.id, 0, "aarch64"));
+        assert!(matches!(
+            s.register_node(&nn("c", "x"), 2),
+            Err(StoreError::Exhausted(_))
+        ));
+        assert!(s.upsert_instance("svc", 0, b"spec").unwrap());
+        assert!(
+            !s.upsert_instance("svc", 0, b"spec").unwrap(),
+            "unchanged spec is no change"
+        );
+        s.place("svc", 0, Some(b.id), "NODE_SCHEDULED", None)
+            .unwrap();
+        assert!(
+            !s.report_status("svc", 0, a.id, "RUNNING", None).unwrap(),
+            "only the node it is on speaks for it"
+        );
+        assert!(s.report_status("svc", 0, b.id, "RUNNING", None).unwrap());
+        assert_eq!(s.instances().unwrap()[0].status, "RUNNING");
+        assert_eq!(s.remove_instance("svc", 0).unwrap(), Some(b.id));
+        assert!(s.instances().unwrap().is_empty());
+    }
+
+    #[test]
+    fn worker_tokens_expire_and_are_single_use_when_asked() {
+        let mut s = Store::in_memory().unwrap();
+        s.create_worker_token("t1", b"x", 100, true).unwrap();
+        assert_eq!(s.live_worker_tokens(50).unwrap().len(), 1);
+        assert!(s.use_worker_token("t1", 50).unwrap());
+        assert!(!s.use_worker_token("t1", 50).unwrap());
+        s.create_worker_token("t2", b"x", 100, false).unwrap();
+        assert!(s.use_worker_token("t2", 50).unwrap() && s.use_worker_token("t2", 60).unwrap());
+        assert!(!s.use_worker_token("t2", 100).unwrap(), "expired");
+    }
+}
