@@ -54,22 +54,8 @@ pub enum ControlError {
     Io(String),
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
-        .collect()
-}
-
 fn parse_token(t: &str) -> Result<(Vec<u8>, Vec<u8>), ControlError> {
-    let (id, secret) = t.trim().split_once('.').ok_or(ControlError::BadToken)?;
-    match (unhex(id), unhex(secret)) {
-        (Some(id), Some(secret)) if id.len() == 8 && !secret.is_empty() => Ok((id, secret)),
-        _ => Err(ControlError::BadToken),
-    }
+    grove_proto::util::parse_join_token(t).ok_or(ControlError::BadToken)
 }
 
 fn meminfo_mib() -> u32 {

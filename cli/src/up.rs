@@ -68,21 +68,6 @@ struct ClusterState {
     nodes: Mutex<HashMap<String, u32>>,
 }
 
-fn node_of(inc: &Incoming) -> Result<u32, Response> {
-    let id: u32 = inc
-        .param("id")
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Response::error(Code::NOT_FOUND, "no such node"))?;
-    // A worker may only speak for itself: its OSCORE kid is its node id.
-    match &inc.security {
-        Some(k) if k.id_context.is_none() && k.recipient_id == id.to_be_bytes() => Ok(id),
-        _ => Err(Response::error(
-            Code::FORBIDDEN,
-            "not this node's credentials",
-        )),
-    }
-}
-
 /// The worker's IPv6 /120 in fc00::/16: the node id in the bits above the last octet.
 fn v6_subnet(id: u32) -> [u8; 16] {
     let mut a = [0u8; 16];
@@ -161,7 +146,7 @@ async fn start_cluster(
         .route(Method::Post, "/v1/nodes/{id}/status", move |inc| {
             let st = s2.clone();
             async move {
-                if let Err(r) = node_of(&inc) {
+                if let Err(r) = grove_proto::util::speaks_for(&inc, "node") {
                     return r;
                 }
                 match msg::from_cbor::<Heartbeat>(&inc.request.payload) {
@@ -176,7 +161,7 @@ async fn start_cluster(
         .observable("/v1/nodes/{id}/commands", move |inc| {
             let st = s3.clone();
             async move {
-                if let Err(r) = node_of(&inc) {
+                if let Err(r) = grove_proto::util::speaks_for(&inc, "node") {
                     return r;
                 }
                 let cmds = NodeCommands {

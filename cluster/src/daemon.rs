@@ -15,6 +15,7 @@ use grove_proto::msg::{
 };
 use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext, join_context};
 use grove_proto::paths;
+use grove_proto::util::{format_join_token, hex, parse_join_token, speaks_for, unhex};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,27 +68,6 @@ fn random<const N: usize>() -> [u8; N] {
     b
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
-        .collect()
-}
-
-/// Parse `idhex.secrethex`.
-pub fn parse_token(t: &str) -> Option<(Vec<u8>, Vec<u8>)> {
-    let (id, secret) = t.trim().split_once('.')?;
-    let (id, secret) = (unhex(id)?, unhex(secret)?);
-    (id.len() == 8 && !secret.is_empty()).then_some((id, secret))
-}
-
 /// Make a worker join token valid for `ttl_secs` and store it; returns `idhex.secrethex`.
 pub fn make_worker_token(
     store: &mut Store,
@@ -98,7 +78,7 @@ pub fn make_worker_token(
     store
         .create_worker_token(&hex(&id), &secret, now_secs() + ttl_secs, single_use)
         .map_err(|e| e.to_string())?;
-    Ok(format!("{}.{}", hex(&id), hex(&secret)))
+    Ok(format_join_token(&id, &secret))
 }
 
 fn node_context(
@@ -121,20 +101,6 @@ fn node_context(
         )),
     )
     .map_err(|e| e.to_string())
-}
-
-fn node_of(inc: &Incoming) -> Result<u32, Response> {
-    let id: u32 = inc
-        .param("id")
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Response::error(Code::NOT_FOUND, "no such node"))?;
-    match &inc.security {
-        Some(k) if k.id_context.is_none() && k.recipient_id == id.to_be_bytes() => Ok(id),
-        _ => Err(Response::error(
-            Code::FORBIDDEN,
-            "not this node's credentials",
-        )),
-    }
 }
 
 fn spec_of(i: &InstanceRow) -> Option<InstanceSpec> {
@@ -481,7 +447,7 @@ async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {
 }
 
 async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
-    let id = match node_of(&inc) {
+    let id = match speaks_for(&inc, "node") {
         Ok(id) => id,
         Err(r) => return r,
     };
@@ -554,7 +520,7 @@ pub async fn start(
         .observable("/v1/nodes/{id}/commands", move |inc| {
             let cl = c3.clone();
             async move {
-                match node_of(&inc) {
+                match speaks_for(&inc, "node") {
                     Ok(id) => Response::cbor(msg::to_cbor(&cl.commands_for(id))),
                     Err(r) => r,
                 }
@@ -706,7 +672,7 @@ async fn root_join(
         None => {
             let token = s.join_token.as_deref().ok_or("no root credentials yet and no --join-token: create one with POST /api/clusters/token")?;
             let (id, secret) =
-                parse_token(token).ok_or("--join-token must be <id hex>.<secret hex>")?;
+                parse_join_token(token).ok_or("--join-token must be <id hex>.<secret hex>")?;
             let jk = c
                 .add_context(SecurityContext::in_memory(&join_context(
                     &id,

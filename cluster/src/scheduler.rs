@@ -13,6 +13,7 @@
 //! service first), then best fit on CPU and memory together, then the lower node id.
 
 use grove_proto::msg::{GeoPoint, NetCoord, NodeId};
+pub use grove_proto::util::distance_km;
 use grove_proto::vivaldi;
 
 /// What the cluster knows of one worker when it schedules.
@@ -107,15 +108,6 @@ impl Failure {
             Self::NoWorkerCapacity => "NO_WORKER_CAPACITY",
         }
     }
-}
-
-/// Great-circle distance in km (haversine).
-pub fn distance_km(a: GeoPoint, b: GeoPoint) -> f64 {
-    let (la1, la2) = (f64::from(a.lat).to_radians(), f64::from(b.lat).to_radians());
-    let dlat = la2 - la1;
-    let dlon = (f64::from(b.lon) - f64::from(a.lon)).to_radians();
-    let h = (dlat / 2.0).sin().powi(2) + la1.cos() * la2.cos() * (dlon / 2.0).sin().powi(2);
-    2.0 * 6371.0 * h.sqrt().min(1.0).asin()
 }
 
 fn qualifies(n: &NodeView, d: &Demand) -> bool {

@@ -20,6 +20,7 @@ pub mod msg;
 pub mod oscore;
 pub mod paths;
 pub mod sim;
+pub mod util;
 pub mod vivaldi;
 
 pub use msg::{PROTOCOL_VERSION, ProtocolVersion};

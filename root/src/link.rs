@@ -21,6 +21,7 @@ use grove_proto::msg::{
 };
 use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext};
 use grove_proto::paths;
+use grove_proto::util::{hex, speaks_for, unhex};
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -87,10 +88,6 @@ impl LinkHandle {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn random<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     let _ = getrandom::getrandom(&mut b);
@@ -133,21 +130,6 @@ fn context_params(cluster: u32, secret: &[u8], salt: &[u8]) -> ContextParams {
         sender_id: Vec::new(),
         recipient_id: cluster.to_be_bytes().to_vec(),
         id_context: None,
-    }
-}
-
-/// The cluster a request speaks for, if its long-term OSCORE kid is that cluster's.
-fn cluster_of(inc: &Incoming) -> Result<u32, Response> {
-    let id: u32 = inc
-        .param("id")
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Response::error(Code::NOT_FOUND, "no such cluster"))?;
-    match &inc.security {
-        Some(k) if k.id_context.is_none() && k.recipient_id == id.to_be_bytes() => Ok(id),
-        _ => Err(Response::error(
-            Code::FORBIDDEN,
-            "not this cluster's credentials",
-        )),
     }
 }
 
@@ -359,7 +341,7 @@ fn directory_lookup(st: &AppState, inc: &Incoming) -> Response {
 }
 
 fn report(st: &Shared, inc: &Incoming) -> Response {
-    let id = match cluster_of(inc) {
+    let id = match speaks_for(inc, "cluster") {
         Ok(id) => id,
         Err(r) => return r,
     };
@@ -445,7 +427,7 @@ pub async fn start(
         .observable("/v1/clusters/{id}/commands", move |inc| {
             let st = s3.clone();
             async move {
-                match cluster_of(&inc) {
+                match speaks_for(&inc, "cluster") {
                     Ok(id) => Response::cbor(msg::to_cbor(&commands_for(&st, id, generation()))),
                     Err(r) => r,
                 }
@@ -570,13 +552,6 @@ pub async fn start(
         }
     });
     Ok(link)
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
-        .collect()
 }
 
 /// Move the instances of clusters silent for `lost_after` seconds into active clusters

@@ -9,6 +9,7 @@
 //! ranks CPU only). Ties go to the lower cluster id, so the result is deterministic.
 
 use grove_proto::msg::{Capacity, ClusterId, GeoPoint};
+pub use grove_proto::util::distance_km;
 
 /// What the root knows of one cluster when it schedules.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,17 +84,6 @@ impl Failure {
             Self::NoActiveClusterWithCapacity => "NoActiveClusterWithCapacity",
         }
     }
-}
-
-const EARTH_RADIUS_KM: f64 = 6371.0;
-
-/// Great-circle distance in km (haversine).
-pub fn distance_km(a: GeoPoint, b: GeoPoint) -> f64 {
-    let (la1, la2) = (f64::from(a.lat).to_radians(), f64::from(b.lat).to_radians());
-    let dlat = la2 - la1;
-    let dlon = (f64::from(b.lon) - f64::from(a.lon)).to_radians();
-    let h = (dlat / 2.0).sin().powi(2) + la1.cos() * la2.cos() * (dlon / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin()
 }
 
 /// The spare fraction a class keeps after the instance, or `None` if it does not fit.

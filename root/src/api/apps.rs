@@ -644,7 +644,7 @@ pub async fn create_cluster_token(
     let mut secret = [0u8; 16];
     getrandom::getrandom(&mut id).map_err(|e| ApiError::Internal(e.to_string()))?;
     getrandom::getrandom(&mut secret).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    use grove_proto::util::hex;
     let expires_at = now_secs() + ttl;
     st.db()
         .create_cluster_token(&hex(&id), &secret, expires_at, single_use, &caller.0.sub)?;
@@ -653,7 +653,7 @@ pub async fn create_cluster_token(
     }
     Ok(Json(json!({
         "id": hex(&id),
-        "token": format!("{}.{}", hex(&id), hex(&secret)),
+        "token": grove_proto::util::format_join_token(&id, &secret),
         "expires_at": expires_at,
         "single_use": single_use,
     })))
@@ -668,14 +668,7 @@ pub async fn revoke_cluster_token(
     caller.require_admin()?;
     st.db().revoke_cluster_token(&id)?;
     if let Some(link) = st.link.get() {
-        let raw: Option<Vec<u8>> = (0..id.len())
-            .step_by(2)
-            .map(|i| {
-                id.get(i..i + 2)
-                    .and_then(|b| u8::from_str_radix(b, 16).ok())
-            })
-            .collect();
-        link.remove_join_token(raw.unwrap_or_default());
+        link.remove_join_token(grove_proto::util::unhex(&id).unwrap_or_default());
     }
     Ok(Json(json!({ "message": "Token revoked" })))
 }

@@ -366,7 +366,7 @@ pub async fn coap_credentials(State(st): State<Shared>, caller: Caller) -> ApiRe
     link.add_user_context(&kid, &secret, &salt)
         .await
         .map_err(ApiError::Internal)?;
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    use grove_proto::util::hex;
     Ok(Json(json!({
         "sender-id_hex": hex(&kid),
         "recipient-id_hex": "",
