@@ -202,6 +202,9 @@ mod tests {
             ports: None,
             one_shot: false,
             ip: Some(1),
+            nodes: None,
+            geo: None,
+            latency: None,
         }
     }
 

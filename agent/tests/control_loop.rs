@@ -158,6 +158,9 @@ fn spec(n: u32, cmd: &[&str]) -> NodeCommand {
         ports: None,
         one_shot: false,
         ip: Some(0x0A12_0002 + n),
+        nodes: None,
+        geo: None,
+        latency: None,
     })
 }
 

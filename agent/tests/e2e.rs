@@ -21,18 +21,33 @@ fn http(base: &str, method: &str, path: &str, token: Option<&str>, body: Option<
 }
 
 fn agent(cluster: std::net::SocketAddr, token: &str, name: &str, dir: &std::path::Path) -> Child {
+    agent_at(cluster, token, name, dir, None)
+}
+
+fn agent_at(
+    cluster: std::net::SocketAddr,
+    token: &str,
+    name: &str,
+    dir: &std::path::Path,
+    location: Option<&str>,
+) -> Child {
+    let c = cluster.to_string();
+    let mut args = vec![
+        "--runtime",
+        "sim",
+        "--cluster",
+        &c,
+        "--name",
+        name,
+        "--join-token",
+        token,
+    ];
+    if let Some(l) = location {
+        args.extend(["--location", l]);
+    }
     Command::new(env!("CARGO_BIN_EXE_grove-agent"))
-        .args([
-            "--runtime",
-            "sim",
-            "--cluster",
-            &cluster.to_string(),
-            "--name",
-            name,
-            "--join-token",
-            token,
-            "--state-dir",
-        ])
+        .args(args)
+        .arg("--state-dir")
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -173,4 +188,163 @@ fn an_api_deploy_runs_on_a_worker_and_moves_when_the_worker_is_killed() {
     let _ = a2.wait();
     drop(rt);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Root (in-process), cluster (in-process) and a logged-in admin token.
+struct Stack {
+    base: String,
+    admin: String,
+    cluster: std::net::SocketAddr,
+    worker_token: String,
+    dir: std::path::PathBuf,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn stack(name: &str) -> Stack {
+    let dir = std::env::temp_dir().join(format!("grove-e2e-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let root_args = grove_root::Args::parse_from([
+        "grove-root",
+        "--data-dir",
+        dir.join("root").to_str().unwrap(),
+        "--admin-password",
+        "Admin",
+        "--http",
+        "127.0.0.1:0",
+        "--coap",
+        "127.0.0.1:0",
+    ]);
+    let root = rt.block_on(grove_root::start(&root_args)).unwrap();
+    let base = format!("http://{}", root.http);
+    let admin = http(
+        &base,
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(json!({"username": "Admin", "password": "Admin"})),
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ctoken = http(
+        &base,
+        "POST",
+        "/api/clusters/token",
+        Some(&admin),
+        Some(json!({})),
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cdir = dir.join("cluster");
+    std::fs::create_dir_all(&cdir).unwrap();
+    let mut store = grove_cluster::store::Store::open(&cdir.join("cluster.db")).unwrap();
+    let worker_token = grove_cluster::daemon::make_worker_token(&mut store, 600, false).unwrap();
+    let socket = rt
+        .block_on(tokio::net::UdpSocket::bind("127.0.0.1:0"))
+        .unwrap();
+    let cluster = socket.local_addr().unwrap();
+    let settings = grove_cluster::daemon::Settings {
+        root: root.coap,
+        name: "edge".into(),
+        location: None,
+        data_dir: cdir,
+        join_token: Some(ctoken),
+    };
+    rt.block_on(grove_cluster::daemon::start(settings, store, socket))
+        .unwrap();
+    Stack {
+        base,
+        admin,
+        cluster,
+        worker_token,
+        dir,
+        _rt: rt,
+    }
+}
+
+#[test]
+fn direct_and_geo_constraints_place_through_the_whole_stack() {
+    let s = stack("constraints");
+    let (d1, d2) = (s.dir.join("munich"), s.dir.join("berlin"));
+    let mut a1 = agent_at(
+        s.cluster,
+        &s.worker_token,
+        "munich",
+        &d1,
+        Some("48.14,11.58"),
+    );
+    let mut a2 = agent_at(
+        s.cluster,
+        &s.worker_token,
+        "berlin",
+        &d2,
+        Some("52.52,13.40"),
+    );
+    wait_until(20, "the cluster reporting two workers", || {
+        let active = http(&s.base, "GET", "/api/clusters/active", Some(&s.admin), None);
+        active[0]["aggregation_per_architecture"][0]["active_nodes"].as_u64() == Some(2)
+    });
+    let mut sla: Value =
+        serde_json::from_str(include_str!("../../root/tests/seed_sla.json")).unwrap();
+    // curl only on berlin (direct), nginx within 50 km of Garching (geo: munich).
+    sla["applications"][0]["microservices"][0]["constraints"] =
+        json!([{"type": "direct", "node": "berlin"}]);
+    sla["applications"][0]["microservices"][1]["constraints"] =
+        json!([{"type": "geo", "location": "48.26,11.67", "threshold": 50}]);
+    let apps = http(
+        &s.base,
+        "POST",
+        "/api/application/",
+        Some(&s.admin),
+        Some(sla),
+    );
+    let curl = apps[0]["microservices"][0].as_str().unwrap().to_owned();
+    let nginx = apps[0]["microservices"][1].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        http(
+            &s.base,
+            "POST",
+            &format!("/api/service/{curl}/instance"),
+            Some(&s.admin),
+            None,
+        );
+        http(
+            &s.base,
+            "POST",
+            &format!("/api/service/{nginx}/instance"),
+            Some(&s.admin),
+            None,
+        );
+    }
+    wait_until(20, "all four instances placed", || {
+        let both = |d: &std::path::Path, sid: &str| {
+            std::fs::read(d.join("sim-instances.cbor"))
+                .map(|b| {
+                    b.windows(sid.len())
+                        .filter(|w| *w == sid.as_bytes())
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        both(&d2, &curl) == 2 && both(&d1, &nginx) == 2
+    });
+    assert!(
+        !holds(&d1, &curl),
+        "curl went to munich despite the direct constraint"
+    );
+    assert!(
+        !holds(&d2, &nginx),
+        "nginx went to berlin despite the geo constraint"
+    );
+    for a in [&mut a1, &mut a2] {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    let _ = std::fs::remove_dir_all(&s.dir);
 }

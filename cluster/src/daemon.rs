@@ -210,7 +210,7 @@ impl Cluster {
                 },
                 virtualization: "container".into(),
                 arch: vec![],
-                constraints: vec![],
+                constraints: constraints_of(&spec, &views),
             };
             let (node, state, reason) = match scheduler::schedule(&views, &demand) {
                 Ok(n) => (Some(n.0), InstanceState::NodeScheduled, None),
@@ -355,6 +355,40 @@ fn degrees(x: f64) -> f32 {
     #[allow(clippy::cast_possible_truncation)]
     let y = x as f32;
     y
+}
+
+/// The scheduler's constraints for a spec. A latency target is the coordinate of the
+/// worker nearest (on the map) to the users' location.
+fn constraints_of(spec: &InstanceSpec, views: &[NodeView]) -> Vec<scheduler::Constraint> {
+    let mut out = Vec::new();
+    if let Some(nodes) = &spec.nodes {
+        out.push(scheduler::Constraint::Nodes(nodes.clone()));
+    }
+    if let Some(g) = spec.geo {
+        out.push(scheduler::Constraint::Geo {
+            location: g.location,
+            threshold_km: f64::from(g.threshold_km),
+        });
+    }
+    if let Some(l) = spec.latency {
+        let nearest = views
+            .iter()
+            .filter_map(|v| {
+                Some((
+                    grove_proto::util::distance_km(v.location?, l.location),
+                    v.coord?,
+                ))
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, c)| c);
+        if let Some(target) = nearest {
+            out.push(scheduler::Constraint::Latency {
+                targets: vec![target],
+                threshold_ms: l.threshold_ms,
+            });
+        }
+    }
+    out
 }
 
 fn generation() -> u64 {

@@ -347,6 +347,37 @@ pub struct InstanceSpec {
     /// The instance IPv4 address, host byte order.
     #[n(9)]
     pub ip: Option<u32>,
+    /// Placement: only these workers (the SLA's `direct` node list).
+    #[n(10)]
+    pub nodes: Option<Vec<String>>,
+    /// Placement: within a distance of a location (the SLA's `geo` constraint).
+    #[n(11)]
+    pub geo: Option<GeoConstraint>,
+    /// Placement: within an RTT of a location (the SLA's `latency` constraint).
+    #[n(12)]
+    pub latency: Option<LatencyConstraint>,
+}
+
+/// A `geo` placement constraint.
+#[derive(Debug, Clone, Copy, PartialEq, Encode, Decode)]
+pub struct GeoConstraint {
+    /// The point.
+    #[n(0)]
+    pub location: GeoPoint,
+    /// Radius in km.
+    #[n(1)]
+    pub threshold_km: f32,
+}
+
+/// A `latency` placement constraint: at most `threshold_ms` from users at `location`.
+#[derive(Debug, Clone, Copy, PartialEq, Encode, Decode)]
+pub struct LatencyConstraint {
+    /// Where the users are.
+    #[n(0)]
+    pub location: GeoPoint,
+    /// Milliseconds.
+    #[n(1)]
+    pub threshold_ms: f32,
 }
 
 /// One command for a worker.
@@ -694,6 +725,32 @@ mod tests {
     }
 
     #[test]
+    fn an_instance_spec_from_before_the_constraints_still_decodes() {
+        // Ten fields, as version 1.0 peers sent it before fields 10..=12 existed.
+        let mut e = minicbor::Encoder::new(Vec::new());
+        e.array(10).unwrap();
+        e.encode(InstanceRef {
+            service: "s".into(),
+            instance: 0,
+        })
+        .unwrap();
+        e.str("a.b.c.d").unwrap().str("busybox").unwrap();
+        e.array(0).unwrap().array(0).unwrap();
+        e.u32(64)
+            .unwrap()
+            .u32(100)
+            .unwrap()
+            .null()
+            .unwrap()
+            .bool(false)
+            .unwrap()
+            .null()
+            .unwrap();
+        let spec: InstanceSpec = from_cbor(e.writer()).expect("old spec decodes");
+        assert_eq!((spec.nodes, spec.geo, spec.latency), (None, None, None));
+    }
+
+    #[test]
     fn commands_round_trip() {
         let cmds = NodeCommands {
             generation: 7,
@@ -712,6 +769,15 @@ mod tests {
                     ports: Some("9080".into()),
                     one_shot: false,
                     ip: Some(0x0a1e_0002),
+                    nodes: Some(vec!["pi-1".into()]),
+                    geo: Some(GeoConstraint {
+                        location: GeoPoint {
+                            lat: 48.1,
+                            lon: 11.6,
+                        },
+                        threshold_km: 20.0,
+                    }),
+                    latency: None,
                 }),
                 NodeCommand::Undeploy(InstanceRef {
                     service: "x".into(),

@@ -168,6 +168,34 @@ pub fn commands_for(st: &AppState, cluster: u32, generation: u64) -> ClusterComm
             ports: ms.port.clone(),
             one_shot: ms.one_shot,
             ip: Some(ip),
+            nodes: ms.constraints.iter().find_map(|c| match c {
+                crate::sla::Constraint::Direct { nodes, .. } if !nodes.is_empty() => {
+                    Some(nodes.clone())
+                }
+                _ => None,
+            }),
+            geo: ms.constraints.iter().find_map(|c| match c {
+                crate::sla::Constraint::Geo {
+                    location,
+                    threshold_km,
+                    ..
+                } => Some(msg::GeoConstraint {
+                    location: *location,
+                    threshold_km: crate::sla::narrow(*threshold_km),
+                }),
+                _ => None,
+            }),
+            latency: ms.constraints.iter().find_map(|c| match c {
+                crate::sla::Constraint::Latency {
+                    location: Some(location),
+                    threshold_ms,
+                    ..
+                } => Some(msg::LatencyConstraint {
+                    location: *location,
+                    threshold_ms: crate::sla::narrow(*threshold_ms),
+                }),
+                _ => None,
+            }),
         }));
     }
     ClusterCommands {

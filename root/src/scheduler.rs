@@ -4,7 +4,8 @@
 //! Filters: the `direct` constraint (cluster name), virtualization, architecture, and
 //! capacity (CPU, memory, GPUs) — an instance must fit on one worker, so the per-worker
 //! maxima of the aggregate decide; a `geo` constraint keeps clusters within `threshold`
-//! km (great-circle) of a location. Among the clusters left, best fit wins: the one the
+//! km (great-circle) of a location (a cluster without a location is left to its own
+//! scheduler, which checks its workers' locations). Among the clusters left, best fit wins: the one the
 //! instance leaves with the least spare CPU and memory (both, averaged; Oakestra's score
 //! ranks CPU only). Ties go to the lower cluster id, so the result is deterministic.
 
@@ -127,7 +128,7 @@ fn within_geo(c: &ClusterView, d: &Demand) -> bool {
             threshold_km,
         } => c
             .location
-            .is_some_and(|l| distance_km(*location, l) <= *threshold_km),
+            .is_none_or(|l| distance_km(*location, l) <= *threshold_km),
         Constraint::Direct { .. } => true,
     })
 }
@@ -353,14 +354,20 @@ mod tests {
             schedule(&fleet(), &d),
             Err(Failure::NoActiveClusterWithCapacity)
         );
-        // A cluster without a location never passes a geo constraint.
+        // A cluster without a location is not ruled out: its workers' locations decide
+        // (the cluster scheduler applies the same constraint to them).
         let mut f = fleet();
         f[0].location = None;
+        f[1].location = None;
         d.constraints = vec![Constraint::Geo {
             location: garching,
             threshold_km: 50.0,
         }];
-        assert_eq!(schedule(&f, &d), Err(Failure::NoActiveClusterWithCapacity));
+        assert_eq!(
+            schedule(&f, &d),
+            Ok(ClusterId(2)),
+            "the tighter of the two unlocated clusters"
+        );
     }
 
     #[test]

@@ -362,9 +362,9 @@ fn exact_u64(x: f64) -> u64 {
     x as u64
 }
 
-/// Degrees as f32: about a metre of precision, plenty for placement.
+/// An f64 as f32 (degrees keep about a metre of precision, plenty for placement).
 #[allow(clippy::cast_possible_truncation)]
-pub(crate) fn degrees(x: f64) -> f32 {
+pub(crate) fn narrow(x: f64) -> f32 {
     x as f32
 }
 
@@ -468,8 +468,8 @@ fn parse_location(v: &Value) -> Option<GeoPoint> {
             (a.trim().parse::<f32>().ok()?, b.trim().parse::<f32>().ok()?)
         }
         Value::Object(m) => (
-            degrees(m.get("lat")?.as_f64()?),
-            degrees(m.get("lon")?.as_f64()?),
+            narrow(m.get("lat")?.as_f64()?),
+            narrow(m.get("lon")?.as_f64()?),
         ),
         _ => return None,
     };

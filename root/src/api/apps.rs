@@ -500,8 +500,8 @@ pub fn cluster_views(rows: &[ClusterRow], now: i64) -> Vec<ClusterView> {
                 .last_report
                 .is_some_and(|t| now - t < CLUSTER_LOST_AFTER_SECS),
             location: c.location.map(|(lat, lon)| GeoPoint {
-                lat: sla::degrees(lat),
-                lon: sla::degrees(lon),
+                lat: sla::narrow(lat),
+                lon: sla::narrow(lon),
             }),
             capacity: c
                 .aggregate
