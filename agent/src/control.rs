@@ -260,10 +260,19 @@ pub async fn run(
     let (obs_tx, mut obs_rx) = mpsc::channel::<Result<Observation, ExchangeError>>(1);
     let (ack_tx, mut ack_rx) = mpsc::channel::<(usize, bool)>(1);
     let (mut observing, mut reporting) = (false, false);
+    // Register again now and then: a cluster that restarted forgot its observers.
+    let mut refresh = tokio::time::interval(Duration::from_secs(20));
+    refresh.tick().await;
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => return Ok(()),
+            _ = refresh.tick() => {
+                if !observing {
+                    obs = None;
+                    reobserve_at = tokio::time::Instant::now();
+                }
+            }
             _ = heartbeat.tick() => {
                 seq = seq.wrapping_add(1);
                 let list = rt.list();

@@ -348,3 +348,168 @@ fn direct_and_geo_constraints_place_through_the_whole_stack() {
     }
     let _ = std::fs::remove_dir_all(&s.dir);
 }
+
+#[test]
+fn a_root_away_for_60_seconds_loses_nothing_and_is_caught_up_within_a_report() {
+    let dir = std::env::temp_dir().join(format!("grove-e2e-{}-outage", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let coap_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let root_args = grove_root::Args::parse_from([
+        "grove-root",
+        "--data-dir",
+        dir.join("root").to_str().unwrap(),
+        "--admin-password",
+        "Admin",
+        "--http",
+        &format!("127.0.0.1:{http_port}"),
+        "--coap",
+        &format!("127.0.0.1:{coap_port}"),
+    ]);
+    // The root runs on a runtime of its own, so that dropping it stops the root whole.
+    let root_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let root = root_rt.block_on(grove_root::start(&root_args)).unwrap();
+    let base = format!("http://{}", root.http);
+    let t = http(
+        &base,
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(json!({"username": "Admin", "password": "Admin"})),
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ctoken = http(
+        &base,
+        "POST",
+        "/api/clusters/token",
+        Some(&t),
+        Some(json!({})),
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cdir = dir.join("cluster");
+    std::fs::create_dir_all(&cdir).unwrap();
+    let mut store = grove_cluster::store::Store::open(&cdir.join("cluster.db")).unwrap();
+    let wtoken = grove_cluster::daemon::make_worker_token(&mut store, 600, false).unwrap();
+    let socket = rt
+        .block_on(tokio::net::UdpSocket::bind("127.0.0.1:0"))
+        .unwrap();
+    let caddr = socket.local_addr().unwrap();
+    let settings = grove_cluster::daemon::Settings {
+        root: root.coap,
+        name: "edge".into(),
+        location: None,
+        data_dir: cdir,
+        join_token: Some(ctoken),
+    };
+    rt.block_on(grove_cluster::daemon::start(settings, store, socket))
+        .unwrap();
+    let (d1, d2) = (dir.join("w1"), dir.join("w2"));
+    let mut a1 = agent(caddr, &wtoken, "w1", &d1);
+    let mut a2 = agent(caddr, &wtoken, "w2", &d2);
+    wait_until(20, "the cluster reporting two workers", || {
+        let active = http(&base, "GET", "/api/clusters/active", Some(&t), None);
+        active[0]["aggregation_per_architecture"][0]["active_nodes"].as_u64() == Some(2)
+    });
+    let apps = http(
+        &base,
+        "POST",
+        "/api/application/",
+        Some(&t),
+        Some(serde_json::from_str(include_str!("../../root/tests/seed_sla.json")).unwrap()),
+    );
+    let sid = apps[0]["microservices"][1].as_str().unwrap().to_owned();
+    http(
+        &base,
+        "POST",
+        &format!("/api/service/{sid}/instance"),
+        Some(&t),
+        None,
+    );
+    let worker = |base: &str| {
+        let svc = http(base, "GET", &format!("/api/service/{sid}"), Some(&t), None);
+        let i = &svc["instance_list"][0];
+        (i["status"].as_str() == Some("RUNNING"))
+            .then(|| i["worker_id"].as_str().unwrap_or_default().to_owned())
+    };
+    let mut first = None;
+    wait_until(20, "the instance RUNNING", || {
+        first = worker(&base);
+        first.is_some()
+    });
+    let first = first.unwrap();
+
+    // The root goes away; meanwhile the worker running the instance dies and the cluster
+    // moves it on its own.
+    drop(root_rt);
+    let (victim, survivor_dir) = if holds(&d1, &sid) {
+        (&mut a1, &d2)
+    } else {
+        (&mut a2, &d1)
+    };
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    wait_until(
+        20,
+        "the cluster moving the instance without the root",
+        || holds(survivor_dir, &sid),
+    );
+    // The outage itself: the root stays down for 60 s in all.
+    std::thread::sleep(Duration::from_secs(60));
+
+    // The root returns on the same addresses with the same data: nothing is lost and the
+    // move is known within one report period (5 s).
+    let root_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    root_rt.block_on(grove_root::start(&root_args)).unwrap();
+    let back = Instant::now();
+    wait_until(30, "the root catching up", || {
+        worker(&base).is_some_and(|w| w != first)
+    });
+    let took = back.elapsed();
+    assert!(took < Duration::from_secs(6), "caught up after {took:?}");
+    assert_eq!(
+        http(&base, "GET", "/api/applications/", Some(&t), None)
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let active = http(&base, "GET", "/api/clusters/active", Some(&t), None);
+    assert_eq!(
+        active.as_array().unwrap().len(),
+        1,
+        "the cluster is still active"
+    );
+    eprintln!("root caught up {took:?} after its return");
+    for a in [&mut a1, &mut a2] {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    drop(rt);
+    drop(root_rt);
+    let _ = std::fs::remove_dir_all(&dir);
+}

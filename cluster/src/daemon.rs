@@ -27,6 +27,8 @@ use tokio::sync::mpsc;
 pub const HEARTBEAT_MS: u32 = 2000;
 /// Missed heartbeats before a worker is lost.
 pub const MISSED: u32 = 3;
+/// How often an observation of the upper tier is registered again.
+pub const OBSERVE_REFRESH: Duration = Duration::from_secs(20);
 /// Report period to the root.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 
@@ -620,9 +622,11 @@ pub async fn start(
         })
         .await
         .map_err(|e| e.to_string())?;
+        // Short exchanges (at most ~10 s): a new attempt follows at once, so a root that
+        // comes back is reached within seconds, not after a long back-off.
         let link = LinkParams {
             ack_timeout: Duration::from_secs(1),
-            max_retransmit: 4,
+            max_retransmit: 2,
             ..LinkParams::default()
         };
         let cfg = Config {
@@ -643,27 +647,52 @@ pub async fn start(
         let mut pending: Vec<InstanceStatus> = Vec::new();
         let mut seq = 0u32;
         let mut retry = tokio::time::interval(Duration::from_millis(500));
+        // Exchanges with the root run as tasks: a root that is away never holds up the
+        // cluster; their outcomes come back here.
+        let (obs_tx, mut obs_rx) = mpsc::channel::<Option<Observation>>(1);
+        let (ack_tx, mut ack_rx) = mpsc::channel::<(usize, bool)>(1);
+        let (mut observing, mut reporting) = (false, false);
+        // Register again now and then: a root that restarted forgot its observers.
+        let mut refresh = tokio::time::interval(OBSERVE_REFRESH);
+        refresh.tick().await;
         loop {
             tokio::select! {
+                _ = refresh.tick() => obs = None,
                 _ = retry.tick() => {
-                    if obs.is_none() {
-                        match rc.observe(root, Request::get(&paths::cluster_commands(ClusterId(cluster_id))), SendOptions::secure(rk.clone())).await {
-                            Ok(o) if o.first.code == Code::CONTENT => {
-                                if let Ok(cmds) = msg::from_cbor::<ClusterCommands>(&o.first.payload) {
-                                    cr.apply_root(&cmds).await;
-                                }
-                                obs = Some(o);
-                            }
-                            _ => {}
-                        }
+                    if obs.is_none() && !observing {
+                        observing = true;
+                        let (rc2, rk2, tx) = (rc.clone(), rk.clone(), obs_tx.clone());
+                        tokio::spawn(async move {
+                            let r = rc2.observe(root, Request::get(&paths::cluster_commands(ClusterId(cluster_id))), SendOptions::secure(rk2)).await;
+                            let _ = tx.send(r.ok().filter(|o| o.first.code == Code::CONTENT)).await;
+                        });
                     }
-                    if !pending.is_empty() {
+                    if !pending.is_empty() && !reporting {
+                        reporting = true;
                         seq = seq.wrapping_add(1);
+                        let n = pending.len();
                         let rep = ClusterReport { cluster: ClusterId(cluster_id), seq, capacity: vec![], changes: pending.clone() };
                         let req = Request::post_cbor(&paths::cluster_status(ClusterId(cluster_id)), msg::to_cbor(&rep));
-                        if matches!(rc.request(root, req, SendOptions::secure(rk.clone())).await, Ok(r) if r.code.is_success()) {
-                            pending.clear();
+                        let (rc2, rk2, tx) = (rc.clone(), rk.clone(), ack_tx.clone());
+                        tokio::spawn(async move {
+                            let ok = matches!(rc2.request(root, req, SendOptions::secure(rk2)).await, Ok(r) if r.code.is_success());
+                            let _ = tx.send((n, ok)).await;
+                        });
+                    }
+                }
+                Some(o) = obs_rx.recv() => {
+                    observing = false;
+                    if let Some(o) = o {
+                        if let Ok(cmds) = msg::from_cbor::<ClusterCommands>(&o.first.payload) {
+                            cr.apply_root(&cmds).await;
                         }
+                        obs = Some(o);
+                    }
+                }
+                Some((n, ok)) = ack_rx.recv() => {
+                    reporting = false;
+                    if ok {
+                        pending.drain(..n.min(pending.len()));
                     }
                 }
                 _ = report.tick() => {

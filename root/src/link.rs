@@ -475,6 +475,14 @@ pub async fn start(
             db.live_cluster_tokens(now_secs()).unwrap_or_default(),
         )
     };
+    // A restarted root gives every cluster a full loss timeout to report again, as if
+    // it had just reported: silence during the root's own outage is not the cluster's.
+    {
+        let mut db = st.db();
+        for c in &clusters {
+            let _ = db.record_report(c.id, None, now_secs());
+        }
+    }
     for c in clusters {
         if let Some((secret, salt)) = &c.credentials {
             match SecurityContext::new(
