@@ -513,3 +513,162 @@ fn a_root_away_for_60_seconds_loses_nothing_and_is_caught_up_within_a_report() {
     drop(root_rt);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_cluster_killed_and_restarted_keeps_its_workers_and_instances() {
+    let dir =
+        std::env::temp_dir().join(format!("grove-e2e-{}-cluster-restart", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let root_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let root_args = grove_root::Args::parse_from([
+        "grove-root",
+        "--data-dir",
+        dir.join("root").to_str().unwrap(),
+        "--admin-password",
+        "Admin",
+        "--http",
+        "127.0.0.1:0",
+        "--coap",
+        "127.0.0.1:0",
+    ]);
+    let root = root_rt.block_on(grove_root::start(&root_args)).unwrap();
+    let base = format!("http://{}", root.http);
+    let t = http(
+        &base,
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(json!({"username": "Admin", "password": "Admin"})),
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ctoken = http(
+        &base,
+        "POST",
+        "/api/clusters/token",
+        Some(&t),
+        Some(json!({})),
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cdir = dir.join("cluster");
+    std::fs::create_dir_all(&cdir).unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let caddr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let settings = grove_cluster::daemon::Settings {
+        root: root.coap,
+        name: "edge".into(),
+        location: None,
+        data_dir: cdir.clone(),
+        join_token: Some(ctoken),
+    };
+    let start_cluster = |settings: grove_cluster::daemon::Settings| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = grove_cluster::store::Store::open(&cdir.join("cluster.db")).unwrap();
+        let socket = rt.block_on(tokio::net::UdpSocket::bind(caddr)).unwrap();
+        rt.block_on(grove_cluster::daemon::start(settings, store, socket))
+            .unwrap();
+        rt
+    };
+    let wtoken = {
+        let mut store = grove_cluster::store::Store::open(&cdir.join("cluster.db")).unwrap();
+        grove_cluster::daemon::make_worker_token(&mut store, 600, false).unwrap()
+    };
+    let cluster_rt = start_cluster(settings.clone());
+    let (d1, d2) = (dir.join("w1"), dir.join("w2"));
+    let mut a1 = agent(caddr, &wtoken, "w1", &d1);
+    let mut a2 = agent(caddr, &wtoken, "w2", &d2);
+    let two_workers = || {
+        let active = http(&base, "GET", "/api/clusters/active", Some(&t), None);
+        active[0]["aggregation_per_architecture"][0]["active_nodes"].as_u64() == Some(2)
+    };
+    wait_until(20, "the cluster reporting two workers", two_workers);
+    let apps = http(
+        &base,
+        "POST",
+        "/api/application/",
+        Some(&t),
+        Some(serde_json::from_str(include_str!("../../root/tests/seed_sla.json")).unwrap()),
+    );
+    let sid = apps[0]["microservices"][1].as_str().unwrap().to_owned();
+    http(
+        &base,
+        "POST",
+        &format!("/api/service/{sid}/instance"),
+        Some(&t),
+        None,
+    );
+    let state = |n: u32| {
+        let svc = http(&base, "GET", &format!("/api/service/{sid}"), Some(&t), None);
+        let i = &svc["instance_list"][n as usize];
+        (
+            i["status"].as_str().unwrap_or_default().to_owned(),
+            i["worker_id"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    wait_until(20, "the instance RUNNING", || state(0).0 == "RUNNING");
+    let before = state(0);
+    let files =
+        |d: &std::path::Path| std::fs::read(d.join("sim-instances.cbor")).unwrap_or_default();
+    let (f1, f2) = (files(&d1), files(&d2));
+
+    // The cluster dies without a word (its runtime is dropped: no shutdown code runs)
+    // and comes back on the same address with the same database, no token needed.
+    drop(cluster_rt);
+    let cluster_rt = start_cluster(grove_cluster::daemon::Settings {
+        join_token: None,
+        ..settings
+    });
+    // Its workers are still its workers: a report made after the loss timeout (6 s)
+    // still counts both, so their heartbeats reached the restarted cluster.
+    let restarted = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    wait_until(
+        30,
+        "a report after the loss timeout with both workers",
+        || {
+            let active = http(&base, "GET", "/api/clusters/active", Some(&t), None);
+            active[0]["last_modified_timestamp"]
+                .as_u64()
+                .is_some_and(|ts| ts >= restarted + 7)
+                && active[0]["aggregation_per_architecture"][0]["active_nodes"].as_u64() == Some(2)
+        },
+    );
+    // And what runs is not deployed again.
+    assert_eq!(state(0), before, "the instance kept its worker and status");
+    assert_eq!((files(&d1), files(&d2)), (f1, f2), "nothing was redeployed");
+    // And it keeps working: a new instance reaches a worker and runs.
+    http(
+        &base,
+        "POST",
+        &format!("/api/service/{sid}/instance"),
+        Some(&t),
+        None,
+    );
+    wait_until(40, "a new instance RUNNING after the restart", || {
+        state(1).0 == "RUNNING"
+    });
+    for a in [&mut a1, &mut a2] {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    drop(cluster_rt);
+    drop(root_rt);
+    let _ = std::fs::remove_dir_all(&dir);
+}
