@@ -71,66 +71,14 @@ fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn an_api_deploy_runs_on_a_worker_and_moves_when_the_worker_is_killed() {
-    let dir = std::env::temp_dir().join(format!("grove-e2e-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let root_args = grove_root::Args::parse_from([
-        "grove-root",
-        "--data-dir",
-        dir.join("root").to_str().unwrap(),
-        "--admin-password",
-        "Admin",
-        "--http",
-        "127.0.0.1:0",
-        "--coap",
-        "127.0.0.1:0",
-    ]);
-    let root = rt.block_on(grove_root::start(&root_args)).unwrap();
-    let base = format!("http://{}", root.http);
-    let t = http(
-        &base,
-        "POST",
-        "/api/auth/login",
-        None,
-        Some(json!({"username": "Admin", "password": "Admin"})),
-    )["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let ctoken = http(
-        &base,
-        "POST",
-        "/api/clusters/token",
-        Some(&t),
-        Some(json!({})),
-    )["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-
-    // The cluster, in this process.
-    let cdir = dir.join("cluster");
-    std::fs::create_dir_all(&cdir).unwrap();
-    let mut store = grove_cluster::store::Store::open(&cdir.join("cluster.db")).unwrap();
-    let wtoken = grove_cluster::daemon::make_worker_token(&mut store, 600, false).unwrap();
-    let socket = rt
-        .block_on(tokio::net::UdpSocket::bind("127.0.0.1:0"))
-        .unwrap();
-    let caddr = socket.local_addr().unwrap();
-    let settings = grove_cluster::daemon::Settings {
-        root: root.coap,
-        name: "edge".into(),
-        location: None,
-        data_dir: cdir.clone(),
-        join_token: Some(ctoken),
-    };
-    rt.block_on(grove_cluster::daemon::start(settings, store, socket))
-        .unwrap();
-
+    let st = stack("move");
+    let (base, t, caddr, wtoken, dir) = (
+        st.base.clone(),
+        st.admin.clone(),
+        st.cluster,
+        st.worker_token.clone(),
+        st.dir.clone(),
+    );
     let (d1, d2) = (dir.join("w1"), dir.join("w2"));
     let mut a1 = agent(caddr, &wtoken, "w1", &d1);
     let mut a2 = agent(caddr, &wtoken, "w2", &d2);
@@ -186,7 +134,7 @@ fn an_api_deploy_runs_on_a_worker_and_moves_when_the_worker_is_killed() {
     let _ = a2.kill();
     let _ = a1.wait();
     let _ = a2.wait();
-    drop(rt);
+    drop(st);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
