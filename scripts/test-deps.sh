@@ -2,7 +2,8 @@
 # Installs what Grove's test suite needs on Debian 12, idempotently:
 #   - libcoap3-bin (coap-client-notls, the libcoap interop peer),
 #   - python3-venv and a venv at .venv with aiocoap[oscore] (the OSCORE interop peer),
-#   - cargo-nextest (the test runner).
+#   - cargo-nextest (the test runner),
+#   - a C compiler for the crates that build C (SQLite, ring).
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,8 @@ cd "$(dirname "$0")/.."
 AIOCOAP='aiocoap[oscore]==0.4.17'
 
 missing=()
+# A C compiler: SQLite (rusqlite, bundled) and ring are built from C sources.
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 command -v coap-client-notls >/dev/null 2>&1 || missing+=(libcoap3-bin)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)

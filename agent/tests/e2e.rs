@@ -55,6 +55,57 @@ fn agent_at(
         .unwrap()
 }
 
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn root_args(dir: &std::path::Path, http: &str, coap: &str) -> grove_root::Args {
+    grove_root::Args::parse_from([
+        "grove-root",
+        "--data-dir",
+        dir.join("root").to_str().unwrap(),
+        "--admin-password",
+        "Admin",
+        "--http",
+        http,
+        "--coap",
+        coap,
+    ])
+}
+
+/// Admin's access token and a cluster join token.
+fn admin_and_cluster_token(base: &str) -> (String, String) {
+    let login = json!({"username": "Admin", "password": "Admin"});
+    let t = http(base, "POST", "/api/auth/login", None, Some(login))["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let c = http(
+        base,
+        "POST",
+        "/api/clusters/token",
+        Some(&t),
+        Some(json!({})),
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (t, c)
+}
+
+fn seed() -> Value {
+    serde_json::from_str(include_str!("../../root/tests/seed_sla.json")).unwrap()
+}
+
+fn two_workers_active(base: &str, t: &str) -> bool {
+    let active = http(base, "GET", "/api/clusters/active", Some(t), None);
+    active[0]["aggregation_per_architecture"][0]["active_nodes"].as_u64() == Some(2)
+}
+
 fn holds(dir: &std::path::Path, service: &str) -> bool {
     std::fs::read(dir.join("sim-instances.cbor"))
         .map(|b| b.windows(service.len()).any(|w| w == service.as_bytes()))
@@ -83,17 +134,10 @@ fn an_api_deploy_runs_on_a_worker_and_moves_when_the_worker_is_killed() {
     let mut a1 = agent(caddr, &wtoken, "w1", &d1);
     let mut a2 = agent(caddr, &wtoken, "w2", &d2);
     wait_until(20, "the cluster reporting two workers", || {
-        let active = http(&base, "GET", "/api/clusters/active", Some(&t), None);
-        active[0]["aggregation_per_architecture"][0]["active_nodes"].as_u64() == Some(2)
+        two_workers_active(&base, &t)
     });
 
-    let apps = http(
-        &base,
-        "POST",
-        "/api/application/",
-        Some(&t),
-        Some(serde_json::from_str(include_str!("../../root/tests/seed_sla.json")).unwrap()),
-    );
+    let apps = http(&base, "POST", "/api/application/", Some(&t), Some(seed()));
     let sid = apps[0]["microservices"][1].as_str().unwrap().to_owned();
     let inst = http(
         &base,
@@ -151,44 +195,16 @@ struct Stack {
 fn stack(name: &str) -> Stack {
     let dir = std::env::temp_dir().join(format!("grove-e2e-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
+    let rt = runtime(2);
+    let root = rt
+        .block_on(grove_root::start(&root_args(
+            &dir,
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+        )))
         .unwrap();
-    let root_args = grove_root::Args::parse_from([
-        "grove-root",
-        "--data-dir",
-        dir.join("root").to_str().unwrap(),
-        "--admin-password",
-        "Admin",
-        "--http",
-        "127.0.0.1:0",
-        "--coap",
-        "127.0.0.1:0",
-    ]);
-    let root = rt.block_on(grove_root::start(&root_args)).unwrap();
     let base = format!("http://{}", root.http);
-    let admin = http(
-        &base,
-        "POST",
-        "/api/auth/login",
-        None,
-        Some(json!({"username": "Admin", "password": "Admin"})),
-    )["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let ctoken = http(
-        &base,
-        "POST",
-        "/api/clusters/token",
-        Some(&admin),
-        Some(json!({})),
-    )["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (admin, ctoken) = admin_and_cluster_token(&base);
     let cdir = dir.join("cluster");
     std::fs::create_dir_all(&cdir).unwrap();
     let mut store = grove_cluster::store::Store::open(&cdir.join("cluster.db")).unwrap();
@@ -235,11 +251,9 @@ fn direct_and_geo_constraints_place_through_the_whole_stack() {
         Some("52.52,13.40"),
     );
     wait_until(20, "the cluster reporting two workers", || {
-        let active = http(&s.base, "GET", "/api/clusters/active", Some(&s.admin), None);
-        active[0]["aggregation_per_architecture"][0]["active_nodes"].as_u64() == Some(2)
+        two_workers_active(&s.base, &s.admin)
     });
-    let mut sla: Value =
-        serde_json::from_str(include_str!("../../root/tests/seed_sla.json")).unwrap();
+    let mut sla = seed();
     // curl only on berlin (direct), nginx within 50 km of Garching (geo: munich).
     sla["applications"][0]["microservices"][0]["constraints"] =
         json!([{"type": "direct", "node": "berlin"}]);
@@ -311,50 +325,17 @@ fn a_root_away_for_60_seconds_loses_nothing_and_is_caught_up_within_a_report() {
         .local_addr()
         .unwrap()
         .port();
-    let root_args = grove_root::Args::parse_from([
-        "grove-root",
-        "--data-dir",
-        dir.join("root").to_str().unwrap(),
-        "--admin-password",
-        "Admin",
-        "--http",
+    let root_args = root_args(
+        &dir,
         &format!("127.0.0.1:{http_port}"),
-        "--coap",
         &format!("127.0.0.1:{coap_port}"),
-    ]);
+    );
     // The root runs on a runtime of its own, so that dropping it stops the root whole.
-    let root_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let root_rt = runtime(1);
     let root = root_rt.block_on(grove_root::start(&root_args)).unwrap();
     let base = format!("http://{}", root.http);
-    let t = http(
-        &base,
-        "POST",
-        "/api/auth/login",
-        None,
-        Some(json!({"username": "Admin", "password": "Admin"})),
-    )["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let ctoken = http(
-        &base,
-        "POST",
-        "/api/clusters/token",
-        Some(&t),
-        Some(json!({})),
-    )["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (t, ctoken) = admin_and_cluster_token(&base);
+    let rt = runtime(2);
     let cdir = dir.join("cluster");
     std::fs::create_dir_all(&cdir).unwrap();
     let mut store = grove_cluster::store::Store::open(&cdir.join("cluster.db")).unwrap();
@@ -376,16 +357,9 @@ fn a_root_away_for_60_seconds_loses_nothing_and_is_caught_up_within_a_report() {
     let mut a1 = agent(caddr, &wtoken, "w1", &d1);
     let mut a2 = agent(caddr, &wtoken, "w2", &d2);
     wait_until(20, "the cluster reporting two workers", || {
-        let active = http(&base, "GET", "/api/clusters/active", Some(&t), None);
-        active[0]["aggregation_per_architecture"][0]["active_nodes"].as_u64() == Some(2)
+        two_workers_active(&base, &t)
     });
-    let apps = http(
-        &base,
-        "POST",
-        "/api/application/",
-        Some(&t),
-        Some(serde_json::from_str(include_str!("../../root/tests/seed_sla.json")).unwrap()),
-    );
+    let apps = http(&base, "POST", "/api/application/", Some(&t), Some(seed()));
     let sid = apps[0]["microservices"][1].as_str().unwrap().to_owned();
     http(
         &base,
@@ -427,11 +401,7 @@ fn a_root_away_for_60_seconds_loses_nothing_and_is_caught_up_within_a_report() {
 
     // The root returns on the same addresses with the same data: nothing is lost and the
     // move is known within one report period (5 s).
-    let root_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let root_rt = runtime(1);
     root_rt.block_on(grove_root::start(&root_args)).unwrap();
     let back = Instant::now();
     wait_until(30, "the root catching up", || {
@@ -467,44 +437,16 @@ fn a_cluster_killed_and_restarted_keeps_its_workers_and_instances() {
     let dir =
         std::env::temp_dir().join(format!("grove-e2e-{}-cluster-restart", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let root_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
+    let root_rt = runtime(1);
+    let root = root_rt
+        .block_on(grove_root::start(&root_args(
+            &dir,
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+        )))
         .unwrap();
-    let root_args = grove_root::Args::parse_from([
-        "grove-root",
-        "--data-dir",
-        dir.join("root").to_str().unwrap(),
-        "--admin-password",
-        "Admin",
-        "--http",
-        "127.0.0.1:0",
-        "--coap",
-        "127.0.0.1:0",
-    ]);
-    let root = root_rt.block_on(grove_root::start(&root_args)).unwrap();
     let base = format!("http://{}", root.http);
-    let t = http(
-        &base,
-        "POST",
-        "/api/auth/login",
-        None,
-        Some(json!({"username": "Admin", "password": "Admin"})),
-    )["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let ctoken = http(
-        &base,
-        "POST",
-        "/api/clusters/token",
-        Some(&t),
-        Some(json!({})),
-    )["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (t, ctoken) = admin_and_cluster_token(&base);
     let cdir = dir.join("cluster");
     std::fs::create_dir_all(&cdir).unwrap();
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
@@ -521,11 +463,7 @@ fn a_cluster_killed_and_restarted_keeps_its_workers_and_instances() {
         join_token: Some(ctoken),
     };
     let start_cluster = |settings: grove_cluster::daemon::Settings| {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime(1);
         let store = grove_cluster::store::Store::open(&cdir.join("cluster.db")).unwrap();
         let socket = rt.block_on(tokio::net::UdpSocket::bind(caddr)).unwrap();
         rt.block_on(grove_cluster::daemon::start(settings, store, socket))
@@ -540,18 +478,10 @@ fn a_cluster_killed_and_restarted_keeps_its_workers_and_instances() {
     let (d1, d2) = (dir.join("w1"), dir.join("w2"));
     let mut a1 = agent(caddr, &wtoken, "w1", &d1);
     let mut a2 = agent(caddr, &wtoken, "w2", &d2);
-    let two_workers = || {
-        let active = http(&base, "GET", "/api/clusters/active", Some(&t), None);
-        active[0]["aggregation_per_architecture"][0]["active_nodes"].as_u64() == Some(2)
-    };
-    wait_until(20, "the cluster reporting two workers", two_workers);
-    let apps = http(
-        &base,
-        "POST",
-        "/api/application/",
-        Some(&t),
-        Some(serde_json::from_str(include_str!("../../root/tests/seed_sla.json")).unwrap()),
-    );
+    wait_until(20, "the cluster reporting two workers", || {
+        two_workers_active(&base, &t)
+    });
+    let apps = http(&base, "POST", "/api/application/", Some(&t), Some(seed()));
     let sid = apps[0]["microservices"][1].as_str().unwrap().to_owned();
     http(
         &base,

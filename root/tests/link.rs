@@ -229,21 +229,21 @@ fn deploys(c: &ClusterCommands) -> Vec<InstanceRef> {
         .collect()
 }
 
-/// Wait (at most `secs`) for a notification whose command set satisfies `want`.
-async fn wait_for(
+/// Wait (at most `secs`) for a notification whose decoded body satisfies `want`.
+async fn wait_for<T: for<'b> minicbor::Decode<'b, ()>>(
     o: &mut Observation,
     secs: u64,
-    want: impl Fn(&ClusterCommands) -> bool,
-) -> ClusterCommands {
+    want: impl Fn(&T) -> bool,
+) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
         let n = tokio::time::timeout_at(deadline, o.notifications.recv())
             .await
             .expect("no such notification in time")
             .expect("observation ended");
-        let cmds: ClusterCommands = msg::from_cbor(&n.payload).unwrap();
-        if want(&cmds) {
-            return cmds;
+        let v: T = msg::from_cbor(&n.payload).unwrap();
+        if want(&v) {
+            return v;
         }
     }
 }
@@ -297,7 +297,7 @@ fn a_registered_cluster_receives_an_api_deploy_through_its_observed_commands() {
         );
         assert_eq!(inst["cluster_id"], c.id.to_string());
 
-        let cmds = wait_for(&mut obs, 10, |c| !c.commands.is_empty()).await;
+        let cmds = wait_for::<ClusterCommands>(&mut obs, 10, |c| !c.commands.is_empty()).await;
         let NodeCommand::Deploy(spec) = &cmds.commands[0] else {
             panic!("{cmds:?}")
         };
@@ -334,7 +334,7 @@ fn a_registered_cluster_receives_an_api_deploy_through_its_observed_commands() {
             Some(&t),
             None,
         );
-        wait_for(&mut obs, 10, |c| c.commands.is_empty()).await;
+        wait_for::<ClusterCommands>(&mut obs, 10, |c| c.commands.is_empty()).await;
     });
 }
 
@@ -387,15 +387,15 @@ fn a_lost_cluster_s_instances_move_and_on_return_it_is_told_to_stop_them() {
             service: sid.clone(),
             instance: 0,
         };
-        wait_for(&mut obs_a, 10, |c| deploys(c).contains(&wanted)).await;
+        wait_for::<ClusterCommands>(&mut obs_a, 10, |c| deploys(c).contains(&wanted)).await;
 
         // A is silent: within the loss time plus a check period the instance is on B.
-        wait_for(&mut obs_b, 10, |c| deploys(c).contains(&wanted)).await;
+        wait_for::<ClusterCommands>(&mut obs_b, 10, |c| deploys(c).contains(&wanted)).await;
         let (_, svc) = http(&base, "GET", &format!("/api/service/{sid}"), Some(&t), None);
         assert_eq!(svc["instance_list"][0]["cluster_id"], "2");
         // A was told to stop it (its set no longer holds it), and so it stays when A
         // comes back and reports, even if it claims the instance runs.
-        wait_for(&mut obs_a, 10, |c| !deploys(c).contains(&wanted)).await;
+        wait_for::<ClusterCommands>(&mut obs_a, 10, |c| !deploys(c).contains(&wanted)).await;
         let stale = InstanceStatus {
             instance: wanted.clone(),
             state: InstanceState::Running,
@@ -655,25 +655,6 @@ fn the_user_api_answers_over_coap_with_credentials_from_http() {
     });
 }
 
-/// Wait (at most `secs`) for a directory notification satisfying `want`.
-async fn wait_entry(
-    o: &mut Observation,
-    secs: u64,
-    want: impl Fn(&msg::ServiceEntry) -> bool,
-) -> msg::ServiceEntry {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        let n = tokio::time::timeout_at(deadline, o.notifications.recv())
-            .await
-            .expect("no such entry in time")
-            .expect("observation ended");
-        let e: msg::ServiceEntry = msg::from_cbor(&n.payload).unwrap();
-        if want(&e) {
-            return e;
-        }
-    }
-}
-
 #[test]
 fn the_directory_pushes_an_instance_placed_in_one_cluster_to_another_that_observes_it() {
     let root = start("directory", 15);
@@ -756,7 +737,7 @@ fn the_directory_pushes_an_instance_placed_in_one_cluster_to_another_that_observ
             }],
         )
         .await;
-        let e = wait_entry(&mut by_name, 10, |e| {
+        let e = wait_for::<msg::ServiceEntry>(&mut by_name, 10, |e| {
             e.instances
                 .iter()
                 .any(|i| i.state == InstanceState::Running)
@@ -771,7 +752,7 @@ fn the_directory_pushes_an_instance_placed_in_one_cluster_to_another_that_observ
             i.ip >> 16,
             u32::from(std::net::Ipv4Addr::new(10, 30, 0, 0)) >> 16
         );
-        wait_entry(&mut by_ip, 10, |e| {
+        wait_for::<msg::ServiceEntry>(&mut by_ip, 10, |e| {
             e.instances.iter().any(|i| i.worker == "192.0.2.7")
         })
         .await;
@@ -784,7 +765,7 @@ fn the_directory_pushes_an_instance_placed_in_one_cluster_to_another_that_observ
             Some(&t),
             None,
         );
-        wait_entry(&mut by_name, 10, |e| e.instances.is_empty()).await;
+        wait_for::<msg::ServiceEntry>(&mut by_name, 10, |e| e.instances.is_empty()).await;
     });
 }
 

@@ -145,6 +145,15 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         })
 }
 
+/// The claims of a valid token of `kind` in `Authorization: Bearer …`.
+fn verified(parts: &Parts, state: &Shared, kind: TokenKind) -> Result<Claims, ApiError> {
+    let token = bearer(parts)?;
+    state
+        .keys
+        .verify(token, kind, now_secs())
+        .map_err(|e| ApiError::Unauthorized(format!("{e}: log in again")))
+}
+
 impl FromRequestParts<Shared> for Caller {
     type Rejection = ApiError;
 
@@ -152,12 +161,7 @@ impl FromRequestParts<Shared> for Caller {
         parts: &mut Parts,
         state: &Shared,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)?;
-        state
-            .keys
-            .verify(token, TokenKind::Access, now_secs())
-            .map(Caller)
-            .map_err(|e| ApiError::Unauthorized(format!("{e}: log in again")))
+        verified(parts, state, TokenKind::Access).map(Caller)
     }
 }
 
@@ -172,12 +176,7 @@ impl FromRequestParts<Shared> for Refresher {
         parts: &mut Parts,
         state: &Shared,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)?;
-        state
-            .keys
-            .verify(token, TokenKind::Refresh, now_secs())
-            .map(Refresher)
-            .map_err(|e| ApiError::Unauthorized(e.to_string()))
+        verified(parts, state, TokenKind::Refresh).map(Refresher)
     }
 }
 

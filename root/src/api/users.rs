@@ -23,6 +23,20 @@ fn org_doc(o: &OrgRow) -> Value {
     json!({ "_id": oid(&o.id), "name": o.name })
 }
 
+/// A user by name, or 404.
+fn find_user(st: &Shared, name: &str) -> ApiResult<UserRow> {
+    st.db()
+        .user_by_name(name)?
+        .ok_or_else(|| ApiError::NotFound(format!("user \"{name}\" not found")))
+}
+
+/// An organization by id or name, or 404.
+fn find_org(st: &Shared, id_or_name: &str) -> ApiResult<OrgRow> {
+    st.db()
+        .org(id_or_name)?
+        .ok_or_else(|| ApiError::NotFound(format!("organization \"{id_or_name}\" not found")))
+}
+
 fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
@@ -121,12 +135,7 @@ pub async fn register(State(st): State<Shared>, caller: Caller, raw: Bytes) -> A
     let roles =
         roles_field(&v)?.unwrap_or_else(|| vec![Role::ApplicationProvider.as_str().to_owned()]);
     let org = match str_field(&v, "organization") {
-        Some(o) => Some(
-            st.db()
-                .org(o)?
-                .ok_or_else(|| ApiError::NotFound(format!("organization \"{o}\" not found")))?
-                .id,
-        ),
+        Some(o) => Some(find_org(&st, o)?.id),
         None => Some(caller.0.organization.clone()).filter(|o| !o.is_empty()),
     };
     let hash = hash_password(password).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -165,10 +174,7 @@ pub async fn permission(
     Path(username): Path<String>,
 ) -> ApiResult {
     self_or_admin(&caller, &username)?;
-    let u = st
-        .db()
-        .user_by_name(&username)?
-        .ok_or_else(|| ApiError::NotFound("user not found".into()))?;
+    let u = find_user(&st, &username)?;
     Ok(Json(json!({ "name": u.name, "roles": u.roles })))
 }
 
@@ -179,10 +185,7 @@ pub async fn get_user(
     Path(username): Path<String>,
 ) -> ApiResult {
     self_or_admin(&caller, &username)?;
-    let u = st
-        .db()
-        .user_by_name(&username)?
-        .ok_or_else(|| ApiError::NotFound("user not found".into()))?;
+    let u = find_user(&st, &username)?;
     Ok(Json(user_doc(&u)))
 }
 
@@ -203,12 +206,7 @@ pub async fn put_user(
             let o = o
                 .as_str()
                 .ok_or_else(|| ApiError::BadRequest("organization: must be a string".into()))?;
-            Some(Some(
-                st.db()
-                    .org(o)?
-                    .ok_or_else(|| ApiError::NotFound(format!("organization \"{o}\" not found")))?
-                    .id,
-            ))
+            Some(Some(find_org(&st, o)?.id))
         }
     };
     let u = st.db().update_user(
@@ -314,10 +312,7 @@ pub async fn get_org(
     Path(id): Path<String>,
 ) -> ApiResult {
     caller.require_admin()?;
-    let o = st
-        .db()
-        .org(&id)?
-        .ok_or_else(|| ApiError::NotFound("organization not found".into()))?;
+    let o = find_org(&st, &id)?;
     Ok(Json(org_doc(&o)))
 }
 
