@@ -11,6 +11,7 @@ use grove_proto::msg::{
 };
 use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext, join_context};
 use grove_proto::paths;
+use grove_proto::vivaldi::Vivaldi;
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,6 +34,10 @@ pub struct Settings {
     pub location: Option<GeoPoint>,
     /// Room for this many instances.
     pub max_instances: Option<u16>,
+    /// CPUs offered (default: the machine's).
+    pub cpus: Option<u16>,
+    /// Memory offered, MiB (default: the machine's).
+    pub memory_mib: Option<u32>,
 }
 
 /// Why the loop stopped.
@@ -53,6 +58,10 @@ pub enum ControlError {
     #[error("{0}")]
     Io(String),
 }
+
+/// The cluster is the anchor of its workers' coordinates: the origin, known exactly.
+const CLUSTER_COORD: NetCoord = NetCoord([0.0; 3]);
+const CLUSTER_ERROR: f32 = 0.01;
 
 fn parse_token(t: &str) -> Result<(Vec<u8>, Vec<u8>), ControlError> {
     grove_proto::util::parse_join_token(t).ok_or(ControlError::BadToken)
@@ -101,10 +110,12 @@ async fn join(c: &Handle, s: &Settings) -> Result<NodeRegistered, ControlError> 
         version: msg::PROTOCOL_VERSION,
         name: s.name.clone(),
         arch: std::env::consts::ARCH.into(),
-        cpus: std::thread::available_parallelism()
-            .map(|n| u16::try_from(n.get()).unwrap_or(u16::MAX))
-            .unwrap_or(1),
-        memory_mib: meminfo_mib(),
+        cpus: s.cpus.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| u16::try_from(n.get()).unwrap_or(u16::MAX))
+                .unwrap_or(1)
+        }),
+        memory_mib: s.memory_mib.unwrap_or_else(meminfo_mib),
         disk_mib: 32_000,
         virtualizations: vec!["container".into()],
         location: s.location,
@@ -259,6 +270,10 @@ pub async fn run(
     // the heartbeat or the runtime: their outcomes come back on these channels.
     let (obs_tx, mut obs_rx) = mpsc::channel::<Result<Observation, ExchangeError>>(1);
     let (ack_tx, mut ack_rx) = mpsc::channel::<(usize, bool)>(1);
+    // Round trips of heartbeats (non-confirmable: never retransmitted, so each one is a
+    // clean sample) place this worker in the cluster's network coordinates.
+    let (rtt_tx, mut rtt_rx) = mpsc::channel::<Duration>(4);
+    let mut coord = Vivaldi::default();
     let (mut observing, mut reporting) = (false, false);
     // Register again now and then: a cluster that restarted forgot its observers.
     let mut refresh = tokio::time::interval(Duration::from_secs(20));
@@ -287,14 +302,18 @@ pub async fn run(
                     disk_used_mib: u.disk_used_mib,
                     disk_total_mib: 32_000,
                     running: u16::try_from(running).unwrap_or(u16::MAX),
-                    coord: NetCoord([0.0; 3]),
+                    coord: coord.coord,
                     digest: digest(&list),
                     changes: Vec::new(),
                 };
                 let req = Request::post_cbor(&paths::node_status(node), msg::to_cbor(&hb));
-                let (c2, key2, to) = (c.clone(), key.clone(), s.cluster);
+                let (c2, key2, to, tx) = (c.clone(), key.clone(), s.cluster, rtt_tx.clone());
                 tokio::spawn(async move {
-                    let _ = c2.request(to, req, SendOptions { non_confirmable: true, security: Some(key2) }).await;
+                    let sent = tokio::time::Instant::now();
+                    let r = c2.request(to, req, SendOptions { non_confirmable: true, security: Some(key2) }).await;
+                    if matches!(r, Ok(r) if r.code.is_success()) {
+                        let _ = tx.try_send(sent.elapsed());
+                    }
                 });
             }
             _ = tick.tick() => {
@@ -322,6 +341,11 @@ pub async fn run(
                         let _ = tx.send((n, ok)).await;
                     });
                 }
+            }
+            Some(rtt) = rtt_rx.recv() => {
+                #[allow(clippy::cast_precision_loss)]
+                let (ms, nudge) = (rtt.as_secs_f32() * 1000.0, seq as f32);
+                coord.observe(CLUSTER_COORD, CLUSTER_ERROR, ms, nudge);
             }
             Some((n, ok)) = ack_rx.recv() => {
                 reporting = false;

@@ -32,6 +32,12 @@ pub struct Args {
     /// Room for this many instances (sizes the subnet).
     #[arg(long, env = "GROVE_MAX_INSTANCES")]
     pub max_instances: Option<u16>,
+    /// CPUs offered to the cluster (default: all of this machine's).
+    #[arg(long, env = "GROVE_CPUS")]
+    pub cpus: Option<u16>,
+    /// Memory offered to the cluster, MiB (default: all of this machine's).
+    #[arg(long, env = "GROVE_MEMORY_MIB")]
+    pub memory_mib: Option<u32>,
     /// Container runtime: native or sim.
     #[arg(long, env = "GROVE_RUNTIME", default_value = "native")]
     pub runtime: String,
@@ -98,6 +104,8 @@ pub fn run(args: Args) -> Result<(), String> {
         state_dir: args.state_dir.clone(),
         location,
         max_instances: args.max_instances,
+        cpus: args.cpus,
+        memory_mib: args.memory_mib,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -5,7 +5,6 @@
 //! heartbeats and observed commands. It grows into the whole system on this machine
 //! (root, cluster, workers in namespaces) with the end-to-end issue.
 
-pub mod relay;
 pub mod up;
 
 use clap::{Parser, Subcommand};

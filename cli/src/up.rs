@@ -7,7 +7,6 @@
 //! The cluster publishes a new command generation every 5 s. A status line every 2 s
 //! shows the link working; Ctrl-C (or `--duration`) ends it with a summary.
 
-use crate::relay;
 use clap::Args;
 use grove_proto::coap::ExchangeError;
 use grove_proto::coap::driver::{self, Handle, Incoming, Router};
@@ -19,6 +18,7 @@ use grove_proto::msg::{
 };
 use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext, join_context};
 use grove_proto::paths;
+use grove_tests::relay::{self, Link, Shape};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -365,10 +365,16 @@ pub async fn up(a: UpArgs) -> Result<bool, String> {
     let mut agents = Vec::new();
     let mut relays = Vec::new();
     for n in 1..=a.workers {
-        let (via, rs) = relay::start(cluster.local_addr(), a.loss, u64::from(n) * 7919)
-            .await
-            .map_err(|e| e.to_string())?;
-        relays.push(rs);
+        let r = relay::start(
+            "127.0.0.1:0".parse().map_err(|_| "bad address")?,
+            cluster.local_addr(),
+            Link::symmetric(Shape::loss(f64::from(a.loss))),
+            u64::from(n) * 7919,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let via = r.addr;
+        relays.push(r);
         let st = Arc::new(AgentState::default());
         agents.push(st.clone());
         let (dir, stop) = (a.dir.clone(), stop.clone());
@@ -429,14 +435,8 @@ pub async fn up(a: UpArgs) -> Result<bool, String> {
         .iter()
         .map(|s| s.heartbeats.load(Ordering::Relaxed))
         .sum();
-    let dropped: u64 = relays
-        .iter()
-        .map(|r| r.dropped.load(Ordering::Relaxed))
-        .sum();
-    let forwarded: u64 = relays
-        .iter()
-        .map(|r| r.forwarded.load(Ordering::Relaxed))
-        .sum();
+    let dropped: u64 = relays.iter().map(|r| r.stats.dropped()).sum();
+    let forwarded: u64 = relays.iter().map(|r| r.stats.forwarded()).sum();
     let joined = agents
         .iter()
         .filter(|s| s.joined.load(Ordering::SeqCst))

@@ -10,8 +10,8 @@ use grove_proto::coap::{
 };
 use grove_proto::msg::{
     self, Capacity, ClusterCommands, ClusterId, ClusterRegistered, ClusterReport, GeoPoint,
-    Heartbeat, InstanceRef, InstanceSpec, InstanceState, InstanceStatus, NodeCommand, NodeCommands,
-    NodeId, NodeRegistered, RegisterCluster, RegisterNode,
+    Heartbeat, InstanceRef, InstanceSpec, InstanceState, InstanceStatus, NetCoord, NodeCommand,
+    NodeCommands, NodeId, NodeRegistered, RegisterCluster, RegisterNode,
 };
 use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext, join_context};
 use grove_proto::paths;
@@ -51,6 +51,18 @@ pub struct Settings {
 struct Live {
     last_seen: Instant,
     lost: bool,
+    /// Network coordinate from the last heartbeat that carried one.
+    coord: Option<NetCoord>,
+}
+
+impl Live {
+    fn fresh() -> Self {
+        Self {
+            last_seen: Instant::now(),
+            lost: false,
+            coord: None,
+        }
+    }
 }
 
 /// The cluster's state shared by its tasks.
@@ -172,7 +184,7 @@ impl Cluster {
                         lat: degrees(a),
                         lon: degrees(b),
                     }),
-                    coord: None,
+                    coord: live.get(&n.id).and_then(|l| l.coord),
                     capacity: Resources {
                         millicpus: n.cpus * 1000,
                         memory_mib: n.memory_mib,
@@ -383,12 +395,11 @@ fn constraints_of(spec: &InstanceSpec, views: &[NodeView]) -> Vec<scheduler::Con
             })
             .min_by(|a, b| a.0.total_cmp(&b.0))
             .map(|(_, c)| c);
-        if let Some(target) = nearest {
-            out.push(scheduler::Constraint::Latency {
-                targets: vec![target],
-                threshold_ms: l.threshold_ms,
-            });
-        }
+        // No worker to stand for the users yet: no worker can be shown to be near them.
+        out.push(scheduler::Constraint::Latency {
+            targets: nearest.into_iter().collect(),
+            threshold_ms: l.threshold_ms,
+        });
     }
     out
 }
@@ -444,13 +455,7 @@ async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {
         }
         Err(e) => return Response::error(Code::INTERNAL_SERVER_ERROR, &e),
     }
-    cl.live().insert(
-        row.id,
-        Live {
-            last_seen: Instant::now(),
-            lost: false,
-        },
-    );
+    cl.live().insert(row.id, Live::fresh());
     let (v4, v6) = *cl.block.lock().unwrap_or_else(|p| p.into_inner());
     let mut v6_subnet = v6;
     v6_subnet[14] = u8::try_from(row.subnet).unwrap_or(u8::MAX);
@@ -493,13 +498,13 @@ async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
     };
     let came_back = {
         let mut live = cl.live();
-        let l = live.entry(id).or_insert(Live {
-            last_seen: Instant::now(),
-            lost: false,
-        });
+        let l = live.entry(id).or_insert_with(Live::fresh);
         let was_lost = l.lost;
         l.last_seen = Instant::now();
         l.lost = false;
+        if hb.coord.0 != [0.0; 3] {
+            l.coord = Some(hb.coord);
+        }
         was_lost
     };
     for c in &hb.changes {
@@ -571,13 +576,7 @@ pub async fn start(
     // Workers registered before a restart get a grace period of one loss timeout.
     let known = cl.db().nodes().unwrap_or_default();
     for n in known {
-        cl.live().insert(
-            n.id,
-            Live {
-                last_seen: Instant::now(),
-                lost: false,
-            },
-        );
+        cl.live().insert(n.id, Live::fresh());
         match node_context(&cl.dir, n.id, &n.secret, &n.salt) {
             Ok(ctx) => {
                 coap.add_context(ctx).await;

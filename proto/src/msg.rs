@@ -301,7 +301,8 @@ pub struct Heartbeat {
     /// Instances running now.
     #[n(7)]
     pub running: u16,
-    /// The worker's network coordinate.
+    /// The worker's network coordinate (Vivaldi, from the RTTs of its heartbeats; the
+    /// cluster is the anchor at the origin). All zeros until it has measured one.
     #[n(8)]
     pub coord: NetCoord,
     /// First 8 bytes of a SHA-256 over the sorted instance set; a mismatch with the

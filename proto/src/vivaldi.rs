@@ -48,6 +48,19 @@ impl Vivaldi {
         if !(rtt_ms.is_finite() && rtt_ms > 0.0) {
             return;
         }
+        if self.error >= 1.0 {
+            // Knowing nothing yet, take the first sample at face value: sit at the
+            // measured distance from the peer. (The adaptive step alone would need a
+            // dozen samples, a dozen heartbeats, to get there.)
+            let mut dir = [nudge.cos(), nudge.sin(), 0.5];
+            let len = dir.iter().map(|x| x * x).sum::<f32>().sqrt();
+            for (i, d) in dir.iter_mut().enumerate() {
+                *d /= len;
+                self.coord.0[i] = peer.0[i] + *d * rtt_ms;
+            }
+            self.error = 0.5;
+            return;
+        }
         let w = self.error / (self.error + peer_error.max(1e-3));
         let dist = distance(self.coord, peer);
         let sample_error = (dist - rtt_ms).abs() / rtt_ms;
@@ -101,6 +114,22 @@ mod tests {
             }
         }
         assert!(n.iter().all(|v| v.error < 0.3), "{n:?}");
+    }
+
+    #[test]
+    fn a_worker_that_only_talks_to_its_cluster_sits_at_its_rtt_from_it() {
+        // The cluster is the fixed anchor at the origin; RTTs jitter by ±20 %.
+        let mut w = Vivaldi::default();
+        for k in 0..20 {
+            let jitter = if k % 2 == 0 { 0.8 } else { 1.2 };
+            w.observe(NetCoord([0.0; 3]), 0.01, 120.0 * jitter, k as f32);
+            if k == 0 {
+                let d = distance(w.coord, NetCoord([0.0; 3]));
+                assert!((d - 96.0).abs() < 0.5, "first sample taken as is: {d}");
+            }
+        }
+        let d = distance(w.coord, NetCoord([0.0; 3]));
+        assert!((d - 120.0).abs() < 30.0, "{d}");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! here. Outside CI a missing tool makes the test print why and return; with
 //! `CI=true` it fails instead, so CI can never pass by skipping.
 
+pub mod relay;
+
 use grove_proto::coap::driver::{self, Handle, Router};
 use grove_proto::coap::{Config, Endpoint};
 use std::path::{Path, PathBuf};
