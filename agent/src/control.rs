@@ -63,6 +63,9 @@ pub enum ControlError {
 const CLUSTER_COORD: NetCoord = NetCoord([0.0; 3]);
 const CLUSTER_ERROR: f32 = 0.01;
 
+/// How long a join token the cluster does not know is tried again.
+const UNKNOWN_TOKEN_PATIENCE: Duration = Duration::from_secs(20);
+
 fn parse_token(t: &str) -> Result<(Vec<u8>, Vec<u8>), ControlError> {
     grove_proto::util::parse_join_token(t).ok_or(ControlError::BadToken)
 }
@@ -123,6 +126,7 @@ async fn join(c: &Handle, s: &Settings) -> Result<NodeRegistered, ControlError> 
         underlay: None,
     };
     let mut attempt = 0;
+    let started = tokio::time::Instant::now();
     loop {
         match c
             .request(
@@ -136,6 +140,19 @@ async fn join(c: &Handle, s: &Settings) -> Result<NodeRegistered, ControlError> 
                 c.remove_context(key);
                 return msg::from_cbor(&r.payload)
                     .map_err(|e| ControlError::Refused(e.to_string()));
+            }
+            // No context for the token: a cluster that is starting, or a token made a
+            // moment ago, is not ready yet; one that never learns it refuses for good.
+            Ok(r) if r.code == Code::UNAUTHORIZED && started.elapsed() < UNKNOWN_TOKEN_PATIENCE => {
+                tracing::info!("the cluster does not know the join token yet; retrying");
+                backoff_sleep(&mut attempt).await;
+            }
+            Ok(r) if r.code == Code::UNAUTHORIZED => {
+                return Err(ControlError::Refused(format!(
+                    "{} {}: the cluster does not know this join token (expired, revoked, or made by another cluster)",
+                    r.code,
+                    String::from_utf8_lossy(&r.payload)
+                )));
             }
             Ok(r) => {
                 return Err(ControlError::Refused(format!(

@@ -44,10 +44,14 @@ struct SimInstance {
     ip: Option<u32>,
     #[n(4)]
     memory_mib: u32,
+    /// `sim:stuck`: never gets past CREATING (an image pull that hangs).
+    #[n(5)]
+    stuck: bool,
 }
 
 /// Simulated instances: records that go CREATING → RUNNING (→ COMPLETED / DEAD when
-/// their command says `sim:exit=N`, FAILED for `sim:fail`), kept in a file so that a
+/// their command says `sim:exit=N`, FAILED for `sim:fail`, stuck in CREATING for
+/// `sim:stuck`), kept in a file so that a
 /// restarted agent re-adopts them as a native agent re-adopts its containers.
 #[derive(Debug)]
 pub struct SimRuntime {
@@ -110,6 +114,7 @@ impl Runtime for SimRuntime {
             exit,
             ip: spec.ip,
             memory_mib: spec.memory_mib,
+            stuck: spec.cmd.iter().any(|c| c == "sim:stuck"),
         });
         let last = self.instances.len() - 1;
         if fail {
@@ -145,6 +150,7 @@ impl Runtime for SimRuntime {
         let mut changed = false;
         for i in 0..self.instances.len() {
             match (self.instances[i].state, self.instances[i].exit) {
+                (InstanceState::Creating, _) if self.instances[i].stuck => {}
                 (InstanceState::Creating, _) => {
                     self.set(i, InstanceState::Running, None);
                     changed = true;
@@ -216,6 +222,7 @@ mod tests {
         rt.deploy(&spec(0, &["sh"]));
         rt.deploy(&spec(1, &["sim:exit=3"]));
         rt.deploy(&spec(2, &["sim:fail"]));
+        rt.deploy(&spec(3, &["sim:stuck"]));
         rt.deploy(&spec(0, &["sh"]));
         let first: Vec<_> = rt
             .poll()
@@ -234,11 +241,18 @@ mod tests {
             .collect();
         assert_eq!(second, [(1, InstanceState::Dead)]);
         assert!(rt.poll().is_empty());
-        assert_eq!(rt.usage().mem_used_mib, 192);
+        assert!(rt.list().contains(&(
+            InstanceRef {
+                service: "s".into(),
+                instance: 3
+            },
+            InstanceState::Creating
+        )));
+        assert_eq!(rt.usage().mem_used_mib, 256);
         let again = SimRuntime::open(file.clone());
         assert_eq!(
             again.list().len(),
-            3,
+            4,
             "a restarted agent re-adopts its instances"
         );
         let mut rt = again;

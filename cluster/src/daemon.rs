@@ -19,6 +19,7 @@ use grove_proto::util::{format_join_token, hex, parse_join_token, speaks_for, un
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -45,6 +46,26 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// A cluster join token from the root (first start only).
     pub join_token: Option<String>,
+    /// An instance its worker has not confirmed (still NODE_SCHEDULED) this long is
+    /// placed again elsewhere.
+    pub schedule_timeout: Duration,
+    /// An instance still CREATING this long (an image pull that hangs) is placed again
+    /// elsewhere.
+    pub create_timeout: Duration,
+}
+
+/// Default of [`Settings::schedule_timeout`].
+pub const SCHEDULE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of [`Settings::create_timeout`]: room for a large image over a slow link.
+pub const CREATE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Where an instance on its way to RUNNING is, since when, and the workers it got
+/// stuck on before (Oakestra's #419: such instances stayed stuck for ever).
+#[derive(Debug, Clone)]
+struct Progress {
+    state: String,
+    since: Instant,
+    avoid: Vec<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +74,8 @@ struct Live {
     lost: bool,
     /// Network coordinate from the last heartbeat that carried one.
     coord: Option<NetCoord>,
+    /// Since when the cluster hears it (its join, or the cluster's start).
+    since: Instant,
 }
 
 impl Live {
@@ -61,7 +84,15 @@ impl Live {
             last_seen: Instant::now(),
             lost: false,
             coord: None,
+            since: Instant::now(),
         }
+    }
+
+    /// Its coordinate is not known yet but will be within a few heartbeats.
+    fn coord_due(&self) -> bool {
+        !self.lost
+            && self.coord.is_none()
+            && self.since.elapsed() < Duration::from_millis(u64::from(HEARTBEAT_MS * MISSED))
     }
 }
 
@@ -74,6 +105,10 @@ pub struct Cluster {
     to_root: mpsc::UnboundedSender<InstanceStatus>,
     block: Mutex<(u32, [u8; 16])>,
     dir: PathBuf,
+    progress: Mutex<HashMap<(String, u32), Progress>>,
+    timeouts: (Duration, Duration),
+    /// Placements waiting for workers' coordinates.
+    deferred: std::sync::atomic::AtomicBool,
 }
 
 fn random<const N: usize>() -> [u8; N] {
@@ -130,6 +165,70 @@ impl Cluster {
 
     fn live(&self) -> MutexGuard<'_, HashMap<u32, Live>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn progress(&self) -> MutexGuard<'_, HashMap<(String, u32), Progress>> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Note an instance's new state; only the way to RUNNING is watched.
+    fn track(&self, service: &str, number: u32, state: &str) {
+        let key = (service.to_owned(), number);
+        let mut p = self.progress();
+        if state == "NODE_SCHEDULED" || state == "CREATING" {
+            let e = p.entry(key).or_insert_with(|| Progress {
+                state: String::new(),
+                since: Instant::now(),
+                avoid: Vec::new(),
+            });
+            if e.state != state {
+                e.state = state.to_owned();
+                e.since = Instant::now();
+            }
+        } else {
+            p.remove(&key);
+        }
+    }
+
+    /// Take back instances stuck on their way to RUNNING and place them again, on
+    /// another worker if one qualifies; returns the workers to notify.
+    fn handle_stuck(&self) -> HashSet<u32> {
+        let (sched, create) = self.timeouts;
+        let stuck: Vec<(String, u32, String)> = self
+            .progress()
+            .iter()
+            .filter(|(_, p)| {
+                let limit = if p.state == "CREATING" { create } else { sched };
+                p.since.elapsed() > limit
+            })
+            .map(|((s, n), p)| (s.clone(), *n, p.state.clone()))
+            .collect();
+        let mut touched = HashSet::new();
+        for (service, number, state) in stuck {
+            let row = self
+                .db()
+                .instances()
+                .unwrap_or_default()
+                .into_iter()
+                .find(|i| i.service == service && i.number == number);
+            let Some(node) = row.and_then(|r| r.node) else {
+                self.progress().remove(&(service, number));
+                continue;
+            };
+            tracing::warn!(%service, number, node, %state, "instance stuck: placing it again");
+            if let Some(p) = self.progress().get_mut(&(service.clone(), number)) {
+                p.avoid.push(node);
+                p.state.clear();
+            }
+            let _ = self
+                .db()
+                .place(&service, number, None, "CLUSTER_SCHEDULED", None);
+            touched.insert(node);
+        }
+        if !touched.is_empty() {
+            touched.extend(self.place_pending());
+        }
+        touched
     }
 
     /// The full set of instances a worker should run.
@@ -206,16 +305,29 @@ impl Cluster {
             .filter(|i| i.node.is_none() && !ENDED.contains(&i.status.as_str()))
         {
             let Some(spec) = spec_of(i) else { continue };
+            // A latency constraint cannot be judged while a worker that just joined (or
+            // a cluster that just restarted) still waits for its coordinate: wait too.
+            if spec.latency.is_some() && self.live().values().any(Live::coord_due) {
+                self.deferred.store(true, Ordering::Relaxed);
+                continue;
+            }
             let mut views = self.views(None);
-            let same: Vec<u32> = instances
+            // Fresh: instances placed earlier in this pass count too.
+            let now = self.db().instances().unwrap_or_default();
+            let same: Vec<u32> = now
                 .iter()
-                .filter(|x| x.service == i.service && x.node.is_some())
+                .filter(|x| x.service == i.service && !ENDED.contains(&x.status.as_str()))
                 .filter_map(|x| x.node)
                 .collect();
             for v in &mut views {
                 v.same_service = u32::try_from(same.iter().filter(|n| **n == v.id.0).count())
                     .unwrap_or(u32::MAX);
             }
+            let avoid = self
+                .progress()
+                .get(&(i.service.clone(), i.number))
+                .map(|p| p.avoid.clone())
+                .unwrap_or_default();
             let demand = Demand {
                 resources: Resources {
                     millicpus: spec.millicpus,
@@ -226,7 +338,15 @@ impl Cluster {
                 arch: vec![],
                 constraints: constraints_of(&spec, &views),
             };
-            let (node, state, reason) = match scheduler::schedule(&views, &demand) {
+            // Workers it got stuck on come last: tried only when no other one qualifies.
+            let elsewhere: Vec<NodeView> = views
+                .iter()
+                .filter(|v| !avoid.contains(&v.id.0))
+                .cloned()
+                .collect();
+            let placed = scheduler::schedule(&elsewhere, &demand)
+                .or_else(|_| scheduler::schedule(&views, &demand));
+            let (node, state, reason) = match placed {
                 Ok(n) => (Some(n.0), InstanceState::NodeScheduled, None),
                 Err(f) => (None, InstanceState::Failed, Some(f.as_str().to_owned())),
             };
@@ -242,6 +362,7 @@ impl Cluster {
                 .is_ok()
             {
                 touched.extend(node);
+                self.track(&i.service, i.number, state.as_str());
                 let _ = self.to_root.send(InstanceStatus {
                     instance: InstanceRef {
                         service: i.service.clone(),
@@ -519,6 +640,7 @@ async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
             )
             .unwrap_or(false);
         if ok {
+            cl.track(&c.instance.service, c.instance.instance, c.state.as_str());
             let mut up = c.clone();
             up.worker = Some(format!("node-{id}"));
             let _ = cl.to_root.send(up);
@@ -549,6 +671,9 @@ pub async fn start(
             [0xfc, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         )),
         dir: s.data_dir.clone(),
+        progress: Mutex::new(HashMap::new()),
+        timeouts: (s.schedule_timeout, s.create_timeout),
+        deferred: std::sync::atomic::AtomicBool::new(false),
     });
     let (c1, c2, c3) = (cl.clone(), cl.clone(), cl.clone());
     let router = Router::new()
@@ -571,23 +696,38 @@ pub async fn start(
         seed: u64::from_le_bytes(random::<8>()),
         ..Config::default()
     };
-    let (coap, _) = driver::spawn(socket, Endpoint::new(cfg), router).map_err(|e| e.to_string())?;
-    let _ = cl.coap.set(coap.clone());
-    // Workers registered before a restart get a grace period of one loss timeout.
+    // Everything a worker may speak with is known before the first datagram is read:
+    // the contexts of workers registered before a restart (which get a grace period of
+    // one loss timeout) and the join tokens made so far.
+    let mut endpoint = Endpoint::new(cfg);
     let known = cl.db().nodes().unwrap_or_default();
     for n in known {
         cl.live().insert(n.id, Live::fresh());
         match node_context(&cl.dir, n.id, &n.secret, &n.salt) {
             Ok(ctx) => {
-                coap.add_context(ctx).await;
+                endpoint.add_context(ctx);
             }
             Err(e) => tracing::error!(node = n.id, error = %e, "cannot load a worker's context"),
         }
     }
-    // Worker join tokens made by `grove-cluster token` (also while running).
+    let mut tokens_known = HashSet::new();
+    for (id, secret) in cl.db().live_worker_tokens(now_secs()).unwrap_or_default() {
+        if let Some(raw) = unhex(&id) {
+            endpoint.add_join_token(raw, secret);
+            tokens_known.insert(id);
+        }
+    }
+    let (coap, _) = driver::spawn(socket, endpoint, router).map_err(|e| e.to_string())?;
+    let _ = cl.coap.set(coap.clone());
+    // Instances on their way to RUNNING before a restart are watched from now on.
+    let unfinished: Vec<InstanceRow> = cl.db().instances().unwrap_or_default();
+    for i in &unfinished {
+        cl.track(&i.service, i.number, &i.status);
+    }
+    // Worker join tokens made by `grove-cluster token` while running.
     let ct = cl.clone();
     tokio::spawn(async move {
-        let mut known = HashSet::new();
+        let mut known = tokens_known;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
@@ -607,7 +747,12 @@ pub async fn start(
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tick.tick().await;
-            for n in cw.handle_losses() {
+            let mut touched = cw.handle_losses();
+            touched.extend(cw.handle_stuck());
+            if cw.deferred.swap(false, Ordering::Relaxed) {
+                touched.extend(cw.place_pending());
+            }
+            for n in touched {
                 cw.push_node(n).await;
             }
         }

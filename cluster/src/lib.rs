@@ -38,6 +38,13 @@ pub struct Args {
     /// Join token issued by the root (first start only).
     #[arg(long, env = "GROVE_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
+    /// Seconds before an instance its worker has not confirmed is placed elsewhere.
+    #[arg(long, env = "GROVE_SCHEDULE_TIMEOUT_SECS", default_value_t = daemon::SCHEDULE_TIMEOUT.as_secs())]
+    pub schedule_timeout_secs: u64,
+    /// Seconds an instance may stay CREATING (pulling its image) before it is placed
+    /// elsewhere.
+    #[arg(long, env = "GROVE_CREATE_TIMEOUT_SECS", default_value_t = daemon::CREATE_TIMEOUT.as_secs())]
+    pub create_timeout_secs: u64,
 }
 
 /// Subcommands.
@@ -118,6 +125,8 @@ pub fn run(args: Args) -> Result<(), String> {
         location,
         data_dir: args.data_dir.clone(),
         join_token: args.join_token.clone(),
+        schedule_timeout: std::time::Duration::from_secs(args.schedule_timeout_secs.max(1)),
+        create_timeout: std::time::Duration::from_secs(args.create_timeout_secs.max(1)),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
