@@ -92,7 +92,9 @@ async fn backoff_sleep(attempt: &mut u32) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
-async fn join(c: &Handle, s: &Settings) -> Result<NodeRegistered, ControlError> {
+/// Join the cluster with the join token of `s`: the registration, protected with the
+/// token's context; the answer holds the worker's id, subnets and long-term credentials.
+pub async fn join(c: &Handle, s: &Settings) -> Result<NodeRegistered, ControlError> {
     let token = s
         .join_token
         .as_deref()
@@ -181,6 +183,29 @@ fn digest(instances: &[(InstanceRef, msg::InstanceState)]) -> [u8; 8] {
     out
 }
 
+/// The worker's long-term OSCORE context with its cluster, from the registration's
+/// credentials; its sequence numbers persist in `seq_file`.
+pub fn link_context(
+    reg: &NodeRegistered,
+    seq_file: &Path,
+) -> Result<SecurityContext, ControlError> {
+    let creds = reg
+        .credentials
+        .clone()
+        .ok_or_else(|| ControlError::Refused("no credentials in the answer".into()))?;
+    SecurityContext::new(
+        &ContextParams {
+            master_secret: creds.master_secret,
+            master_salt: creds.master_salt,
+            sender_id: creds.sender_id,
+            recipient_id: creds.recipient_id,
+            id_context: None,
+        },
+        Box::new(FileContextStore::new(seq_file)),
+    )
+    .map_err(|e| ControlError::Io(e.to_string()))
+}
+
 /// Converge the runtime to a full command set; returns nothing (changes come from poll).
 fn converge(rt: &mut dyn Runtime, cmds: &NodeCommands) {
     let wanted: Vec<&msg::InstanceSpec> = cmds
@@ -251,23 +276,7 @@ pub async fn run(
             r
         }
     };
-    let creds = reg
-        .credentials
-        .clone()
-        .ok_or_else(|| ControlError::Refused("no credentials in the answer".into()))?;
-    let ctx = SecurityContext::new(
-        &ContextParams {
-            master_secret: creds.master_secret,
-            master_salt: creds.master_salt,
-            sender_id: creds.sender_id,
-            recipient_id: creds.recipient_id,
-            id_context: None,
-        },
-        Box::new(FileContextStore::new(
-            s.state_dir.join("cluster.oscore-seq"),
-        )),
-    )
-    .map_err(|e| ControlError::Io(e.to_string()))?;
+    let ctx = link_context(&reg, &s.state_dir.join("cluster.oscore-seq"))?;
     let key = c
         .add_context(ctx)
         .await

@@ -2,6 +2,8 @@
 //! commands), the root link (join, observe the cluster's commands, report), placement
 //! with the cluster scheduler, and the loss watcher.
 
+mod directory;
+
 use crate::scheduler::{self, Demand, NodeView, Resources};
 use crate::store::{InstanceRow, NewNode, Store, now_secs};
 use grove_proto::coap::driver::{self, Handle, Incoming, Observation, Router};
@@ -109,6 +111,19 @@ pub struct Cluster {
     timeouts: (Duration, Duration),
     /// Placements waiting for workers' coordinates.
     deferred: std::sync::atomic::AtomicBool,
+    /// The root link, once joined.
+    root_link: OnceLock<RootLink>,
+    /// The service directory for the workers.
+    directory: directory::Directory,
+}
+
+/// How the cluster talks to its root.
+#[derive(Debug, Clone)]
+struct RootLink {
+    coap: Handle,
+    key: grove_proto::coap::ContextKey,
+    addr: SocketAddr,
+    id: ClusterId,
 }
 
 fn random<const N: usize>() -> [u8; N] {
@@ -363,6 +378,7 @@ impl Cluster {
             {
                 touched.extend(node);
                 self.track(&i.service, i.number, state.as_str());
+                self.directory.touch(&i.service);
                 let _ = self.to_root.send(InstanceStatus {
                     instance: InstanceRef {
                         service: i.service.clone(),
@@ -394,6 +410,7 @@ impl Cluster {
         let have = self.db().instances().unwrap_or_default();
         for i in &have {
             if !wanted.contains_key(&(i.service.clone(), i.number)) {
+                self.directory.touch(&i.service);
                 if let Ok(Some(n)) = self.db().remove_instance(&i.service, i.number) {
                     touched.insert(n);
                 }
@@ -418,6 +435,7 @@ impl Cluster {
         for n in touched {
             self.push_node(n).await;
         }
+        self.push_directory().await;
     }
 
     /// Move the instances of workers silent for too long; returns workers to notify.
@@ -449,6 +467,7 @@ impl Cluster {
                 let _ = self
                     .db()
                     .place(&i.service, i.number, None, "CLUSTER_SCHEDULED", None);
+                self.directory.touch(&i.service);
             }
             touched.insert(id);
             touched.extend(self.place_pending());
@@ -641,11 +660,13 @@ async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
             .unwrap_or(false);
         if ok {
             cl.track(&c.instance.service, c.instance.instance, c.state.as_str());
+            cl.directory.touch(&c.instance.service);
             let mut up = c.clone();
             up.worker = Some(format!("node-{id}"));
             let _ = cl.to_root.send(up);
         }
     }
+    cl.push_directory().await;
     if came_back {
         // Tell it what it should run now (what was moved away is no longer there).
         cl.push_node(id).await;
@@ -674,8 +695,10 @@ pub async fn start(
         progress: Mutex::new(HashMap::new()),
         timeouts: (s.schedule_timeout, s.create_timeout),
         deferred: std::sync::atomic::AtomicBool::new(false),
+        root_link: OnceLock::new(),
+        directory: directory::Directory::default(),
     });
-    let (c1, c2, c3) = (cl.clone(), cl.clone(), cl.clone());
+    let (c1, c2, c3, c4, c5) = (cl.clone(), cl.clone(), cl.clone(), cl.clone(), cl.clone());
     let router = Router::new()
         .route(Method::Post, paths::NODES, move |inc| {
             register_node(c1.clone(), inc)
@@ -691,6 +714,12 @@ pub async fn start(
                     Err(r) => r,
                 }
             }
+        })
+        .observable("/v1/services/by-ip/{ip}", move |inc| {
+            directory::lookup(c4.clone(), inc)
+        })
+        .observable("/v1/services/{name}", move |inc| {
+            directory::lookup(c5.clone(), inc)
         });
     let cfg = Config {
         seed: u64::from_le_bytes(random::<8>()),
@@ -755,6 +784,7 @@ pub async fn start(
             for n in touched {
                 cw.push_node(n).await;
             }
+            cw.push_directory().await;
         }
     });
     // Root link: join (or resume), observe commands, report.
@@ -783,6 +813,12 @@ pub async fn start(
             .0
     };
     let (cluster_id, key) = root_join(&cl, &s, &root_coap).await?;
+    let _ = cl.root_link.set(RootLink {
+        coap: root_coap.clone(),
+        key: key.clone(),
+        addr: s.root,
+        id: ClusterId(cluster_id),
+    });
     let cr = cl.clone();
     let (rc, rk, root) = (root_coap.clone(), key.clone(), s.root);
     tokio::spawn(async move {

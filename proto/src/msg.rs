@@ -249,6 +249,29 @@ impl InstanceState {
             Self::Undeployed => "UNDEPLOYED",
         }
     }
+
+    /// Every state, in lifecycle order.
+    pub const ALL: [Self; 10] = [
+        Self::Requested,
+        Self::ClusterScheduled,
+        Self::NodeScheduled,
+        Self::Creating,
+        Self::Created,
+        Self::Running,
+        Self::Completed,
+        Self::Dead,
+        Self::Failed,
+        Self::Undeployed,
+    ];
+
+    /// The state with Oakestra's name `name` (anything else is REQUESTED: not yet
+    /// anywhere).
+    pub fn from_name(name: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == name)
+            .unwrap_or(Self::Requested)
+    }
 }
 
 /// A change of one instance's status, sent up at once when it happens.

@@ -296,22 +296,6 @@ async fn register(
     }
 }
 
-fn state_of(s: &str) -> msg::InstanceState {
-    use msg::InstanceState as S;
-    match s {
-        "CLUSTER_SCHEDULED" => S::ClusterScheduled,
-        "NODE_SCHEDULED" => S::NodeScheduled,
-        "CREATING" => S::Creating,
-        "CREATED" => S::Created,
-        "RUNNING" => S::Running,
-        "COMPLETED" => S::Completed,
-        "DEAD" => S::Dead,
-        "FAILED" => S::Failed,
-        "UNDEPLOYED" => S::Undeployed,
-        _ => S::Requested,
-    }
-}
-
 /// The directory entry of a service: its addresses and where each instance runs.
 pub fn entry_for(
     st: &AppState,
@@ -340,7 +324,7 @@ pub fn entry_for(
                         .map(|a| a.octets()),
                     worker: i.node.clone().unwrap_or_default(),
                     cluster: ClusterId(i.cluster?),
-                    state: state_of(&i.status),
+                    state: msg::InstanceState::from_name(&i.status),
                 })
             })
             .collect(),

@@ -28,14 +28,18 @@ fn running(root: &Root, service: &str, n: usize) -> Option<String> {
     (st == "RUNNING").then_some(w)
 }
 
-/// Root, one cluster, agents `names` joined directly.
+/// Root, one cluster, agents `names` joined directly, each with room for more
+/// instances than any test asks for (the machine running the tests may be small).
 fn one_cluster(test: &str, names: &[&str]) -> (std::path::PathBuf, Root, Cluster, Vec<Agent>) {
     let dir = scratch(test);
     let root = Root::start(&dir, &[]);
     let cluster = Cluster::start(&dir, "edge", &root, &[]);
     let agents: Vec<Agent> = names
         .iter()
-        .map(|n| Agent::start(&dir, n, cluster.addr, &cluster.worker_token, &[]))
+        .map(|n| {
+            let room = ["--cpus", "16", "--memory-mib", "16384"];
+            Agent::start(&dir, n, cluster.addr, &cluster.worker_token, &room)
+        })
         .collect();
     let want = names.len() as u64;
     wait_until(30, "the cluster reporting every worker", || {
@@ -260,8 +264,8 @@ fn an_instance_stuck_in_creating_is_placed_again_elsewhere() {
     let root = Root::start(&dir, &[]);
     let cluster = Cluster::start(&dir, "edge", &root, &["--create-timeout-secs", "5"]);
     let t = &cluster.worker_token;
-    let a = Agent::start(&dir, "a", cluster.addr, t, &[]);
-    let b = Agent::start(&dir, "b", cluster.addr, t, &[]);
+    let a = Agent::start(&dir, "a", cluster.addr, t, &["--cpus", "16"]);
+    let b = Agent::start(&dir, "b", cluster.addr, t, &["--cpus", "16"]);
     wait_until(30, "two workers", || root.active_workers() == 2);
     // `sim:stuck` hangs in CREATING wherever it runs (an image pull that never ends).
     let ids = root.deploy_seed(|sla| {
@@ -377,5 +381,117 @@ fn a_root_away_for_60_seconds_loses_nothing_and_is_caught_up_within_a_report() {
     assert_eq!(active.as_array().unwrap().len(), 1, "the cluster is active");
     eprintln!("root caught up {took:?} after its return");
     drop((root, agents));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn workers_look_services_up_in_their_cluster_and_are_told_of_changes_even_without_the_root() {
+    use grove_proto::coap::{Code, Config, Request, SendOptions};
+    use grove_proto::msg::{self, InstanceState, ServiceEntry};
+    use grove_proto::paths;
+
+    let (dir, mut root, cluster, mut agents) = one_cluster("directory", &["w1", "w2"]);
+    let nginx = root.deploy_seed(|_| {})[1].clone();
+    root.add_instance(&nginx);
+    root.add_instance(&nginx);
+    wait_until(20, "two nginx RUNNING", || {
+        (0..2).all(|n| running(&root, &nginx, n).is_some())
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // The test joins as a worker (too small to be given anything) to ask as one.
+        let c = grove_tests::client(Config::default()).await;
+        let probe = grove_agent::control::Settings {
+            cluster: cluster.addr,
+            name: "probe".into(),
+            join_token: Some(cluster.worker_token.clone()),
+            state_dir: dir.join("probe"),
+            location: None,
+            max_instances: None,
+            cpus: Some(1),
+            memory_mib: Some(16),
+        };
+        let reg = grove_agent::control::join(&c, &probe).await.unwrap();
+        let ctx = grove_agent::control::link_context(&reg, &dir.join("probe.seq")).unwrap();
+        let key = c.add_context(ctx).await.unwrap();
+        let secure = || SendOptions::secure(key.clone());
+        let running_in = |e: &ServiceEntry| {
+            e.instances
+                .iter()
+                .filter(|i| i.state == InstanceState::Running)
+                .count()
+        };
+
+        let name = paths::service("clientsrvr.test.nginx.test");
+        let mut obs = c
+            .observe(cluster.addr, Request::get(&name), secure())
+            .await
+            .unwrap();
+        assert_eq!(obs.first.code, Code::CONTENT);
+        let e: ServiceEntry = msg::from_cbor(&obs.first.payload).unwrap();
+        assert_eq!(
+            (e.service.as_str(), e.rr_ip),
+            (nginx.as_str(), Some(0x0A1E_1E1E))
+        );
+        assert_eq!(running_in(&e), 2, "{e:?}");
+
+        let ip = paths::service_by_ip("10.30.30.30".parse().unwrap());
+        let r = c
+            .request(cluster.addr, Request::get(&ip), secure())
+            .await
+            .unwrap();
+        let by_ip: ServiceEntry = msg::from_cbor(&r.payload).unwrap();
+        assert_eq!(by_ip.service, nginx);
+        let r = c
+            .request(
+                cluster.addr,
+                Request::get(&paths::service("no.such.service.here")),
+                secure(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.code, Code::NOT_FOUND);
+        // Without a worker's credentials nobody learns anything.
+        let r = c
+            .request(cluster.addr, Request::get(&name), SendOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(r.code, Code::UNAUTHORIZED);
+
+        // A third instance: the observing worker is told.
+        root.add_instance(&nginx);
+        let mut next = async |what: &str, want: &dyn Fn(&ServiceEntry) -> bool| {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let n = tokio::time::timeout_at(deadline, obs.notifications.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("no notification: {what}"))
+                    .expect("observation ended");
+                let e: ServiceEntry = msg::from_cbor(&n.payload).unwrap();
+                if want(&e) {
+                    return e;
+                }
+            }
+        };
+        next("a third instance RUNNING", &|e| running_in(e) == 3).await;
+
+        // The root goes away and a worker dies: the cluster moves its instances and
+        // tells the observer on its own.
+        root.daemon.kill();
+        let victim = agents.iter().position(|a| a.holds(&nginx) > 0).unwrap();
+        let registered: msg::NodeRegistered =
+            msg::from_cbor(&std::fs::read(agents[victim].dir.join("node.cbor")).unwrap()).unwrap();
+        let dead = format!("node-{}", registered.node.0);
+        agents[victim].daemon.kill();
+        next("the dead worker's instances RUNNING elsewhere", &|e| {
+            running_in(e) == 3 && e.instances.iter().all(|i| i.worker != dead)
+        })
+        .await;
+    });
+    drop((root, agents, cluster));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,277 @@
+//! The service directory as the cluster's workers see it (`/v1/services/{name}` and
+//! `/v1/services/by-ip/{ip}`, GET + Observe): the root's entry for the service, with
+//! this cluster's own instances as the cluster knows them now (fresher than the root's
+//! copy, and known even while the root is away).
+//!
+//! A service asked for the first time is looked up at the root and then observed there,
+//! so changes elsewhere reach the cluster; every change, from the root or from this
+//! cluster's workers, is pushed to the workers observing the entry.
+
+use super::{Cluster, ENDED, spec_of};
+use grove_proto::coap::driver::{Incoming, Observation};
+use grove_proto::coap::{Code, Request, Response, SendOptions};
+use grove_proto::msg::{self, InstanceEndpoint, InstanceRef, InstanceState, ServiceEntry};
+use grove_proto::paths;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// An entry a worker asked for.
+#[derive(Debug, Clone)]
+struct Cached {
+    key: Key,
+    /// The service id.
+    service: String,
+    /// The root's entry, once it answered.
+    root: Option<ServiceEntry>,
+}
+
+/// What the cluster holds of the entries its workers asked for, by resource path, and
+/// the services changed here since the last push.
+#[derive(Debug, Default)]
+pub(super) struct Directory {
+    entries: Mutex<HashMap<String, Cached>>,
+    changed: Mutex<HashSet<String>>,
+}
+
+impl Directory {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Cached>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Note that an instance of `service` changed in this cluster.
+    pub(super) fn touch(&self, service: &str) {
+        self.changed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(service.to_owned());
+    }
+
+    fn take_changed(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.changed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn set_root(&self, path: &str, e: ServiceEntry) {
+        if let Some(c) = self.lock().get_mut(path) {
+            c.service = e.service.clone();
+            c.root = Some(e);
+        }
+    }
+}
+
+/// Which service a directory path asks for.
+#[derive(Debug, Clone)]
+enum Key {
+    Name(String),
+    Ip(u32),
+}
+
+fn key_of(inc: &Incoming) -> Result<(String, Key), Response> {
+    if let Some(ip) = inc.param("ip") {
+        let ip: std::net::Ipv4Addr = ip
+            .parse()
+            .map_err(|_| Response::error(Code::BAD_REQUEST, "not an IPv4 address"))?;
+        Ok((
+            paths::service_by_ip(std::net::IpAddr::V4(ip)),
+            Key::Ip(u32::from(ip)),
+        ))
+    } else {
+        let name = inc.param("name").unwrap_or_default().to_owned();
+        Ok((paths::service(&name), Key::Name(name)))
+    }
+}
+
+impl Cluster {
+    /// The entry for `key`: the root's (if known) with this cluster's instances merged
+    /// in; `None` when neither knows the service.
+    fn merged(&self, root: Option<&ServiceEntry>, key: &Key) -> Option<ServiceEntry> {
+        let rows = self.db().instances().unwrap_or_default();
+        let specs: Vec<(String, msg::InstanceSpec, String, Option<u32>)> = rows
+            .iter()
+            .filter_map(|r| Some((r.service.clone(), spec_of(r)?, r.status.clone(), r.node)))
+            .collect();
+        let service = match (root, key) {
+            (Some(e), _) => e.service.clone(),
+            (None, Key::Name(n)) => specs.iter().find(|s| s.1.name == *n)?.0.clone(),
+            (None, Key::Ip(ip)) => specs.iter().find(|s| s.1.ip == Some(*ip))?.0.clone(),
+        };
+        let mut entry = root.cloned().unwrap_or_else(|| ServiceEntry {
+            name: specs
+                .iter()
+                .find(|s| s.0 == service)
+                .map(|s| s.1.name.clone())
+                .unwrap_or_default(),
+            service: service.clone(),
+            rr_ip: None,
+            closest_ip: None,
+            instances: Vec::new(),
+        });
+        let me = self.root_link.get().map(|l| l.id);
+        // This cluster's instances: as it knows them, not as the root last heard.
+        entry
+            .instances
+            .retain(|i| me.is_none_or(|c| i.cluster != c));
+        for (sid, spec, status, node) in &specs {
+            if *sid != service || ENDED.contains(&status.as_str()) {
+                continue;
+            }
+            let (Some(ip), Some(node), Some(cluster)) = (spec.ip, node, me) else {
+                continue;
+            };
+            entry.instances.push(InstanceEndpoint {
+                instance: InstanceRef {
+                    service: sid.clone(),
+                    instance: spec.instance.instance,
+                },
+                ip,
+                ip6: None,
+                worker: format!("node-{node}"),
+                cluster,
+                state: InstanceState::from_name(status),
+            });
+        }
+        entry.instances.sort_by_key(|i| i.instance.instance);
+        Some(entry)
+    }
+
+    /// Push the entries of `service` to the workers observing them.
+    async fn push_entries(&self, service: &str) {
+        let watched: Vec<(String, Cached)> = self
+            .directory
+            .lock()
+            .iter()
+            .filter(|(_, c)| c.service == service)
+            .map(|(p, c)| (p.clone(), c.clone()))
+            .collect();
+        for (path, c) in watched {
+            if let (Some(e), Some(h)) = (self.merged(c.root.as_ref(), &c.key), self.coap.get()) {
+                h.notify(&path, Response::cbor(msg::to_cbor(&e))).await;
+            }
+        }
+    }
+
+    /// Push what changed in this cluster since the last call.
+    pub(super) async fn push_directory(&self) {
+        for service in self.directory.take_changed() {
+            self.push_entries(&service).await;
+        }
+    }
+}
+
+/// Observe `path` at the root for as long as the cluster runs (starting with `obs`, or
+/// with a new observation): keep the cached entry current and push each change on to
+/// the workers.
+fn watch_at_root(cl: Arc<Cluster>, path: String, obs: Option<Observation>) {
+    tokio::spawn(async move {
+        let mut obs = obs;
+        loop {
+            if let Some(o) = obs.as_mut() {
+                while let Some(n) = o.notifications.recv().await {
+                    if let Ok(e) = msg::from_cbor::<ServiceEntry>(&n.payload) {
+                        let service = e.service.clone();
+                        cl.directory.set_root(&path, e);
+                        cl.push_entries(&service).await;
+                    }
+                }
+            }
+            // Not observing yet, or the root forgot us (it restarted) or went away:
+            // register (again).
+            let mut wait = Duration::from_millis(500);
+            obs = loop {
+                if let Some(link) = cl.root_link.get().cloned() {
+                    let r = link
+                        .coap
+                        .observe(
+                            link.addr,
+                            Request::get(&path),
+                            SendOptions::secure(link.key),
+                        )
+                        .await;
+                    if let Some(o) = r.ok().filter(|o| o.first.code == Code::CONTENT) {
+                        if let Ok(e) = msg::from_cbor::<ServiceEntry>(&o.first.payload) {
+                            let service = e.service.clone();
+                            cl.directory.set_root(&path, e);
+                            cl.push_entries(&service).await;
+                        }
+                        break Some(o);
+                    }
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+            };
+        }
+    });
+}
+
+/// A worker's directory query.
+pub(super) async fn lookup(cl: Arc<Cluster>, inc: Incoming) -> Response {
+    // Only this cluster's workers ask (their contexts have 4-byte node ids).
+    let is_worker =
+        matches!(&inc.security, Some(k) if k.id_context.is_none() && k.recipient_id.len() == 4);
+    if !is_worker {
+        return Response::error(
+            Code::FORBIDDEN,
+            "the directory is for this cluster's workers",
+        );
+    }
+    let (path, key) = match key_of(&inc) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let cached = cl.directory.lock().get(&path).cloned();
+    if let Some(c) = cached {
+        return match cl.merged(c.root.as_ref(), &c.key) {
+            Some(e) => Response::cbor(msg::to_cbor(&e)),
+            None => Response::error(Code::NOT_FOUND, "no such service"),
+        };
+    }
+    // First time: ask the root, and keep observing it there.
+    let mut obs = None;
+    let mut root_entry = None;
+    if let Some(link) = cl.root_link.get().cloned() {
+        match link
+            .coap
+            .observe(
+                link.addr,
+                Request::get(&path),
+                SendOptions::secure(link.key),
+            )
+            .await
+        {
+            Ok(o) if o.first.code == Code::CONTENT => {
+                root_entry = msg::from_cbor::<ServiceEntry>(&o.first.payload).ok();
+                obs = Some(o);
+            }
+            Ok(o) if o.first.code == Code::NOT_FOUND => {
+                return match cl.merged(None, &key) {
+                    Some(e) => Response::cbor(msg::to_cbor(&e)),
+                    None => Response::error(Code::NOT_FOUND, "no such service"),
+                };
+            }
+            // The root is away: what this cluster knows has to do for now.
+            _ => {}
+        }
+    }
+    let Some(entry) = cl.merged(root_entry.as_ref(), &key) else {
+        return Response::error(
+            Code::SERVICE_UNAVAILABLE,
+            "the root is unreachable and no instance of this service runs in this cluster",
+        );
+    };
+    let fresh = cl
+        .directory
+        .lock()
+        .insert(
+            path.clone(),
+            Cached {
+                key,
+                service: entry.service.clone(),
+                root: root_entry,
+            },
+        )
+        .is_none();
+    if fresh {
+        watch_at_root(cl.clone(), path, obs);
+    }
+    Response::cbor(msg::to_cbor(&entry))
+}
