@@ -34,6 +34,8 @@ pub const MISSED: u32 = 3;
 pub const OBSERVE_REFRESH: Duration = Duration::from_secs(20);
 /// Report period to the root.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
+/// A report carries the capacity at least this often, changed or not.
+const FULL_REPORT_EVERY: Duration = Duration::from_secs(30);
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -824,6 +826,8 @@ pub async fn start(
     tokio::spawn(async move {
         let mut obs: Option<Observation> = None;
         let mut report = tokio::time::interval(REPORT_EVERY);
+        let (mut last_capacity, mut last_full): (Option<Vec<Capacity>>, Instant) =
+            (None, Instant::now());
         let mut pending: Vec<InstanceStatus> = Vec::new();
         let mut seq = 0u32;
         let mut retry = tokio::time::interval(Duration::from_millis(500));
@@ -851,7 +855,7 @@ pub async fn start(
                         reporting = true;
                         seq = seq.wrapping_add(1);
                         let n = pending.len();
-                        let rep = ClusterReport { cluster: ClusterId(cluster_id), seq, capacity: vec![], changes: pending.clone() };
+                        let rep = ClusterReport { cluster: ClusterId(cluster_id), seq, capacity: None, changes: pending.clone() };
                         let req = Request::post_cbor(&paths::cluster_status(ClusterId(cluster_id)), msg::to_cbor(&rep));
                         let (rc2, rk2, tx) = (rc.clone(), rk.clone(), ack_tx.clone());
                         tokio::spawn(async move {
@@ -877,7 +881,15 @@ pub async fn start(
                 }
                 _ = report.tick() => {
                     seq = seq.wrapping_add(1);
-                    let rep = ClusterReport { cluster: ClusterId(cluster_id), seq, capacity: cr.capacity(), changes: vec![] };
+                    // Changes only; the whole again now and then, since reports are
+                    // non-confirmable and one that carried a change may be lost.
+                    let now = cr.capacity();
+                    let capacity = (last_capacity.as_ref() != Some(&now) || last_full.elapsed() >= FULL_REPORT_EVERY).then(|| {
+                        last_full = Instant::now();
+                        last_capacity = Some(now.clone());
+                        now
+                    });
+                    let rep = ClusterReport { cluster: ClusterId(cluster_id), seq, capacity, changes: vec![] };
                     let req = Request::post_cbor(&paths::cluster_status(ClusterId(cluster_id)), msg::to_cbor(&rep));
                     let (rc2, rk2) = (rc.clone(), rk.clone());
                     tokio::spawn(async move {

@@ -505,9 +505,10 @@ pub struct ClusterReport {
     /// Increases by one per report.
     #[n(1)]
     pub seq: u32,
-    /// Capacity per class; empty when unchanged since the last acknowledged report.
+    /// Capacity per class: `None` when unchanged since the last report that carried
+    /// it; `Some` of an empty list when no worker is active.
     #[n(2)]
-    pub capacity: Vec<Capacity>,
+    pub capacity: Option<Vec<Capacity>>,
     /// Status changes of instances.
     #[n(3)]
     pub changes: Vec<InstanceStatus>,

@@ -362,7 +362,7 @@ fn report(st: &Shared, inc: &Incoming) -> Response {
         Err(e) => return Response::error(Code::BAD_REQUEST, &e.to_string()),
     };
     let mut db = st.db();
-    let aggregate = (!rep.capacity.is_empty()).then(|| msg::to_cbor(&rep.capacity));
+    let aggregate = rep.capacity.as_ref().map(msg::to_cbor);
     if let Err(e) = db.record_report(id, aggregate.as_deref(), now_secs()) {
         return Response::error(Code::NOT_FOUND, &e.to_string());
     }

@@ -185,7 +185,12 @@ fn capacity(cpu: u32, mem: u32) -> Vec<Capacity> {
 }
 
 impl TestCluster {
-    async fn report(&self, seq: u32, capacity: Vec<Capacity>, changes: Vec<InstanceStatus>) {
+    async fn report(
+        &self,
+        seq: u32,
+        capacity: Option<Vec<Capacity>>,
+        changes: Vec<InstanceStatus>,
+    ) {
         let body = msg::to_cbor(&ClusterReport {
             cluster: ClusterId(self.id),
             seq,
@@ -274,7 +279,7 @@ fn a_registered_cluster_receives_an_api_deploy_through_its_observed_commands() {
             .err()
             .expect("a used token is refused");
         assert_eq!(again.0, Code::FORBIDDEN, "{}", again.1);
-        c.report(1, capacity(4000, 8000), vec![]).await;
+        c.report(1, Some(capacity(4000, 8000)), vec![]).await;
         let mut obs = c.observe().await;
         let first: ClusterCommands = msg::from_cbor(&obs.first.payload).unwrap();
         assert!(first.commands.is_empty());
@@ -321,7 +326,7 @@ fn a_registered_cluster_receives_an_api_deploy_through_its_observed_commands() {
             ip: spec.ip,
             worker: None,
         };
-        c.report(2, vec![], vec![running]).await;
+        c.report(2, None, vec![running]).await;
         let (_, svc) = http(&base, "GET", &format!("/api/service/{sid}"), Some(&t), None);
         assert_eq!(svc["instance_list"][0]["status"], "RUNNING");
         assert_eq!(svc["status"], "RUNNING");
@@ -358,15 +363,15 @@ fn a_lost_cluster_s_instances_move_and_on_return_it_is_told_to_stop_them() {
     root.rt.block_on(async move {
         let a = join(root.coap, &ta, "tight").await.unwrap();
         let b = join(root.coap, &tb, "roomy").await.unwrap();
-        a.report(1, capacity(1200, 200), vec![]).await;
-        b.report(1, capacity(16_000, 32_000), vec![]).await;
+        a.report(1, Some(capacity(1200, 200)), vec![]).await;
+        b.report(1, Some(capacity(16_000, 32_000)), vec![]).await;
         let mut obs_a = a.observe().await;
         let mut obs_b = b.observe().await;
         // B keeps reporting; A falls silent after the deploy.
         let b_reporter = tokio::spawn(async move {
             for seq in 2.. {
                 tokio::time::sleep(Duration::from_millis(400)).await;
-                b.report(seq, vec![], vec![]).await;
+                b.report(seq, None, vec![]).await;
             }
         });
         let (_, apps) = http(&base, "POST", "/api/application/", Some(&t), Some(seed()));
@@ -403,7 +408,7 @@ fn a_lost_cluster_s_instances_move_and_on_return_it_is_told_to_stop_them() {
             ip: None,
             worker: None,
         };
-        a.report(2, capacity(1200, 200), vec![stale]).await;
+        a.report(2, Some(capacity(1200, 200)), vec![stale]).await;
         let (_, svc) = http(&base, "GET", &format!("/api/service/{sid}"), Some(&t), None);
         assert_eq!(
             svc["instance_list"][0]["cluster_id"], "2",
@@ -682,8 +687,8 @@ fn the_directory_pushes_an_instance_placed_in_one_cluster_to_another_that_observ
     root.rt.block_on(async move {
         let a = join(root.coap, &ta, "edge-a").await.unwrap();
         let b = join(root.coap, &tb, "edge-b").await.unwrap();
-        a.report(1, capacity(1200, 200), vec![]).await;
-        b.report(1, capacity(16_000, 32_000), vec![]).await;
+        a.report(1, Some(capacity(1200, 200)), vec![]).await;
+        b.report(1, Some(capacity(16_000, 32_000)), vec![]).await;
         // B is interested in the nginx service by name, A by its round-robin IP.
         let name = "clientsrvr.test.nginx.test";
         let mut by_name = b
@@ -727,7 +732,7 @@ fn the_directory_pushes_an_instance_placed_in_one_cluster_to_another_that_observ
         };
         a.report(
             2,
-            vec![],
+            None,
             vec![InstanceStatus {
                 instance: wanted.clone(),
                 state: InstanceState::Running,
@@ -792,7 +797,7 @@ fn put_service_replaces_instances_one_at_a_time_never_all_down() {
     let base = root.base.clone();
     root.rt.block_on(async move {
         let c = join(root.coap, &token, "edge").await.unwrap();
-        c.report(1, capacity(64_000, 64_000), vec![]).await;
+        c.report(1, Some(capacity(64_000, 64_000)), vec![]).await;
         let mut obs = c.observe().await;
         for _ in 0..3 {
             http(
@@ -843,7 +848,7 @@ fn put_service_replaces_instances_one_at_a_time_never_all_down() {
             running.retain(|r| set.iter().any(|(n, _)| *n == r.instance));
             running.extend(fresh.iter().map(|f| f.instance.clone()));
             if !fresh.is_empty() {
-                c.report(seq, vec![], fresh).await;
+                c.report(seq, None, fresh).await;
                 seq += 1;
             }
             if put_done {

@@ -80,6 +80,15 @@ fn an_agent_killed_has_its_instances_running_on_another_worker_within_8_s() {
         || agents[victim].holds(&sid) == 0,
     );
     assert_eq!(agents[survivor].holds(&sid), 1);
+
+    // With every worker gone the root hears the cluster has none left (and so stops
+    // sending it instances).
+    for a in &mut agents {
+        a.daemon.kill();
+    }
+    wait_until(30, "the root seeing no active worker", || {
+        root.active_workers() == 0
+    });
     drop((root, agents));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -493,5 +502,36 @@ fn workers_look_services_up_in_their_cluster_and_are_told_of_changes_even_withou
         .await;
     });
     drop((root, agents, cluster));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_rolling_update_replaces_instances_on_the_workers_without_dropping_below_the_count() {
+    let (dir, root, _cluster, agents) = one_cluster("rolling", &["w1", "w2"]);
+    let nginx = root.deploy_seed(|_| {})[1].clone();
+    root.add_instance(&nginx);
+    root.add_instance(&nginx);
+    wait_until(20, "two nginx RUNNING", || {
+        (0..2).all(|n| running(&root, &nginx, n).is_some())
+    });
+    let mut ms = support::seed()["applications"][0]["microservices"][1].clone();
+    ms["memory"] = json!(256);
+    root.api("PUT", &format!("/api/service/{nginx}"), Some(ms));
+    let mut fewest = usize::MAX;
+    wait_until(60, "both instances replaced by RUNNING new ones", || {
+        let list = root.instances(&nginx);
+        let up = list.iter().filter(|i| i["status"] == "RUNNING").count();
+        fewest = fewest.min(up);
+        list.len() == 2
+            && list
+                .iter()
+                .all(|i| i["status"] == "RUNNING" && i["generation"] == 2)
+    });
+    assert!(fewest >= 2, "only {fewest} RUNNING during the rollout");
+    // The workers run exactly the new ones.
+    wait_until(10, "the old instances gone from the workers", || {
+        agents.iter().map(|a| a.holds(&nginx)).sum::<usize>() == 2
+    });
+    drop((root, agents));
     let _ = std::fs::remove_dir_all(&dir);
 }
