@@ -194,13 +194,7 @@ pub fn link_context(
         .clone()
         .ok_or_else(|| ControlError::Refused("no credentials in the answer".into()))?;
     SecurityContext::new(
-        &ContextParams {
-            master_secret: creds.master_secret,
-            master_salt: creds.master_salt,
-            sender_id: creds.sender_id,
-            recipient_id: creds.recipient_id,
-            id_context: None,
-        },
+        &ContextParams::from(creds),
         Box::new(FileContextStore::new(seq_file)),
     )
     .map_err(|e| ControlError::Io(e.to_string()))

@@ -289,13 +289,7 @@ async fn agent(
     std::fs::create_dir_all(&state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
     let seq_file = state_dir.join("cluster.oscore-seq");
     let _ = std::fs::remove_file(&seq_file);
-    let params = ContextParams {
-        master_secret: creds.master_secret,
-        master_salt: creds.master_salt,
-        sender_id: creds.sender_id,
-        recipient_id: creds.recipient_id,
-        id_context: None,
-    };
+    let params = ContextParams::from(creds);
     let ctx = SecurityContext::new(&params, Box::new(FileContextStore::new(&seq_file)))
         .map_err(|e| e.to_string())?;
     let key = c.add_context(ctx).await.ok_or("driver stopped")?;

@@ -987,13 +987,7 @@ async fn root_join(
         }
     }
     let ctx = SecurityContext::new(
-        &ContextParams {
-            master_secret: creds.master_secret,
-            master_salt: creds.master_salt,
-            sender_id: creds.sender_id,
-            recipient_id: creds.recipient_id,
-            id_context: None,
-        },
+        &ContextParams::from(creds),
         Box::new(FileContextStore::new(s.data_dir.join("root.oscore-seq"))),
     )
     .map_err(|e| e.to_string())?;

@@ -1,27 +1,11 @@
 //! aiocoap, with OSCORE credentials a user got from the root's HTTP API, lists that
 //! user's applications over CoAP; without them, libcoap gets 4.01.
 
-use clap::Parser;
+mod support;
+
 use grove_tests::{aiocoap_python, interop_script, run, tool};
-use serde_json::{Value, json};
 use std::time::Duration;
-
-fn http(base: &str, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Value {
-    let mut req = ureq::request(method, &format!("{base}{path}")).timeout(Duration::from_secs(20));
-    if let Some(t) = token {
-        req = req.set("Authorization", &format!("Bearer {t}"));
-    }
-    let r = match body {
-        Some(b) => req.send_json(b),
-        None => req.call(),
-    }
-    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    r.into_json().unwrap()
-}
-
-fn seed() -> Value {
-    serde_json::from_str(include_str!("../../root/tests/seed_sla.json")).unwrap()
-}
+use support::{Root, scratch};
 
 #[test]
 fn aiocoap_lists_applications_over_coap_with_credentials_from_http() {
@@ -29,36 +13,15 @@ fn aiocoap_lists_applications_over_coap_with_credentials_from_http() {
     let Some(libcoap) = tool("coap-client-notls") else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("grove-root-coapapi-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let args = grove_root::Args::parse_from([
-        "grove-root",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--admin-password",
-        "Admin",
-        "--http",
-        "127.0.0.1:0",
-        "--coap",
-        "127.0.0.1:0",
-    ]);
+    let dir = scratch("coap-api");
+    let root = Root::start(&dir, &[]);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    let r = rt.block_on(grove_root::start(&args)).unwrap();
-    let base = format!("http://{}", r.http);
-    let login = http(
-        &base,
-        "POST",
-        "/api/auth/login",
-        None,
-        Some(json!({"username": "Admin", "password": "Admin"})),
-    );
-    let t = login["token"].as_str().unwrap().to_owned();
-    http(&base, "POST", "/api/application/", Some(&t), Some(seed()));
-    let creds = http(&base, "POST", "/api/auth/coap", Some(&t), None);
+    root.deploy_seed(|_| {});
+    let creds = root.api("POST", "/api/auth/coap", None);
 
     // The credentials are an aiocoap settings.json as they come.
     let ctx = dir.join("aiocoap-ctx");
@@ -66,7 +29,7 @@ fn aiocoap_lists_applications_over_coap_with_credentials_from_http() {
     let mut settings = creds.clone();
     settings.as_object_mut().unwrap().remove("coap_port");
     std::fs::write(ctx.join("settings.json"), settings.to_string()).unwrap();
-    let uri = format!("coap://127.0.0.1:{}/api/applications/", r.coap.port());
+    let uri = format!("coap://127.0.0.1:{}/api/applications/", root.coap.port());
     let out = rt.block_on(run(
         &py,
         &[
@@ -102,6 +65,6 @@ fn aiocoap_lists_applications_over_coap_with_credentials_from_http() {
     let text = format!("{}{}", out.stdout, out.stderr);
     assert!(text.contains("4.01"), "{text}");
     assert!(!text.contains("clientsrvr"));
-    drop(rt);
+    drop((rt, root));
     std::fs::remove_dir_all(&dir).unwrap();
 }

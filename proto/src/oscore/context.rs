@@ -34,6 +34,20 @@ pub struct ContextParams {
     pub id_context: Option<Vec<u8>>,
 }
 
+impl From<crate::msg::Credentials> for ContextParams {
+    /// The receiver's side of credentials handed out at a join: its sender and
+    /// recipient ids as given.
+    fn from(c: crate::msg::Credentials) -> Self {
+        Self {
+            master_secret: c.master_secret,
+            master_salt: c.master_salt,
+            sender_id: c.sender_id,
+            recipient_id: c.recipient_id,
+            id_context: None,
+        }
+    }
+}
+
 /// What survives a restart of a context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PersistedState {
