@@ -6,6 +6,7 @@
 //! overlay come with their issues.
 
 pub mod control;
+pub mod image;
 pub mod runtime;
 
 use clap::Parser;

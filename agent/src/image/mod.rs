@@ -1,0 +1,11 @@
+//! OCI images: references, the registry client, the content-addressed store, layers.
+
+pub mod layer;
+pub mod oci;
+pub mod reference;
+pub mod registry;
+pub mod store;
+
+pub use reference::Reference;
+pub use registry::RegistryConfig;
+pub use store::{Image, ImageStore, PullError};
