@@ -3,7 +3,10 @@
 #   - libcoap3-bin (coap-client-notls, the libcoap interop peer),
 #   - python3-venv and a venv at .venv with aiocoap[oscore] (the OSCORE interop peer),
 #   - cargo-nextest (the test runner),
-#   - a C compiler for the crates that build C (SQLite, ring).
+#   - a C compiler for the crates that build C (SQLite, ring),
+#   - for images and containers: busybox-static (the test images' content), umoci
+#     (builds them), skopeo (pushes them), docker-registry (a real registry on
+#     loopback), apache2-utils (htpasswd) and openssl (a test CA).
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +19,12 @@ command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 command -v coap-client-notls >/dev/null 2>&1 || missing+=(libcoap3-bin)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+[ -x /bin/busybox ] || missing+=(busybox-static)
+command -v umoci >/dev/null 2>&1 || missing+=(umoci)
+command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ((${#missing[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "test-deps: need root to install: ${missing[*]}" >&2
@@ -37,4 +46,4 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test-deps: installing cargo-nextest"
   cargo install cargo-nextest --locked
 fi
-echo "test-deps: ready (coap-client-notls, .venv with aiocoap, cargo-nextest)"
+echo "test-deps: ready (coap-client-notls, .venv with aiocoap, cargo-nextest, busybox, umoci, skopeo, docker-registry, htpasswd, openssl)"

@@ -277,7 +277,11 @@ mod tests {
 
     impl RegistryRef {
         fn to_string_pair(&self) -> (&str, &str, &str) {
-            (&self.registry, &self.repository, self.tag.as_deref().unwrap_or(""))
+            (
+                &self.registry,
+                &self.repository,
+                self.tag.as_deref().unwrap_or(""),
+            )
         }
     }
 }

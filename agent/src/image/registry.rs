@@ -241,6 +241,8 @@ impl Registries {
         out
     }
 
+    // ureq's own error type, passed straight on to the one caller that matches on it.
+    #[allow(clippy::result_large_err)]
     fn get_once(
         &self,
         url: &str,
@@ -264,9 +266,9 @@ impl Registries {
         params: &BTreeMap<String, String>,
         scope: &str,
     ) -> Result<String, RegistryError> {
-        let realm = params
-            .get("realm")
-            .ok_or_else(|| RegistryError::Auth(format!("{endpoint}: bearer challenge without realm")))?;
+        let realm = params.get("realm").ok_or_else(|| {
+            RegistryError::Auth(format!("{endpoint}: bearer challenge without realm"))
+        })?;
         let mut req = self.http.get(realm).query("scope", scope);
         if let Some(s) = params.get("service") {
             req = req.query("service", s);
@@ -274,9 +276,9 @@ impl Registries {
         if let Some((u, p)) = self.cfg.auth.get(host_of(endpoint)) {
             req = req.set("Authorization", &basic(u, p));
         }
-        let resp = req.call().map_err(|e| {
-            RegistryError::Auth(format!("{endpoint}: token from {realm}: {e}"))
-        })?;
+        let resp = req
+            .call()
+            .map_err(|e| RegistryError::Auth(format!("{endpoint}: token from {realm}: {e}")))?;
         let body: serde_json::Value = serde_json::from_reader(resp.into_reader().take(1 << 20))
             .map_err(|e| RegistryError::Auth(format!("{endpoint}: token from {realm}: {e}")))?;
         body.get("token")
@@ -326,7 +328,10 @@ impl Registries {
         match self.get_once(&url, accept, auth.as_deref()) {
             Ok(r) => Ok(r),
             Err(ureq::Error::Status(401, resp)) => {
-                let header = resp.header("WWW-Authenticate").unwrap_or_default().to_owned();
+                let header = resp
+                    .header("WWW-Authenticate")
+                    .unwrap_or_default()
+                    .to_owned();
                 let (scheme, params) = challenge(&header).ok_or_else(|| {
                     RegistryError::Auth(format!("{endpoint}: 401 without a usable challenge"))
                 })?;
@@ -430,7 +435,10 @@ mod tests {
 
     #[test]
     fn basic_credentials_are_base64() {
-        assert_eq!(basic("Aladdin", "open sesame"), "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        assert_eq!(
+            basic("Aladdin", "open sesame"),
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
         assert_eq!(basic("a", "b"), "Basic YTpi");
     }
 

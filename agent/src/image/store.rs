@@ -192,12 +192,16 @@ impl ImageStore {
         Ok(path)
     }
 
-    fn fetch_blob(
+    /// Fetch what `d` describes (a manifest comes from the registry's manifest
+    /// endpoint, anything else from its blob endpoint) into the store.
+    fn fetch(
         &self,
         src: &Source<'_>,
         d: &Descriptor,
+        manifest: bool,
     ) -> Result<PathBuf, PullError> {
         self.put_blob(&d.digest, Some(d.size), || match src {
+            Source::Registry(reg, r) if manifest => Ok(reg.manifest(r, &d.digest)?.body),
             Source::Registry(reg, r) => Ok(reg.blob(r, &d.digest)?.body),
             Source::Layout(dir) => {
                 let p = dir.join("blobs/sha256").join(hex_of(&d.digest)?);
@@ -224,7 +228,7 @@ impl ImageStore {
     ) -> Result<(String, AnyManifest), PullError> {
         let mut d = d;
         for _ in 0..2 {
-            let path = self.fetch_blob(src, &d)?;
+            let path = self.fetch(src, &d, true)?;
             let doc: AnyManifest = serde_json::from_slice(&self.read_document(&path)?)
                 .map_err(|e| PullError::Format(format!("{image}: manifest {}: {e}", d.digest)))?;
             match &doc.manifests {
@@ -245,7 +249,9 @@ impl ImageStore {
                 _ => return Ok((d.digest, doc)),
             }
         }
-        Err(PullError::Format(format!("{image}: an index inside an index")))
+        Err(PullError::Format(format!(
+            "{image}: an index inside an index"
+        )))
     }
 
     /// The descriptor a registry reference names: the manifest fetched by tag (its
@@ -273,7 +279,9 @@ impl ImageStore {
             }
         }
         let size = body.len() as u64;
-        self.put_blob(&digest, Some(size), || Ok(Box::new(std::io::Cursor::new(body))))?;
+        self.put_blob(&digest, Some(size), || {
+            Ok(Box::new(std::io::Cursor::new(body)))
+        })?;
         Ok(Descriptor {
             media_type: fetched.media_type,
             digest,
@@ -326,7 +334,7 @@ impl ImageStore {
                 d.digest
             )));
         }
-        let blob = self.fetch_blob(src, d)?;
+        let blob = self.fetch(src, d, false)?;
         let tmp = self.scratch("layer");
         std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
         let f = std::fs::File::open(&blob).map_err(|e| io(&blob, e))?;
@@ -367,7 +375,7 @@ impl ImageStore {
         let config_d = doc
             .config
             .ok_or_else(|| PullError::Format(format!("{reference}: manifest without config")))?;
-        let config_path = self.fetch_blob(&src, &config_d)?;
+        let config_path = self.fetch(&src, &config_d, false)?;
         let config: ImageConfig = serde_json::from_slice(&self.read_document(&config_path)?)
             .map_err(|e| PullError::Format(format!("{reference}: config: {e}")))?;
         let mut layers = Vec::new();
@@ -395,7 +403,10 @@ impl ImageStore {
         let keep: HashSet<String> = keep.iter().map(|r| escape(r)).collect();
         let mut live_blobs = HashSet::new();
         let refs_dir = self.root.join("refs");
-        for e in std::fs::read_dir(&refs_dir).map_err(|e| io(&refs_dir, e))?.flatten() {
+        for e in std::fs::read_dir(&refs_dir)
+            .map_err(|e| io(&refs_dir, e))?
+            .flatten()
+        {
             let name = e.file_name().to_string_lossy().into_owned();
             if !keep.contains(&name) {
                 let _ = std::fs::remove_file(e.path());
