@@ -5,9 +5,12 @@
 //! ([`runtime::SimRuntime`], `--runtime sim`); the native container runtime and the
 //! overlay come with their issues.
 
+pub mod container;
 pub mod control;
 pub mod image;
+pub mod oneshot;
 pub mod runtime;
+pub mod supervisor;
 
 use clap::Parser;
 
@@ -15,9 +18,15 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "grove-agent", version, about = "Grove worker agent")]
 pub struct Args {
+    /// Something other than running the agent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Configuration file (TOML; keys are the long flag names).
+    #[arg(long, env = "GROVE_CONFIG", global = true)]
+    pub config: Option<std::path::PathBuf>,
     /// The cluster's CoAP address, HOST[:PORT].
     #[arg(long, env = "GROVE_CLUSTER")]
-    pub cluster: String,
+    pub cluster: Option<String>,
     /// This worker's name (default: the hostname).
     #[arg(long, env = "GROVE_NAME")]
     pub name: Option<String>,
@@ -42,6 +51,65 @@ pub struct Args {
     /// Container runtime: native or sim.
     #[arg(long, env = "GROVE_RUNTIME", default_value = "native")]
     pub runtime: String,
+    /// Images of REGISTRY come from URL first, as containerd's registry mirrors
+    /// (`docker.io=http://127.0.0.1:5000`); may repeat.
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=URL", global = true)]
+    pub registry_mirrors: Vec<String>,
+    /// A registry (HOST[:PORT]) reached over plain HTTP; may repeat.
+    #[arg(long = "insecure-registry", value_name = "HOST", global = true)]
+    pub insecure_registries: Vec<String>,
+    /// CA certificates (PEM) trusted for registries besides the system's.
+    #[arg(long, env = "GROVE_REGISTRY_CA", global = true)]
+    pub registry_ca: Option<std::path::PathBuf>,
+    /// Credentials for a registry; may repeat.
+    #[arg(
+        long = "registry-auth",
+        value_name = "HOST=USER:PASSWORD",
+        global = true,
+        hide_env_values = true
+    )]
+    pub registry_auth: Vec<String>,
+}
+
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run one container in the foreground, as `docker run --rm`: its output passed
+    /// through, its exit code returned (diagnosing a node; benchmarking).
+    Run {
+        /// Memory limit, MB.
+        #[arg(long)]
+        memory: Option<u32>,
+        /// CPUs (fractions allowed: 0.5).
+        #[arg(long)]
+        vcpus: Option<f32>,
+        /// The image (`busybox`, `127.0.0.1:5000/app:1`, `oci:/path:tag`).
+        image: String,
+        /// Command and arguments (default: the image's).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
+    /// The container supervisor (started by the agent; survives its restarts).
+    #[command(hide = true)]
+    Supervise,
+}
+
+impl Args {
+    /// The registry settings from the flags.
+    pub fn registry_config(&self) -> Result<image::RegistryConfig, String> {
+        let mut cfg = image::RegistryConfig {
+            ca_file: self.registry_ca.clone(),
+            insecure: self.insecure_registries.iter().cloned().collect(),
+            ..image::RegistryConfig::default()
+        };
+        for m in &self.registry_mirrors {
+            cfg.add_mirror(m)?;
+        }
+        for a in &self.registry_auth {
+            cfg.add_auth(a)?;
+        }
+        Ok(cfg)
+    }
 }
 
 fn parse_location(s: &str) -> Result<grove_proto::msg::GeoPoint, String> {
@@ -59,25 +127,50 @@ fn parse_location(s: &str) -> Result<grove_proto::msg::GeoPoint, String> {
     }
 }
 
-/// Run the agent until Ctrl-C.
-pub fn run(args: Args) -> Result<(), String> {
+/// Run the agent until Ctrl-C (or a subcommand); returns the exit code.
+pub fn run(args: Args) -> Result<i32, String> {
+    // `run` prints only what goes wrong; the daemon says what it does.
+    let quiet = matches!(args.command, Some(Command::Run { .. }));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| if quiet { "warn" } else { "info" }.into()),
         )
+        .with_writer(std::io::stderr)
         .try_init();
+    match &args.command {
+        Some(Command::Run {
+            memory,
+            vcpus,
+            image,
+            cmd,
+        }) => {
+            let millicpus = vcpus.map(|v| {
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let m = (v * 1000.0).round().max(1.0) as u32;
+                m
+            });
+            return oneshot::run(&args, image, cmd, *memory, millicpus);
+        }
+        Some(Command::Supervise) => return supervisor::run(&args.state_dir).map(|()| 0),
+        None => {}
+    }
+    let cluster = args
+        .cluster
+        .as_deref()
+        .ok_or("--cluster HOST[:PORT] is required")?;
     let cluster = {
         use std::net::ToSocketAddrs;
-        let with_port = if args.cluster.contains(':') {
-            args.cluster.clone()
+        let with_port = if cluster.contains(':') {
+            cluster.to_owned()
         } else {
-            format!("{}:10100", args.cluster)
+            format!("{cluster}:10100")
         };
         with_port
             .to_socket_addrs()
-            .map_err(|e| format!("--cluster {}: {e}", args.cluster))?
+            .map_err(|e| format!("--cluster {cluster}: {e}"))?
             .next()
-            .ok_or_else(|| format!("--cluster {}: no address", args.cluster))?
+            .ok_or_else(|| format!("--cluster {cluster}: no address"))?
     };
     let location = args.location.as_deref().map(parse_location).transpose()?;
     let name = args.name.clone().unwrap_or_else(|| {
@@ -115,5 +208,6 @@ pub fn run(args: Args) -> Result<(), String> {
     rt.block_on(control::run(settings, runtime, async {
         let _ = tokio::signal::ctrl_c().await;
     }))
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    Ok(0)
 }

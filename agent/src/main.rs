@@ -2,8 +2,11 @@
 
 fn main() {
     let args = grove_proto::config::parse::<grove_agent::Args>("grove-agent");
-    if let Err(e) = grove_agent::run(args) {
-        eprintln!("grove-agent: {e}");
-        std::process::exit(1);
+    match grove_agent::run(args) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("grove-agent: {e}");
+            std::process::exit(1);
+        }
     }
 }

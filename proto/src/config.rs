@@ -62,21 +62,26 @@ pub fn args_with_config(mut argv: Vec<String>, flags: &[Flag]) -> Result<Vec<Str
         if flag_given(&argv, &long) || std::env::var_os(&env).is_some() {
             continue;
         }
-        let text = match &value {
-            toml::Value::String(s) => s.clone(),
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Float(f) => f.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            other => {
-                return Err(format!(
-                    "config {path}: `{key}` must be a string, number or boolean, not {}",
-                    other.type_str()
-                ));
-            }
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Float(f) => Ok(f.to_string()),
+            toml::Value::Boolean(b) => Ok(b.to_string()),
+            other => Err(format!(
+                "config {path}: `{key}` must be a string, number, boolean or a list of them, not {}",
+                other.type_str()
+            )),
+        };
+        // A list gives the flag once per item (flags that may repeat).
+        let items = match &value {
+            toml::Value::Array(a) => a.iter().map(scalar).collect::<Result<Vec<_>, _>>()?,
+            v => vec![scalar(v)?],
         };
         if flag.takes_value {
-            argv.push(long);
-            argv.push(text);
+            for text in items {
+                argv.push(long.clone());
+                argv.push(text);
+            }
         } else if value.as_bool() == Some(true) {
             argv.push(long);
         }

@@ -1,0 +1,177 @@
+//! A container's control group with cgroups-rs: memory (no swap beyond it), CPU quota,
+//! pids; the hierarchy (v1, hybrid or v2) detected, never assumed. Figures and the OOM
+//! count are read from the controller files.
+
+use super::spec::Limits;
+use cgroups_rs::{Cgroup, CgroupPid, MaxValue, cgroup_builder::CgroupBuilder, hierarchies};
+use std::path::PathBuf;
+
+const PERIOD_US: u64 = 100_000;
+
+/// Where Grove's containers' groups live inside each hierarchy.
+pub const PARENT: &str = "grove";
+
+/// One container's group.
+#[derive(Debug)]
+pub struct Group {
+    cg: Cgroup,
+    name: String,
+}
+
+fn v2() -> bool {
+    hierarchies::is_cgroup2_unified_mode()
+}
+
+/// A controller file of group `name` (`controller` names the v1 hierarchy).
+fn file(name: &str, controller: &str, v1: &str, v2_name: &str) -> PathBuf {
+    if v2() {
+        PathBuf::from("/sys/fs/cgroup").join(name).join(v2_name)
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+            .join(controller)
+            .join(name)
+            .join(v1)
+    }
+}
+
+fn read_u64(p: &PathBuf) -> Option<u64> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+/// A `key value` line of a flat-keyed controller file.
+fn keyed(p: &PathBuf, key: &str) -> Option<u64> {
+    std::fs::read_to_string(p)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+}
+
+impl Group {
+    /// The group of container `id`.
+    pub fn name_of(id: &str) -> String {
+        format!("{PARENT}/{id}")
+    }
+
+    /// Create (or take over) the group of container `id` with `limits`.
+    pub fn create(id: &str, limits: &Limits) -> Result<Self, String> {
+        let name = Self::name_of(id);
+        let mut b = CgroupBuilder::new(&name);
+        if limits.memory_bytes > 0 {
+            let m = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
+            b = b.memory().memory_hard_limit(m).done();
+        }
+        if limits.millicpus > 0 {
+            let quota =
+                i64::from(limits.millicpus) * i64::try_from(PERIOD_US / 1000).unwrap_or(100);
+            b = b.cpu().period(PERIOD_US).quota(quota).done();
+        }
+        if limits.pids > 0 {
+            b = b
+                .pid()
+                .maximum_number_of_processes(MaxValue::Value(i64::from(limits.pids)))
+                .done();
+        }
+        let cg = b
+            .build(hierarchies::auto())
+            .map_err(|e| format!("cgroup {name}: {e}"))?;
+        let g = Self { cg, name };
+        if limits.memory_bytes > 0 {
+            // No swap beyond the memory limit: the limit is the limit.
+            let (swap, value) = if v2() {
+                (
+                    file(&g.name, "memory", "", "memory.swap.max"),
+                    "0".to_owned(),
+                )
+            } else {
+                (
+                    file(&g.name, "memory", "memory.memsw.limit_in_bytes", ""),
+                    limits.memory_bytes.to_string(),
+                )
+            };
+            if swap.exists() {
+                std::fs::write(&swap, value).map_err(|e| format!("{}: {e}", swap.display()))?;
+            }
+        }
+        Ok(g)
+    }
+
+    /// The group of container `id` as it exists (after a restart).
+    pub fn load(id: &str) -> Self {
+        let name = Self::name_of(id);
+        Self {
+            cg: Cgroup::load(hierarchies::auto(), &name),
+            name,
+        }
+    }
+
+    /// Put process `pid` (and its future children) in the group.
+    pub fn add(&self, pid: u32) -> Result<(), String> {
+        self.cg
+            .add_task_by_tgid(CgroupPid::from(u64::from(pid)))
+            .map_err(|e| format!("cgroup {}: add {pid}: {e}", self.name))
+    }
+
+    /// Processes in the group.
+    pub fn pids(&self) -> Vec<u32> {
+        self.cg
+            .procs()
+            .into_iter()
+            .filter_map(|p| u32::try_from(p.pid).ok())
+            .collect()
+    }
+
+    /// How many processes the kernel's OOM killer killed in the group.
+    pub fn oom_kills(&self) -> u64 {
+        if v2() {
+            keyed(
+                &file(&self.name, "memory", "", "memory.events"),
+                "oom_kill ",
+            )
+            .unwrap_or(0)
+        } else {
+            keyed(
+                &file(&self.name, "memory", "memory.oom_control", ""),
+                "oom_kill ",
+            )
+            .unwrap_or(0)
+        }
+    }
+
+    /// Memory in use, bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        if v2() {
+            read_u64(&file(&self.name, "memory", "", "memory.current")).unwrap_or(0)
+        } else {
+            read_u64(&file(&self.name, "memory", "memory.usage_in_bytes", "")).unwrap_or(0)
+        }
+    }
+
+    /// CPU time used, microseconds.
+    pub fn cpu_usec(&self) -> u64 {
+        if v2() {
+            keyed(&file(&self.name, "cpu", "", "cpu.stat"), "usage_usec ").unwrap_or(0)
+        } else {
+            read_u64(&file(&self.name, "cpuacct", "cpuacct.usage", "")).unwrap_or(0) / 1000
+        }
+    }
+
+    /// SIGKILL every process in the group and remove it.
+    pub fn destroy(&self) -> Result<(), String> {
+        for _ in 0..50 {
+            let pids = self.pids();
+            if pids.is_empty() {
+                break;
+            }
+            for p in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(i32::try_from(p).unwrap_or(0)),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.cg
+            .delete()
+            .map_err(|e| format!("cgroup {}: remove: {e}", self.name))
+    }
+}

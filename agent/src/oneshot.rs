@@ -1,0 +1,84 @@
+//! `grove-agent run IMAGE [CMD...]`: one container in the foreground on the runtime's
+//! own path (pull, overlay root, namespaces, cgroup), like `docker run --rm`: output
+//! passed through, the exit code returned (128 + signal when killed), everything
+//! removed afterwards.
+
+use crate::Args;
+use crate::container::{self, LaunchSpec, Paths, cgroup::Group};
+use crate::image::ImageStore;
+use grove_proto::msg::{InstanceRef, InstanceSpec};
+use nix::sys::wait::{WaitStatus, waitpid};
+
+/// The instance spec `run` stands for.
+fn spec(
+    image: &str,
+    cmd: &[String],
+    memory_mib: Option<u32>,
+    millicpus: Option<u32>,
+) -> InstanceSpec {
+    InstanceSpec {
+        instance: InstanceRef {
+            service: "run".into(),
+            instance: std::process::id(),
+        },
+        name: "run".into(),
+        image: image.to_owned(),
+        cmd: cmd.to_vec(),
+        env: Vec::new(),
+        memory_mib: memory_mib.unwrap_or(0),
+        millicpus: millicpus.unwrap_or(0),
+        ports: None,
+        one_shot: true,
+        ip: None,
+        nodes: None,
+        geo: None,
+        latency: None,
+    }
+}
+
+/// How a container ended, as a shell reports it, plus whether the OOM killer did it.
+pub fn exit_code(status: WaitStatus, group: &Group) -> (i32, bool) {
+    let oom = group.oom_kills() > 0;
+    let code = match status {
+        WaitStatus::Exited(_, c) => c,
+        WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
+        _ => 1,
+    };
+    (code, oom)
+}
+
+/// Run it; returns its exit code.
+pub fn run(
+    args: &Args,
+    image: &str,
+    cmd: &[String],
+    memory_mib: Option<u32>,
+    millicpus: Option<u32>,
+) -> Result<i32, String> {
+    let store = ImageStore::open(&args.state_dir.join("images"), args.registry_config()?)
+        .map_err(|e| e.to_string())?;
+    let img = store.pull(image).map_err(|e| e.to_string())?;
+    let id = format!("run-{}", std::process::id());
+    let launch = LaunchSpec::resolve(&id, &spec(image, cmd, memory_mib, millicpus), &img)
+        .map_err(|e| e.to_string())?;
+    let containers = args.state_dir.join("containers");
+    let paths = Paths {
+        log: None,
+        ..Paths::of(&containers, &id)
+    };
+    let (pid, group) = container::launch(&launch, &paths)?;
+    let status = loop {
+        match waitpid(pid, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other.map_err(|e| format!("wait: {e}"))?,
+        }
+    };
+    let (code, oom) = exit_code(status, &group);
+    if oom {
+        eprintln!(
+            "grove-agent: the container was killed for going over its memory limit (OOMKilled)"
+        );
+    }
+    container::remove(&containers, &id)?;
+    Ok(code)
+}
