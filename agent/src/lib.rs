@@ -8,6 +8,7 @@
 pub mod container;
 pub mod control;
 pub mod image;
+pub mod native;
 pub mod oneshot;
 pub mod runtime;
 pub mod supervisor;
@@ -182,11 +183,10 @@ pub fn run(args: Args) -> Result<i32, String> {
         "sim" => Box::new(runtime::SimRuntime::open(
             args.state_dir.join("sim-instances.cbor"),
         )),
-        "native" => {
-            return Err(
-                "the native container runtime is not built yet: run with --runtime sim".into(),
-            );
-        }
+        "native" => Box::new(native::NativeRuntime::open(
+            &args.state_dir,
+            args.registry_config()?,
+        )?),
         other => return Err(format!("--runtime {other}: use native or sim")),
     };
     std::fs::create_dir_all(&args.state_dir)

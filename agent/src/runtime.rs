@@ -27,8 +27,8 @@ pub trait Runtime: Send {
     fn list(&self) -> Vec<(InstanceRef, InstanceState)>;
     /// Status changes since the last call (progress, exits, failures).
     fn poll(&mut self) -> Vec<InstanceStatus>;
-    /// Current usage.
-    fn usage(&self) -> Usage;
+    /// Current usage (CPU since the last call).
+    fn usage(&mut self) -> Usage;
 }
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
@@ -173,7 +173,7 @@ impl Runtime for SimRuntime {
         std::mem::take(&mut self.changes)
     }
 
-    fn usage(&self) -> Usage {
+    fn usage(&mut self) -> Usage {
         let running = self
             .instances
             .iter()

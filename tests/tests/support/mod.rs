@@ -370,12 +370,15 @@ pub struct Agent {
 
 impl Agent {
     /// Start an agent named `name` joining the cluster at `cluster` (a relay's address
-    /// when the link is emulated) with `extra` flags.
+    /// when the link is emulated) with `extra` flags (`--runtime sim` unless they name
+    /// a runtime).
     pub fn start(dir: &Path, name: &str, cluster: SocketAddr, token: &str, extra: &[&str]) -> Self {
         let adir = dir.join(name);
-        let mut args: Vec<OsString> = vec![
-            "--runtime".into(),
-            "sim".into(),
+        let mut args: Vec<OsString> = Vec::new();
+        if !extra.contains(&"--runtime") {
+            args.extend(["--runtime".into(), "sim".into()]);
+        }
+        args.extend::<[OsString; 8]>([
             "--cluster".into(),
             cluster.to_string().into(),
             "--name".into(),
@@ -384,7 +387,7 @@ impl Agent {
             token.into(),
             "--state-dir".into(),
             adir.clone().into(),
-        ];
+        ]);
         args.extend(extra.iter().map(OsString::from));
         let daemon = Daemon::start(bin("grove-agent"), args, dir.join(format!("{name}.log")));
         Self {

@@ -1,0 +1,381 @@
+//! The native runtime behind the control loop: images pulled on one puller thread,
+//! containers run by the supervisor (which outlives the agent), their ends turned into
+//! statuses — COMPLETED or DEAD for `one_shot` instances (with the OOM reason and the
+//! log's last KiB), a restart with back-off for the others. The instance records live
+//! in a file, so a restarted agent re-adopts what runs.
+
+use crate::image::{Image, ImageStore, RegistryConfig};
+use crate::runtime::{Runtime, Usage};
+use crate::supervisor::{self, Entry, Reply, Request};
+use grove_proto::msg::{InstanceRef, InstanceSpec, InstanceState, InstanceStatus};
+use minicbor::{Decode, Encode};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The last bytes of a log that go into a status.
+const LOG_TAIL: u64 = 1024;
+/// Grace between SIGTERM and SIGKILL when an instance is removed.
+const STOP_GRACE_MS: u32 = 5_000;
+/// Longest wait before restarting a crashed service.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+struct Record {
+    #[n(0)]
+    spec: InstanceSpec,
+    #[n(1)]
+    state: InstanceState,
+    #[n(2)]
+    restarts: u32,
+}
+
+/// The container id of an instance.
+fn container_id(i: &InstanceRef) -> String {
+    let s: String = i
+        .service
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(64)
+        .collect();
+    format!("{s}-{}", i.instance)
+}
+
+/// The last `LOG_TAIL` bytes of a container's log.
+pub fn log_tail(containers: &Path, id: &str) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(containers.join(id).join("log")) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL)));
+    let mut b = Vec::new();
+    let _ = f.take(LOG_TAIL).read_to_end(&mut b);
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+type PullDone = (InstanceRef, Result<Image, String>);
+
+/// Containers on this worker.
+#[derive(Debug)]
+pub struct NativeRuntime {
+    dir: PathBuf,
+    records: Vec<Record>,
+    changes: Vec<InstanceStatus>,
+    pulls: mpsc::Sender<(InstanceRef, String)>,
+    pulled: mpsc::Receiver<PullDone>,
+    restart_at: HashMap<InstanceRef, Instant>,
+    last_check: Instant,
+    cpu: (u64, u64),
+}
+
+impl NativeRuntime {
+    /// Open the runtime with its state under `dir`, starting the supervisor if none
+    /// runs, and the puller thread.
+    pub fn open(dir: &Path, registries: RegistryConfig) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        supervisor::ensure(dir)?;
+        let store = ImageStore::open(&dir.join("images"), registries).map_err(|e| e.to_string())?;
+        let (pulls, jobs) = mpsc::channel::<(InstanceRef, String)>();
+        let (done, pulled) = mpsc::channel::<PullDone>();
+        std::thread::Builder::new()
+            .name("puller".into())
+            .spawn(move || {
+                for (who, image) in jobs {
+                    let r = store.pull(&image).map_err(|e| e.to_string());
+                    if done.send((who, r)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        let records: Vec<Record> = std::fs::read(dir.join("native-instances.cbor"))
+            .ok()
+            .and_then(|b| minicbor::decode(&b).ok())
+            .unwrap_or_default();
+        let rt = Self {
+            dir: dir.to_path_buf(),
+            records,
+            changes: Vec::new(),
+            pulls,
+            pulled,
+            restart_at: HashMap::new(),
+            last_check: Instant::now() - Duration::from_secs(1),
+            cpu: (0, 0),
+        };
+        // What was on its way when the agent stopped goes on.
+        for r in rt
+            .records
+            .iter()
+            .filter(|r| r.state == InstanceState::Creating)
+        {
+            let _ = rt
+                .pulls
+                .send((r.spec.instance.clone(), r.spec.image.clone()));
+        }
+        Ok(rt)
+    }
+
+    fn containers(&self) -> PathBuf {
+        self.dir.join("containers")
+    }
+
+    fn save(&self) {
+        let path = self.dir.join("native-instances.cbor");
+        let tmp = path.with_extension("tmp");
+        if let Ok(b) = minicbor::to_vec(&self.records) {
+            if std::fs::write(&tmp, b)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .is_err()
+            {
+                tracing::warn!(file = %path.display(), "cannot save the instance records");
+            }
+        }
+    }
+
+    fn set(&mut self, who: &InstanceRef, state: InstanceState, detail: Option<String>) {
+        if let Some(r) = self.records.iter_mut().find(|r| r.spec.instance == *who) {
+            r.state = state;
+            self.changes.push(InstanceStatus {
+                instance: who.clone(),
+                state,
+                detail,
+                ip: r.spec.ip,
+                worker: None,
+            });
+        }
+        self.save();
+    }
+
+    fn start(&mut self, who: &InstanceRef, image: &Image) {
+        let Some(spec) = self
+            .records
+            .iter()
+            .find(|r| r.spec.instance == *who)
+            .map(|r| r.spec.clone())
+        else {
+            return;
+        };
+        let launch = match crate::container::LaunchSpec::resolve(&container_id(who), &spec, image) {
+            Ok(l) => l,
+            Err(e) => return self.set(who, InstanceState::Failed, Some(e.to_string())),
+        };
+        match supervisor::call(&self.dir, &Request::Start(launch)) {
+            Ok(Reply::Started(pid)) => {
+                tracing::info!(instance = %container_id(who), pid, "container running");
+                self.set(who, InstanceState::Running, None);
+            }
+            Ok(Reply::Error(e)) => self.set(who, InstanceState::Failed, Some(e)),
+            Ok(other) => self.set(
+                who,
+                InstanceState::Failed,
+                Some(format!("unexpected supervisor answer {other:?}")),
+            ),
+            Err(e) => self.set(who, InstanceState::Failed, Some(e)),
+        }
+    }
+
+    /// React to containers that ended.
+    fn check(&mut self) {
+        let entries: HashMap<String, Entry> = match supervisor::call(&self.dir, &Request::List) {
+            Ok(Reply::List(l)) => l.into_iter().map(|e| (e.id.clone(), e)).collect(),
+            _ => {
+                // The supervisor is gone (killed, or the machine restarted): start one;
+                // it re-adopts what still runs.
+                if let Err(e) = supervisor::ensure(&self.dir) {
+                    tracing::warn!(error = %e, "no container supervisor");
+                }
+                return;
+            }
+        };
+        let running: Vec<Record> = self
+            .records
+            .iter()
+            .filter(|r| r.state == InstanceState::Running)
+            .cloned()
+            .collect();
+        for r in running {
+            let who = r.spec.instance.clone();
+            let id = container_id(&who);
+            let exit = match entries.get(&id) {
+                Some(e) => match e.exit {
+                    Some(x) => x,
+                    None => continue,
+                },
+                None => supervisor::Exit {
+                    code: None,
+                    oom: false,
+                },
+            };
+            let why = match (exit.oom, exit.code) {
+                (true, _) => "OOMKilled: over its memory limit".to_owned(),
+                (false, Some(c)) => format!("exit code {c}"),
+                (false, None) => "ended while no supervisor watched (exit code unknown)".into(),
+            };
+            let tail = log_tail(&self.containers(), &id);
+            let detail = if tail.is_empty() {
+                why.clone()
+            } else {
+                format!("{why}; log: {tail}")
+            };
+            if r.spec.one_shot {
+                let state = if exit.code == Some(0) && !exit.oom {
+                    InstanceState::Completed
+                } else {
+                    InstanceState::Dead
+                };
+                let _ = supervisor::call(&self.dir, &Request::Remove(id));
+                self.set(&who, state, Some(detail));
+            } else {
+                let n = r.restarts;
+                let wait = Duration::from_secs(1u64 << n.min(6)).min(MAX_BACKOFF);
+                if let Some(rec) = self.records.iter_mut().find(|x| x.spec.instance == who) {
+                    rec.restarts += 1;
+                }
+                self.restart_at.insert(who.clone(), Instant::now() + wait);
+                self.set(
+                    &who,
+                    InstanceState::Creating,
+                    Some(format!(
+                        "{detail}; restart {} in {}s",
+                        n + 1,
+                        wait.as_secs()
+                    )),
+                );
+            }
+        }
+    }
+
+    fn cpu_centi_pct(&mut self) -> u16 {
+        let Some(line) = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_owned))
+        else {
+            return 0;
+        };
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let total: u64 = v.iter().sum();
+        let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+        let (pt, pi) = self.cpu;
+        self.cpu = (total, idle);
+        let (dt, di) = (total.saturating_sub(pt), idle.saturating_sub(pi));
+        if dt == 0 || pt == 0 {
+            return 0;
+        }
+        u16::try_from((dt - di.min(dt)) * 10_000 / dt).unwrap_or(10_000)
+    }
+}
+
+impl Runtime for NativeRuntime {
+    fn deploy(&mut self, spec: &InstanceSpec) {
+        if self
+            .records
+            .iter()
+            .any(|r| r.spec.instance == spec.instance)
+        {
+            return;
+        }
+        self.records.push(Record {
+            spec: spec.clone(),
+            state: InstanceState::Creating,
+            restarts: 0,
+        });
+        self.set(&spec.instance, InstanceState::Creating, None);
+        let _ = self.pulls.send((spec.instance.clone(), spec.image.clone()));
+    }
+
+    fn stop(&mut self, instance: &InstanceRef) {
+        let Some(pos) = self
+            .records
+            .iter()
+            .position(|r| r.spec.instance == *instance)
+        else {
+            return;
+        };
+        let id = container_id(instance);
+        let _ = supervisor::call(&self.dir, &Request::Stop(id.clone(), STOP_GRACE_MS));
+        if let Ok(Reply::Error(e)) = supervisor::call(&self.dir, &Request::Remove(id)) {
+            tracing::warn!(instance = %container_id(instance), error = %e, "removing the container");
+        }
+        let gone = self.records.remove(pos);
+        self.restart_at.remove(instance);
+        self.changes.push(InstanceStatus {
+            instance: gone.spec.instance,
+            state: InstanceState::Undeployed,
+            detail: None,
+            ip: gone.spec.ip,
+            worker: None,
+        });
+        self.save();
+    }
+
+    fn list(&self) -> Vec<(InstanceRef, InstanceState)> {
+        self.records
+            .iter()
+            .map(|r| (r.spec.instance.clone(), r.state))
+            .collect()
+    }
+
+    fn poll(&mut self) -> Vec<InstanceStatus> {
+        while let Ok((who, result)) = self.pulled.try_recv() {
+            if !self.records.iter().any(|r| r.spec.instance == who) {
+                continue;
+            }
+            match result {
+                Ok(image) => self.start(&who, &image),
+                Err(e) => self.set(&who, InstanceState::Failed, Some(format!("image: {e}"))),
+            }
+        }
+        let now = Instant::now();
+        let due: Vec<InstanceRef> = self
+            .restart_at
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(w, _)| w.clone())
+            .collect();
+        for who in due {
+            self.restart_at.remove(&who);
+            let _ = supervisor::call(&self.dir, &Request::Remove(container_id(&who)));
+            if let Some(r) = self.records.iter().find(|r| r.spec.instance == who) {
+                let _ = self.pulls.send((who.clone(), r.spec.image.clone()));
+            }
+        }
+        if self.last_check.elapsed() >= Duration::from_millis(500) {
+            self.last_check = now;
+            self.check();
+        }
+        std::mem::take(&mut self.changes)
+    }
+
+    fn usage(&mut self) -> Usage {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let kib = |key: &str| {
+            meminfo
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(key)?
+                        .split_whitespace()
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .unwrap_or(0)
+        };
+        let used = kib("MemTotal:").saturating_sub(kib("MemAvailable:")) / 1024;
+        let disk = nix::sys::statvfs::statvfs(&self.dir)
+            .map(|s| {
+                (s.blocks().saturating_sub(s.blocks_available())) * s.fragment_size() / (1 << 20)
+            })
+            .unwrap_or(0);
+        Usage {
+            cpu_centi_pct: self.cpu_centi_pct(),
+            mem_used_mib: u32::try_from(used).unwrap_or(u32::MAX),
+            disk_used_mib: u32::try_from(disk).unwrap_or(u32::MAX),
+        }
+    }
+}

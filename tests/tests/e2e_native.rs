@@ -1,0 +1,311 @@
+//! The privileged suite: real containers. A real root and cluster, `grove-agent
+//! --runtime native` pulling busybox images (built from the host's busybox-static) from
+//! a loopback `docker-registry` standing in for docker.io, and `grove-agent run` for
+//! the container-level checks. Needs root; with `CI=true` a missing root fails.
+
+mod support;
+
+use grove_tests::registry::{Protection, Registry, make_images};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::{Agent, Cluster, Root, bin, scratch, wait_until};
+
+fn root_or_skip(what: &str) -> bool {
+    if nix_is_root() {
+        return true;
+    }
+    grove_tests::missing(&format!("root (for {what})"));
+    false
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The test images in a layout and a registry serving busybox as docker.io's.
+struct Images {
+    layout: PathBuf,
+    registry: Registry,
+}
+
+fn images(dir: &Path) -> Option<Images> {
+    let layout = make_images(&dir.join("layout"))?;
+    let registry = Registry::start(&dir.join("registry"), &Protection::default())?;
+    registry.push(&layout, "latest", "library/busybox:latest", None);
+    Some(Images { layout, registry })
+}
+
+/// `grove-agent run` with `args`; (exit code, stdout, stderr).
+fn run(state: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin("grove-agent"))
+        .arg("--state-dir")
+        .arg(state)
+        .arg("run")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn grove_agent_run_isolates_limits_and_returns_the_exit_code() {
+    if !root_or_skip("containers") {
+        return;
+    }
+    let dir = scratch("run");
+    let Some(layout) = make_images(&dir.join("layout")) else {
+        return;
+    };
+    let image = format!("oci:{}:latest", layout.display());
+    let state = dir.join("state");
+
+    let (code, out, err) = run(&state, &[&image, "sh", "-c", "echo hi; exit 7"]);
+    assert_eq!((code, out.as_str()), (7, "hi\n"), "{err}");
+
+    // The PID namespace hides the host's processes: only the container's own.
+    let (code, out, err) = run(&state, &[&image, "ps", "-o", "pid,comm"]);
+    assert_eq!(code, 0, "{err}");
+    let pids: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(pids.len(), 1, "processes seen: {out}");
+    assert!(pids[0].trim().starts_with("1 "), "{out}");
+
+    // Docker's default capabilities and nothing else; no new privileges.
+    let (_, out, _) = run(
+        &state,
+        &[
+            &image,
+            "grep",
+            "-E",
+            "^(CapBnd|NoNewPrivs)",
+            "/proc/self/status",
+        ],
+    );
+    assert!(
+        out.contains("00000000a80425fb") && out.contains("NoNewPrivs:\t1"),
+        "{out}"
+    );
+
+    // A memory hog beyond its limit is killed, and says why.
+    let hog = "a=$(head -c 50000000 /dev/zero | tr '\\0' x); echo survived";
+    let (code, out, err) = run(&state, &["--memory", "20", &image, "sh", "-c", hog]);
+    assert_eq!(code, 137, "{out}{err}");
+    assert!(err.contains("OOMKilled"), "{err}");
+
+    // The CPU quota holds: a busy loop for 2 s gets about a fifth of one CPU.
+    let busy = "time -p timeout 2 sh -c 'while :; do :; done'";
+    let (_, _, err) = run(&state, &["--vcpus", "0.2", &image, "sh", "-c", busy]);
+    let user: f64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("user "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no time output: {err}"));
+    assert!(user < 0.7, "used {user} s of CPU in 2 s at 0.2 CPU");
+
+    // Nothing is left behind: no container dir, cgroup, mount or process.
+    let left: Vec<_> = std::fs::read_dir(state.join("containers"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(state.to_str().unwrap()), "{mounts}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Instance `n` of a service: (status, detail).
+fn status(root: &Root, service: &str, n: usize) -> (String, String) {
+    let list = root.instances(service);
+    let i = list.get(n).cloned().unwrap_or_default();
+    (
+        i["status"].as_str().unwrap_or_default().to_owned(),
+        i["status_detail"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[test]
+fn instances_pulled_through_a_docker_io_mirror_run_exit_and_survive_an_agent_sigkill() {
+    if !root_or_skip("containers") {
+        return;
+    }
+    let dir = scratch("native");
+    let Some(img) = images(&dir) else { return };
+    let _ = &img.layout;
+    let host = img.registry.addr.to_string();
+    let root = Root::start(&dir, &[]);
+    let cluster = Cluster::start(&dir, "edge", &root, &[]);
+    let mirror = format!("docker.io=http://{host}");
+    let mut agent = Agent::start(
+        &dir,
+        "pi",
+        cluster.addr,
+        &cluster.worker_token,
+        &[
+            "--runtime",
+            "native",
+            "--registry-mirror",
+            &mirror,
+            "--insecure-registry",
+            &host,
+            "--cpus",
+            "8",
+            "--memory-mib",
+            "4096",
+        ],
+    );
+    wait_until(30, "the worker", || root.active_workers() == 1);
+
+    // A long-running service writing a line every 0.2 s, and three one-shot jobs.
+    let ids = root.deploy_seed(|sla| {
+        let ms = &mut sla["applications"][0]["microservices"];
+        let svc = |name: &str, cmd: &str, one_shot: bool, memory: u32| {
+            json!({
+                "microserviceID": "", "microservice_name": name, "microservice_namespace": "test",
+                "virtualization": "container", "cmd": ["sh", "-c", cmd], "memory": memory,
+                "vcpus": 1, "vgpus": 0, "vtpus": 0, "bandwidth_in": 0, "bandwidth_out": 0,
+                "storage": 0, "code": "docker.io/library/busybox:latest", "state": "",
+                "port": "", "added_files": [], "one_shot": one_shot
+            })
+        };
+        *ms = json!([
+            svc(
+                "ticker",
+                "while :; do echo tick; sleep 0.2; done",
+                false,
+                64
+            ),
+            svc("ok", "echo done; exit 0", true, 64),
+            svc("fails", "echo broken >&2; exit 3", true, 64),
+            svc(
+                "hog",
+                "a=$(head -c 50000000 /dev/zero | tr '\\0' x)",
+                true,
+                20
+            ),
+            svc("slow", "sleep 4; exit 5", true, 64),
+        ]);
+    });
+    for s in &ids {
+        root.add_instance(s);
+    }
+    let (ticker, ok, fails, hog, slow) = (&ids[0], &ids[1], &ids[2], &ids[3], &ids[4]);
+    wait_until(60, "the ticker RUNNING", || {
+        status(&root, ticker, 0).0 == "RUNNING"
+    });
+    wait_until(30, "the one-shot jobs ending", || {
+        status(&root, ok, 0).0 == "COMPLETED"
+            && status(&root, fails, 0).0 == "DEAD"
+            && status(&root, hog, 0).0 == "DEAD"
+    });
+    let (_, why) = status(&root, fails, 0);
+    assert!(
+        why.contains("exit code 3") && why.contains("broken"),
+        "{why}"
+    );
+    let (_, why) = status(&root, hog, 0);
+    assert!(why.contains("OOMKilled"), "{why}");
+
+    // The agent dies while `slow` runs; the containers do not notice.
+    wait_until(30, "slow RUNNING", || status(&root, slow, 0).0 == "RUNNING");
+    let containers = dir.join("pi/containers");
+    let ticker_dir = std::fs::read_dir(&containers)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(ticker.as_str())
+        })
+        .expect("the ticker's container");
+    let pid_before = std::fs::read_to_string(ticker_dir.join("pid")).unwrap();
+    agent.daemon.kill();
+    let killed = Instant::now();
+    let log_len = || {
+        std::fs::metadata(ticker_dir.join("log"))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    let before = log_len();
+    wait_until(10, "the ticker logging on without its agent", || {
+        log_len() > before + 20
+    });
+    // `slow` ends (exit 5) while no agent runs.
+    let slow_pid: u32 = std::fs::read_dir(&containers)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(slow.as_str()))
+        .and_then(|e| std::fs::read_to_string(e.path().join("pid")).ok())
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .expect("slow's pid");
+    wait_until(20, "slow ending while the agent is down", || {
+        !Path::new(&format!("/proc/{slow_pid}")).exists()
+    });
+    assert!(killed.elapsed() < Duration::from_secs(30));
+    agent.daemon.restart();
+    // Re-adopted: the same process, still RUNNING; and slow's real exit code reported.
+    wait_until(30, "slow reported DEAD with its exit code", || {
+        let (s, d) = status(&root, slow, 0);
+        s == "DEAD" && d.contains("exit code 5")
+    });
+    assert_eq!(status(&root, ticker, 0).0, "RUNNING");
+    assert_eq!(
+        std::fs::read_to_string(ticker_dir.join("pid")).unwrap(),
+        pid_before
+    );
+    let after = log_len();
+    wait_until(10, "logs flowing after re-adoption", || {
+        log_len() > after + 20
+    });
+
+    // Deleting the application removes every container and leaves nothing behind.
+    let apps = root.api("GET", "/api/applications/", None);
+    let app = apps[0]["applicationID"].as_str().unwrap().to_owned();
+    root.api("DELETE", &format!("/api/application/{app}"), None);
+    wait_until(30, "every container gone", || {
+        std::fs::read_dir(&containers)
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    });
+    let pid: u32 = pid_before
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the ticker still runs"
+    );
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(containers.to_str().unwrap()), "{mounts}");
+    let cgroups = ["/sys/fs/cgroup/memory/grove", "/sys/fs/cgroup/grove"];
+    for c in cgroups {
+        if let Ok(d) = std::fs::read_dir(c) {
+            let ours: Vec<_> = d
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(ticker.as_str()))
+                .collect();
+            assert!(ours.is_empty(), "cgroup left: {ours:?}");
+        }
+    }
+    drop((root, cluster, agent));
+    // The supervisor is not a child of the test: stop it.
+    if let Ok(pid) = std::fs::read_to_string(dir.join("pi/supervisor.pid")) {
+        let _ = Command::new("kill").arg(pid.trim()).status();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
