@@ -257,6 +257,7 @@ fn a_registry_behind_tls_and_htpasswd_needs_its_ca_and_credentials() {
     let p = Protection {
         tls: Some((cert, key)),
         htpasswd: Some(htpasswd),
+        token: None,
     };
     let Some(reg) = Registry::start(&dir.join("registry"), &p) else {
         return;
@@ -291,5 +292,46 @@ fn a_registry_behind_tls_and_htpasswd_needs_its_ca_and_credentials() {
         .pull(&reference)
         .unwrap_err();
     assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_registry_behind_a_bearer_token_server_is_pulled_with_a_token() {
+    use grove_tests::registry::TokenServer;
+    let dir = scratch("bearer");
+    let Some(layout) = make_images(&dir.join("layout")) else {
+        return;
+    };
+    let Some((ca, _, _)) = make_certs(&dir.join("certs")) else {
+        return;
+    };
+    let Some(tokens) = TokenServer::start(&dir.join("certs/ca.key"), &ca, "grove", "s3cret") else {
+        return;
+    };
+    let p = Protection {
+        token: Some(tokens.auth.clone()),
+        ..Protection::default()
+    };
+    let Some(reg) = Registry::start(&dir.join("registry"), &p) else {
+        return;
+    };
+    reg.push(&layout, "latest", "team/busybox:2", Some("grove:s3cret"));
+    let host = reg.addr.to_string();
+    let reference = format!("{host}/team/busybox:2");
+    let mut cfg = RegistryConfig::default();
+    cfg.insecure.insert(host.clone());
+    cfg.add_auth(&format!("{host}=grove:s3cret")).unwrap();
+    let store = ImageStore::open(&dir.join("store"), cfg).unwrap();
+    assert!(has_busybox(&store.pull(&reference).unwrap().layers));
+
+    // The token server refuses strangers, and the pull says so.
+    let mut wrong = RegistryConfig::default();
+    wrong.insecure.insert(host.clone());
+    wrong.add_auth(&format!("{host}=grove:guess")).unwrap();
+    let e = ImageStore::open(&dir.join("store2"), wrong)
+        .unwrap()
+        .pull(&reference)
+        .unwrap_err();
+    assert!(e.to_string().contains("token"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

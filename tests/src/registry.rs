@@ -33,6 +33,70 @@ pub struct Protection {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// An htpasswd file (bcrypt) for basic authentication.
     pub htpasswd: Option<PathBuf>,
+    /// Bearer tokens from a token server.
+    pub token: Option<TokenAuth>,
+}
+
+/// `auth: token` of the registry.
+#[derive(Debug, Clone)]
+pub struct TokenAuth {
+    /// The token server's URL.
+    pub realm: String,
+    /// The registry's service name (the tokens' audience).
+    pub service: String,
+    /// The tokens' issuer.
+    pub issuer: String,
+    /// Certificates whose keys may sign tokens.
+    pub rootcertbundle: PathBuf,
+}
+
+/// A running token server (`tests/interop/token_server.py`); stopped when dropped.
+#[derive(Debug)]
+pub struct TokenServer {
+    child: Child,
+    /// How the registry is told of it.
+    pub auth: TokenAuth,
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TokenServer {
+    /// Serve tokens signed with `key` (its certificate `cert`) to `user`/`password`;
+    /// `None` when the venv with `cryptography` is missing.
+    pub fn start(key: &Path, cert: &Path, user: &str, password: &str) -> Option<Self> {
+        let py = crate::aiocoap_python()?;
+        let port = free_port().port().to_string();
+        let (issuer, service) = ("grove-test-issuer", "grove-test-registry");
+        let mut child = Command::new(py)
+            .arg(crate::interop_script("token_server.py"))
+            .args([port.as_str()])
+            .arg(key)
+            .arg(cert)
+            .args([issuer, service, user, password])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("token server");
+        let mut line = String::new();
+        let out = child.stdout.take().expect("stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)
+            .expect("token server output");
+        assert_eq!(line.trim(), "listening", "token server did not start");
+        Some(Self {
+            child,
+            auth: TokenAuth {
+                realm: format!("http://127.0.0.1:{port}/token"),
+                service: service.into(),
+                issuer: issuer.into(),
+                rootcertbundle: cert.to_path_buf(),
+            },
+        })
+    }
 }
 
 /// A running `docker-registry`; stopped when dropped.
@@ -79,6 +143,15 @@ impl Registry {
             cfg += &format!(
                 "auth:\n  htpasswd:\n    realm: grove-test\n    path: {}\n",
                 h.display()
+            );
+        }
+        if let Some(t) = &p.token {
+            cfg += &format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                t.realm,
+                t.service,
+                t.issuer,
+                t.rootcertbundle.display()
             );
         }
         let cfg_path = dir.join("config.yml");

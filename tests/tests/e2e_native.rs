@@ -194,12 +194,18 @@ fn instances_pulled_through_a_docker_io_mirror_run_exit_and_survive_an_agent_sig
                 20
             ),
             svc("slow", "sleep 4; exit 5", true, 64),
+            svc("crashy", "echo up; exit 1", false, 64),
         ]);
     });
     for s in &ids {
         root.add_instance(s);
     }
     let (ticker, ok, fails, hog, slow) = (&ids[0], &ids[1], &ids[2], &ids[3], &ids[4]);
+    // A service that keeps crashing is restarted with a growing wait, and says so.
+    wait_until(60, "crashy restarted twice", || {
+        let (_, d) = status(&root, &ids[5], 0);
+        d.contains("exit code 1") && d.contains("restart 2 in 2s") && d.contains("up")
+    });
     wait_until(60, "the ticker RUNNING", || {
         status(&root, ticker, 0).0 == "RUNNING"
     });
@@ -307,5 +313,69 @@ fn instances_pulled_through_a_docker_io_mirror_run_exit_and_survive_an_agent_sig
     if let Ok(pid) = std::fs::read_to_string(dir.join("pi/supervisor.pid")) {
         let _ = Command::new("kill").arg(pid.trim()).status();
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn containers_launch_from_anonymous_basic_auth_over_tls_and_bearer_token_registries() {
+    use grove_tests::registry::{TokenServer, make_certs, make_htpasswd};
+    if !root_or_skip("containers") {
+        return;
+    }
+    let dir = scratch("auth-modes");
+    let Some(layout) = make_images(&dir.join("layout")) else {
+        return;
+    };
+    let Some((ca, cert, key)) = make_certs(&dir.join("certs")) else {
+        return;
+    };
+    let Some(htpasswd) = make_htpasswd(&dir.join("htpasswd"), "grove", "s3cret") else {
+        return;
+    };
+    let Some(tokens) = TokenServer::start(&dir.join("certs/ca.key"), &ca, "grove", "s3cret") else {
+        return;
+    };
+    let modes = [
+        ("anonymous", Protection::default()),
+        (
+            "basic-tls",
+            Protection {
+                tls: Some((cert, key)),
+                htpasswd: Some(htpasswd),
+                token: None,
+            },
+        ),
+        (
+            "bearer",
+            Protection {
+                token: Some(tokens.auth.clone()),
+                ..Protection::default()
+            },
+        ),
+    ];
+    for (mode, p) in modes {
+        let Some(reg) = Registry::start(&dir.join(mode), &p) else {
+            return;
+        };
+        let creds = (mode != "anonymous").then_some("grove:s3cret");
+        reg.push(&layout, "latest", "edge/busybox:1", creds);
+        let host = reg.addr.to_string();
+        let image = format!("{host}/edge/busybox:1");
+        let auth = format!("{host}=grove:s3cret");
+        let ca_path = ca.display().to_string();
+        let mut args: Vec<&str> = Vec::new();
+        if reg.tls {
+            args.extend(["--registry-ca", &ca_path]);
+        } else {
+            args.extend(["--insecure-registry", &host]);
+        }
+        if creds.is_some() {
+            args.extend(["--registry-auth", &auth]);
+        }
+        args.extend([image.as_str(), "echo", mode]);
+        let (code, out, err) = run(&dir.join(format!("state-{mode}")), &args);
+        assert_eq!((code, out.trim()), (0, mode), "{mode}: {err}");
+    }
+    drop(tokens);
     let _ = std::fs::remove_dir_all(&dir);
 }
