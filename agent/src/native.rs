@@ -157,10 +157,25 @@ impl NativeRuntime {
         else {
             return;
         };
-        let launch = match crate::container::LaunchSpec::resolve(&container_id(who), &spec, image) {
+        let id = container_id(who);
+        let mut launch = match crate::container::LaunchSpec::resolve(&id, &spec, image) {
             Ok(l) => l,
             Err(e) => return self.set(who, InstanceState::Failed, Some(e.to_string())),
         };
+        // Its network namespace comes first, so it can be wired before anything runs.
+        match supervisor::call(&self.dir, &Request::Prepare(id)) {
+            Ok(Reply::Prepared(path)) => launch.netns = Some(path),
+            Ok(Reply::Error(e)) | Err(e) => {
+                return self.set(who, InstanceState::Failed, Some(e));
+            }
+            Ok(other) => {
+                return self.set(
+                    who,
+                    InstanceState::Failed,
+                    Some(format!("unexpected supervisor answer {other:?}")),
+                );
+            }
+        }
         match supervisor::call(&self.dir, &Request::Start(launch)) {
             Ok(Reply::Started(pid)) => {
                 tracing::info!(instance = %container_id(who), pid, "container running");

@@ -61,6 +61,10 @@ pub enum Request {
     /// Every container and its state.
     #[n(3)]
     List,
+    /// Make (or keep) container `id`'s network namespace before it starts; the answer
+    /// is its path.
+    #[n(4)]
+    Prepare(#[n(0)] String),
 }
 
 /// The answer.
@@ -78,6 +82,9 @@ pub enum Reply {
     /// Refused, with why.
     #[n(3)]
     Error(#[n(0)] String),
+    /// Prepared: the network namespace's path.
+    #[n(4)]
+    Prepared(#[n(0)] String),
 }
 
 /// The socket of the supervisor of state dir `dir`.
@@ -265,8 +272,11 @@ impl Supervisor {
             return Reply::Error(format!("container {} runs already", spec.id));
         }
         let containers = containers_dir(&self.dir);
-        // A container of this id that ended before starts afresh.
-        let _ = container::remove(&containers, &spec.id);
+        // A container of this id that ended before starts afresh (its prepared
+        // network namespace stays).
+        if self.exit_of(&spec.id).is_some() {
+            let _ = container::remove(&containers, &spec.id);
+        }
         let paths = Paths::of(&containers, &spec.id);
         match container::launch(spec, &paths) {
             Ok((pid, _group)) => {
@@ -349,6 +359,21 @@ impl Supervisor {
                 }
             }
             Request::List => Reply::List(self.list()),
+            Request::Prepare(id) => {
+                if id.is_empty() || id.contains('/') || id.starts_with('.') {
+                    return Reply::Error(format!("bad container id {id:?}"));
+                }
+                let path = container::netns_path(&containers_dir(&self.dir), &id);
+                let held = std::fs::read_to_string("/proc/self/mountinfo")
+                    .is_ok_and(|m| m.contains(path.to_string_lossy().as_ref()));
+                if held {
+                    return Reply::Prepared(path.display().to_string());
+                }
+                match container::hold_netns(&path) {
+                    Ok(()) => Reply::Prepared(path.display().to_string()),
+                    Err(e) => Reply::Error(e),
+                }
+            }
         }
     }
 

@@ -237,6 +237,14 @@ fn instances_pulled_through_a_docker_io_mirror_run_exit_and_survive_an_agent_sig
         })
         .expect("the ticker's container");
     let pid_before = std::fs::read_to_string(ticker_dir.join("pid")).unwrap();
+    // It runs in the network namespace held for it before it started.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let held = std::fs::metadata(ticker_dir.join("netns")).unwrap().ino();
+        let pid = pid_before.split_whitespace().next().unwrap();
+        let ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+        assert_eq!(ns.to_string_lossy(), format!("net:[{held}]"));
+    }
     agent.daemon.kill();
     let killed = Instant::now();
     let log_len = || {
