@@ -325,6 +325,8 @@ pub async fn run(
                     coord: coord.coord,
                     digest: digest(&list),
                     changes: Vec::new(),
+                    // Per-instance figures every fifth heartbeat (10 s).
+                    instances: (seq % 5 == 0).then(|| rt.instance_usage()).filter(|v| !v.is_empty()),
                 };
                 let req = Request::post_cbor(&paths::node_status(node), msg::to_cbor(&hb));
                 let (c2, key2, to, tx) = (c.clone(), key.clone(), s.cluster, rtt_tx.clone());
@@ -351,7 +353,7 @@ pub async fn run(
                     let hb = Heartbeat {
                         node, seq, cpu_centi_pct: 0, mem_used_mib: 0, mem_total_mib: 0, disk_used_mib: 0,
                         disk_total_mib: 0, running: 0, coord: NetCoord([0.0; 3]), digest: [0; 8],
-                        changes: pending.clone(),
+                        changes: pending.clone(), instances: None,
                     };
                     let n = pending.len();
                     let req = Request::post_cbor(&paths::node_status(node), msg::to_cbor(&hb));

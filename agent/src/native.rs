@@ -68,6 +68,8 @@ pub struct NativeRuntime {
     restart_at: HashMap<InstanceRef, Instant>,
     last_check: Instant,
     cpu: (u64, u64),
+    /// Per instance: CPU microseconds and when, at the last usage report.
+    cpu_seen: HashMap<InstanceRef, (u64, Instant)>,
 }
 
 impl NativeRuntime {
@@ -103,6 +105,7 @@ impl NativeRuntime {
             restart_at: HashMap::new(),
             last_check: Instant::now() - Duration::from_secs(1),
             cpu: (0, 0),
+            cpu_seen: HashMap::new(),
         };
         // What was on its way when the agent stopped goes on.
         for r in rt
@@ -365,6 +368,38 @@ impl Runtime for NativeRuntime {
             self.check();
         }
         std::mem::take(&mut self.changes)
+    }
+
+    fn instance_usage(&mut self) -> Vec<grove_proto::msg::InstanceUsage> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let running: Vec<InstanceRef> = self
+            .records
+            .iter()
+            .filter(|r| r.state == InstanceState::Running)
+            .map(|r| r.spec.instance.clone())
+            .collect();
+        self.cpu_seen.retain(|k, _| running.contains(k));
+        for who in running {
+            let g = crate::container::cgroup::Group::load(&container_id(&who));
+            let usec = g.cpu_usec();
+            let cpu = match self.cpu_seen.insert(who.clone(), (usec, now)) {
+                Some((before, at)) => {
+                    let wall =
+                        u64::try_from(now.duration_since(at).as_micros()).unwrap_or(u64::MAX);
+                    (usec.saturating_sub(before) * 10_000)
+                        .checked_div(wall)
+                        .unwrap_or(0)
+                }
+                None => 0,
+            };
+            out.push(grove_proto::msg::InstanceUsage {
+                instance: who,
+                cpu_centi_pct: u32::try_from(cpu).unwrap_or(u32::MAX),
+                mem_mib: u32::try_from(g.memory_bytes() >> 20).unwrap_or(u32::MAX),
+            });
+        }
+        out
     }
 
     fn usage(&mut self) -> Usage {

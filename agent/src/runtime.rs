@@ -29,6 +29,10 @@ pub trait Runtime: Send {
     fn poll(&mut self) -> Vec<InstanceStatus>;
     /// Current usage (CPU since the last call).
     fn usage(&mut self) -> Usage;
+    /// Each running instance's usage (CPU since the last call); none by default.
+    fn instance_usage(&mut self) -> Vec<grove_proto::msg::InstanceUsage> {
+        Vec::new()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]

@@ -132,7 +132,11 @@ pub fn ensure(dir: &Path) -> Result<(), String> {
     if call(dir, &Request::List).is_ok() {
         return Ok(());
     }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // The agent's own binary (a program embedding the runtime names it instead).
+    let exe = match std::env::var_os("GROVE_AGENT_EXE") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe().map_err(|e| e.to_string())?,
+    };
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let log = std::fs::OpenOptions::new()
         .create(true)

@@ -206,6 +206,7 @@ fn demo_heartbeat(node: NodeId, seq: u32) -> Heartbeat {
         coord: NetCoord([0.0; 3]),
         digest: [0; 8],
         changes: vec![],
+        instances: None,
     }
 }
 

@@ -336,6 +336,24 @@ pub struct Heartbeat {
     /// Status changes not yet acknowledged (normally empty: changes go up at once).
     #[n(10)]
     pub changes: Vec<InstanceStatus>,
+    /// Per-instance usage, sent now and then (absent from most heartbeats, which keeps
+    /// them small).
+    #[n(11)]
+    pub instances: Option<Vec<InstanceUsage>>,
+}
+
+/// One instance's use of its worker, from its cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct InstanceUsage {
+    /// Which instance.
+    #[n(0)]
+    pub instance: InstanceRef,
+    /// CPU in hundredths of a percent of one CPU since the last report.
+    #[n(1)]
+    pub cpu_centi_pct: u32,
+    /// Memory in use, MiB.
+    #[n(2)]
+    pub mem_mib: u32,
 }
 
 /// What a worker must run: one instance's full specification.
@@ -667,6 +685,7 @@ mod tests {
             coord: NetCoord([12.5, -3.25, 40.75]),
             digest: [0x9a, 0x11, 0x2c, 0x07, 0xee, 0x41, 0x00, 0xfe],
             changes: Vec::new(),
+            instances: None,
         }
     }
 
@@ -683,7 +702,7 @@ mod tests {
         // A heartbeat from a future minor version with one more trailing field.
         let mut e = minicbor::Encoder::new(Vec::new());
         let hb = idle_heartbeat();
-        e.array(12).unwrap();
+        e.array(13).unwrap();
         e.u32(hb.node.0)
             .unwrap()
             .u32(hb.seq)
@@ -702,6 +721,7 @@ mod tests {
         e.encode(hb.coord).unwrap();
         e.bytes(&hb.digest).unwrap();
         e.array(0).unwrap();
+        e.null().unwrap();
         e.str("a field from the future").unwrap();
         let back: Heartbeat = from_cbor(e.writer()).expect("extra field is skipped");
         assert_eq!(back, hb);

@@ -65,6 +65,7 @@ fn regenerate_seed_corpus() {
         coord: grove_proto::msg::NetCoord([0.0, 1.0, 2.0]),
         digest: [1; 8],
         changes: vec![],
+        instances: None,
     };
     let body = grove_proto::msg::to_cbor(&hb);
     for (name, req, secure) in [

@@ -798,6 +798,7 @@ fn a_protected_idle_heartbeat_fits_one_small_datagram() {
         coord: NetCoord([12.5, -3.25, 40.75]),
         digest: [0x9a; 8],
         changes: vec![],
+        instances: None,
     };
     let body = to_cbor(&hb);
     let req = Request::post_cbor(&grove_proto::paths::node_status(NodeId(4117)), body.clone());

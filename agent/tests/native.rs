@@ -1,0 +1,94 @@
+//! The native runtime on its own, as the control loop drives it: an instance deployed
+//! from an OCI layout runs, reports its CPU and memory from its cgroup, and is removed
+//! without a trace. Needs root (fails under CI without it).
+
+use grove_agent::native::NativeRuntime;
+use grove_agent::runtime::Runtime;
+use grove_proto::msg::{InstanceRef, InstanceSpec, InstanceState};
+use std::time::{Duration, Instant};
+
+fn wait(rt: &mut NativeRuntime, what: &str, mut cond: impl FnMut(&mut NativeRuntime) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond(rt) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_instance_runs_reports_its_usage_and_is_removed_without_a_trace() {
+    if !nix::unistd::geteuid().is_root() {
+        grove_tests::missing("root (for containers)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("grove-native-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let Some(layout) = grove_tests::registry::make_images(&dir.join("layout")) else {
+        return;
+    };
+    // SAFETY: set before any thread of this test process starts.
+    unsafe { std::env::set_var("GROVE_AGENT_EXE", env!("CARGO_BIN_EXE_grove-agent")) };
+    let state = dir.join("state");
+    let mut rt = NativeRuntime::open(&state, Default::default()).unwrap();
+    let who = InstanceRef {
+        service: "busy".into(),
+        instance: 0,
+    };
+    rt.deploy(&InstanceSpec {
+        instance: who.clone(),
+        name: "a.b.busy.d".into(),
+        image: format!("oci:{}:latest", layout.display()),
+        cmd: vec![
+            "sh".into(),
+            "-c".into(),
+            "a=$(head -c 8000000 /dev/zero | tr '\\0' x); while :; do :; done".into(),
+        ],
+        env: vec![],
+        memory_mib: 64,
+        millicpus: 500,
+        ports: None,
+        one_shot: false,
+        ip: None,
+        nodes: None,
+        geo: None,
+        latency: None,
+    });
+    let mut seen = Vec::new();
+    wait(&mut rt, "RUNNING", |rt| {
+        seen.extend(rt.poll().into_iter().map(|c| c.state));
+        rt.list() == [(who.clone(), InstanceState::Running)]
+    });
+    assert_eq!(seen, [InstanceState::Creating, InstanceState::Running]);
+    rt.instance_usage();
+    let mut usage = Vec::new();
+    wait(&mut rt, "a busy loop's CPU and its memory", |rt| {
+        std::thread::sleep(Duration::from_millis(500));
+        usage = rt.instance_usage();
+        usage.len() == 1 && usage[0].cpu_centi_pct > 2_000 && usage[0].mem_mib >= 8
+    });
+    // Half a CPU at most (its quota), with a margin for the sampling.
+    assert!(usage[0].cpu_centi_pct <= 6_500, "{usage:?}");
+
+    rt.stop(&who);
+    let changes = rt.poll();
+    assert!(
+        changes.iter().any(|c| c.state == InstanceState::Undeployed),
+        "{changes:?}"
+    );
+    assert!(rt.list().is_empty());
+    let left: Vec<_> = std::fs::read_dir(state.join("containers"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!std::path::Path::new("/sys/fs/cgroup/memory/grove/busy-0").exists());
+    assert!(!std::path::Path::new("/sys/fs/cgroup/grove/busy-0").exists());
+    if let Ok(pid) = std::fs::read_to_string(state.join("supervisor.pid")) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid.trim().parse().unwrap()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
