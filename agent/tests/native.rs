@@ -17,8 +17,7 @@ fn wait(rt: &mut NativeRuntime, what: &str, mut cond: impl FnMut(&mut NativeRunt
 
 #[test]
 fn an_instance_runs_reports_its_usage_and_is_removed_without_a_trace() {
-    if !nix::unistd::geteuid().is_root() {
-        grove_tests::missing("root (for containers)");
+    if !grove_tests::have_root("containers") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("grove-native-{}", std::process::id()));

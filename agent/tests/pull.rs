@@ -5,7 +5,7 @@
 
 use grove_agent::image::oci::Platform;
 use grove_agent::image::{ImageStore, PullError, RegistryConfig};
-use grove_tests::registry::{Protection, Registry, make_certs, make_htpasswd, make_images};
+use grove_tests::registry::{Protection, Registry, basic_over_tls, make_certs, make_images};
 use std::path::{Path, PathBuf};
 
 fn scratch(name: &str) -> PathBuf {
@@ -248,16 +248,8 @@ fn a_registry_behind_tls_and_htpasswd_needs_its_ca_and_credentials() {
     let Some(layout) = make_images(&dir.join("layout")) else {
         return;
     };
-    let Some((ca, cert, key)) = make_certs(&dir.join("certs")) else {
+    let Some((ca, p)) = basic_over_tls(&dir, "grove", "s3cret") else {
         return;
-    };
-    let Some(htpasswd) = make_htpasswd(&dir.join("htpasswd"), "grove", "s3cret") else {
-        return;
-    };
-    let p = Protection {
-        tls: Some((cert, key)),
-        htpasswd: Some(htpasswd),
-        token: None,
     };
     let Some(reg) = Registry::start(&dir.join("registry"), &p) else {
         return;

@@ -26,6 +26,22 @@ pub fn missing(what: &str) {
     eprintln!("SKIPPED (not in CI): {msg}");
 }
 
+/// Whether this process runs as root; if not, [`missing`] says so (and fails in CI).
+pub fn have_root(what: &str) -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        missing(&format!("root (for {what})"));
+    }
+    root
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

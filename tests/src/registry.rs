@@ -283,3 +283,18 @@ pub fn make_htpasswd(path: &Path, user: &str, password: &str) -> Option<PathBuf>
     std::fs::write(path, out.stdout).expect("htpasswd file");
     Some(path.to_path_buf())
 }
+
+/// A registry protection with htpasswd (`user`/`password`) over TLS, its certificates
+/// made under `dir`: returns the CA that signed the server's certificate, and it.
+pub fn basic_over_tls(dir: &Path, user: &str, password: &str) -> Option<(PathBuf, Protection)> {
+    let (ca, cert, key) = make_certs(&dir.join("certs"))?;
+    let htpasswd = make_htpasswd(&dir.join("htpasswd"), user, password)?;
+    Some((
+        ca,
+        Protection {
+            tls: Some((cert, key)),
+            htpasswd: Some(htpasswd),
+            token: None,
+        },
+    ))
+}

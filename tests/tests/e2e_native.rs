@@ -12,25 +12,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{Agent, Cluster, Root, bin, scratch, wait_until};
 
-fn root_or_skip(what: &str) -> bool {
-    if nix_is_root() {
-        return true;
-    }
-    grove_tests::missing(&format!("root (for {what})"));
-    false
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
 /// The test images in a layout and a registry serving busybox as docker.io's.
 struct Images {
     layout: PathBuf,
@@ -62,7 +43,7 @@ fn run(state: &Path, args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn grove_agent_run_isolates_limits_and_returns_the_exit_code() {
-    if !root_or_skip("containers") {
+    if !grove_tests::have_root("containers") {
         return;
     }
     let dir = scratch("run");
@@ -136,7 +117,7 @@ fn status(root: &Root, service: &str, n: usize) -> (String, String) {
 
 #[test]
 fn instances_pulled_through_a_docker_io_mirror_run_exit_and_survive_an_agent_sigkill() {
-    if !root_or_skip("containers") {
+    if !grove_tests::have_root("containers") {
         return;
     }
     let dir = scratch("native");
@@ -326,18 +307,15 @@ fn instances_pulled_through_a_docker_io_mirror_run_exit_and_survive_an_agent_sig
 
 #[test]
 fn containers_launch_from_anonymous_basic_auth_over_tls_and_bearer_token_registries() {
-    use grove_tests::registry::{TokenServer, make_certs, make_htpasswd};
-    if !root_or_skip("containers") {
+    use grove_tests::registry::{TokenServer, basic_over_tls};
+    if !grove_tests::have_root("containers") {
         return;
     }
     let dir = scratch("auth-modes");
     let Some(layout) = make_images(&dir.join("layout")) else {
         return;
     };
-    let Some((ca, cert, key)) = make_certs(&dir.join("certs")) else {
-        return;
-    };
-    let Some(htpasswd) = make_htpasswd(&dir.join("htpasswd"), "grove", "s3cret") else {
+    let Some((ca, basic)) = basic_over_tls(&dir, "grove", "s3cret") else {
         return;
     };
     let Some(tokens) = TokenServer::start(&dir.join("certs/ca.key"), &ca, "grove", "s3cret") else {
@@ -345,14 +323,7 @@ fn containers_launch_from_anonymous_basic_auth_over_tls_and_bearer_token_registr
     };
     let modes = [
         ("anonymous", Protection::default()),
-        (
-            "basic-tls",
-            Protection {
-                tls: Some((cert, key)),
-                htpasswd: Some(htpasswd),
-                token: None,
-            },
-        ),
+        ("basic-tls", basic),
         (
             "bearer",
             Protection {

@@ -223,22 +223,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&outside);
     }
 
-    /// Root is needed (whiteouts are device nodes, opaque marks trusted xattrs): a
-    /// test without it fails under CI and says so elsewhere.
-    pub(crate) fn have_root(what: &str) -> bool {
-        if nix::unistd::geteuid().is_root() {
-            return true;
-        }
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(!ci, "{what} needs root");
-        eprintln!("SKIPPED (not root, not in CI): {what}");
-        false
-    }
-
     #[test]
     fn whiteouts_and_opaque_dirs_become_overlayfs_ones() {
         use tar::EntryType as T;
-        if !have_root("whiteouts") {
+        // Whiteouts are device nodes and opaque marks trusted xattrs: root only.
+        if !grove_tests::have_root("whiteouts") {
             return;
         }
         let d = scratch("wh");
