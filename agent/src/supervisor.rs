@@ -352,11 +352,14 @@ impl Supervisor {
                 if id.is_empty() || id.contains('/') || id.starts_with('.') {
                     return Reply::Error(format!("bad container id {id:?}"));
                 }
-                let ours = self.running.remove(&id);
-                let r = container::remove(&containers_dir(&self.dir), &id);
-                if let Some(t) = ours.filter(|t| t.ours) {
-                    let _ = waitpid(t.pid, None);
+                // Its init first (and reaped, if ours): then the cgroup can go.
+                if let Some(t) = self.running.remove(&id) {
+                    let _ = nix::sys::signal::kill(t.pid, nix::sys::signal::Signal::SIGKILL);
+                    if t.ours {
+                        let _ = waitpid(t.pid, None);
+                    }
                 }
+                let r = container::remove(&containers_dir(&self.dir), &id);
                 match r {
                     Ok(()) => Reply::Ok,
                     Err(e) => Reply::Error(e),

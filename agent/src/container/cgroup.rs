@@ -157,7 +157,9 @@ impl Group {
 
     /// SIGKILL every process in the group and remove it.
     pub fn destroy(&self) -> Result<(), String> {
-        for _ in 0..50 {
+        // Killed processes leave their group as they finish exiting: wait for that
+        // (5 s at most, a loaded machine is slow) before removing it.
+        for _ in 0..250 {
             let pids = self.pids();
             if pids.is_empty() {
                 break;
@@ -170,8 +172,14 @@ impl Group {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        self.cg
-            .delete()
-            .map_err(|e| format!("cgroup {}: remove: {e}", self.name))
+        let mut last = Ok(());
+        for _ in 0..50 {
+            last = self.cg.delete();
+            if last.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        last.map_err(|e| format!("cgroup {}: remove: {e}", self.name))
     }
 }
