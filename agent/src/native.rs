@@ -57,13 +57,22 @@ pub fn log_tail(containers: &Path, id: &str) -> String {
 
 type PullDone = (InstanceRef, Result<Image, String>);
 
+/// Work for the puller thread.
+#[derive(Debug)]
+enum Job {
+    /// Pull the image of an instance.
+    Pull(InstanceRef, String),
+    /// Remove every image not named here (the images of the instances kept).
+    Collect(Vec<String>),
+}
+
 /// Containers on this worker.
 #[derive(Debug)]
 pub struct NativeRuntime {
     dir: PathBuf,
     records: Vec<Record>,
     changes: Vec<InstanceStatus>,
-    pulls: mpsc::Sender<(InstanceRef, String)>,
+    pulls: mpsc::Sender<Job>,
     pulled: mpsc::Receiver<PullDone>,
     restart_at: HashMap<InstanceRef, Instant>,
     last_check: Instant,
@@ -79,15 +88,27 @@ impl NativeRuntime {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         supervisor::ensure(dir)?;
         let store = ImageStore::open(&dir.join("images"), registries).map_err(|e| e.to_string())?;
-        let (pulls, jobs) = mpsc::channel::<(InstanceRef, String)>();
+        let (pulls, jobs) = mpsc::channel::<Job>();
         let (done, pulled) = mpsc::channel::<PullDone>();
         std::thread::Builder::new()
             .name("puller".into())
             .spawn(move || {
-                for (who, image) in jobs {
-                    let r = store.pull(&image).map_err(|e| e.to_string());
-                    if done.send((who, r)).is_err() {
-                        break;
+                for job in jobs {
+                    match job {
+                        Job::Pull(who, image) => {
+                            let r = store.pull(&image).map_err(|e| e.to_string());
+                            if done.send((who, r)).is_err() {
+                                break;
+                            }
+                        }
+                        Job::Collect(keep) => {
+                            let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
+                            match store.gc(&keep) {
+                                Ok(n) if n > 0 => tracing::info!(removed = n, "unused images collected"),
+                                Ok(_) => {}
+                                Err(e) => tracing::warn!(error = %e, "image collection"),
+                            }
+                        }
                     }
                 }
             })
@@ -115,7 +136,7 @@ impl NativeRuntime {
         {
             let _ = rt
                 .pulls
-                .send((r.spec.instance.clone(), r.spec.image.clone()));
+                .send(Job::Pull(r.spec.instance.clone(), r.spec.image.clone()));
         }
         Ok(rt)
     }
@@ -304,7 +325,9 @@ impl Runtime for NativeRuntime {
             restarts: 0,
         });
         self.set(&spec.instance, InstanceState::Creating, None);
-        let _ = self.pulls.send((spec.instance.clone(), spec.image.clone()));
+        let _ = self
+            .pulls
+            .send(Job::Pull(spec.instance.clone(), spec.image.clone()));
     }
 
     fn stop(&mut self, instance: &InstanceRef) {
@@ -322,6 +345,9 @@ impl Runtime for NativeRuntime {
         }
         let gone = self.records.remove(pos);
         self.restart_at.remove(instance);
+        // Images no instance here uses any more go (after the pulls queued before).
+        let keep = self.records.iter().map(|r| r.spec.image.clone()).collect();
+        let _ = self.pulls.send(Job::Collect(keep));
         self.changes.push(InstanceStatus {
             instance: gone.spec.instance,
             state: InstanceState::Undeployed,
@@ -360,7 +386,7 @@ impl Runtime for NativeRuntime {
             self.restart_at.remove(&who);
             let _ = supervisor::call(&self.dir, &Request::Remove(container_id(&who)));
             if let Some(r) = self.records.iter().find(|r| r.spec.instance == who) {
-                let _ = self.pulls.send((who.clone(), r.spec.image.clone()));
+                let _ = self.pulls.send(Job::Pull(who.clone(), r.spec.image.clone()));
             }
         }
         if self.last_check.elapsed() >= Duration::from_millis(500) {

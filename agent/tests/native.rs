@@ -76,6 +76,11 @@ fn an_instance_runs_reports_its_usage_and_is_removed_without_a_trace() {
         "{changes:?}"
     );
     assert!(rt.list().is_empty());
+    // No instance uses the image any more: it is collected.
+    let layers = state.join("images/layers");
+    wait(&mut rt, "the unused image collected", |_| {
+        std::fs::read_dir(&layers).map(|d| d.count()).unwrap_or(1) == 0
+    });
     let left: Vec<_> = std::fs::read_dir(state.join("containers"))
         .unwrap()
         .flatten()

@@ -48,7 +48,15 @@ pub fn bin(name: &str) -> PathBuf {
         assert!(status.success(), "building the daemons failed");
         profile_dir.to_path_buf()
     });
-    dir.join(name)
+    let path = dir.join(name);
+    // The test build makes a package's binaries only when it has integration tests:
+    // every daemon's package has some.
+    assert!(
+        path.is_file(),
+        "{} was not built by `cargo test --no-run --workspace`",
+        path.display()
+    );
+    path
 }
 
 /// A free loopback UDP port (the kernel's pick; a daemon binds it right after).
