@@ -104,7 +104,9 @@ impl NativeRuntime {
                         Job::Collect(keep) => {
                             let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
                             match store.gc(&keep) {
-                                Ok(n) if n > 0 => tracing::info!(removed = n, "unused images collected"),
+                                Ok(n) if n > 0 => {
+                                    tracing::info!(removed = n, "unused images collected")
+                                }
                                 Ok(_) => {}
                                 Err(e) => tracing::warn!(error = %e, "image collection"),
                             }
@@ -386,7 +388,9 @@ impl Runtime for NativeRuntime {
             self.restart_at.remove(&who);
             let _ = supervisor::call(&self.dir, &Request::Remove(container_id(&who)));
             if let Some(r) = self.records.iter().find(|r| r.spec.instance == who) {
-                let _ = self.pulls.send(Job::Pull(who.clone(), r.spec.image.clone()));
+                let _ = self
+                    .pulls
+                    .send(Job::Pull(who.clone(), r.spec.image.clone()));
             }
         }
         if self.last_check.elapsed() >= Duration::from_millis(500) {
