@@ -277,6 +277,7 @@ pub async fn run(
         .ok_or_else(|| ControlError::Io("driver stopped".into()))?;
     let node = reg.node;
     tracing::info!(node = node.0, cluster = %s.cluster, "worker joined");
+    rt.joined(&s.name, &reg);
 
     let period = Duration::from_millis(u64::from(reg.timing.heartbeat_ms.max(100)));
     let mut heartbeat = tokio::time::interval(period);

@@ -9,6 +9,7 @@ pub mod container;
 pub mod control;
 pub mod image;
 pub mod native;
+pub mod net;
 pub mod oneshot;
 pub mod runtime;
 pub mod supervisor;
@@ -52,6 +53,10 @@ pub struct Args {
     /// Container runtime: native or sim.
     #[arg(long, env = "GROVE_RUNTIME", default_value = "native")]
     pub runtime: String,
+    /// Instances' networking: `kernel` (a bridge and a veth pair per instance, in
+    /// this worker's subnet) or `none` (each instance alone in its namespace).
+    #[arg(long, env = "GROVE_DATA_PLANE", default_value = "kernel")]
+    pub data_plane: String,
     /// Images of REGISTRY come from URL first, as containerd's registry mirrors
     /// (`docker.io=http://127.0.0.1:5000`); may repeat.
     #[arg(long = "registry-mirror", value_name = "REGISTRY=URL", global = true)]
@@ -183,10 +188,16 @@ pub fn run(args: Args) -> Result<i32, String> {
         "sim" => Box::new(runtime::SimRuntime::open(
             args.state_dir.join("sim-instances.cbor"),
         )),
-        "native" => Box::new(native::NativeRuntime::open(
-            &args.state_dir,
-            args.registry_config()?,
-        )?),
+        "native" => {
+            let wired = match args.data_plane.as_str() {
+                "kernel" => true,
+                "none" => false,
+                other => return Err(format!("--data-plane {other}: use kernel or none")),
+            };
+            Box::new(
+                native::NativeRuntime::open(&args.state_dir, args.registry_config()?)?.wired(wired),
+            )
+        }
         other => return Err(format!("--runtime {other}: use native or sim")),
     };
     std::fs::create_dir_all(&args.state_dir)

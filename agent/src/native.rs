@@ -5,11 +5,14 @@
 //! in a file, so a restarted agent re-adopts what runs.
 
 use crate::image::{Image, ImageStore, RegistryConfig};
+use crate::net::netlink::Kernel;
+use crate::net::{Cidr, Overlay};
 use crate::runtime::{Runtime, Usage};
 use crate::supervisor::{self, Entry, Reply, Request};
 use grove_proto::msg::{InstanceRef, InstanceSpec, InstanceState, InstanceStatus};
 use minicbor::{Decode, Encode};
 use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -29,6 +32,9 @@ struct Record {
     state: InstanceState,
     #[n(2)]
     restarts: u32,
+    /// Its address in this worker's subnet, once wired.
+    #[n(3)]
+    addr: Option<u32>,
 }
 
 /// The container id of an instance.
@@ -79,6 +85,10 @@ pub struct NativeRuntime {
     cpu: (u64, u64),
     /// Per instance: CPU microseconds and when, at the last usage report.
     cpu_seen: HashMap<InstanceRef, (u64, Instant)>,
+    /// Whether instances get the kernel data plane.
+    wired: bool,
+    /// The data plane, once the worker's subnet is known.
+    overlay: Option<(Overlay<Kernel>, Cidr<Ipv4Addr>)>,
 }
 
 impl NativeRuntime {
@@ -129,6 +139,8 @@ impl NativeRuntime {
             last_check: Instant::now() - Duration::from_secs(1),
             cpu: (0, 0),
             cpu_seen: HashMap::new(),
+            wired: false,
+            overlay: None,
         };
         // What was on its way when the agent stopped goes on.
         for r in rt
@@ -143,8 +155,44 @@ impl NativeRuntime {
         Ok(rt)
     }
 
+    /// Give instances the kernel data plane (a bridge, a veth pair each) once the
+    /// worker has joined.
+    pub fn wired(mut self, on: bool) -> Self {
+        self.wired = on;
+        self
+    }
+
     fn containers(&self) -> PathBuf {
         self.dir.join("containers")
+    }
+
+    /// A free host address of the subnet for `who` (kept across restarts).
+    fn address_for(&mut self, who: &InstanceRef, subnet: Cidr<Ipv4Addr>) -> Option<Ipv4Addr> {
+        if let Some(a) = self
+            .records
+            .iter()
+            .find(|r| r.spec.instance == *who)
+            .and_then(|r| r.addr)
+        {
+            return Some(Ipv4Addr::from(a));
+        }
+        let base = u32::from(subnet.addr);
+        let hosts = (1u32 << (32 - u32::from(subnet.len))).saturating_sub(2);
+        let used: Vec<u32> = self.records.iter().filter_map(|r| r.addr).collect();
+        // .1 is the bridge's.
+        let free = (2..=hosts).map(|h| base + h).find(|a| !used.contains(a))?;
+        if let Some(r) = self.records.iter_mut().find(|r| r.spec.instance == *who) {
+            r.addr = Some(free);
+        }
+        Some(Ipv4Addr::from(free))
+    }
+
+    fn detach(&mut self, who: &InstanceRef) {
+        if let Some((o, _)) = self.overlay.as_mut() {
+            if let Err(e) = o.detach(&container_id(who)) {
+                tracing::warn!(instance = %container_id(who), error = %e, "removing its link");
+            }
+        }
     }
 
     fn save(&self) {
@@ -189,8 +237,30 @@ impl NativeRuntime {
             Err(e) => return self.set(who, InstanceState::Failed, Some(e.to_string())),
         };
         // Its network namespace comes first, so it can be wired before anything runs.
-        match supervisor::call(&self.dir, &Request::Prepare(id)) {
-            Ok(Reply::Prepared(path)) => launch.netns = Some(path),
+        match supervisor::call(&self.dir, &Request::Prepare(id.clone())) {
+            Ok(Reply::Prepared(path)) => {
+                // Wired before anything runs in it.
+                if let Some(subnet) = self.overlay.as_ref().map(|(_, s)| *s) {
+                    let Some(addr) = self.address_for(who, subnet) else {
+                        return self.set(
+                            who,
+                            InstanceState::Failed,
+                            Some("no free address in this worker's subnet".into()),
+                        );
+                    };
+                    self.save();
+                    if let Some((o, _)) = self.overlay.as_mut() {
+                        if let Err(e) = o.attach(&id, Path::new(&path), addr, None) {
+                            return self.set(
+                                who,
+                                InstanceState::Failed,
+                                Some(format!("network: {e}")),
+                            );
+                        }
+                    }
+                }
+                launch.netns = Some(path);
+            }
             Ok(Reply::Error(e)) | Err(e) => {
                 return self.set(who, InstanceState::Failed, Some(e));
             }
@@ -313,6 +383,32 @@ impl NativeRuntime {
 }
 
 impl Runtime for NativeRuntime {
+    fn joined(&mut self, agent: &str, reg: &grove_proto::msg::NodeRegistered) {
+        if !self.wired {
+            return;
+        }
+        let subnet = Cidr {
+            addr: Ipv4Addr::from(reg.subnet_v4.addr),
+            len: reg.subnet_v4.len,
+        };
+        let subnet6 = Some(Cidr {
+            addr: Ipv6Addr::from(reg.subnet_v6.addr),
+            len: reg.subnet_v6.len,
+        });
+        let keep: Vec<String> = self
+            .records
+            .iter()
+            .filter(|r| r.addr.is_some())
+            .map(|r| container_id(&r.spec.instance))
+            .collect();
+        match Overlay::open(Kernel, agent, subnet, subnet6, &keep) {
+            Ok(o) => self.overlay = Some((o, subnet)),
+            Err(e) => {
+                tracing::error!(error = %e, "the data plane could not be set up; instances run unwired")
+            }
+        }
+    }
+
     fn deploy(&mut self, spec: &InstanceSpec) {
         if self
             .records
@@ -325,6 +421,7 @@ impl Runtime for NativeRuntime {
             spec: spec.clone(),
             state: InstanceState::Creating,
             restarts: 0,
+            addr: None,
         });
         self.set(&spec.instance, InstanceState::Creating, None);
         let _ = self
@@ -341,6 +438,7 @@ impl Runtime for NativeRuntime {
             return;
         };
         let id = container_id(instance);
+        self.detach(instance);
         let _ = supervisor::call(&self.dir, &Request::Stop(id.clone(), STOP_GRACE_MS));
         if let Ok(Reply::Error(e)) = supervisor::call(&self.dir, &Request::Remove(id)) {
             tracing::warn!(instance = %container_id(instance), error = %e, "removing the container");
@@ -386,6 +484,7 @@ impl Runtime for NativeRuntime {
             .collect();
         for who in due {
             self.restart_at.remove(&who);
+            self.detach(&who);
             let _ = supervisor::call(&self.dir, &Request::Remove(container_id(&who)));
             if let Some(r) = self.records.iter().find(|r| r.spec.instance == who) {
                 let _ = self

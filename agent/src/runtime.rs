@@ -19,6 +19,8 @@ pub struct Usage {
 
 /// What runs instances on this worker.
 pub trait Runtime: Send {
+    /// The worker joined: its subnets are known (instances get addresses from them).
+    fn joined(&mut self, _agent: &str, _reg: &grove_proto::msg::NodeRegistered) {}
     /// Start an instance (idempotent: a running one is left alone).
     fn deploy(&mut self, spec: &InstanceSpec);
     /// Stop and remove an instance.

@@ -135,6 +135,10 @@ fn instances_pulled_through_a_docker_io_mirror_run_exit_and_survive_an_agent_sig
         &[
             "--runtime",
             "native",
+            // This agent runs in the machine's own namespace: no bridge here (the
+            // data plane is tested inside namespaces of its own).
+            "--data-plane",
+            "none",
             "--registry-mirror",
             &mirror,
             "--insecure-registry",
