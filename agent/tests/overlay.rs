@@ -132,3 +132,91 @@ fn instances_reach_each_other_through_the_bridge_and_nothing_is_left_behind() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+fn enter(ns: &Ns) {
+    let f = std::fs::File::open(ns.path()).unwrap();
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+}
+
+#[test]
+fn instances_on_two_workers_reach_each_other_over_vxlan() {
+    if !grove_tests::have_root("network namespaces")
+        || grove_tests::tool("ip").is_none()
+        || grove_tests::tool("busybox").is_none()
+    {
+        return;
+    }
+    // Two worker hosts on an underlay link of their own, an instance on each.
+    let (h1, h2, a, b) = (Ns::new("w1"), Ns::new("w2"), Ns::new("ia"), Ns::new("ib"));
+    let link = format!("gtu{}", std::process::id() % 100_000);
+    let ip = |args: &[&str]| {
+        let ok = Command::new("ip").args(args).status().unwrap();
+        assert!(ok.success(), "ip {args:?}");
+    };
+    ip(&[
+        "link", "add", &link, "netns", &h1.0, "type", "veth", "peer", "name", "u2", "netns", &h2.0,
+    ]);
+    h1.run(&["ip", "link", "set", &link, "name", "u1"]);
+    for (h, addr, dev) in [(&h1, "10.31.0.1/24", "u1"), (&h2, "10.31.0.2/24", "u2")] {
+        assert!(h.run(&["ip", "addr", "add", addr, "dev", dev]).0);
+        assert!(h.run(&["ip", "link", "set", dev, "up"]).0);
+    }
+    let net = |third: u8| Cidr {
+        addr: Ipv4Addr::new(10, 18, 251, third),
+        len: 26,
+    };
+    let (n1, n2) = (net(0), net(64));
+    let peers = [
+        grove_agent::net::Peer {
+            underlay: Ipv4Addr::new(10, 31, 0, 1),
+            subnet: n1,
+            subnet6: None,
+        },
+        grove_agent::net::Peer {
+            underlay: Ipv4Addr::new(10, 31, 0, 2),
+            subnet: n2,
+            subnet6: None,
+        },
+    ];
+    enter(&h1);
+    let mut o1 = Overlay::open(Kernel, "w1", n1, None, &[]).unwrap();
+    o1.attach("a-0", &a.path(), Ipv4Addr::new(10, 18, 251, 2), None)
+        .unwrap();
+    o1.set_peers(Ipv4Addr::new(10, 31, 0, 1), &peers).unwrap();
+    enter(&h2);
+    let mut o2 = Overlay::open(Kernel, "w2", n2, None, &[]).unwrap();
+    o2.attach("b-0", &b.path(), Ipv4Addr::new(10, 18, 251, 66), None)
+        .unwrap();
+    o2.set_peers(Ipv4Addr::new(10, 31, 0, 2), &peers).unwrap();
+
+    let (ok, out) = a.run(&["busybox", "ping", "-c", "2", "-W", "2", "10.18.251.66"]);
+    assert!(ok, "a on w1 → b on w2: {out}");
+    // The encapsulated packets fit the underlay: a full-size ping goes through.
+    let (ok, out) = b.run(&[
+        "busybox",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "-s",
+        "1400",
+        "10.18.251.2",
+    ]);
+    assert!(ok, "b → a with 1400 bytes: {out}");
+
+    // w2 leaves: w1 forgets it.
+    enter(&h1);
+    o1.set_peers(Ipv4Addr::new(10, 31, 0, 1), &peers[..1])
+        .unwrap();
+    let (_, routes) = h1.run(&["ip", "route"]);
+    assert!(!routes.contains("10.18.251.64/26"), "{routes}");
+    let (ok, out) = a.run(&["busybox", "ping", "-c", "1", "-W", "1", "10.18.251.66"]);
+    let dbg = h1.run(&["ip", "route", "get", "10.18.251.66"]).1
+        + &h1.run(&["bridge", "fdb", "show"]).1
+        + &h1.run(&["ip", "neigh"]).1;
+    assert!(!ok, "w2 still reachable after it left: {out} {dbg}");
+    o1.remove_all().unwrap();
+    enter(&h2);
+    o2.remove_all().unwrap();
+}

@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 /// An address with its prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Cidr<A> {
     /// The address.
     pub addr: A,
@@ -50,7 +50,40 @@ pub trait Netlink {
     fn delete_link(&mut self, name: &str) -> Result<(), String>;
     /// The names of the links in the agent's namespace.
     fn links(&mut self) -> Result<Vec<String>, String>;
+    /// Make the VXLAN device `name` (if missing): `vni`, UDP 4789, from `local`, on
+    /// the bridge, up. Made afresh, it has no forwarding entries.
+    fn ensure_vxlan(
+        &mut self,
+        name: &str,
+        bridge: &str,
+        vni: u32,
+        local: Ipv4Addr,
+        mtu: u32,
+    ) -> Result<(), String>;
+    /// Add (or remove) a flooding entry of `dev` towards a peer's underlay address.
+    fn fdb(&mut self, dev: &str, peer: Ipv4Addr, add: bool) -> Result<(), String>;
+    /// Add (or remove) an on-link route to `net` through `dev`, tagged as Grove's.
+    fn route(&mut self, dev: &str, net: std::net::IpAddr, len: u8, add: bool)
+    -> Result<(), String>;
+    /// Remove every route tagged as Grove's through `dev` (what a crashed run left).
+    fn flush_routes(&mut self, dev: &str) -> Result<(), String>;
+    /// Let this namespace forward packets (IPv4 and IPv6) between its links.
+    fn enable_forwarding(&mut self) -> Result<(), String>;
 }
+
+/// Another worker of the cluster, as the data plane needs it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Peer {
+    /// Its underlay address (the VXLAN endpoint).
+    pub underlay: Ipv4Addr,
+    /// Its subnet.
+    pub subnet: Cidr<Ipv4Addr>,
+    /// Its IPv6 subnet.
+    pub subnet6: Option<Cidr<Ipv6Addr>>,
+}
+
+/// The VXLAN network identifier of Grove's overlay.
+pub const VNI: u32 = 4242;
 
 /// Names of one agent's objects: at most 15 bytes (IFNAMSIZ), `g` + 5 hex digits of
 /// the agent name's hash, then `b` for the bridge or `v` + 8 hex of the instance's.
@@ -78,6 +111,11 @@ impl Names {
         format!("{}b", self.prefix)
     }
 
+    /// Its VXLAN device.
+    pub fn vxlan(&self) -> String {
+        format!("{}x", self.prefix)
+    }
+
     /// The host end of an instance's veth pair.
     pub fn instance(&self, container: &str) -> String {
         format!("{}v{:08x}", self.prefix, fnv(container))
@@ -101,6 +139,9 @@ pub struct Overlay<N: Netlink> {
     names: Names,
     subnet: Cidr<Ipv4Addr>,
     subnet6: Option<Cidr<Ipv6Addr>>,
+    /// The peers programmed, and from which local address.
+    peers: Vec<Peer>,
+    local: Option<Ipv4Addr>,
 }
 
 impl<N: Netlink> Overlay<N> {
@@ -123,6 +164,8 @@ impl<N: Netlink> Overlay<N> {
             len: s.len,
         });
         nl.ensure_bridge(&names.bridge(), gw, gw6, MTU)?;
+        nl.flush_routes(&names.bridge())?;
+        nl.enable_forwarding()?;
         let wanted: Vec<String> = keep.iter().map(|c| names.instance(c)).collect();
         for l in nl.links()? {
             if names.is_instance_link(&l) && !wanted.contains(&l) {
@@ -135,7 +178,57 @@ impl<N: Netlink> Overlay<N> {
             names,
             subnet,
             subnet6,
+            peers: Vec::new(),
+            local: None,
         })
+    }
+
+    /// Reach the other workers: a VXLAN device on the bridge from `local`, a flooding
+    /// entry and a route to the subnets of each peer; what is no longer a peer goes.
+    pub fn set_peers(&mut self, local: Ipv4Addr, peers: &[Peer]) -> Result<(), String> {
+        let vx = self.names.vxlan();
+        let bridge = self.names.bridge();
+        let leaving = self
+            .peers
+            .iter()
+            .any(|p| !wanted_of(local, peers).contains(p));
+        if self.local != Some(local) || leaving {
+            // A new local address, or a peer gone (the device learned where its
+            // instances' MAC addresses live): a new device, its entries gone with the old.
+            self.nl.delete_link(&vx)?;
+            self.nl.ensure_vxlan(&vx, &bridge, VNI, local, MTU)?;
+            self.local = Some(local);
+            for p in std::mem::take(&mut self.peers) {
+                self.routes(&p, false)?;
+            }
+        }
+        let wanted = wanted_of(local, peers);
+        let fresh: Vec<Peer> = wanted
+            .iter()
+            .filter(|p| !self.peers.contains(p))
+            .cloned()
+            .collect();
+        for new in &fresh {
+            self.nl.fdb(&vx, new.underlay, true)?;
+            self.routes(new, true)?;
+        }
+        self.peers = wanted;
+        Ok(())
+    }
+
+    fn routes(&mut self, p: &Peer, add: bool) -> Result<(), String> {
+        let bridge = self.names.bridge();
+        self.nl.route(
+            &bridge,
+            std::net::IpAddr::V4(p.subnet.addr),
+            p.subnet.len,
+            add,
+        )?;
+        if let Some(s6) = p.subnet6 {
+            self.nl
+                .route(&bridge, std::net::IpAddr::V6(s6.addr), s6.len, add)?;
+        }
+        Ok(())
     }
 
     /// Wire container `container`'s namespace at `netns` with `ip` (and `ip6`).
@@ -185,8 +278,21 @@ impl<N: Netlink> Overlay<N> {
                 self.nl.delete_link(&l)?;
             }
         }
+        self.nl.delete_link(&self.names.vxlan())?;
         self.nl.delete_link(&self.names.bridge())
     }
+}
+
+/// The peers to program: sorted, once each, not this worker itself.
+fn wanted_of(local: Ipv4Addr, peers: &[Peer]) -> Vec<Peer> {
+    let mut w: Vec<Peer> = peers
+        .iter()
+        .filter(|p| p.underlay != local)
+        .cloned()
+        .collect();
+    w.sort();
+    w.dedup();
+    w
 }
 
 /// The subnet's first host address (the bridge's).
@@ -254,6 +360,48 @@ mod tests {
         fn links(&mut self) -> Result<Vec<String>, String> {
             Ok(self.links.clone())
         }
+        fn ensure_vxlan(
+            &mut self,
+            name: &str,
+            bridge: &str,
+            vni: u32,
+            local: Ipv4Addr,
+            mtu: u32,
+        ) -> Result<(), String> {
+            self.calls.push(format!(
+                "vxlan {name} on {bridge} vni {vni} local {local} mtu {mtu}"
+            ));
+            self.links.push(name.into());
+            Ok(())
+        }
+        fn fdb(&mut self, dev: &str, peer: Ipv4Addr, add: bool) -> Result<(), String> {
+            self.calls.push(format!(
+                "fdb {} {dev} {peer}",
+                if add { "add" } else { "del" }
+            ));
+            Ok(())
+        }
+        fn route(
+            &mut self,
+            dev: &str,
+            net: std::net::IpAddr,
+            len: u8,
+            add: bool,
+        ) -> Result<(), String> {
+            self.calls.push(format!(
+                "route {} {net}/{len} {dev}",
+                if add { "add" } else { "del" }
+            ));
+            Ok(())
+        }
+        fn flush_routes(&mut self, dev: &str) -> Result<(), String> {
+            self.calls.push(format!("flush {dev}"));
+            Ok(())
+        }
+        fn enable_forwarding(&mut self) -> Result<(), String> {
+            self.calls.push("forwarding".into());
+            Ok(())
+        }
     }
 
     fn subnet() -> Cidr<Ipv4Addr> {
@@ -303,6 +451,59 @@ mod tests {
         );
         o.detach("svc-0").unwrap();
         assert_eq!(o.nl.links, [n.bridge()]);
+    }
+
+    #[test]
+    fn peers_get_a_flooding_entry_and_routes_and_leave_without_a_trace() {
+        let mut o = Overlay::open(Fake::default(), "pi-1", subnet(), None, &[]).unwrap();
+        let n = Names::of("pi-1");
+        let peer = |last: u8, net: u8| Peer {
+            underlay: Ipv4Addr::new(10, 31, 0, last),
+            subnet: Cidr {
+                addr: Ipv4Addr::new(10, 18, 0, net),
+                len: 26,
+            },
+            subnet6: None,
+        };
+        let me = Ipv4Addr::new(10, 31, 0, 1);
+        o.set_peers(me, &[peer(2, 128), peer(3, 192), peer(1, 64)])
+            .unwrap();
+        let calls = o.nl.calls.join("\n");
+        assert!(
+            calls.contains(&format!(
+                "vxlan {} on {} vni 4242 local 10.31.0.1 mtu 1450",
+                n.vxlan(),
+                n.bridge()
+            )),
+            "{calls}"
+        );
+        assert!(calls.contains(&format!("fdb add {} 10.31.0.2", n.vxlan())));
+        assert!(calls.contains(&format!("route add 10.18.0.192/26 {}", n.bridge())));
+        assert!(
+            !calls.contains(&format!("fdb add {} 10.31.0.1", n.vxlan())),
+            "no entry to itself"
+        );
+        o.nl.calls.clear();
+        // One peer leaves: a fresh device with the remaining one's entry; its routes
+        // stay, the one who left loses its own.
+        o.set_peers(me, &[peer(2, 128)]).unwrap();
+        assert_eq!(
+            o.nl.calls,
+            [
+                format!("delete {}", n.vxlan()),
+                format!(
+                    "vxlan {} on {} vni 4242 local 10.31.0.1 mtu 1450",
+                    n.vxlan(),
+                    n.bridge()
+                ),
+                format!("route del 10.18.0.128/26 {}", n.bridge()),
+                format!("route del 10.18.0.192/26 {}", n.bridge()),
+                format!("fdb add {} 10.31.0.2", n.vxlan()),
+                format!("route add 10.18.0.128/26 {}", n.bridge()),
+            ]
+        );
+        o.remove_all().unwrap();
+        assert!(!o.nl.links.contains(&n.vxlan()) && !o.nl.links.contains(&n.bridge()));
     }
 
     #[test]

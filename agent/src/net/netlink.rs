@@ -5,11 +5,15 @@
 
 use super::{Cidr, Netlink};
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -22,6 +26,30 @@ use std::path::Path;
 
 /// The link name an instance sees.
 const INSIDE: &str = "eth0";
+/// VXLAN's UDP port (IANA).
+const VXLAN_PORT: u16 = 4789;
+/// The routing protocol number Grove's routes carry (so they are told apart).
+const GROVE_PROTO: u8 = 0x47;
+
+/// An on-link route to `net`/`len` through link `index`, tagged as Grove's.
+fn on_link_route(index: u32, net: IpAddr, len: u8) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = match net {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    m.header.destination_prefix_length = len;
+    m.header.table = RouteHeader::RT_TABLE_MAIN;
+    m.header.protocol = RouteProtocol::Other(GROVE_PROTO);
+    m.header.scope = RouteScope::Link;
+    m.header.kind = RouteType::Unicast;
+    m.attributes.push(RouteAttribute::Destination(match net {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }));
+    m.attributes.push(RouteAttribute::Oif(index));
+    m
+}
 
 /// One rtnetlink socket.
 struct Sock {
@@ -285,6 +313,146 @@ impl Netlink for Kernel {
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
             r => r.map(drop).map_err(ctx(format!("delete {name}"))),
         }
+    }
+
+    fn ensure_vxlan(
+        &mut self,
+        name: &str,
+        bridge: &str,
+        vni: u32,
+        local: Ipv4Addr,
+        mtu: u32,
+    ) -> Result<(), String> {
+        let mut s = Sock::new().map_err(ctx("netlink".into()))?;
+        if s.index(name)
+            .map_err(ctx(format!("vxlan {name}")))?
+            .is_none()
+        {
+            let br = s
+                .index(bridge)
+                .map_err(ctx(format!("bridge {bridge}")))?
+                .ok_or(format!("no bridge {bridge}"))?;
+            let mut m = LinkMessage::default();
+            m.attributes.push(LinkAttribute::IfName(name.to_owned()));
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+            m.attributes.push(LinkAttribute::Controller(br));
+            m.attributes.push(LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Vxlan),
+                LinkInfo::Data(InfoData::Vxlan(vec![
+                    InfoVxlan::Id(vni),
+                    InfoVxlan::Local(local),
+                    InfoVxlan::Port(VXLAN_PORT),
+                    InfoVxlan::Learning(true),
+                ])),
+            ]));
+            s.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+                .map_err(ctx(format!("create vxlan {name}")))?;
+        }
+        let i = s
+            .index(name)
+            .map_err(ctx(format!("vxlan {name}")))?
+            .ok_or(format!("vxlan {name} vanished"))?;
+        s.up(i).map_err(ctx(format!("{name} up")))
+    }
+
+    fn fdb(&mut self, dev: &str, peer: Ipv4Addr, add: bool) -> Result<(), String> {
+        let mut s = Sock::new().map_err(ctx("netlink".into()))?;
+        let i = s
+            .index(dev)
+            .map_err(ctx(format!("link {dev}")))?
+            .ok_or(format!("no link {dev}"))?;
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = i;
+        m.header.state = NeighbourState::Permanent;
+        m.header.flags = NeighbourFlags::Own;
+        m.attributes
+            .push(NeighbourAttribute::LinkLocalAddress(vec![0; 6]));
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                peer,
+            )));
+        let r = if add {
+            s.request(
+                RouteNetlinkMessage::NewNeighbour(m),
+                NLM_F_CREATE | NLM_F_APPEND,
+            )
+        } else {
+            s.request(RouteNetlinkMessage::DelNeighbour(m), 0)
+        };
+        match r {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EEXIST)
+                    || e.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            r => r
+                .map(drop)
+                .map_err(ctx(format!("forwarding entry {dev} → {peer}"))),
+        }
+    }
+
+    fn route(&mut self, dev: &str, net: IpAddr, len: u8, add: bool) -> Result<(), String> {
+        let mut s = Sock::new().map_err(ctx("netlink".into()))?;
+        let i = s
+            .index(dev)
+            .map_err(ctx(format!("link {dev}")))?
+            .ok_or(format!("no link {dev}"))?;
+        let m = on_link_route(i, net, len);
+        let r = if add {
+            s.request(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL)
+        } else {
+            s.request(RouteNetlinkMessage::DelRoute(m), 0)
+        };
+        match r {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EEXIST)
+                    || e.raw_os_error() == Some(libc::ESRCH) =>
+            {
+                Ok(())
+            }
+            r => r
+                .map(drop)
+                .map_err(ctx(format!("route {net}/{len} via {dev}"))),
+        }
+    }
+
+    fn flush_routes(&mut self, dev: &str) -> Result<(), String> {
+        let mut s = Sock::new().map_err(ctx("netlink".into()))?;
+        let Some(i) = s.index(dev).map_err(ctx(format!("link {dev}")))? else {
+            return Ok(());
+        };
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut q = RouteMessage::default();
+            q.header.address_family = family;
+            let all = s
+                .request(RouteNetlinkMessage::GetRoute(q), NLM_F_DUMP)
+                .map_err(ctx("list routes".into()))?;
+            for r in all {
+                let RouteNetlinkMessage::NewRoute(r) = r else {
+                    continue;
+                };
+                let ours = r.header.protocol == RouteProtocol::Other(GROVE_PROTO)
+                    && r.attributes.contains(&RouteAttribute::Oif(i));
+                if ours {
+                    s.request(RouteNetlinkMessage::DelRoute(r), 0)
+                        .map_err(ctx(format!("remove a stale route via {dev}")))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn enable_forwarding(&mut self) -> Result<(), String> {
+        // /proc/sys/net shows the namespace of whoever opens it: this thread's.
+        for f in [
+            "/proc/sys/net/ipv4/ip_forward",
+            "/proc/sys/net/ipv6/conf/all/forwarding",
+        ] {
+            std::fs::write(f, "1").map_err(|e| format!("{f}: {e}"))?;
+        }
+        Ok(())
     }
 
     fn links(&mut self) -> Result<Vec<String>, String> {
