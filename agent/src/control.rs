@@ -202,6 +202,9 @@ pub fn link_context(
 
 /// Converge the runtime to a full command set; returns nothing (changes come from poll).
 fn converge(rt: &mut dyn Runtime, cmds: &NodeCommands) {
+    if let Some(p) = &cmds.peers {
+        rt.peers(p);
+    }
     let wanted: Vec<&msg::InstanceSpec> = cmds
         .commands
         .iter()
@@ -277,7 +280,7 @@ pub async fn run(
         .ok_or_else(|| ControlError::Io("driver stopped".into()))?;
     let node = reg.node;
     tracing::info!(node = node.0, cluster = %s.cluster, "worker joined");
-    rt.joined(&s.name, &reg);
+    rt.joined(&s.name, &reg, s.cluster);
 
     let period = Duration::from_millis(u64::from(reg.timing.heartbeat_ms.max(100)));
     let mut heartbeat = tokio::time::interval(period);

@@ -6,7 +6,7 @@
 
 use crate::image::{Image, ImageStore, RegistryConfig};
 use crate::net::netlink::Kernel;
-use crate::net::{Cidr, Overlay};
+use crate::net::{Cidr, Overlay, Peer};
 use crate::runtime::{Runtime, Usage};
 use crate::supervisor::{self, Entry, Reply, Request};
 use grove_proto::msg::{InstanceRef, InstanceSpec, InstanceState, InstanceStatus};
@@ -89,6 +89,8 @@ pub struct NativeRuntime {
     wired: bool,
     /// The data plane, once the worker's subnet is known.
     overlay: Option<(Overlay<Kernel>, Cidr<Ipv4Addr>)>,
+    /// This worker's underlay address.
+    local: Option<Ipv4Addr>,
 }
 
 impl NativeRuntime {
@@ -141,6 +143,7 @@ impl NativeRuntime {
             cpu_seen: HashMap::new(),
             wired: false,
             overlay: None,
+            local: None,
         };
         // What was on its way when the agent stopped goes on.
         for r in rt
@@ -383,10 +386,23 @@ impl NativeRuntime {
 }
 
 impl Runtime for NativeRuntime {
-    fn joined(&mut self, agent: &str, reg: &grove_proto::msg::NodeRegistered) {
+    fn joined(
+        &mut self,
+        agent: &str,
+        reg: &grove_proto::msg::NodeRegistered,
+        cluster: std::net::SocketAddr,
+    ) {
         if !self.wired {
             return;
         }
+        // The address this worker reaches its cluster from: its VXLAN endpoint.
+        self.local = std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| s.connect(cluster).and_then(|()| s.local_addr()))
+            .ok()
+            .and_then(|a| match a.ip() {
+                std::net::IpAddr::V4(v4) => Some(v4),
+                std::net::IpAddr::V6(_) => None,
+            });
         let subnet = Cidr {
             addr: Ipv4Addr::from(reg.subnet_v4.addr),
             len: reg.subnet_v4.len,
@@ -406,6 +422,31 @@ impl Runtime for NativeRuntime {
             Err(e) => {
                 tracing::error!(error = %e, "the data plane could not be set up; instances run unwired")
             }
+        }
+    }
+
+    fn peers(&mut self, peers: &[grove_proto::msg::NodePeer]) {
+        let (Some((o, _)), Some(local)) = (self.overlay.as_mut(), self.local) else {
+            return;
+        };
+        let wanted: Vec<Peer> = peers
+            .iter()
+            .filter_map(|p| {
+                Some(Peer {
+                    underlay: p.underlay.parse().ok()?,
+                    subnet: Cidr {
+                        addr: Ipv4Addr::from(p.subnet_v4.addr),
+                        len: p.subnet_v4.len,
+                    },
+                    subnet6: Some(Cidr {
+                        addr: Ipv6Addr::from(p.subnet_v6.addr),
+                        len: p.subnet_v6.len,
+                    }),
+                })
+            })
+            .collect();
+        if let Err(e) = o.set_peers(local, &wanted) {
+            tracing::warn!(error = %e, "programming the overlay to the other workers");
         }
     }
 

@@ -19,8 +19,17 @@ pub struct Usage {
 
 /// What runs instances on this worker.
 pub trait Runtime: Send {
-    /// The worker joined: its subnets are known (instances get addresses from them).
-    fn joined(&mut self, _agent: &str, _reg: &grove_proto::msg::NodeRegistered) {}
+    /// The worker joined the cluster at `cluster`: its subnets are known (instances get
+    /// addresses from them).
+    fn joined(
+        &mut self,
+        _agent: &str,
+        _reg: &grove_proto::msg::NodeRegistered,
+        _cluster: std::net::SocketAddr,
+    ) {
+    }
+    /// The cluster's workers, this one among them (the overlay spans them).
+    fn peers(&mut self, _peers: &[grove_proto::msg::NodePeer]) {}
     /// Start an instance (idempotent: a running one is left alone).
     fn deploy(&mut self, spec: &InstanceSpec);
     /// Stop and remove an instance.

@@ -193,6 +193,7 @@ async fn the_agent_joins_runs_commands_reports_and_resumes_after_sigkill() {
         commands: NodeCommands {
             generation: 0,
             commands: vec![],
+            peers: None,
         },
     }));
     let c = cluster(seen.clone()).await;
@@ -213,6 +214,7 @@ async fn the_agent_joins_runs_commands_reports_and_resumes_after_sigkill() {
     let two = NodeCommands {
         generation: 1,
         commands: vec![spec(0, &["sh"]), spec(1, &["sim:exit=1"])],
+        peers: None,
     };
     while push(&c, &seen, two.clone()).await == 0 {
         assert!(
@@ -234,6 +236,7 @@ async fn the_agent_joins_runs_commands_reports_and_resumes_after_sigkill() {
         NodeCommands {
             generation: 2,
             commands: vec![spec(1, &["sim:exit=1"])],
+            peers: None,
         },
     )
     .await;

@@ -167,6 +167,7 @@ async fn start_cluster(
                 let cmds = NodeCommands {
                     generation: st.generation.load(Ordering::SeqCst),
                     commands: vec![],
+                    peers: None,
                 };
                 Response::cbor(msg::to_cbor(&cmds))
             }
@@ -400,6 +401,7 @@ pub async fn up(a: UpArgs) -> Result<bool, String> {
                     let body = msg::to_cbor(&NodeCommands {
                         generation: g,
                         commands: vec![],
+                        peers: None,
                     });
                     cluster
                         .notify(&paths::node_commands(NodeId(id)), Response::cbor(body))

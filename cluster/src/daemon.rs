@@ -80,6 +80,8 @@ struct Live {
     coord: Option<NetCoord>,
     /// Since when the cluster hears it (its join, or the cluster's start).
     since: Instant,
+    /// Where its heartbeats come from: its VXLAN endpoint.
+    underlay: Option<std::net::IpAddr>,
 }
 
 impl Live {
@@ -89,6 +91,7 @@ impl Live {
             lost: false,
             coord: None,
             since: Instant::now(),
+            underlay: None,
         }
     }
 
@@ -262,6 +265,41 @@ impl Cluster {
         NodeCommands {
             generation: generation(),
             commands,
+            peers: Some(self.peers()),
+        }
+    }
+
+    /// The workers the overlay spans: every active one whose address is known.
+    fn peers(&self) -> Vec<msg::NodePeer> {
+        let block = *self.block.lock().unwrap_or_else(|p| p.into_inner());
+        let live = self.live().clone();
+        self.db()
+            .nodes()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| {
+                let l = live.get(&n.id).filter(|l| !l.lost)?;
+                let (subnet_v4, subnet_v6) = subnets_of(block, n.subnet);
+                Some(msg::NodePeer {
+                    node: NodeId(n.id),
+                    underlay: l.underlay?.to_string(),
+                    subnet_v4,
+                    subnet_v6,
+                })
+            })
+            .collect()
+    }
+
+    /// Tell every active worker (the set of peers changed).
+    async fn push_all(&self) {
+        let ids: Vec<u32> = self
+            .live()
+            .iter()
+            .filter(|(_, l)| !l.lost)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.push_node(id).await;
         }
     }
 
@@ -507,6 +545,19 @@ impl Cluster {
     }
 }
 
+/// A worker's subnets from its index in the cluster's block: a /26 and a /120.
+fn subnets_of(block: (u32, [u8; 16]), index: u32) -> (msg::Ipv4Prefix, msg::Ipv6Prefix) {
+    let mut v6 = block.1;
+    v6[14] = u8::try_from(index).unwrap_or(u8::MAX);
+    (
+        msg::Ipv4Prefix {
+            addr: block.0 + index * 64,
+            len: 26,
+        },
+        msg::Ipv6Prefix { addr: v6, len: 120 },
+    )
+}
+
 fn degrees(x: f64) -> f32 {
     #[allow(clippy::cast_possible_truncation)]
     let y = x as f32;
@@ -598,20 +649,15 @@ async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {
         Err(e) => return Response::error(Code::INTERNAL_SERVER_ERROR, &e),
     }
     cl.live().insert(row.id, Live::fresh());
-    let (v4, v6) = *cl.block.lock().unwrap_or_else(|p| p.into_inner());
-    let mut v6_subnet = v6;
-    v6_subnet[14] = u8::try_from(row.subnet).unwrap_or(u8::MAX);
+    let (subnet_v4, subnet_v6) = subnets_of(
+        *cl.block.lock().unwrap_or_else(|p| p.into_inner()),
+        row.subnet,
+    );
     let answer = NodeRegistered {
         version: msg::PROTOCOL_VERSION,
         node: NodeId(row.id),
-        subnet_v4: msg::Ipv4Prefix {
-            addr: v4 + row.subnet * 64,
-            len: 26,
-        },
-        subnet_v6: msg::Ipv6Prefix {
-            addr: v6_subnet,
-            len: 120,
-        },
+        subnet_v4,
+        subnet_v6,
         timing: msg::Timing {
             heartbeat_ms: HEARTBEAT_MS,
             missed_before_lost: u8::try_from(MISSED).unwrap_or(3),
@@ -644,11 +690,14 @@ async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
         let was_lost = l.lost;
         l.last_seen = Instant::now();
         l.lost = false;
+        let moved = l.underlay != Some(inc.peer.ip());
+        l.underlay = Some(inc.peer.ip());
         if hb.coord.0 != [0.0; 3] {
             l.coord = Some(hb.coord);
         }
-        was_lost
+        (was_lost, moved)
     };
+    let (came_back, moved) = came_back;
     for c in &hb.changes {
         let ok = cl
             .db()
@@ -669,9 +718,10 @@ async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
         }
     }
     cl.push_directory().await;
-    if came_back {
-        // Tell it what it should run now (what was moved away is no longer there).
-        cl.push_node(id).await;
+    if came_back || moved {
+        // A worker back or at a new address: everyone's overlay changes (and the one
+        // back learns what it should run now: what was moved away is no longer there).
+        cl.push_all().await;
     }
     Response::new(Code::CHANGED)
 }
@@ -779,6 +829,16 @@ pub async fn start(
         loop {
             tick.tick().await;
             let mut touched = cw.handle_losses();
+            if !touched.is_empty() {
+                // A worker lost leaves the overlay of every other one.
+                let others: Vec<u32> = cw
+                    .live()
+                    .iter()
+                    .filter(|(_, l)| !l.lost)
+                    .map(|(id, _)| *id)
+                    .collect();
+                touched.extend(others);
+            }
             touched.extend(cw.handle_stuck());
             if cw.deferred.swap(false, Ordering::Relaxed) {
                 touched.extend(cw.place_pending());

@@ -443,6 +443,27 @@ pub struct NodeCommands {
     /// What to do, in order.
     #[n(1)]
     pub commands: Vec<NodeCommand>,
+    /// The cluster's workers to reach over the overlay (each worker's VXLAN endpoint
+    /// and subnets), the receiver among them; absent from senders that do not know.
+    #[n(2)]
+    pub peers: Option<Vec<NodePeer>>,
+}
+
+/// A worker of the cluster as the data plane needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct NodePeer {
+    /// Which worker.
+    #[n(0)]
+    pub node: NodeId,
+    /// Its underlay address (where its heartbeats come from).
+    #[n(1)]
+    pub underlay: String,
+    /// Its IPv4 subnet.
+    #[n(2)]
+    pub subnet_v4: Ipv4Prefix,
+    /// Its IPv6 subnet.
+    #[n(3)]
+    pub subnet_v6: Ipv6Prefix,
 }
 
 /// Cluster → root, `POST /v1/clusters`: register a cluster.
@@ -829,6 +850,7 @@ mod tests {
                     instance: 3,
                 }),
             ],
+            peers: None,
         };
         let back: NodeCommands = from_cbor(&to_cbor(&cmds)).expect("decodes");
         assert_eq!(back, cmds);
