@@ -40,7 +40,7 @@ fn an_instance_runs_reports_its_usage_and_is_removed_without_a_trace() {
         cmd: vec![
             "sh".into(),
             "-c".into(),
-            "a=$(head -c 8000000 /dev/zero | tr '\\0' x); while :; do :; done".into(),
+            "a=$(head -c 16000000 /dev/zero | tr '\\0' x); while :; do :; done".into(),
         ],
         env: vec![],
         memory_mib: 64,
