@@ -6,6 +6,7 @@
 
 pub mod registry;
 pub mod relay;
+pub mod testbed;
 
 use grove_proto::coap::driver::{self, Handle, Router};
 use grove_proto::coap::{Config, Endpoint};

@@ -125,9 +125,14 @@ fn free_port() -> SocketAddr {
 impl Registry {
     /// Start a registry storing under `dir`; `None` when `docker-registry` is missing.
     pub fn start(dir: &Path, p: &Protection) -> Option<Self> {
+        Self::start_at(dir, std::net::Ipv4Addr::LOCALHOST, p)
+    }
+
+    /// As [`Registry::start`], listening on `ip` (a test bed host's address).
+    pub fn start_at(dir: &Path, ip: std::net::Ipv4Addr, p: &Protection) -> Option<Self> {
         let bin = crate::tool("docker-registry")?;
         std::fs::create_dir_all(dir).expect("registry dir");
-        let addr = free_port();
+        let addr = SocketAddr::new(ip.into(), free_port().port());
         let mut cfg = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.join("data").display()

@@ -327,8 +327,12 @@ impl Cluster {
     /// Start a cluster named `name` with its data under `dir/<name>`, joined to `root`,
     /// with `extra` flags.
     pub fn start(dir: &Path, name: &str, root: &Root, extra: &[&str]) -> Self {
+        Self::start_at(dir, name, root, free_udp(), extra)
+    }
+
+    /// As [`Cluster::start`], serving workers on `addr`.
+    pub fn start_at(dir: &Path, name: &str, root: &Root, addr: SocketAddr, extra: &[&str]) -> Self {
         let cdir = dir.join(name);
-        let addr = free_udp();
         // An operator makes a worker join token with the cluster's own CLI.
         let out = Command::new(bin("grove-cluster"))
             .arg("--data-dir")
@@ -381,6 +385,18 @@ impl Agent {
     /// when the link is emulated) with `extra` flags (`--runtime sim` unless they name
     /// a runtime).
     pub fn start(dir: &Path, name: &str, cluster: SocketAddr, token: &str, extra: &[&str]) -> Self {
+        Self::start_in(None, dir, name, cluster, token, extra)
+    }
+
+    /// As [`Agent::start`], inside test bed host `host` (when given).
+    pub fn start_in(
+        host: Option<&grove_tests::testbed::Host>,
+        dir: &Path,
+        name: &str,
+        cluster: SocketAddr,
+        token: &str,
+        extra: &[&str],
+    ) -> Self {
         let adir = dir.join(name);
         let mut args: Vec<OsString> = Vec::new();
         if !extra.contains(&"--runtime") {
@@ -397,7 +413,21 @@ impl Agent {
             adir.clone().into(),
         ]);
         args.extend(extra.iter().map(OsString::from));
-        let daemon = Daemon::start(bin("grove-agent"), args, dir.join(format!("{name}.log")));
+        let daemon = match host {
+            None => Daemon::start(bin("grove-agent"), args, dir.join(format!("{name}.log"))),
+            Some(h) => {
+                // `ip netns exec` execs the agent: the PID stays the agent's.
+                let mut wrapped: Vec<OsString> =
+                    vec!["netns".into(), "exec".into(), h.ns.clone().into()];
+                wrapped.push(bin("grove-agent").into());
+                wrapped.extend(args);
+                Daemon::start(
+                    PathBuf::from("ip"),
+                    wrapped,
+                    dir.join(format!("{name}.log")),
+                )
+            }
+        };
         Self {
             daemon,
             dir: adir,

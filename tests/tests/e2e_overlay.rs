@@ -1,0 +1,158 @@
+//! The overlay end to end on the multi-host test bed: root, cluster and a registry on
+//! host 0, a `grove-agent --runtime native` on hosts 1 and 2, each host a network
+//! namespace made by the test. Two instances of one service land on the two workers
+//! and reach each other over the kernel's VXLAN overlay, which the agents programmed
+//! from what the cluster told them. Needs root (fails under CI without it).
+
+mod support;
+
+use grove_tests::registry::{Protection, Registry, make_images};
+use grove_tests::testbed::TestBed;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use support::{Agent, Cluster, Root, scratch, wait_until};
+
+/// The IPv4 address of `eth0` inside the namespace held at `netns`.
+fn address_in(netns: &Path) -> Option<String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["ip", "-o", "-4", "addr", "show", "eth0"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let word = text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)?;
+    Some(word.split('/').next()?.to_owned())
+}
+
+/// The network namespaces of an agent's running containers, through their processes
+/// (the agent's held namespace files are mounts in its own mount namespace, which
+/// `ip netns exec` made).
+fn netns_of(agent: &Agent) -> Vec<PathBuf> {
+    std::fs::read_dir(agent.dir.join("containers"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let pid = std::fs::read_to_string(e.path().join("pid")).ok()?;
+                    let pid = pid.split_whitespace().next()?.to_owned();
+                    let ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+                    ns.exists().then_some(ns)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
+    let Some(bed) = TestBed::new("ov", 3) else {
+        return;
+    };
+    for t in ["nsenter", "busybox"] {
+        if grove_tests::tool(t).is_none() {
+            return;
+        }
+    }
+    let dir = scratch("overlay");
+    let Some(layout) = make_images(&dir.join("layout")) else {
+        return;
+    };
+    // Everything this thread starts from now on runs on host 0.
+    bed.enter(0);
+    let control = bed.hosts[0].ip;
+    let Some(registry) = Registry::start_at(&dir.join("registry"), control, &Protection::default())
+    else {
+        return;
+    };
+    registry.push(&layout, "latest", "library/busybox:latest", None);
+    let root = Root::start(&dir, &[]);
+    let cluster_addr = SocketAddr::new(control.into(), support::free_udp().port());
+    let cluster = Cluster::start_at(&dir, "edge", &root, cluster_addr, &[]);
+    let host = registry.addr.to_string();
+    let mirror = format!("docker.io=http://{host}");
+    let flags = [
+        "--runtime",
+        "native",
+        "--registry-mirror",
+        &mirror,
+        "--insecure-registry",
+        &host,
+        "--cpus",
+        "4",
+        "--memory-mib",
+        "2048",
+    ];
+    let agents: Vec<Agent> = [1, 2]
+        .iter()
+        .map(|&i| {
+            let name = format!("w{i}");
+            Agent::start_in(
+                Some(&bed.hosts[i]),
+                &dir,
+                &name,
+                cluster_addr,
+                &cluster.worker_token,
+                &flags,
+            )
+        })
+        .collect();
+    wait_until(30, "both workers", || root.active_workers() == 2);
+
+    let ids = root.deploy_seed(|sla| {
+        let ms = &mut sla["applications"][0]["microservices"];
+        ms[1]["code"] = json!("docker.io/library/busybox:latest");
+        ms[1]["cmd"] = json!(["sleep", "3600"]);
+    });
+    let svc = &ids[1];
+    root.add_instance(svc);
+    root.add_instance(svc);
+    wait_until(60, "both instances RUNNING, one on each worker", || {
+        let list = root.instances(svc);
+        list.len() == 2
+            && list.iter().all(|i| i["status"] == "RUNNING")
+            && agents.iter().all(|a| netns_of(a).len() == 1)
+    });
+    let (na, nb) = (
+        netns_of(&agents[0]).remove(0),
+        netns_of(&agents[1]).remove(0),
+    );
+    let (a, b) = (address_in(&na).unwrap(), address_in(&nb).unwrap());
+    assert_ne!(a, b);
+    // Each address is in its own worker's subnet (10.18.x.y/26, different blocks).
+    assert!(
+        a.starts_with("10.18.") && b.starts_with("10.18."),
+        "{a} {b}"
+    );
+
+    let ping = |from: &Path, to: &str| {
+        Command::new("nsenter")
+            .arg(format!("--net={}", from.display()))
+            .args(["busybox", "ping", "-c", "1", "-W", "1", to])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    wait_until(20, "the instance on w1 reaching the one on w2", || {
+        ping(&na, &b)
+    });
+    assert!(ping(&nb, &a), "w2's instance does not reach w1's");
+
+    // Deleting the application takes both down and leaves their namespaces empty.
+    let apps = root.api("GET", "/api/applications/", None);
+    let app = apps[0]["applicationID"].as_str().unwrap().to_owned();
+    root.api("DELETE", &format!("/api/application/{app}"), None);
+    wait_until(30, "the containers gone", || {
+        agents.iter().all(|a| netns_of(a).is_empty())
+    });
+    for a in &agents {
+        if let Ok(pid) = std::fs::read_to_string(a.dir.join("supervisor.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+    drop((agents, cluster, root, registry));
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(bed);
+}
