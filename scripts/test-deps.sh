@@ -26,6 +26,8 @@ command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
 if ((${#missing[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "test-deps: need root to install: ${missing[*]}" >&2

@@ -205,6 +205,9 @@ fn converge(rt: &mut dyn Runtime, cmds: &NodeCommands) {
     if let Some(p) = &cmds.peers {
         rt.peers(p);
     }
+    if let Some(s) = &cmds.services {
+        rt.services(s);
+    }
     let wanted: Vec<&msg::InstanceSpec> = cmds
         .commands
         .iter()

@@ -91,6 +91,10 @@ pub struct NativeRuntime {
     overlay: Option<(Overlay<Kernel>, Cidr<Ipv4Addr>)>,
     /// This worker's underlay address.
     local: Option<Ipv4Addr>,
+    /// The service IP rules last applied.
+    nat: String,
+    /// This agent's name (its nftables table is named after it).
+    agent: String,
 }
 
 impl NativeRuntime {
@@ -144,6 +148,8 @@ impl NativeRuntime {
             wired: false,
             overlay: None,
             local: None,
+            nat: String::new(),
+            agent: String::new(),
         };
         // What was on its way when the agent stopped goes on.
         for r in rt
@@ -220,6 +226,7 @@ impl NativeRuntime {
                 detail,
                 ip: r.spec.ip,
                 worker: None,
+                addr: r.addr,
             });
         }
         self.save();
@@ -395,6 +402,7 @@ impl Runtime for NativeRuntime {
         if !self.wired {
             return;
         }
+        self.agent = agent.to_owned();
         // The address this worker reaches its cluster from: its VXLAN endpoint.
         self.local = std::net::UdpSocket::bind("0.0.0.0:0")
             .and_then(|s| s.connect(cluster).and_then(|()| s.local_addr()))
@@ -450,6 +458,21 @@ impl Runtime for NativeRuntime {
         }
     }
 
+    fn services(&mut self, services: &[grove_proto::msg::ServiceEntry]) {
+        let Some((_, subnet)) = self.overlay.as_ref() else {
+            return;
+        };
+        let table = crate::net::Names::of(&self.agent).nat_table();
+        let rules = crate::net::nat::ruleset(&table, *subnet, services);
+        if rules == self.nat {
+            return;
+        }
+        match crate::net::nat::apply(&rules) {
+            Ok(()) => self.nat = rules,
+            Err(e) => tracing::warn!(error = %e, "service IP rules"),
+        }
+    }
+
     fn deploy(&mut self, spec: &InstanceSpec) {
         if self
             .records
@@ -495,6 +518,7 @@ impl Runtime for NativeRuntime {
             detail: None,
             ip: gone.spec.ip,
             worker: None,
+            addr: None,
         });
         self.save();
     }

@@ -33,6 +33,8 @@ fn spec(
         nodes: None,
         geo: None,
         latency: None,
+        rr_ip: None,
+        closest_ip: None,
     }
 }
 

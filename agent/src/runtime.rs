@@ -30,6 +30,8 @@ pub trait Runtime: Send {
     }
     /// The cluster's workers, this one among them (the overlay spans them).
     fn peers(&mut self, _peers: &[grove_proto::msg::NodePeer]) {}
+    /// The cluster's services and their RUNNING instances (service IP tables).
+    fn services(&mut self, _services: &[grove_proto::msg::ServiceEntry]) {}
     /// Start an instance (idempotent: a running one is left alone).
     fn deploy(&mut self, spec: &InstanceSpec);
     /// Stop and remove an instance.
@@ -109,6 +111,7 @@ impl SimRuntime {
             detail,
             ip: x.ip,
             worker: None,
+            addr: None,
         });
     }
 }
@@ -149,6 +152,7 @@ impl Runtime for SimRuntime {
                 detail: None,
                 ip: gone.ip,
                 worker: None,
+                addr: None,
             });
             self.save();
         }
@@ -226,6 +230,8 @@ mod tests {
             nodes: None,
             geo: None,
             latency: None,
+            rr_ip: None,
+            closest_ip: None,
         }
     }
 

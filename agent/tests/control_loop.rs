@@ -161,6 +161,8 @@ fn spec(n: u32, cmd: &[&str]) -> NodeCommand {
         nodes: None,
         geo: None,
         latency: None,
+        rr_ip: None,
+        closest_ip: None,
     })
 }
 
@@ -194,6 +196,7 @@ async fn the_agent_joins_runs_commands_reports_and_resumes_after_sigkill() {
             generation: 0,
             commands: vec![],
             peers: None,
+            services: None,
         },
     }));
     let c = cluster(seen.clone()).await;
@@ -215,6 +218,7 @@ async fn the_agent_joins_runs_commands_reports_and_resumes_after_sigkill() {
         generation: 1,
         commands: vec![spec(0, &["sh"]), spec(1, &["sim:exit=1"])],
         peers: None,
+        services: None,
     };
     while push(&c, &seen, two.clone()).await == 0 {
         assert!(
@@ -237,6 +241,7 @@ async fn the_agent_joins_runs_commands_reports_and_resumes_after_sigkill() {
             generation: 2,
             commands: vec![spec(1, &["sim:exit=1"])],
             peers: None,
+            services: None,
         },
     )
     .await;

@@ -51,6 +51,8 @@ fn an_instance_runs_reports_its_usage_and_is_removed_without_a_trace() {
         nodes: None,
         geo: None,
         latency: None,
+        rr_ip: None,
+        closest_ip: None,
     });
     let mut seen = Vec::new();
     wait(&mut rt, "RUNNING", |rt| {

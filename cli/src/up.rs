@@ -168,6 +168,7 @@ async fn start_cluster(
                     generation: st.generation.load(Ordering::SeqCst),
                     commands: vec![],
                     peers: None,
+                    services: None,
                 };
                 Response::cbor(msg::to_cbor(&cmds))
             }
@@ -402,6 +403,7 @@ pub async fn up(a: UpArgs) -> Result<bool, String> {
                         generation: g,
                         commands: vec![],
                         peers: None,
+                        services: None,
                     });
                     cluster
                         .notify(&paths::node_commands(NodeId(id)), Response::cbor(body))

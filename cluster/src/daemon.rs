@@ -266,7 +266,43 @@ impl Cluster {
             generation: generation(),
             commands,
             peers: Some(self.peers()),
+            services: Some(self.services()),
         }
+    }
+
+    /// The services with instances in this cluster and their RUNNING instances'
+    /// overlay addresses (what every worker's service IP table is made of).
+    fn services(&self) -> Vec<msg::ServiceEntry> {
+        let me = self.root_link.get().map_or(ClusterId(0), |l| l.id);
+        let mut out: BTreeMap<String, msg::ServiceEntry> = BTreeMap::new();
+        for row in self.db().instances().unwrap_or_default() {
+            let Some(spec) = spec_of(&row) else { continue };
+            let e = out
+                .entry(row.service.clone())
+                .or_insert_with(|| msg::ServiceEntry {
+                    name: spec.name.clone(),
+                    service: row.service.clone(),
+                    rr_ip: spec.rr_ip,
+                    closest_ip: spec.closest_ip,
+                    instances: Vec::new(),
+                });
+            if row.status != "RUNNING" {
+                continue;
+            }
+            let (Some(ip), Some(addr), Some(node)) = (spec.ip, row.addr, row.node) else {
+                continue;
+            };
+            e.instances.push(msg::InstanceEndpoint {
+                instance: spec.instance.clone(),
+                ip,
+                ip6: None,
+                worker: format!("node-{node}"),
+                cluster: me,
+                state: InstanceState::Running,
+                addr: Some(addr),
+            });
+        }
+        out.into_values().collect()
     }
 
     /// The workers the overlay spans: every active one whose address is known.
@@ -428,6 +464,7 @@ impl Cluster {
                     detail: reason,
                     ip: spec.ip,
                     worker: node.map(|n| format!("node-{n}")),
+                    addr: None,
                 });
             }
         }
@@ -707,6 +744,7 @@ async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
                 id,
                 c.state.as_str(),
                 c.detail.as_deref(),
+                c.addr,
             )
             .unwrap_or(false);
         if ok {
@@ -718,9 +756,10 @@ async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
         }
     }
     cl.push_directory().await;
-    if came_back || moved {
-        // A worker back or at a new address: everyone's overlay changes (and the one
-        // back learns what it should run now: what was moved away is no longer there).
+    if came_back || moved || !hb.changes.is_empty() {
+        // A worker back or at a new address, or an instance that started or ended:
+        // everyone's overlay and service table change (and the one back learns what it
+        // should run now: what was moved away is no longer there).
         cl.push_all().await;
     }
     Response::new(Code::CHANGED)

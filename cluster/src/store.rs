@@ -23,7 +23,8 @@ pub enum StoreError {
 /// Result of store operations.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE nodes (
         id              INTEGER PRIMARY KEY AUTOINCREMENT,
         name            TEXT NOT NULL UNIQUE,
@@ -57,7 +58,11 @@ const MIGRATIONS: &[&str] = &[r#"
         key   TEXT PRIMARY KEY,
         value BLOB NOT NULL
     );
-"#];
+"#,
+    r#"
+    ALTER TABLE instances ADD COLUMN addr INTEGER;
+"#,
+];
 
 /// A registered worker.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,6 +125,8 @@ pub struct InstanceRow {
     pub status: String,
     /// Failure reason.
     pub reason: Option<String>,
+    /// Its overlay address (in its worker's subnet), as the worker reported it.
+    pub addr: Option<u32>,
 }
 
 /// The cluster's database.
@@ -168,6 +175,7 @@ fn instance(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
         node: r.get(3)?,
         status: r.get(4)?,
         reason: r.get(5)?,
+        addr: r.get(6)?,
     })
 }
 
@@ -287,7 +295,7 @@ impl Store {
     pub fn instances(&self) -> Result<Vec<InstanceRow>> {
         let mut st = self
             .conn
-            .prepare("SELECT service, number, spec, node, status, reason FROM instances ORDER BY service, number")?;
+            .prepare("SELECT service, number, spec, node, status, reason, addr FROM instances ORDER BY service, number")?;
         let rows = st
             .query_map([], instance)?
             .collect::<rusqlite::Result<_>>()?;
@@ -304,7 +312,7 @@ impl Store {
         reason: Option<&str>,
     ) -> Result<()> {
         let n = self.conn.execute(
-            "UPDATE instances SET node = ?3, status = ?4, reason = ?5 WHERE service = ?1 AND number = ?2",
+            "UPDATE instances SET node = ?3, status = ?4, reason = ?5, addr = NULL WHERE service = ?1 AND number = ?2",
             params![service, number, node, status, reason],
         )?;
         if n == 0 {
@@ -322,10 +330,11 @@ impl Store {
         node: u32,
         status: &str,
         reason: Option<&str>,
+        addr: Option<u32>,
     ) -> Result<bool> {
         let n = self.conn.execute(
-            "UPDATE instances SET status = ?4, reason = ?5 WHERE service = ?1 AND number = ?2 AND node = ?3",
-            params![service, number, node, status, reason],
+            "UPDATE instances SET status = ?4, reason = ?5, addr = COALESCE(?6, addr) WHERE service = ?1 AND number = ?2 AND node = ?3",
+            params![service, number, node, status, reason, addr],
         )?;
         Ok(n > 0)
     }
@@ -420,10 +429,14 @@ mod tests {
         s.place("svc", 0, Some(b.id), "NODE_SCHEDULED", None)
             .unwrap();
         assert!(
-            !s.report_status("svc", 0, a.id, "RUNNING", None).unwrap(),
+            !s.report_status("svc", 0, a.id, "RUNNING", None, None)
+                .unwrap(),
             "only the node it is on speaks for it"
         );
-        assert!(s.report_status("svc", 0, b.id, "RUNNING", None).unwrap());
+        assert!(
+            s.report_status("svc", 0, b.id, "RUNNING", None, Some(7))
+                .unwrap()
+        );
         assert_eq!(s.instances().unwrap()[0].status, "RUNNING");
         assert_eq!(s.remove_instance("svc", 0).unwrap(), Some(b.id));
         assert!(s.instances().unwrap().is_empty());

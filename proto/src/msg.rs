@@ -293,6 +293,10 @@ pub struct InstanceStatus {
     /// cluster knows it; set by the cluster when it reports up.
     #[n(4)]
     pub worker: Option<String>,
+    /// Its address on the overlay (in its worker's subnet), host byte order: where
+    /// traffic for its service and instance IPs is sent.
+    #[n(5)]
+    pub addr: Option<u32>,
 }
 
 /// Worker → cluster, non-confirmable `POST /v1/nodes/{id}/status` every 2 s.
@@ -398,6 +402,12 @@ pub struct InstanceSpec {
     /// Placement: within an RTT of a location (the SLA's `latency` constraint).
     #[n(12)]
     pub latency: Option<LatencyConstraint>,
+    /// Its service's round-robin IP, host byte order.
+    #[n(13)]
+    pub rr_ip: Option<u32>,
+    /// Its service's closest IP, host byte order.
+    #[n(14)]
+    pub closest_ip: Option<u32>,
 }
 
 /// A `geo` placement constraint.
@@ -423,6 +433,8 @@ pub struct LatencyConstraint {
 }
 
 /// One command for a worker.
+// Nearly every command is a Deploy: boxing it would only add an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub enum NodeCommand {
     /// Start this instance.
@@ -447,6 +459,10 @@ pub struct NodeCommands {
     /// and subnets), the receiver among them; absent from senders that do not know.
     #[n(2)]
     pub peers: Option<Vec<NodePeer>>,
+    /// The services with instances in this cluster, with their IPs and RUNNING
+    /// instances' overlay addresses: every worker holds them before a packet needs them.
+    #[n(3)]
+    pub services: Option<Vec<ServiceEntry>>,
 }
 
 /// A worker of the cluster as the data plane needs it.
@@ -605,6 +621,9 @@ pub struct InstanceEndpoint {
     /// Its state; only RUNNING instances receive traffic.
     #[n(5)]
     pub state: InstanceState,
+    /// Its address on the overlay (in its worker's subnet), host byte order.
+    #[n(6)]
+    pub addr: Option<u32>,
 }
 
 /// Cluster ↔ root and worker ↔ cluster, `GET /v1/services/{name}` (observable): the
@@ -778,6 +797,7 @@ mod tests {
                 worker: "192.0.2.10".into(),
                 cluster: ClusterId(1),
                 state: InstanceState::Running,
+                addr: None,
             }],
         };
         assert_eq!(from_cbor::<ServiceEntry>(&to_cbor(&e)).unwrap(), e);
@@ -844,6 +864,8 @@ mod tests {
                         threshold_km: 20.0,
                     }),
                     latency: None,
+                    rr_ip: None,
+                    closest_ip: None,
                 }),
                 NodeCommand::Undeploy(InstanceRef {
                     service: "x".into(),
@@ -851,6 +873,7 @@ mod tests {
                 }),
             ],
             peers: None,
+            services: None,
         };
         let back: NodeCommands = from_cbor(&to_cbor(&cmds)).expect("decodes");
         assert_eq!(back, cmds);

@@ -196,6 +196,8 @@ pub fn commands_for(st: &AppState, cluster: u32, generation: u64) -> ClusterComm
                 }),
                 _ => None,
             }),
+            rr_ip: Some(s.rr_ip),
+            closest_ip: Some(s.closest_ip),
         }));
     }
     ClusterCommands {
@@ -325,6 +327,8 @@ pub fn entry_for(
                     worker: i.node.clone().unwrap_or_default(),
                     cluster: ClusterId(i.cluster?),
                     state: msg::InstanceState::from_name(&i.status),
+                    // The overlay address is the cluster's to tell its workers.
+                    addr: None,
                 })
             })
             .collect(),

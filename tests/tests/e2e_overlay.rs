@@ -102,12 +102,23 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
         .collect();
     wait_until(30, "both workers", || root.active_workers() == 2);
 
+    // The seed's application with busybox stand-ins: the server answers with its
+    // instance's host name on port 80 behind rr_ip 10.30.30.30; the client asks it
+    // again and again.
     let ids = root.deploy_seed(|sla| {
         let ms = &mut sla["applications"][0]["microservices"];
         ms[1]["code"] = json!("docker.io/library/busybox:latest");
-        ms[1]["cmd"] = json!(["sleep", "3600"]);
+        ms[1]["cmd"] = json!([
+            "sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"
+        ]);
+        ms[0]["code"] = json!("docker.io/library/busybox:latest");
+        ms[0]["cmd"] = json!([
+            "sh", "-c", // (Debian's busybox-static 1.35 wget crashes with `-O -` or `-T`: a file, and
+            // `timeout`.)
+            "while :; do timeout 3 wget -q -O /tmp/p http://10.30.30.30/ && cat /tmp/p; sleep 0.2; done"
+        ]);
     });
-    let svc = &ids[1];
+    let (client, svc) = (&ids[0], &ids[1]);
     root.add_instance(svc);
     root.add_instance(svc);
     wait_until(60, "both instances RUNNING, one on each worker", || {
@@ -140,6 +151,86 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
     });
     assert!(ping(&nb, &a), "w2's instance does not reach w1's");
 
+    // Through the service IP, round-robin: the client hears from both servers.
+    root.add_instance(client);
+    wait_until(60, "the client RUNNING", || {
+        root.instances(client)
+            .first()
+            .is_some_and(|i| i["status"] == "RUNNING")
+    });
+    let client_log = || {
+        agents
+            .iter()
+            .flat_map(|a| {
+                std::fs::read_dir(a.dir.join("containers"))
+                    .into_iter()
+                    .flatten()
+            })
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(client.as_str()))
+            .map(|e| std::fs::read_to_string(e.path().join("log")).unwrap_or_default())
+            .collect::<String>()
+    };
+    let names = [format!("{svc}-0"), format!("{svc}-1")];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !names.iter().all(|n| client_log().contains(n.as_str())) {
+        if std::time::Instant::now() > deadline {
+            let state: String = bed.hosts[1..]
+                .iter()
+                .map(|h| {
+                    format!(
+                        "{}:\n{}\n{}",
+                        h.ns,
+                        h.run(&["nft", "list", "ruleset"]).1,
+                        h.run(&["ip", "route"]).1
+                    )
+                })
+                .collect();
+            let probe = |args: &[&str]| {
+                let pid = agents
+                    .iter()
+                    .flat_map(|a| {
+                        std::fs::read_dir(a.dir.join("containers"))
+                            .into_iter()
+                            .flatten()
+                    })
+                    .flatten()
+                    .find(|e| e.file_name().to_string_lossy().starts_with(client.as_str()))
+                    .and_then(|e| std::fs::read_to_string(e.path().join("pid")).ok())
+                    .unwrap_or_default();
+                let pid = pid.split_whitespace().next().unwrap_or("0").to_owned();
+                let out = Command::new("nsenter")
+                    .arg(format!("--net=/proc/{pid}/ns/net"))
+                    .args(args)
+                    .output()
+                    .unwrap();
+                format!(
+                    "{args:?}: {} {}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            };
+            let p1 = probe(&[
+                "busybox",
+                "wget",
+                "-q",
+                "-T",
+                "2",
+                "-O",
+                "-",
+                "http://10.18.0.2/",
+            ]);
+            let p2 = probe(&["busybox", "ping", "-c", "1", "-W", "1", "10.30.30.30"]);
+            let p3 = probe(&["ip", "route"]);
+            let p4 = probe(&["ip", "-o", "addr"]);
+            panic!(
+                "no answers from both servers through 10.30.30.30:\n{}\n{state}\n{p1}\n{p2}\n{p3}\n{p4}",
+                client_log().len()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
     // Deleting the application takes both down and leaves their namespaces empty.
     let apps = root.api("GET", "/api/applications/", None);
     let app = apps[0]["applicationID"].as_str().unwrap().to_owned();
@@ -147,6 +238,11 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
     wait_until(30, "the containers gone", || {
         agents.iter().all(|a| netns_of(a).is_empty())
     });
+    // And the service table with them.
+    for h in &bed.hosts[1..] {
+        let (_, tables) = h.run(&["nft", "list", "tables"]);
+        assert!(!tables.contains("grove_"), "{}: {tables}", h.ns);
+    }
     for a in &agents {
         if let Ok(pid) = std::fs::read_to_string(a.dir.join("supervisor.pid")) {
             let _ = Command::new("kill").arg(pid.trim()).status();

@@ -9,6 +9,7 @@
 //! The kernel is reached through [`Netlink`]: the real one speaks rtnetlink
 //! ([`netlink::Kernel`]), the recording fake tests the programming unprivileged.
 
+pub mod nat;
 pub mod netlink;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -114,6 +115,11 @@ impl Names {
     /// Its VXLAN device.
     pub fn vxlan(&self) -> String {
         format!("{}x", self.prefix)
+    }
+
+    /// Its nftables table (service IP translation).
+    pub fn nat_table(&self) -> String {
+        format!("grove_{}", self.prefix)
     }
 
     /// The host end of an instance's veth pair.

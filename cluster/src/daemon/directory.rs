@@ -86,19 +86,22 @@ impl Cluster {
     /// in; `None` when neither knows the service.
     fn merged(&self, root: Option<&ServiceEntry>, key: &Key) -> Option<ServiceEntry> {
         let rows = self.db().instances().unwrap_or_default();
-        let specs: Vec<(String, msg::InstanceSpec, String, Option<u32>)> = rows
-            .iter()
-            .filter_map(|r| Some((r.service.clone(), spec_of(r)?, r.status.clone(), r.node)))
-            .collect();
+        let specs: Vec<(&crate::store::InstanceRow, msg::InstanceSpec)> =
+            rows.iter().filter_map(|r| Some((r, spec_of(r)?))).collect();
         let service = match (root, key) {
             (Some(e), _) => e.service.clone(),
-            (None, Key::Name(n)) => specs.iter().find(|s| s.1.name == *n)?.0.clone(),
-            (None, Key::Ip(ip)) => specs.iter().find(|s| s.1.ip == Some(*ip))?.0.clone(),
+            (None, Key::Name(n)) => specs.iter().find(|s| s.1.name == *n)?.0.service.clone(),
+            (None, Key::Ip(ip)) => specs
+                .iter()
+                .find(|s| s.1.ip == Some(*ip))?
+                .0
+                .service
+                .clone(),
         };
         let mut entry = root.cloned().unwrap_or_else(|| ServiceEntry {
             name: specs
                 .iter()
-                .find(|s| s.0 == service)
+                .find(|s| s.0.service == service)
                 .map(|s| s.1.name.clone())
                 .unwrap_or_default(),
             service: service.clone(),
@@ -111,23 +114,24 @@ impl Cluster {
         entry
             .instances
             .retain(|i| me.is_none_or(|c| i.cluster != c));
-        for (sid, spec, status, node) in &specs {
-            if *sid != service || ENDED.contains(&status.as_str()) {
+        for (row, spec) in &specs {
+            if row.service != service || ENDED.contains(&row.status.as_str()) {
                 continue;
             }
-            let (Some(ip), Some(node), Some(cluster)) = (spec.ip, node, me) else {
+            let (Some(ip), Some(node), Some(cluster)) = (spec.ip, row.node, me) else {
                 continue;
             };
             entry.instances.push(InstanceEndpoint {
                 instance: InstanceRef {
-                    service: sid.clone(),
+                    service: row.service.clone(),
                     instance: spec.instance.instance,
                 },
                 ip,
                 ip6: None,
                 worker: format!("node-{node}"),
                 cluster,
-                state: InstanceState::from_name(status),
+                state: InstanceState::from_name(&row.status),
+                addr: row.addr,
             });
         }
         entry.instances.sort_by_key(|i| i.instance.instance);
