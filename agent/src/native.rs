@@ -557,7 +557,7 @@ impl Runtime for NativeRuntime {
                     .send(Job::Pull(who.clone(), r.spec.image.clone()));
             }
         }
-        if self.last_check.elapsed() >= Duration::from_millis(500) {
+        if self.last_check.elapsed() >= Duration::from_millis(150) {
             self.last_check = now;
             self.check();
         }

@@ -5,7 +5,7 @@
 //! over a Unix socket in the state dir and re-adopts what runs when it comes back.
 //!
 //! It is single-threaded and blocking (clone(2) with Rust code in the child needs
-//! that): a poll(2) loop over the socket with a 200 ms tick for reaping and logs.
+//! that): a poll(2) loop over the socket with a 100 ms tick for reaping and logs.
 //! One lock file makes sure only one runs per state dir.
 
 use crate::container::{self, LaunchSpec, Paths, cgroup::Group};
@@ -471,7 +471,7 @@ pub fn run(dir: &Path) -> Result<(), String> {
             use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
             use std::os::fd::AsFd;
             let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-            let _ = poll(&mut fds, PollTimeout::from(200u16));
+            let _ = poll(&mut fds, PollTimeout::from(100u16));
         }
         while let Ok((mut s, _)) = listener.accept() {
             let _ = s.set_nonblocking(false);

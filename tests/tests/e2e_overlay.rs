@@ -111,6 +111,9 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
         ms[1]["cmd"] = json!([
             "sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"
         ]);
+        // One-shot, so that a killed server stays dead (a service would be restarted
+        // within a second and come back into the tables).
+        ms[1]["one_shot"] = json!(true);
         ms[0]["code"] = json!("docker.io/library/busybox:latest");
         ms[0]["cmd"] = json!([
             "sh", "-c", // (Debian's busybox-static 1.35 wget crashes with `-O -` or `-T`: a file, and
@@ -230,6 +233,53 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+
+    // A server instance dies: within 2 s it is out of every worker's table, and the
+    // client's requests keep being answered (by the other one).
+    let victim_pid = std::fs::read_dir(agents[1].dir.join("containers"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(svc.as_str()))
+        .and_then(|e| std::fs::read_to_string(e.path().join("pid")).ok())
+        .and_then(|t| t.split_whitespace().next().map(str::to_owned))
+        .expect("the server on w2");
+    let killed = std::time::Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &victim_pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // (nsenter: lighter than `ip netns exec`, so the polling adds little to the time.)
+    let rr_targets = |h: &grove_tests::testbed::Host| {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", h.path().display()))
+            .args(["nft", "list", "ruleset"])
+            .output()
+            .unwrap();
+        let r = String::from_utf8_lossy(&out.stdout).into_owned();
+        r.lines()
+            .find(|l| l.contains("10.30.30.30"))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    wait_until(10, "the dead server out of both workers' tables", || {
+        bed.hosts[1..3].iter().all(|h| {
+            let rule = rr_targets(h);
+            !rule.contains(&format!("{b} "))
+                && !rule.contains(&format!("{b},"))
+                && rule.contains(&a)
+        })
+    });
+    let took = killed.elapsed();
+    eprintln!("a dead instance was out of every table {took:?} after its death");
+    assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+    let before = client_log().len();
+    wait_until(10, "answers after the death", || {
+        let log = client_log();
+        log.len() > before + 3 * names[0].len()
+    });
 
     // Deleting the application takes both down and leaves their namespaces empty.
     let apps = root.api("GET", "/api/applications/", None);
