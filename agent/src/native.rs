@@ -37,6 +37,14 @@ struct Record {
     addr: Option<u32>,
 }
 
+/// Whether a state is an end.
+fn ended(s: InstanceState) -> bool {
+    matches!(
+        s,
+        InstanceState::Completed | InstanceState::Dead | InstanceState::Failed
+    )
+}
+
 /// The container id of an instance.
 fn container_id(i: &InstanceRef) -> String {
     let s: String = i
@@ -512,14 +520,18 @@ impl Runtime for NativeRuntime {
         // Images no instance here uses any more go (after the pulls queued before).
         let keep = self.records.iter().map(|r| r.spec.image.clone()).collect();
         let _ = self.pulls.send(Job::Collect(keep));
-        self.changes.push(InstanceStatus {
-            instance: gone.spec.instance,
-            state: InstanceState::Undeployed,
-            detail: None,
-            ip: gone.spec.ip,
-            worker: None,
-            addr: None,
-        });
+        // An instance that had ended keeps its end (COMPLETED, DEAD, FAILED) as its
+        // last word; only a live one is reported UNDEPLOYED.
+        if !ended(gone.state) {
+            self.changes.push(InstanceStatus {
+                instance: gone.spec.instance,
+                state: InstanceState::Undeployed,
+                detail: None,
+                ip: gone.spec.ip,
+                worker: None,
+                addr: None,
+            });
+        }
         self.save();
     }
 

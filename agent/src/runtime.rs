@@ -146,6 +146,14 @@ impl Runtime for SimRuntime {
     fn stop(&mut self, instance: &InstanceRef) {
         if let Some(pos) = self.instances.iter().position(|i| i.instance == *instance) {
             let gone = self.instances.remove(pos);
+            self.save();
+            // An ended instance keeps its end as its last word.
+            if matches!(
+                gone.state,
+                InstanceState::Completed | InstanceState::Dead | InstanceState::Failed
+            ) {
+                return;
+            }
             self.changes.push(InstanceStatus {
                 instance: gone.instance,
                 state: InstanceState::Undeployed,
@@ -154,7 +162,6 @@ impl Runtime for SimRuntime {
                 worker: None,
                 addr: None,
             });
-            self.save();
         }
     }
 

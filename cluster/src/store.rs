@@ -333,7 +333,7 @@ impl Store {
         addr: Option<u32>,
     ) -> Result<bool> {
         let n = self.conn.execute(
-            "UPDATE instances SET status = ?4, reason = ?5, addr = COALESCE(?6, addr) WHERE service = ?1 AND number = ?2 AND node = ?3",
+            "UPDATE instances SET status = ?4, reason = ?5, addr = COALESCE(?6, addr) WHERE service = ?1 AND number = ?2 AND node = ?3 AND NOT (?4 = 'UNDEPLOYED' AND status IN ('COMPLETED', 'DEAD', 'FAILED'))",
             params![service, number, node, status, reason, addr],
         )?;
         Ok(n > 0)
