@@ -471,7 +471,19 @@ impl Runtime for NativeRuntime {
             return;
         };
         let table = crate::net::Names::of(&self.agent).nat_table();
-        let rules = crate::net::nat::ruleset(&table, *subnet, services);
+        // This worker's own RUNNING instances' port mappings.
+        let mappings: Vec<(grove_proto::ports::PortMapping, Ipv4Addr)> = self
+            .records
+            .iter()
+            .filter(|r| r.state == InstanceState::Running)
+            .filter_map(|r| {
+                let ports = grove_proto::ports::parse_ports(r.spec.ports.as_deref()?).ok()?;
+                let addr = Ipv4Addr::from(r.addr?);
+                Some(ports.into_iter().map(move |p| (p, addr)))
+            })
+            .flatten()
+            .collect();
+        let rules = crate::net::nat::ruleset(&table, *subnet, services, &mappings);
         if rules == self.nat {
             return;
         }

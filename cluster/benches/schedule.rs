@@ -33,6 +33,7 @@ fn fleet(n: u32) -> Vec<NodeView> {
                 vgpus: 0,
             },
             same_service: i % 3,
+            ports: vec![],
         })
         .collect()
 }
@@ -47,6 +48,7 @@ fn main() {
         virtualization: "container".into(),
         arch: vec![],
         constraints: vec![],
+        ports: vec![],
     };
     println!(
         "{:>7} {:>12} {:>12} {:>6}",

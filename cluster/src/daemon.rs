@@ -355,6 +355,7 @@ impl Cluster {
             .iter()
             .map(|n| {
                 let mut reserved = Resources::default();
+                let mut ports = Vec::new();
                 for i in instances
                     .iter()
                     .filter(|i| i.node == Some(n.id) && !ENDED.contains(&i.status.as_str()))
@@ -362,6 +363,7 @@ impl Cluster {
                     if let Some(s) = spec_of(i) {
                         reserved.millicpus += s.millicpus;
                         reserved.memory_mib += s.memory_mib;
+                        ports.extend(host_ports(&s));
                     }
                 }
                 NodeView {
@@ -382,6 +384,7 @@ impl Cluster {
                     },
                     reserved,
                     same_service: 0,
+                    ports,
                 }
             })
             .collect()
@@ -428,6 +431,7 @@ impl Cluster {
                 virtualization: "container".into(),
                 arch: vec![],
                 constraints: constraints_of(&spec, &views),
+                ports: host_ports(&spec),
             };
             // Workers it got stuck on come last: tried only when no other one qualifies.
             let elsewhere: Vec<NodeView> = views
@@ -580,6 +584,17 @@ impl Cluster {
         }
         classes.into_values().collect()
     }
+}
+
+/// The host ports an instance maps (its `port` field; the root validated it).
+fn host_ports(spec: &InstanceSpec) -> Vec<(u16, grove_proto::ports::Protocol)> {
+    spec.ports
+        .as_deref()
+        .and_then(|p| grove_proto::ports::parse_ports(p).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| (m.host, m.protocol))
+        .collect()
 }
 
 /// A worker's subnets from its index in the cluster's block: a /26 and a /120.

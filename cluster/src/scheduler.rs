@@ -7,12 +7,14 @@
 //!    (estimated RTT from network coordinates to a target) — else
 //!    `NO_QUALIFIED_WORKER_FOUND`;
 //! 3. free CPU, memory and GPUs after the reservations of what is placed there (not
-//!    the reported usage) — else `NO_WORKER_CAPACITY`.
+//!    the reported usage), and the host ports of its port mappings free there — else
+//!    `NO_WORKER_CAPACITY`.
 //!
 //! Among the workers left, replicas of one service spread (fewest instances of the
 //! service first), then best fit on CPU and memory together, then the lower node id.
 
 use grove_proto::msg::{GeoPoint, NetCoord, NodeId};
+use grove_proto::ports::Protocol;
 pub use grove_proto::util::distance_km;
 use grove_proto::vivaldi;
 
@@ -39,6 +41,8 @@ pub struct NodeView {
     pub reserved: Resources,
     /// How many instances of the service being placed it already holds.
     pub same_service: u32,
+    /// Host ports its instances have mapped.
+    pub ports: Vec<(u16, Protocol)>,
 }
 
 /// CPU, memory and GPUs.
@@ -86,6 +90,8 @@ pub struct Demand {
     pub arch: Vec<String>,
     /// Constraints, all of which must hold.
     pub constraints: Vec<Constraint>,
+    /// Host ports it maps (a worker's resource: one user each).
+    pub ports: Vec<(u16, Protocol)>,
 }
 
 /// Why no worker was chosen: Oakestra's reasons, kept verbatim.
@@ -172,6 +178,9 @@ pub fn schedule(nodes: &[NodeView], d: &Demand) -> Result<NodeId, Failure> {
             continue;
         }
         any_qualified = true;
+        if d.ports.iter().any(|p| n.ports.contains(p)) {
+            continue;
+        }
         let Some(score) = fit(n, d.resources) else {
             continue;
         };
@@ -214,6 +223,7 @@ mod tests {
             },
             reserved: Resources::default(),
             same_service: 0,
+            ports: vec![],
         }
     }
 
@@ -227,7 +237,23 @@ mod tests {
             virtualization: "container".into(),
             arch: vec![],
             constraints: vec![],
+            ports: vec![],
         }
+    }
+
+    #[test]
+    fn a_host_port_in_use_on_a_worker_sends_the_instance_elsewhere() {
+        let mut a = node(1, "a", "x86_64", 8000, 8000);
+        let b = node(2, "b", "x86_64", 2000, 2000);
+        a.ports = vec![(6080, Protocol::Tcp)];
+        let mut d = demand(500, 100);
+        d.ports = vec![(6080, Protocol::Tcp)];
+        assert_eq!(schedule(&[a.clone(), b.clone()], &d), Ok(NodeId(2)));
+        // The same port over UDP is another resource.
+        d.ports = vec![(6080, Protocol::Udp)];
+        assert_eq!(schedule(&[a.clone()], &d), Ok(NodeId(1)));
+        d.ports = vec![(6080, Protocol::Tcp)];
+        assert_eq!(schedule(&[a], &d), Err(Failure::NoWorkerCapacity));
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod fuzzing;
 pub mod msg;
 pub mod oscore;
 pub mod paths;
+pub mod ports;
 pub mod sim;
 pub mod util;
 pub mod vivaldi;

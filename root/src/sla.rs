@@ -7,6 +7,7 @@
 //! through, as Oakestra does.
 
 use grove_proto::msg::GeoPoint;
+pub use grove_proto::ports::{PortMapping, Protocol, parse_ports};
 use serde_json::{Map, Value};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -70,26 +71,6 @@ impl Virtualization {
             Self::Unikernel => "unikernel",
         }
     }
-}
-
-/// Transport of a port mapping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// TCP (the default).
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-/// One `host[:container][/tcp|udp]` mapping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortMapping {
-    /// Port on the worker.
-    pub host: u16,
-    /// Port in the container (the host port when not given).
-    pub container: u16,
-    /// Transport.
-    pub protocol: Protocol,
 }
 
 /// `addresses`: service IPs the user asks for.
@@ -417,43 +398,6 @@ fn extra(m: &Map<String, Value>, known: &[&str]) -> Map<String, Value> {
         .filter(|(k, _)| !known.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
-}
-
-/// Parse `host[:container][/tcp|udp]`, `;`-separated.
-pub fn parse_ports(s: &str) -> Result<Vec<PortMapping>, String> {
-    let port = |p: &str| -> Result<u16, String> {
-        match p.trim().parse::<u32>() {
-            Ok(n) if (1..=65535).contains(&n) => {
-                u16::try_from(n).map_err(|_| format!("\"{p}\" is not a port"))
-            }
-            _ => Err(format!("\"{}\" is not a port", p.trim())),
-        }
-    };
-    let mut out = Vec::new();
-    for entry in s.split(';').map(str::trim).filter(|e| !e.is_empty()) {
-        let (ports, protocol) = match entry.split_once('/') {
-            None => (entry, Protocol::Tcp),
-            Some((p, "tcp")) => (p, Protocol::Tcp),
-            Some((p, "udp")) => (p, Protocol::Udp),
-            Some((_, other)) => return Err(format!("\"{other}\" is not tcp or udp")),
-        };
-        let (host, container) = match ports.split_once(':') {
-            None => (port(ports)?, port(ports)?),
-            Some((h, c)) => (port(h)?, port(c)?),
-        };
-        if out
-            .iter()
-            .any(|m: &PortMapping| m.host == host && m.protocol == protocol)
-        {
-            return Err(format!("host port {host} is mapped twice"));
-        }
-        out.push(PortMapping {
-            host,
-            container,
-            protocol,
-        });
-    }
-    Ok(out)
 }
 
 fn in_prefix(ip: Ipv6Addr, base: Ipv6Addr, len: u32) -> bool {

@@ -109,7 +109,8 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
         let ms = &mut sla["applications"][0]["microservices"];
         ms[1]["code"] = json!("docker.io/library/busybox:latest");
         ms[1]["cmd"] = json!([
-            "sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"
+            "sh", "-c",
+            "mkdir -p /www && hostname > /www/index.html && httpd -p 60 -h /www && exec httpd -f -p 80 -h /www"
         ]);
         // One-shot, so that a killed server stays dead (a service would be restarted
         // within a second and come back into the tables).
@@ -232,6 +233,33 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
             );
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // The seed's port mapping 6080:60/tcp: each worker's own address answers on 6080
+    // with the server it hosts (host port 6080 kept the two apart: one per worker).
+    for (i, h) in bed.hosts[1..3].iter().enumerate() {
+        let url = format!("http://{}:6080/", h.ip);
+        let mut body = String::new();
+        wait_until(20, "the port mapping answering", || {
+            body = ureq::get(&url)
+                .timeout(std::time::Duration::from_secs(2))
+                .call()
+                .ok()
+                .and_then(|r| r.into_string().ok())
+                .unwrap_or_default();
+            !body.is_empty()
+        });
+        let here = agents[i]
+            .dir
+            .join("containers")
+            .read_dir()
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(body.trim()));
+        assert!(
+            here,
+            "{url} answered {body:?}, not an instance on that worker"
+        );
     }
 
     // A server instance dies: within 2 s it is out of every worker's table, and the

@@ -8,6 +8,7 @@
 
 use super::Cidr;
 use grove_proto::msg::{InstanceState, ServiceEntry};
+use grove_proto::ports::{PortMapping, Protocol};
 use std::fmt::Write;
 use std::net::Ipv4Addr;
 
@@ -17,9 +18,27 @@ fn in_subnet(addr: u32, s: Cidr<Ipv4Addr>) -> bool {
 }
 
 /// The nft script that makes `table` hold exactly these services' rules (`subnet`:
-/// this worker's, for `closest_ip`). No service: the table goes.
-pub fn ruleset(table: &str, subnet: Cidr<Ipv4Addr>, services: &[ServiceEntry]) -> String {
+/// this worker's, for `closest_ip`) and port mappings (`host port` on this worker's own
+/// addresses → `address:container port` of one of its instances). Nothing: the table
+/// goes.
+pub fn ruleset(
+    table: &str,
+    subnet: Cidr<Ipv4Addr>,
+    services: &[ServiceEntry],
+    mappings: &[(PortMapping, Ipv4Addr)],
+) -> String {
     let mut rules = String::new();
+    for (m, to) in mappings {
+        let proto = match m.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        let _ = writeln!(
+            rules,
+            "    fib daddr type local {proto} dport {} dnat to {to}:{}",
+            m.host, m.container
+        );
+    }
     for s in services {
         let targets: Vec<u32> = s
             .instances
@@ -147,7 +166,21 @@ mod tests {
             addr: Ipv4Addr::new(10, 18, 0, 64),
             len: 26,
         };
-        let r = ruleset("grove_t", mine, &[s]);
+        let web = PortMapping {
+            host: 6080,
+            container: 60,
+            protocol: Protocol::Tcp,
+        };
+        let r = ruleset(
+            "grove_t",
+            mine,
+            &[s],
+            &[(web, Ipv4Addr::new(10, 18, 0, 66))],
+        );
+        assert!(
+            r.contains("fib daddr type local tcp dport 6080 dnat to 10.18.0.66:60"),
+            "{r}"
+        );
         assert!(
             r.starts_with("table ip grove_t\ndelete table ip grove_t\n"),
             "{r}"
@@ -167,7 +200,7 @@ mod tests {
         assert!(r.contains("ct status dnat masquerade"));
         // Nothing runs: the table goes.
         assert_eq!(
-            ruleset("grove_t", mine, &[]),
+            ruleset("grove_t", mine, &[], &[]),
             "table ip grove_t\ndelete table ip grove_t\n"
         );
     }
