@@ -205,9 +205,7 @@ fn converge(rt: &mut dyn Runtime, cmds: &NodeCommands) {
     if let Some(p) = &cmds.peers {
         rt.peers(p);
     }
-    if let Some(s) = &cmds.services {
-        rt.services(s);
-    }
+
     let wanted: Vec<&msg::InstanceSpec> = cmds
         .commands
         .iter()
@@ -227,6 +225,10 @@ fn converge(rt: &mut dyn Runtime, cmds: &NodeCommands) {
     }
     for spec in wanted {
         rt.deploy(spec);
+    }
+    // After the instances changed: the tables hold what runs now.
+    if let Some(s) = &cmds.services {
+        rt.services(s);
     }
 }
 

@@ -101,6 +101,8 @@ pub struct NativeRuntime {
     local: Option<Ipv4Addr>,
     /// The service IP rules last applied.
     nat: String,
+    /// The cluster's service table, as last pushed.
+    services: Vec<grove_proto::msg::ServiceEntry>,
     /// This agent's name (its nftables table is named after it).
     agent: String,
 }
@@ -157,6 +159,7 @@ impl NativeRuntime {
             overlay: None,
             local: None,
             nat: String::new(),
+            services: Vec::new(),
             agent: String::new(),
         };
         // What was on its way when the agent stopped goes on.
@@ -170,6 +173,36 @@ impl NativeRuntime {
                 .send(Job::Pull(r.spec.instance.clone(), r.spec.image.clone()));
         }
         Ok(rt)
+    }
+
+    /// Make the service IP and port mapping rules match the last service table and
+    /// this worker's RUNNING instances.
+    fn refresh_nat(&mut self) {
+        let Some((_, subnet)) = self.overlay.as_ref() else {
+            return;
+        };
+        let services = &self.services;
+        let table = crate::net::Names::of(&self.agent).nat_table();
+        // This worker's own RUNNING instances' port mappings.
+        let mappings: Vec<(grove_proto::ports::PortMapping, Ipv4Addr)> = self
+            .records
+            .iter()
+            .filter(|r| r.state == InstanceState::Running)
+            .filter_map(|r| {
+                let ports = grove_proto::ports::parse_ports(r.spec.ports.as_deref()?).ok()?;
+                let addr = Ipv4Addr::from(r.addr?);
+                Some(ports.into_iter().map(move |p| (p, addr)))
+            })
+            .flatten()
+            .collect();
+        let rules = crate::net::nat::ruleset(&table, *subnet, services, &mappings);
+        if rules == self.nat {
+            return;
+        }
+        match crate::net::nat::apply(&rules) {
+            Ok(()) => self.nat = rules,
+            Err(e) => tracing::warn!(error = %e, "service IP rules"),
+        }
     }
 
     /// Give instances the kernel data plane (a bridge, a veth pair each) once the
@@ -467,30 +500,8 @@ impl Runtime for NativeRuntime {
     }
 
     fn services(&mut self, services: &[grove_proto::msg::ServiceEntry]) {
-        let Some((_, subnet)) = self.overlay.as_ref() else {
-            return;
-        };
-        let table = crate::net::Names::of(&self.agent).nat_table();
-        // This worker's own RUNNING instances' port mappings.
-        let mappings: Vec<(grove_proto::ports::PortMapping, Ipv4Addr)> = self
-            .records
-            .iter()
-            .filter(|r| r.state == InstanceState::Running)
-            .filter_map(|r| {
-                let ports = grove_proto::ports::parse_ports(r.spec.ports.as_deref()?).ok()?;
-                let addr = Ipv4Addr::from(r.addr?);
-                Some(ports.into_iter().map(move |p| (p, addr)))
-            })
-            .flatten()
-            .collect();
-        let rules = crate::net::nat::ruleset(&table, *subnet, services, &mappings);
-        if rules == self.nat {
-            return;
-        }
-        match crate::net::nat::apply(&rules) {
-            Ok(()) => self.nat = rules,
-            Err(e) => tracing::warn!(error = %e, "service IP rules"),
-        }
+        self.services = services.to_vec();
+        self.refresh_nat();
     }
 
     fn deploy(&mut self, spec: &InstanceSpec) {
@@ -532,6 +543,8 @@ impl Runtime for NativeRuntime {
         // Images no instance here uses any more go (after the pulls queued before).
         let keep = self.records.iter().map(|r| r.spec.image.clone()).collect();
         let _ = self.pulls.send(Job::Collect(keep));
+        // Its port mappings go with it.
+        self.refresh_nat();
         // An instance that had ended keeps its end (COMPLETED, DEAD, FAILED) as its
         // last word; only a live one is reported UNDEPLOYED.
         if !ended(gone.state) {

@@ -28,6 +28,21 @@ fn running(root: &Root, service: &str, n: usize) -> Option<String> {
     (st == "RUNNING").then_some(w)
 }
 
+/// Post the seed's SLA changed by `edit`, without its port mappings: these tests put
+/// several instances of a service on one worker, and a host port has one user there.
+fn deploy(root: &Root, edit: impl FnOnce(&mut Value)) -> Vec<String> {
+    root.deploy_seed(|sla| {
+        for ms in sla["applications"][0]["microservices"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            ms["port"] = json!("");
+        }
+        edit(sla);
+    })
+}
+
 /// Root, one cluster, agents `names` joined directly, each with room for more
 /// instances than any test asks for (the machine running the tests may be small).
 fn one_cluster(test: &str, names: &[&str]) -> (std::path::PathBuf, Root, Cluster, Vec<Agent>) {
@@ -51,7 +66,7 @@ fn one_cluster(test: &str, names: &[&str]) -> (std::path::PathBuf, Root, Cluster
 #[test]
 fn an_agent_killed_has_its_instances_running_on_another_worker_within_8_s() {
     let (dir, root, _cluster, mut agents) = one_cluster("move", &["w1", "w2"]);
-    let sid = root.deploy_seed(|_| {})[1].clone();
+    let sid = deploy(&root, |_| {})[1].clone();
     let inst = root.add_instance(&sid);
     assert_eq!(inst["status"], "CLUSTER_SCHEDULED", "{inst}");
     let mut first = None;
@@ -115,7 +130,7 @@ fn direct_and_geo_constraints_place_through_the_whole_stack() {
     );
     wait_until(30, "two workers", || root.active_workers() == 2);
     // curl only on berlin (direct), nginx within 50 km of Garching (geo: munich).
-    let ids = root.deploy_seed(|sla| {
+    let ids = deploy(&root, |sla| {
         let ms = &mut sla["applications"][0]["microservices"];
         ms[0]["constraints"] = json!([{"type": "direct", "node": "berlin"}]);
         ms[1]["constraints"] = json!([{"type": "geo", "location": "48.26,11.67", "threshold": 50}]);
@@ -190,7 +205,7 @@ fn latency_placement_follows_the_measured_round_trips_not_the_map() {
     );
     wait_until(30, "three workers", || root.active_workers() == 3);
     // nginx needs 2 CPUs and at most 40 ms to Munich: only `near` qualifies.
-    let ids = root.deploy_seed(|sla| {
+    let ids = deploy(&root, |sla| {
         let ms = &mut sla["applications"][0]["microservices"];
         ms[1]["vcpus"] = json!(2);
         ms[1]["constraints"] =
@@ -225,7 +240,7 @@ fn capacity_and_spread_hold_through_the_whole_stack() {
     let big = Agent::start(&dir, "big", cluster.addr, t, &["--cpus", "4"]);
     let other = Agent::start(&dir, "other", cluster.addr, t, &["--cpus", "4"]);
     wait_until(30, "three workers", || root.active_workers() == 3);
-    let ids = root.deploy_seed(|sla| {
+    let ids = deploy(&root, |sla| {
         sla["applications"][0]["microservices"][1]["vcpus"] = json!(2);
     });
     let (curl, nginx) = (&ids[0], &ids[1]);
@@ -277,7 +292,7 @@ fn an_instance_stuck_in_creating_is_placed_again_elsewhere() {
     let b = Agent::start(&dir, "b", cluster.addr, t, &["--cpus", "16"]);
     wait_until(30, "two workers", || root.active_workers() == 2);
     // `sim:stuck` hangs in CREATING wherever it runs (an image pull that never ends).
-    let ids = root.deploy_seed(|sla| {
+    let ids = deploy(&root, |sla| {
         sla["applications"][0]["microservices"][1]["cmd"] = json!(["sim:stuck"]);
     });
     let nginx = &ids[1];
@@ -305,7 +320,7 @@ fn an_instance_stuck_in_creating_is_placed_again_elsewhere() {
 #[test]
 fn a_cluster_killed_with_sigkill_resumes_with_its_workers_and_instances() {
     let (dir, root, mut cluster, agents) = one_cluster("cluster-kill", &["w1", "w2"]);
-    let sid = root.deploy_seed(|_| {})[1].clone();
+    let sid = deploy(&root, |_| {})[1].clone();
     root.add_instance(&sid);
     wait_until(20, "the instance RUNNING", || {
         running(&root, &sid, 0).is_some()
@@ -351,7 +366,7 @@ fn a_cluster_killed_with_sigkill_resumes_with_its_workers_and_instances() {
 #[test]
 fn a_root_away_for_60_seconds_loses_nothing_and_is_caught_up_within_a_report() {
     let (dir, mut root, _cluster, mut agents) = one_cluster("root-away", &["w1", "w2"]);
-    let sid = root.deploy_seed(|_| {})[1].clone();
+    let sid = deploy(&root, |_| {})[1].clone();
     root.add_instance(&sid);
     let mut first = None;
     wait_until(20, "the instance RUNNING", || {
@@ -400,7 +415,7 @@ fn workers_look_services_up_in_their_cluster_and_are_told_of_changes_even_withou
     use grove_proto::paths;
 
     let (dir, mut root, cluster, mut agents) = one_cluster("directory", &["w1", "w2"]);
-    let nginx = root.deploy_seed(|_| {})[1].clone();
+    let nginx = deploy(&root, |_| {})[1].clone();
     root.add_instance(&nginx);
     root.add_instance(&nginx);
     wait_until(20, "two nginx RUNNING", || {
@@ -508,7 +523,7 @@ fn workers_look_services_up_in_their_cluster_and_are_told_of_changes_even_withou
 #[test]
 fn a_rolling_update_replaces_instances_on_the_workers_without_dropping_below_the_count() {
     let (dir, root, _cluster, agents) = one_cluster("rolling", &["w1", "w2"]);
-    let nginx = root.deploy_seed(|_| {})[1].clone();
+    let nginx = deploy(&root, |_| {})[1].clone();
     root.add_instance(&nginx);
     root.add_instance(&nginx);
     wait_until(20, "two nginx RUNNING", || {
