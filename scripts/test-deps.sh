@@ -28,6 +28,7 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
+command -v kill >/dev/null 2>&1 || missing+=(procps)
 if ((${#missing[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "test-deps: need root to install: ${missing[*]}" >&2

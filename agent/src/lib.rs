@@ -118,21 +118,6 @@ impl Args {
     }
 }
 
-fn parse_location(s: &str) -> Result<grove_proto::msg::GeoPoint, String> {
-    let (a, b) = s
-        .split_once(',')
-        .ok_or_else(|| format!("--location {s}: expected LAT,LON"))?;
-    let (lat, lon) = (a.trim().parse::<f32>(), b.trim().parse::<f32>());
-    match (lat, lon) {
-        (Ok(lat), Ok(lon)) if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon) => {
-            Ok(grove_proto::msg::GeoPoint { lat, lon })
-        }
-        _ => Err(format!(
-            "--location {s}: latitude -90..90, longitude -180..180"
-        )),
-    }
-}
-
 /// Run the agent until Ctrl-C (or a subcommand); returns the exit code.
 pub fn run(args: Args) -> Result<i32, String> {
     // `run` prints only what goes wrong; the daemon says what it does.
@@ -178,7 +163,11 @@ pub fn run(args: Args) -> Result<i32, String> {
             .next()
             .ok_or_else(|| format!("--cluster {cluster}: no address"))?
     };
-    let location = args.location.as_deref().map(parse_location).transpose()?;
+    let location = args
+        .location
+        .as_deref()
+        .map(grove_proto::util::parse_location)
+        .transpose()?;
     let name = args.name.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())

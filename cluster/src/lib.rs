@@ -61,20 +61,6 @@ pub enum Command {
     },
 }
 
-fn parse_location(s: &str) -> Result<grove_proto::msg::GeoPoint, String> {
-    let (a, b) = s
-        .split_once(',')
-        .ok_or_else(|| format!("--location {s}: expected LAT,LON"))?;
-    match (a.trim().parse::<f32>(), b.trim().parse::<f32>()) {
-        (Ok(lat), Ok(lon)) if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon) => {
-            Ok(grove_proto::msg::GeoPoint { lat, lon })
-        }
-        _ => Err(format!(
-            "--location {s}: latitude -90..90, longitude -180..180"
-        )),
-    }
-}
-
 /// Run the cluster (or a subcommand).
 pub fn run(args: Args) -> Result<(), String> {
     std::fs::create_dir_all(&args.data_dir)
@@ -118,7 +104,11 @@ pub fn run(args: Args) -> Result<(), String> {
             .next()
             .ok_or(format!("--root {root}: no address"))?
     };
-    let location = args.location.as_deref().map(parse_location).transpose()?;
+    let location = args
+        .location
+        .as_deref()
+        .map(grove_proto::util::parse_location)
+        .transpose()?;
     let settings = daemon::Settings {
         root,
         name,

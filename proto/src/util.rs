@@ -57,6 +57,22 @@ pub fn speaks_for(inc: &Incoming, what: &str) -> Result<u32, Response> {
     }
 }
 
+/// A `--location LAT,LON` flag (the daemons' common form), with the flag named in
+/// the error.
+pub fn parse_location(s: &str) -> Result<GeoPoint, String> {
+    let (a, b) = s
+        .split_once(',')
+        .ok_or_else(|| format!("--location {s}: expected LAT,LON"))?;
+    match (a.trim().parse::<f32>(), b.trim().parse::<f32>()) {
+        (Ok(lat), Ok(lon)) if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon) => {
+            Ok(GeoPoint { lat, lon })
+        }
+        _ => Err(format!(
+            "--location {s}: latitude -90..90, longitude -180..180"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
