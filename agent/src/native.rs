@@ -6,6 +6,7 @@
 
 use crate::image::{Image, ImageStore, RegistryConfig};
 use crate::net::netlink::Kernel;
+use crate::net::nat::Target;
 use crate::net::{Cidr, Overlay, Peer};
 use crate::runtime::{Runtime, Usage};
 use crate::supervisor::{self, Entry, Reply, Request};
@@ -178,20 +179,24 @@ impl NativeRuntime {
     /// Make the service IP and port mapping rules match the last service table and
     /// this worker's RUNNING instances.
     fn refresh_nat(&mut self) {
-        let Some((_, subnet)) = self.overlay.as_ref() else {
+        let Some((overlay, subnet)) = self.overlay.as_ref() else {
             return;
         };
         let services = &self.services;
         let table = crate::net::Names::of(&self.agent).nat_table();
         // This worker's own RUNNING instances' port mappings.
-        let mappings: Vec<(grove_proto::ports::PortMapping, Ipv4Addr)> = self
+        let mappings: Vec<(grove_proto::ports::PortMapping, Target)> = self
             .records
             .iter()
             .filter(|r| r.state == InstanceState::Running)
             .filter_map(|r| {
                 let ports = grove_proto::ports::parse_ports(r.spec.ports.as_deref()?).ok()?;
-                let addr = Ipv4Addr::from(r.addr?);
-                Some(ports.into_iter().map(move |p| (p, addr)))
+                let v4 = Ipv4Addr::from(r.addr?);
+                let to = Target {
+                    v4,
+                    v6: overlay.address6(v4),
+                };
+                Some(ports.into_iter().map(move |p| (p, to)))
             })
             .flatten()
             .collect();
@@ -301,7 +306,8 @@ impl NativeRuntime {
                     };
                     self.save();
                     if let Some((o, _)) = self.overlay.as_mut() {
-                        if let Err(e) = o.attach(&id, Path::new(&path), addr, None) {
+                        let addr6 = o.address6(addr);
+                        if let Err(e) = o.attach(&id, Path::new(&path), addr, addr6) {
                             return self.set(
                                 who,
                                 InstanceState::Failed,

@@ -35,6 +35,9 @@ fn spec(
         latency: None,
         rr_ip: None,
         closest_ip: None,
+        ip6: None,
+        rr_ip6: None,
+        closest_ip6: None,
     }
 }
 

@@ -239,6 +239,9 @@ mod tests {
             latency: None,
             rr_ip: None,
             closest_ip: None,
+            ip6: None,
+            rr_ip6: None,
+            closest_ip6: None,
         }
     }
 

@@ -163,6 +163,9 @@ fn spec(n: u32, cmd: &[&str]) -> NodeCommand {
         latency: None,
         rr_ip: None,
         closest_ip: None,
+        ip6: None,
+        rr_ip6: None,
+        closest_ip6: None,
     })
 }
 

@@ -53,6 +53,9 @@ fn an_instance_runs_reports_its_usage_and_is_removed_without_a_trace() {
         latency: None,
         rr_ip: None,
         closest_ip: None,
+        ip6: None,
+        rr_ip6: None,
+        closest_ip6: None,
     });
     let mut seen = Vec::new();
     wait(&mut rt, "RUNNING", |rt| {

@@ -275,7 +275,8 @@ impl Cluster {
     fn services(&self) -> Vec<msg::ServiceEntry> {
         let me = self.root_link.get().map_or(ClusterId(0), |l| l.id);
         let mut out: BTreeMap<String, msg::ServiceEntry> = BTreeMap::new();
-        for row in self.db().instances().unwrap_or_default() {
+        let rows = self.db().instances().unwrap_or_default();
+        for row in rows {
             let Some(spec) = spec_of(&row) else { continue };
             let e = out
                 .entry(row.service.clone())
@@ -285,24 +286,42 @@ impl Cluster {
                     rr_ip: spec.rr_ip,
                     closest_ip: spec.closest_ip,
                     instances: Vec::new(),
+                    rr_ip6: spec.rr_ip6,
+                    closest_ip6: spec.closest_ip6,
                 });
-            if row.status != "RUNNING" {
+            if row.status != "RUNNING" || row.addr.is_none() {
                 continue;
             }
-            let (Some(ip), Some(addr), Some(node)) = (spec.ip, row.addr, row.node) else {
-                continue;
-            };
-            e.instances.push(msg::InstanceEndpoint {
-                instance: spec.instance.clone(),
-                ip,
-                ip6: None,
-                worker: format!("node-{node}"),
-                cluster: me,
-                state: InstanceState::Running,
-                addr: Some(addr),
-            });
+            e.instances.extend(self.endpoint(&row, &spec, me));
         }
         out.into_values().collect()
+    }
+
+    /// Where instance `row` (running `spec`) is reached: its instance IPs, and its
+    /// overlay addresses in its worker's subnets.
+    fn endpoint(
+        &self,
+        row: &InstanceRow,
+        spec: &InstanceSpec,
+        me: ClusterId,
+    ) -> Option<msg::InstanceEndpoint> {
+        let (ip, node) = (spec.ip?, row.node?);
+        let block = *self.block.lock().unwrap_or_else(|p| p.into_inner());
+        let addr6 = row.addr.and_then(|a| {
+            let n = self.db().node(node).ok()?;
+            let (v4, v6) = subnets_of(block, n.subnet);
+            msg::addr6_of(v4.addr, v4.len, v6.addr, v6.len, a)
+        });
+        Some(msg::InstanceEndpoint {
+            instance: spec.instance.clone(),
+            ip,
+            ip6: spec.ip6,
+            worker: format!("node-{node}"),
+            cluster: me,
+            state: InstanceState::from_name(&row.status),
+            addr: row.addr,
+            addr6,
+        })
     }
 
     /// The workers the overlay spans: every active one whose address is known.

@@ -255,7 +255,16 @@ impl Store {
         Ok(row)
     }
 
-    /// Every worker.
+    /// Worker `id`.
+    pub fn node(&self, id: u32) -> Result<NodeRow> {
+        Ok(self.conn.query_row(
+            &format!("SELECT {NODE_COLS} FROM nodes WHERE id = ?1"),
+            [id],
+            node,
+        )?)
+    }
+
+    /// Every worker, by id.
     pub fn nodes(&self) -> Result<Vec<NodeRow>> {
         let mut st = self
             .conn

@@ -408,6 +408,18 @@ pub struct InstanceSpec {
     /// Its service's closest IP, host byte order.
     #[n(14)]
     pub closest_ip: Option<u32>,
+    /// The instance IPv6 address (inside fdff::/21).
+    #[n(15)]
+    #[cbor(with = "minicbor::bytes")]
+    pub ip6: Option<[u8; 16]>,
+    /// Its service's round-robin IPv6 (inside fdff:2000::/21).
+    #[n(16)]
+    #[cbor(with = "minicbor::bytes")]
+    pub rr_ip6: Option<[u8; 16]>,
+    /// Its service's closest IPv6 (inside fdff:4000::/21).
+    #[n(17)]
+    #[cbor(with = "minicbor::bytes")]
+    pub closest_ip6: Option<[u8; 16]>,
 }
 
 /// A `geo` placement constraint.
@@ -624,6 +636,10 @@ pub struct InstanceEndpoint {
     /// Its address on the overlay (in its worker's subnet), host byte order.
     #[n(6)]
     pub addr: Option<u32>,
+    /// Its IPv6 address on the overlay (in its worker's IPv6 subnet).
+    #[n(7)]
+    #[cbor(with = "minicbor::bytes")]
+    pub addr6: Option<[u8; 16]>,
 }
 
 /// Cluster ↔ root and worker ↔ cluster, `GET /v1/services/{name}` (observable): the
@@ -645,6 +661,28 @@ pub struct ServiceEntry {
     /// Its instances.
     #[n(4)]
     pub instances: Vec<InstanceEndpoint>,
+    /// Round-robin service IPv6.
+    #[n(5)]
+    #[cbor(with = "minicbor::bytes")]
+    pub rr_ip6: Option<[u8; 16]>,
+    /// Closest service IPv6.
+    #[n(6)]
+    #[cbor(with = "minicbor::bytes")]
+    pub closest_ip6: Option<[u8; 16]>,
+}
+
+/// An instance's IPv6 overlay address: the host of its worker's IPv6 subnet
+/// (`subnet6`, `len6`) with the same number as its IPv4 address `addr` has in the IPv4
+/// subnet (`subnet`, `len`); none where the IPv6 subnet is too small for that number.
+/// Agent and cluster both derive it, so it needs no field of its own on the wire.
+pub fn addr6_of(subnet: u32, len: u8, subnet6: [u8; 16], len6: u8, addr: u32) -> Option<[u8; 16]> {
+    let host = addr.checked_sub(subnet)?;
+    let size4 = 1u64 << (32 - u32::from(len.min(32)));
+    let size6 = 1u128.checked_shl(128 - u32::from(len6.min(128))).unwrap_or(u128::MAX);
+    if u64::from(host) >= size4 || u128::from(host) >= size6 {
+        return None;
+    }
+    Some((u128::from_be_bytes(subnet6) + u128::from(host)).to_be_bytes())
 }
 
 /// A generation number for full-state command sets: milliseconds since the epoch (so
@@ -781,6 +819,19 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_address_has_the_host_number_of_its_ipv4_one() {
+        let v6 = [0xfc, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        // 10.18.0.66 is host 2 of 10.18.0.64/26: fc00::102 in fc00::100/120.
+        let mut want = v6;
+        want[15] = 2;
+        assert_eq!(addr6_of(0x0a12_0040, 26, v6, 120, 0x0a12_0042), Some(want));
+        // Outside the IPv4 subnet, or a number the IPv6 subnet has no room for: none.
+        assert_eq!(addr6_of(0x0a12_0040, 26, v6, 120, 0x0a12_0082), None);
+        assert_eq!(addr6_of(0x0a12_0000, 22, v6, 120, 0x0a12_0300), None);
+        assert_eq!(addr6_of(0x0a12_0040, 26, v6, 120, 0x0a12_0000), None);
+    }
+
+    #[test]
     fn directory_and_log_messages_round_trip() {
         let e = ServiceEntry {
             name: "clientsrvr.test.nginx.test".into(),
@@ -797,8 +848,11 @@ mod tests {
                 worker: "192.0.2.10".into(),
                 cluster: ClusterId(1),
                 state: InstanceState::Running,
-                addr: None,
+                addr: Some(0x0a12_0042),
+                addr6: Some([0xfc, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x42]),
             }],
+            rr_ip6: Some([0xfd, 0xff, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            closest_ip6: None,
         };
         assert_eq!(from_cbor::<ServiceEntry>(&to_cbor(&e)).unwrap(), e);
         let l = LogChunk {
@@ -866,6 +920,9 @@ mod tests {
                     latency: None,
                     rr_ip: None,
                     closest_ip: None,
+                    ip6: Some([0xfd, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]),
+                    rr_ip6: None,
+                    closest_ip6: None,
                 }),
                 NodeCommand::Undeploy(InstanceRef {
                     service: "x".into(),

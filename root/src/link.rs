@@ -198,12 +198,20 @@ pub fn commands_for(st: &AppState, cluster: u32, generation: u64) -> ClusterComm
             }),
             rr_ip: Some(s.rr_ip),
             closest_ip: Some(s.closest_ip),
+            ip6: v6(i.ip6.as_deref()),
+            rr_ip6: v6(s.rr_ip_v6.as_deref()),
+            closest_ip6: v6(s.closest_ip_v6.as_deref()),
         }));
     }
     ClusterCommands {
         generation,
         commands,
     }
+}
+
+/// An IPv6 address as the store keeps it (text), as the wire carries it.
+fn v6(text: Option<&str>) -> Option<[u8; 16]> {
+    text?.parse::<std::net::Ipv6Addr>().ok().map(|a| a.octets())
 }
 
 fn generation() -> u64 {
@@ -319,19 +327,18 @@ pub fn entry_for(
                         instance: i.number,
                     },
                     ip: i.ip?,
-                    ip6: i
-                        .ip6
-                        .as_deref()
-                        .and_then(|t| t.parse::<std::net::Ipv6Addr>().ok())
-                        .map(|a| a.octets()),
+                    ip6: v6(i.ip6.as_deref()),
                     worker: i.node.clone().unwrap_or_default(),
                     cluster: ClusterId(i.cluster?),
                     state: msg::InstanceState::from_name(&i.status),
                     // The overlay address is the cluster's to tell its workers.
                     addr: None,
+                    addr6: None,
                 })
             })
             .collect(),
+        rr_ip6: v6(s.rr_ip_v6.as_deref()),
+        closest_ip6: v6(s.closest_ip_v6.as_deref()),
     }
 }
 
@@ -530,6 +537,8 @@ pub async fn start(
                         rr_ip: None,
                         closest_ip: None,
                         instances: vec![],
+                        rr_ip6: None,
+                        closest_ip6: None,
                     },
                     ips,
                 ),

@@ -1,10 +1,10 @@
 //! The multi-host test bed: N hosts as network namespaces, each with one link to a
-//! switch (a bridge in a namespace of its own), underlay addresses 10.31.0.(i+1)/24,
-//! and no route anywhere else. A test's thread can enter a host (then what it starts
+//! switch (a bridge in a namespace of its own), underlay addresses 10.31.0.(i+1)/24
+//! and fd31::(i+1)/64, and no route anywhere else. A test's thread can enter a host (then what it starts
 //! runs there) or start programs in one with `ip netns exec`. Everything is deleted
 //! when the bed is dropped, also when the test panics.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -15,6 +15,8 @@ pub struct Host {
     pub ns: String,
     /// Its underlay address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 underlay address.
+    pub ip6: Ipv6Addr,
 }
 
 impl Host {
@@ -107,9 +109,24 @@ impl TestBed {
                 "dev",
                 "eth0",
             ]);
+            let addr6 = Ipv6Addr::new(0xfd31, 0, 0, 0, 0, 0, 0, u16::from(addr.octets()[3]));
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
-            bed.hosts.push(Host { ns, ip: addr });
+            bed.hosts.push(Host {
+                ns,
+                ip: addr,
+                ip6: addr6,
+            });
         }
         Some(bed)
     }

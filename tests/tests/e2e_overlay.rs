@@ -235,42 +235,95 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 
-    // The seed's port mapping 6080:60/tcp: each worker's own address answers on 6080
-    // with the server it hosts (host port 6080 kept the two apart: one per worker).
-    for (i, h) in bed.hosts[1..3].iter().enumerate() {
-        let url = format!("http://{}:6080/", h.ip);
-        let mut body = String::new();
-        wait_until(20, "the port mapping answering", || {
-            body = ureq::get(&url)
-                .timeout(std::time::Duration::from_secs(2))
-                .call()
-                .ok()
-                .and_then(|r| r.into_string().ok())
-                .unwrap_or_default();
-            !body.is_empty()
-        });
-        let here = agents[i]
-            .dir
-            .join("containers")
-            .read_dir()
+    // The seed's port mapping 6080:60/tcp, over IPv4 and IPv6: each worker's own
+    // address answers on 6080 with the server it hosts (host port 6080 kept the two
+    // apart: one per worker).
+    let server_on = |i: usize| -> String {
+        std::fs::read_dir(agents[i].dir.join("containers"))
             .unwrap()
             .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with(body.trim()));
-        assert!(
-            here,
-            "{url} answered {body:?}, not an instance on that worker"
-        );
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with(svc.as_str()))
+            .expect("a server on that worker")
+    };
+    for (i, h) in bed.hosts[1..3].iter().enumerate() {
+        for url in [
+            format!("http://{}:6080/", h.ip),
+            format!("http://[{}]:6080/", h.ip6),
+        ] {
+            let mut body = String::new();
+            wait_until(20, "the port mapping answering", || {
+                body = ureq::get(&url)
+                    .timeout(std::time::Duration::from_secs(2))
+                    .call()
+                    .ok()
+                    .and_then(|r| r.into_string().ok())
+                    .unwrap_or_default();
+                !body.is_empty()
+            });
+            assert_eq!(
+                body.trim(),
+                server_on(i),
+                "{url} answered {body:?}, not the instance on that worker"
+            );
+        }
     }
 
-    // A server instance dies: within 2 s it is out of every worker's table, and the
-    // client's requests keep being answered (by the other one).
-    let victim_pid = std::fs::read_dir(agents[1].dir.join("containers"))
+    // From the client's namespace: closest_ip, and the IPv6 service IPs.
+    let ci = agents
+        .iter()
+        .position(|a| {
+            std::fs::read_dir(a.dir.join("containers"))
+                .unwrap()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(client.as_str()))
+        })
+        .expect("the client's worker");
+    let client_pid = std::fs::read_dir(agents[ci].dir.join("containers"))
         .unwrap()
         .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with(svc.as_str()))
+        .find(|e| e.file_name().to_string_lossy().starts_with(client.as_str()))
         .and_then(|e| std::fs::read_to_string(e.path().join("pid")).ok())
         .and_then(|t| t.split_whitespace().next().map(str::to_owned))
-        .expect("the server on w2");
+        .expect("the client's pid");
+    let scratch_file = dir.join("fetched");
+    let fetch = |url: &str| -> String {
+        let _ = std::fs::remove_file(&scratch_file);
+        let _ = Command::new("nsenter")
+            .arg(format!("--net=/proc/{client_pid}/ns/net"))
+            .args(["timeout", "3", "busybox", "wget", "-q", "-O"])
+            .arg(&scratch_file)
+            .arg(url)
+            .status();
+        std::fs::read_to_string(&scratch_file)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let doc = root.api("GET", &format!("/api/service/{svc}"), None);
+    let addr_of = |k: &str| doc["addresses"][k].as_str().expect(k).to_owned();
+    let closest = format!("http://{}/", addr_of("closest_ip"));
+    let rr6 = format!("http://[{}]/", addr_of("rr_ip_v6"));
+    let closest6 = format!("http://[{}]/", addr_of("closest_ip_v6"));
+    let (near, far) = (server_on(ci), server_on(1 - ci));
+    assert_eq!(fetch(&closest), near, "closest_ip is the server beside the client");
+    assert_eq!(fetch(&closest6), near, "closest_ip_v6 too");
+    let mut heard = std::collections::BTreeSet::new();
+    wait_until(20, "both servers answering through rr_ip_v6", || {
+        heard.insert(fetch(&rr6));
+        heard.contains(&near) && heard.contains(&far)
+    });
+
+    // The server beside the client dies: within 2 s it is out of every worker's
+    // table, the client's requests keep being answered (by the other one), and the
+    // closest is now the other one.
+    let (victim_addr, survivor_addr) = if ci == 0 { (&a, &b) } else { (&b, &a) };
+    let victim_pid = std::fs::read_to_string(
+        agents[ci].dir.join("containers").join(&near).join("pid"),
+    )
+    .ok()
+    .and_then(|t| t.split_whitespace().next().map(str::to_owned))
+    .expect("the server beside the client");
     let killed = std::time::Instant::now();
     assert!(
         Command::new("kill")
@@ -295,9 +348,9 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
     wait_until(10, "the dead server out of both workers' tables", || {
         bed.hosts[1..3].iter().all(|h| {
             let rule = rr_targets(h);
-            !rule.contains(&format!("{b} "))
-                && !rule.contains(&format!("{b},"))
-                && rule.contains(&a)
+            !rule.contains(&format!("{victim_addr} "))
+                && !rule.contains(&format!("{victim_addr},"))
+                && rule.contains(survivor_addr.as_str())
         })
     });
     let took = killed.elapsed();
@@ -308,6 +361,8 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
         let log = client_log();
         log.len() > before + 3 * names[0].len()
     });
+    assert_eq!(fetch(&closest), far, "closest_ip moves to the other host");
+    assert_eq!(fetch(&closest6), far, "closest_ip_v6 too");
 
     // Deleting the application takes both down and leaves their namespaces empty.
     let apps = root.api("GET", "/api/applications/", None);

@@ -237,6 +237,20 @@ impl<N: Netlink> Overlay<N> {
         Ok(())
     }
 
+    /// The IPv6 overlay address that goes with IPv4 address `v4` of this worker's
+    /// subnet (the same host number in its IPv6 subnet).
+    pub fn address6(&self, v4: Ipv4Addr) -> Option<Ipv6Addr> {
+        let s6 = self.subnet6?;
+        grove_proto::msg::addr6_of(
+            u32::from(self.subnet.addr),
+            self.subnet.len,
+            s6.addr.octets(),
+            s6.len,
+            u32::from(v4),
+        )
+        .map(Ipv6Addr::from)
+    }
+
     /// Wire container `container`'s namespace at `netns` with `ip` (and `ip6`).
     pub fn attach(
         &mut self,

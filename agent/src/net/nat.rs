@@ -10,22 +10,54 @@ use super::Cidr;
 use grove_proto::msg::{InstanceState, ServiceEntry};
 use grove_proto::ports::{PortMapping, Protocol};
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 fn in_subnet(addr: u32, s: Cidr<Ipv4Addr>) -> bool {
     let mask = u32::MAX.checked_shl(32 - u32::from(s.len)).unwrap_or(0);
     addr & mask == u32::from(s.addr) & mask
 }
 
-/// The nft script that makes `table` hold exactly these services' rules (`subnet`:
-/// this worker's, for `closest_ip`) and port mappings (`host port` on this worker's own
-/// addresses → `address:container port` of one of its instances). Nothing: the table
-/// goes.
+/// One of this worker's instances as a port mapping's target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// Its IPv4 overlay address.
+    pub v4: Ipv4Addr,
+    /// Its IPv6 overlay address.
+    pub v6: Option<Ipv6Addr>,
+}
+
+/// `dnat` rules sending `daddr` (one family) to one of `to` (round-robin if several).
+fn dnat<A: std::fmt::Display>(rules: &mut String, family: &str, daddr: A, to: &[String]) {
+    match to {
+        [] => {}
+        [one] => {
+            let _ = writeln!(rules, "    {family} daddr {daddr} dnat {family} to {one}");
+        }
+        many => {
+            let map: Vec<String> = many
+                .iter()
+                .enumerate()
+                .map(|(n, a)| format!("{n} : {a}"))
+                .collect();
+            let _ = writeln!(
+                rules,
+                "    {family} daddr {daddr} dnat {family} to numgen inc mod {} map {{ {} }}",
+                many.len(),
+                map.join(", ")
+            );
+        }
+    }
+}
+
+/// The nft script that makes `table` (family `inet`: IPv4 and IPv6 in one) hold
+/// exactly these services' rules (`subnet`: this worker's, for `closest_ip`) and port
+/// mappings (`host port` on this worker's own addresses → `address:container port` of
+/// one of its instances). Nothing: the table goes.
 pub fn ruleset(
     table: &str,
     subnet: Cidr<Ipv4Addr>,
     services: &[ServiceEntry],
-    mappings: &[(PortMapping, Ipv4Addr)],
+    mappings: &[(PortMapping, Target)],
 ) -> String {
     let mut rules = String::new();
     for (m, to) in mappings {
@@ -35,69 +67,62 @@ pub fn ruleset(
         };
         let _ = writeln!(
             rules,
-            "    fib daddr type local {proto} dport {} dnat to {to}:{}",
-            m.host, m.container
+            "    meta nfproto ipv4 fib daddr type local {proto} dport {} dnat ip to {}:{}",
+            m.host, to.v4, m.container
         );
+        if let Some(v6) = to.v6 {
+            let _ = writeln!(
+                rules,
+                "    meta nfproto ipv6 fib daddr type local {proto} dport {} dnat ip6 to [{v6}]:{}",
+                m.host, m.container
+            );
+        }
     }
     for s in services {
-        let targets: Vec<u32> = s
+        let running: Vec<_> = s
             .instances
             .iter()
-            .filter(|i| i.state == InstanceState::Running)
-            .filter_map(|i| i.addr)
+            .filter(|i| i.state == InstanceState::Running && i.addr.is_some())
             .collect();
-        if targets.is_empty() {
+        if running.is_empty() {
             continue;
         }
+        let v4 = |i: &&grove_proto::msg::InstanceEndpoint| {
+            i.addr.map(|a| Ipv4Addr::from(a).to_string())
+        };
+        let v6 = |i: &&grove_proto::msg::InstanceEndpoint| i.addr6.map(|a| Ipv6Addr::from(a).to_string());
+        let all4: Vec<String> = running.iter().filter_map(v4).collect();
+        let all6: Vec<String> = running.iter().filter_map(v6).collect();
         if let Some(rr) = s.rr_ip {
-            let map: Vec<String> = targets
-                .iter()
-                .enumerate()
-                .map(|(n, a)| format!("{n} : {}", Ipv4Addr::from(*a)))
-                .collect();
-            let _ = writeln!(
-                rules,
-                "    ip daddr {} dnat to numgen inc mod {} map {{ {} }}",
-                Ipv4Addr::from(rr),
-                targets.len(),
-                map.join(", ")
-            );
+            dnat(&mut rules, "ip", Ipv4Addr::from(rr), &all4);
         }
-        if let Some(c) = s.closest_ip {
-            let near = targets
-                .iter()
-                .find(|a| in_subnet(**a, subnet))
-                .or(targets.first())
-                .copied()
-                .unwrap_or_default();
-            let _ = writeln!(
-                rules,
-                "    ip daddr {} dnat to {}",
-                Ipv4Addr::from(c),
-                Ipv4Addr::from(near)
-            );
+        if let Some(rr) = s.rr_ip6 {
+            dnat(&mut rules, "ip6", Ipv6Addr::from(rr), &all6);
         }
-        for i in s
-            .instances
+        // The closest: one on this worker, else the first.
+        let near = running
             .iter()
-            .filter(|i| i.state == InstanceState::Running)
-        {
-            if let Some(a) = i.addr {
-                let _ = writeln!(
-                    rules,
-                    "    ip daddr {} dnat to {}",
-                    Ipv4Addr::from(i.ip),
-                    Ipv4Addr::from(a)
-                );
+            .find(|i| i.addr.is_some_and(|a| in_subnet(a, subnet)))
+            .or(running.first());
+        if let (Some(c), Some(near)) = (s.closest_ip, near) {
+            dnat(&mut rules, "ip", Ipv4Addr::from(c), &Vec::from_iter(v4(near)));
+        }
+        if let (Some(c), Some(near)) = (s.closest_ip6, near) {
+            dnat(&mut rules, "ip6", Ipv6Addr::from(c), &Vec::from_iter(v6(near)));
+        }
+        for i in &running {
+            dnat(&mut rules, "ip", Ipv4Addr::from(i.ip), &Vec::from_iter(v4(i)));
+            if let Some(ip6) = i.ip6 {
+                dnat(&mut rules, "ip6", Ipv6Addr::from(ip6), &Vec::from_iter(v6(i)));
             }
         }
     }
     // Declaring the table first makes the delete succeed whether it existed or not.
-    let mut script = format!("table ip {table}\ndelete table ip {table}\n");
+    let mut script = format!("table inet {table}\ndelete table inet {table}\n");
     if !rules.is_empty() {
         let _ = write!(
             script,
-            "table ip {table} {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n{rules}  }}\n  chain out {{\n    type nat hook output priority -100; policy accept;\n{rules}  }}\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ct status dnat masquerade\n  }}\n}}\n"
+            "table inet {table} {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n{rules}  }}\n  chain out {{\n    type nat hook output priority -100; policy accept;\n{rules}  }}\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ct status dnat masquerade\n  }}\n}}\n"
         );
     }
     script
@@ -134,18 +159,23 @@ mod tests {
     use super::*;
     use grove_proto::msg::{ClusterId, InstanceEndpoint, InstanceRef};
 
-    fn endpoint(n: u32, ip: [u8; 4], addr: [u8; 4], state: InstanceState) -> InstanceEndpoint {
+    fn v6(s: &str) -> [u8; 16] {
+        s.parse::<Ipv6Addr>().unwrap().octets()
+    }
+
+    fn endpoint(n: u32, addr: [u8; 4], state: InstanceState) -> InstanceEndpoint {
         InstanceEndpoint {
             instance: InstanceRef {
                 service: "s".into(),
                 instance: n,
             },
-            ip: u32::from(Ipv4Addr::from(ip)),
-            ip6: None,
+            ip: u32::from(Ipv4Addr::new(10, 30, 0, 2 + u8::try_from(n).unwrap())),
+            ip6: Some(v6(&format!("fdff::{}", 2 + n))),
             worker: String::new(),
             cluster: ClusterId(1),
             state,
             addr: Some(u32::from(Ipv4Addr::from(addr))),
+            addr6: Some(v6(&format!("fc00::{:x}", addr[3]))),
         }
     }
 
@@ -157,10 +187,12 @@ mod tests {
             rr_ip: Some(u32::from(Ipv4Addr::new(10, 30, 30, 30))),
             closest_ip: Some(u32::from(Ipv4Addr::new(10, 30, 40, 40))),
             instances: vec![
-                endpoint(0, [10, 30, 0, 2], [10, 18, 0, 130], InstanceState::Running),
-                endpoint(1, [10, 30, 0, 3], [10, 18, 0, 66], InstanceState::Running),
-                endpoint(2, [10, 30, 0, 4], [10, 18, 0, 67], InstanceState::Creating),
+                endpoint(0, [10, 18, 0, 130], InstanceState::Running),
+                endpoint(1, [10, 18, 0, 66], InstanceState::Running),
+                endpoint(2, [10, 18, 0, 67], InstanceState::Creating),
             ],
+            rr_ip6: Some(v6("fdff:2000::1")),
+            closest_ip6: Some(v6("fdff:4000::1")),
         };
         let mine = Cidr {
             addr: Ipv4Addr::new(10, 18, 0, 64),
@@ -171,37 +203,38 @@ mod tests {
             container: 60,
             protocol: Protocol::Tcp,
         };
-        let r = ruleset(
-            "grove_t",
-            mine,
-            &[s],
-            &[(web, Ipv4Addr::new(10, 18, 0, 66))],
-        );
+        let to = Target {
+            v4: Ipv4Addr::new(10, 18, 0, 66),
+            v6: Some("fc00::42".parse().unwrap()),
+        };
+        let r = ruleset("grove_t", mine, &[s], &[(web, to)]);
+        for want in [
+            "meta nfproto ipv4 fib daddr type local tcp dport 6080 dnat ip to 10.18.0.66:60",
+            "meta nfproto ipv6 fib daddr type local tcp dport 6080 dnat ip6 to [fc00::42]:60",
+            "ip daddr 10.30.30.30 dnat ip to numgen inc mod 2 map { 0 : 10.18.0.130, 1 : 10.18.0.66 }",
+            "ip6 daddr fdff:2000::1 dnat ip6 to numgen inc mod 2 map { 0 : fc00::82, 1 : fc00::42 }",
+            // The closest is the one on this worker.
+            "ip daddr 10.30.40.40 dnat ip to 10.18.0.66",
+            "ip6 daddr fdff:4000::1 dnat ip6 to fc00::42",
+            // Instance IPs.
+            "ip daddr 10.30.0.2 dnat ip to 10.18.0.130",
+            "ip6 daddr fdff::2 dnat ip6 to fc00::82",
+            "ct status dnat masquerade",
+        ] {
+            assert!(r.contains(want), "{want} missing from\n{r}");
+        }
         assert!(
-            r.contains("fib daddr type local tcp dport 6080 dnat to 10.18.0.66:60"),
+            r.starts_with("table inet grove_t\ndelete table inet grove_t\n"),
             "{r}"
         );
         assert!(
-            r.starts_with("table ip grove_t\ndelete table ip grove_t\n"),
-            "{r}"
-        );
-        assert!(r.contains(
-            "ip daddr 10.30.30.30 dnat to numgen inc mod 2 map { 0 : 10.18.0.130, 1 : 10.18.0.66 }"
-        ), "{r}");
-        assert!(
-            r.contains("ip daddr 10.30.40.40 dnat to 10.18.0.66"),
-            "closest is the local one: {r}"
-        );
-        assert!(r.contains("ip daddr 10.30.0.2 dnat to 10.18.0.130"));
-        assert!(
-            !r.contains("10.18.0.67"),
+            !r.contains("10.18.0.67") && !r.contains("fc00::43"),
             "a CREATING instance gets no traffic: {r}"
         );
-        assert!(r.contains("ct status dnat masquerade"));
         // Nothing runs: the table goes.
         assert_eq!(
             ruleset("grove_t", mine, &[], &[]),
-            "table ip grove_t\ndelete table ip grove_t\n"
+            "table inet grove_t\ndelete table inet grove_t\n"
         );
     }
 }

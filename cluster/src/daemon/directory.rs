@@ -10,7 +10,7 @@
 use super::{Cluster, ENDED, spec_of};
 use grove_proto::coap::driver::{Incoming, Observation};
 use grove_proto::coap::{Code, Request, Response, SendOptions};
-use grove_proto::msg::{self, InstanceEndpoint, InstanceRef, InstanceState, ServiceEntry};
+use grove_proto::msg::{self, ServiceEntry};
 use grove_proto::paths;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -108,6 +108,8 @@ impl Cluster {
             rr_ip: None,
             closest_ip: None,
             instances: Vec::new(),
+            rr_ip6: None,
+            closest_ip6: None,
         });
         let me = self.root_link.get().map(|l| l.id);
         // This cluster's instances: as it knows them, not as the root last heard.
@@ -118,21 +120,8 @@ impl Cluster {
             if row.service != service || ENDED.contains(&row.status.as_str()) {
                 continue;
             }
-            let (Some(ip), Some(node), Some(cluster)) = (spec.ip, row.node, me) else {
-                continue;
-            };
-            entry.instances.push(InstanceEndpoint {
-                instance: InstanceRef {
-                    service: row.service.clone(),
-                    instance: spec.instance.instance,
-                },
-                ip,
-                ip6: None,
-                worker: format!("node-{node}"),
-                cluster,
-                state: InstanceState::from_name(&row.status),
-                addr: row.addr,
-            });
+            let Some(cluster) = me else { continue };
+            entry.instances.extend(self.endpoint(row, spec, cluster));
         }
         entry.instances.sort_by_key(|i| i.instance.instance);
         Some(entry)
