@@ -391,6 +391,11 @@ pub async fn run(
                         attempt = 0;
                         if let Ok(cmds) = msg::from_cbor::<NodeCommands>(&o.first.payload) {
                             converge(rt.as_mut(), &cmds);
+                            tracing::info!(
+                                generation = cmds.generation,
+                                instances = cmds.commands.len(),
+                                "observing the cluster's commands; converged"
+                            );
                         }
                         obs = Some(o);
                     }

@@ -5,8 +5,8 @@
 //! in a file, so a restarted agent re-adopts what runs.
 
 use crate::image::{Image, ImageStore, RegistryConfig};
-use crate::net::netlink::Kernel;
 use crate::net::nat::Target;
+use crate::net::netlink::Kernel;
 use crate::net::{Cidr, Overlay, Peer};
 use crate::runtime::{Runtime, Usage};
 use crate::supervisor::{self, Entry, Reply, Request};

@@ -678,7 +678,9 @@ pub struct ServiceEntry {
 pub fn addr6_of(subnet: u32, len: u8, subnet6: [u8; 16], len6: u8, addr: u32) -> Option<[u8; 16]> {
     let host = addr.checked_sub(subnet)?;
     let size4 = 1u64 << (32 - u32::from(len.min(32)));
-    let size6 = 1u128.checked_shl(128 - u32::from(len6.min(128))).unwrap_or(u128::MAX);
+    let size6 = 1u128
+        .checked_shl(128 - u32::from(len6.min(128)))
+        .unwrap_or(u128::MAX);
     if u64::from(host) >= size4 || u128::from(host) >= size6 {
         return None;
     }

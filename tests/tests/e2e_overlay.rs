@@ -12,7 +12,7 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::{Agent, Cluster, Root, scratch, wait_until};
+use support::{Agent, Cluster, Root, scratch, wait_for, wait_until};
 
 /// The IPv4 address of `eth0` inside the namespace held at `netns`.
 fn address_in(netns: &Path) -> Option<String> {
@@ -86,7 +86,7 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
         "--memory-mib",
         "2048",
     ];
-    let agents: Vec<Agent> = [1, 2]
+    let mut agents: Vec<Agent> = [1, 2]
         .iter()
         .map(|&i| {
             let name = format!("w{i}");
@@ -306,7 +306,11 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
     let rr6 = format!("http://[{}]/", addr_of("rr_ip_v6"));
     let closest6 = format!("http://[{}]/", addr_of("closest_ip_v6"));
     let (near, far) = (server_on(ci), server_on(1 - ci));
-    assert_eq!(fetch(&closest), near, "closest_ip is the server beside the client");
+    assert_eq!(
+        fetch(&closest),
+        near,
+        "closest_ip is the server beside the client"
+    );
     assert_eq!(fetch(&closest6), near, "closest_ip_v6 too");
     let mut heard = std::collections::BTreeSet::new();
     wait_until(20, "both servers answering through rr_ip_v6", || {
@@ -318,12 +322,11 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
     // table, the client's requests keep being answered (by the other one), and the
     // closest is now the other one.
     let (victim_addr, survivor_addr) = if ci == 0 { (&a, &b) } else { (&b, &a) };
-    let victim_pid = std::fs::read_to_string(
-        agents[ci].dir.join("containers").join(&near).join("pid"),
-    )
-    .ok()
-    .and_then(|t| t.split_whitespace().next().map(str::to_owned))
-    .expect("the server beside the client");
+    let victim_pid =
+        std::fs::read_to_string(agents[ci].dir.join("containers").join(&near).join("pid"))
+            .ok()
+            .and_then(|t| t.split_whitespace().next().map(str::to_owned))
+            .expect("the server beside the client");
     let killed = std::time::Instant::now();
     assert!(
         Command::new("kill")
@@ -364,6 +367,73 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
     assert_eq!(fetch(&closest), far, "closest_ip moves to the other host");
     assert_eq!(fetch(&closest6), far, "closest_ip_v6 too");
 
+    // Both agents SIGKILLed and restarted: they adopt what runs (same processes) and
+    // the data plane is the same, each object once: links, routes, the flooding
+    // entries towards the other worker, the service table. (A restarted agent makes
+    // its VXLAN device afresh, so its MAC address and learned entries differ.)
+    let data_plane = |h: &grove_tests::testbed::Host| {
+        let mut out = Vec::new();
+        for args in [
+            &["ip", "-o", "link", "show"][..],
+            &["ip", "route"],
+            &["ip", "-6", "route"],
+            &["bridge", "fdb", "show"],
+            &["nft", "list", "ruleset"],
+        ] {
+            let (ok, text) = h.run(args);
+            assert!(ok, "{args:?}: {text}");
+            // Link lines carry counters and indexes that may change; names do not.
+            out.extend(
+                text.lines()
+                    .filter(|l| args[0] != "bridge" || l.starts_with("00:00:00:00:00:00"))
+                    .map(|l| {
+                        if args[1] == "-o" {
+                            l.split(':').nth(1).unwrap_or_default().trim().to_owned()
+                        } else {
+                            l.trim().to_owned()
+                        }
+                    }),
+            );
+        }
+        out.sort();
+        out
+    };
+    let pids = |a: &Agent| {
+        let mut p: Vec<String> = std::fs::read_dir(a.dir.join("containers"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("pid")).ok())
+            .collect();
+        p.sort();
+        p
+    };
+    let before: Vec<_> = bed.hosts[1..3].iter().map(data_plane).collect();
+    let running_before: Vec<_> = agents.iter().map(pids).collect();
+    for a in &mut agents {
+        a.daemon.kill();
+        a.daemon.restart();
+    }
+    wait_until(30, "both agents back with their cluster", || {
+        agents
+            .iter()
+            .all(|a| a.daemon.log().matches("converged").count() >= 2)
+    });
+    let mut after = Vec::new();
+    let same = wait_for(20, || {
+        after = bed.hosts[1..3].iter().map(data_plane).collect();
+        after == before
+    });
+    assert!(
+        same,
+        "the data plane after the restart differs:\nbefore {before:#?}\nafter {after:#?}"
+    );
+    assert_eq!(
+        agents.iter().map(pids).collect::<Vec<_>>(),
+        running_before,
+        "the containers were adopted, not restarted"
+    );
+    assert_eq!(fetch(&closest), far, "service IPs still answer");
+
     // Deleting the application takes both down and leaves their namespaces empty.
     let apps = root.api("GET", "/api/applications/", None);
     let app = apps[0]["applicationID"].as_str().unwrap().to_owned();
@@ -371,13 +441,31 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
     wait_until(30, "the containers gone", || {
         agents.iter().all(|a| netns_of(a).is_empty())
     });
-    // And the service tables with them (each agent replaces its table right after).
-    wait_until(10, "both workers' service tables gone", || {
-        bed.hosts[1..3].iter().all(|h| {
-            let (_, tables) = h.run(&["nft", "list", "tables"]);
-            !tables.contains("grove_")
-        })
-    });
+    // And the service tables and instance links with them (each agent replaces its
+    // table right after).
+    let instance_link = |name: &str| {
+        name.len() == 15
+            && name.starts_with('g')
+            && name.as_bytes()[6] == b'v'
+            && name[1..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b'v')
+    };
+    wait_until(
+        10,
+        "both workers' service tables and instance links gone",
+        || {
+            bed.hosts[1..3].iter().all(|h| {
+                let (_, tables) = h.run(&["nft", "list", "tables"]);
+                let (_, links) = h.run(&["ip", "-o", "link", "show"]);
+                !tables.contains("grove_")
+                    && !links
+                        .lines()
+                        .filter_map(|l| l.split(':').nth(1))
+                        .any(|n| instance_link(n.trim().split('@').next().unwrap_or_default()))
+            })
+        },
+    );
     for a in &agents {
         if let Ok(pid) = std::fs::read_to_string(a.dir.join("supervisor.pid")) {
             let _ = Command::new("kill").arg(pid.trim()).status();

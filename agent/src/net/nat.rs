@@ -87,10 +87,11 @@ pub fn ruleset(
         if running.is_empty() {
             continue;
         }
-        let v4 = |i: &&grove_proto::msg::InstanceEndpoint| {
-            i.addr.map(|a| Ipv4Addr::from(a).to_string())
+        let v4 =
+            |i: &&grove_proto::msg::InstanceEndpoint| i.addr.map(|a| Ipv4Addr::from(a).to_string());
+        let v6 = |i: &&grove_proto::msg::InstanceEndpoint| {
+            i.addr6.map(|a| Ipv6Addr::from(a).to_string())
         };
-        let v6 = |i: &&grove_proto::msg::InstanceEndpoint| i.addr6.map(|a| Ipv6Addr::from(a).to_string());
         let all4: Vec<String> = running.iter().filter_map(v4).collect();
         let all6: Vec<String> = running.iter().filter_map(v6).collect();
         if let Some(rr) = s.rr_ip {
@@ -105,15 +106,35 @@ pub fn ruleset(
             .find(|i| i.addr.is_some_and(|a| in_subnet(a, subnet)))
             .or(running.first());
         if let (Some(c), Some(near)) = (s.closest_ip, near) {
-            dnat(&mut rules, "ip", Ipv4Addr::from(c), &Vec::from_iter(v4(near)));
+            dnat(
+                &mut rules,
+                "ip",
+                Ipv4Addr::from(c),
+                &Vec::from_iter(v4(near)),
+            );
         }
         if let (Some(c), Some(near)) = (s.closest_ip6, near) {
-            dnat(&mut rules, "ip6", Ipv6Addr::from(c), &Vec::from_iter(v6(near)));
+            dnat(
+                &mut rules,
+                "ip6",
+                Ipv6Addr::from(c),
+                &Vec::from_iter(v6(near)),
+            );
         }
         for i in &running {
-            dnat(&mut rules, "ip", Ipv4Addr::from(i.ip), &Vec::from_iter(v4(i)));
+            dnat(
+                &mut rules,
+                "ip",
+                Ipv4Addr::from(i.ip),
+                &Vec::from_iter(v4(i)),
+            );
             if let Some(ip6) = i.ip6 {
-                dnat(&mut rules, "ip6", Ipv6Addr::from(ip6), &Vec::from_iter(v6(i)));
+                dnat(
+                    &mut rules,
+                    "ip6",
+                    Ipv6Addr::from(ip6),
+                    &Vec::from_iter(v6(i)),
+                );
             }
         }
     }

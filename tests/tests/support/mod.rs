@@ -151,12 +151,20 @@ impl Drop for Daemon {
 }
 
 /// Wait for `cond`, polling; panics naming `what` after `secs`.
-pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+pub fn wait_until(secs: u64, what: &str, cond: impl FnMut() -> bool) {
+    assert!(wait_for(secs, cond), "timed out waiting for {what}");
+}
+
+/// Wait up to `secs` for `cond`, polling; whether it came true.
+pub fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
+    true
 }
 
 /// One HTTP call to the root's API; JSON in and out.
