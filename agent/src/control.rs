@@ -4,7 +4,9 @@
 
 use crate::runtime::Runtime;
 use grove_proto::coap::driver::{self, Handle, Observation, Router};
-use grove_proto::coap::{Code, Config, Endpoint, ExchangeError, LinkParams, Request, SendOptions};
+use grove_proto::coap::{
+    Code, Config, ContextKey, Endpoint, ExchangeError, LinkParams, Request, SendOptions,
+};
 use grove_proto::msg::{
     self, GeoPoint, Heartbeat, InstanceRef, InstanceStatus, NetCoord, NodeCommand, NodeCommands,
     NodeRegistered, RegisterNode,
@@ -14,7 +16,8 @@ use grove_proto::paths;
 use grove_proto::vivaldi::Vivaldi;
 use sha2::{Digest, Sha256};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -201,6 +204,35 @@ pub fn link_context(
 }
 
 /// Converge the runtime to a full command set; returns nothing (changes come from poll).
+/// Observe the directory entry of the service `ip` belongs to at the cluster, passing
+/// each version on (and `None` when not found or when the observation ends).
+fn watch_service(
+    c: Handle,
+    key: ContextKey,
+    cluster: SocketAddr,
+    ip: IpAddr,
+    tx: mpsc::UnboundedSender<(IpAddr, Option<msg::ServiceEntry>)>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let r = c
+            .observe(
+                cluster,
+                Request::get(&paths::service_by_ip(ip)),
+                SendOptions::secure(key),
+            )
+            .await;
+        if let Some(mut o) = r.ok().filter(|o| o.first.code == Code::CONTENT) {
+            let _ = tx.send((ip, msg::from_cbor(&o.first.payload).ok()));
+            while let Some(n) = o.notifications.recv().await {
+                if let Ok(e) = msg::from_cbor(&n.payload) {
+                    let _ = tx.send((ip, Some(e)));
+                }
+            }
+        }
+        let _ = tx.send((ip, None));
+    })
+}
+
 fn converge(rt: &mut dyn Runtime, cmds: &NodeCommands) {
     if let Some(p) = &cmds.peers {
         rt.peers(p);
@@ -304,6 +336,10 @@ pub async fn run(
     let (rtt_tx, mut rtt_rx) = mpsc::channel::<Duration>(4);
     let mut coord = Vivaldi::default();
     let (mut observing, mut reporting) = (false, false);
+    // Services of other clusters the data plane asked for: one observation each at the
+    // cluster's directory, as a task whose answers come back on this channel.
+    let (dir_tx, mut dir_rx) = mpsc::unbounded_channel::<(IpAddr, Option<msg::ServiceEntry>)>();
+    let mut watching: HashMap<IpAddr, tokio::task::JoinHandle<()>> = HashMap::new();
     // Register again now and then: a cluster that restarted forgot its observers.
     let mut refresh = tokio::time::interval(Duration::from_secs(20));
     refresh.tick().await;
@@ -349,6 +385,18 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 pending.extend(rt.poll());
+                let wanted = rt.lookups();
+                for ip in wanted.drop {
+                    if let Some(h) = watching.remove(&ip) {
+                        h.abort();
+                    }
+                }
+                for ip in wanted.ask {
+                    let task = watch_service(c.clone(), key.clone(), s.cluster, ip, dir_tx.clone());
+                    if let Some(old) = watching.insert(ip, task) {
+                        old.abort();
+                    }
+                }
                 if obs.is_none() && !observing && tokio::time::Instant::now() >= reobserve_at {
                     observing = true;
                     let (c2, key2, to, tx) = (c.clone(), key.clone(), s.cluster, obs_tx.clone());
@@ -373,6 +421,7 @@ pub async fn run(
                     });
                 }
             }
+            Some((ip, entry)) = dir_rx.recv() => rt.found(ip, entry),
             Some(rtt) = rtt_rx.recv() => {
                 #[allow(clippy::cast_precision_loss)]
                 let (ms, nudge) = (rtt.as_secs_f32() * 1000.0, seq as f32);

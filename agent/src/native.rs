@@ -39,6 +39,9 @@ struct Record {
 }
 
 /// Whether a state is an end.
+/// How long a looked-up service of another cluster stays without a new flow to it.
+const LOOKUP_IDLE: Duration = Duration::from_secs(60);
+
 fn ended(s: InstanceState) -> bool {
     matches!(
         s,
@@ -106,6 +109,10 @@ pub struct NativeRuntime {
     services: Vec<grove_proto::msg::ServiceEntry>,
     /// This agent's name (its nftables table is named after it).
     agent: String,
+    /// Services of other clusters looked up on a miss.
+    interest: crate::net::interest::Interest,
+    /// Destinations of the packets the table's log rules hand over.
+    logged: Option<mpsc::Receiver<std::net::IpAddr>>,
 }
 
 impl NativeRuntime {
@@ -162,6 +169,11 @@ impl NativeRuntime {
             nat: String::new(),
             services: Vec::new(),
             agent: String::new(),
+            interest: crate::net::interest::Interest::new(
+                LOOKUP_IDLE,
+                Duration::from_secs(5),
+            ),
+            logged: None,
         };
         // What was on its way when the agent stopped goes on.
         for r in rt
@@ -200,7 +212,18 @@ impl NativeRuntime {
             })
             .flatten()
             .collect();
-        let rules = crate::net::nat::ruleset(&table, *subnet, services, &mappings);
+        let looked_up = self.interest.entries();
+        let rules = crate::net::nat::ruleset(&crate::net::nat::Tables {
+            table: &table,
+            subnet: *subnet,
+            services,
+            looked_up: &looked_up,
+            mappings: &mappings,
+            group: self
+                .logged
+                .is_some()
+                .then(|| crate::net::Names::of(&self.agent).log_group()),
+        });
         if rules == self.nat {
             return;
         }
@@ -273,6 +296,7 @@ impl NativeRuntime {
                 ip: r.spec.ip,
                 worker: None,
                 addr: r.addr,
+                addr6: None,
             });
         }
         self.save();
@@ -473,7 +497,17 @@ impl Runtime for NativeRuntime {
             .map(|r| container_id(&r.spec.instance))
             .collect();
         match Overlay::open(Kernel, agent, subnet, subnet6, &keep) {
-            Ok(o) => self.overlay = Some((o, subnet)),
+            Ok(o) => {
+                self.overlay = Some((o, subnet));
+                match crate::net::nflog::listen(crate::net::Names::of(agent).log_group()) {
+                    Ok(rx) => self.logged = Some(rx),
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "no log group: services of other clusters cannot be looked up"
+                    ),
+                }
+                self.refresh_nat();
+            }
             Err(e) => {
                 tracing::error!(error = %e, "the data plane could not be set up; instances run unwired")
             }
@@ -508,6 +542,26 @@ impl Runtime for NativeRuntime {
     fn services(&mut self, services: &[grove_proto::msg::ServiceEntry]) {
         self.services = services.to_vec();
         self.refresh_nat();
+    }
+
+    fn lookups(&mut self) -> crate::net::interest::Lookups {
+        let now = Instant::now();
+        if let Some(rx) = &self.logged {
+            for ip in rx.try_iter() {
+                self.interest.seen(ip, now);
+            }
+        }
+        let (l, rules_changed) = self.interest.due(now);
+        if rules_changed {
+            self.refresh_nat();
+        }
+        l
+    }
+
+    fn found(&mut self, ip: std::net::IpAddr, entry: Option<grove_proto::msg::ServiceEntry>) {
+        if self.interest.found(ip, entry) {
+            self.refresh_nat();
+        }
     }
 
     fn deploy(&mut self, spec: &InstanceSpec) {
@@ -561,6 +615,7 @@ impl Runtime for NativeRuntime {
                 ip: gone.spec.ip,
                 worker: None,
                 addr: None,
+                addr6: None,
             });
         }
         self.save();

@@ -32,6 +32,14 @@ pub trait Runtime: Send {
     fn peers(&mut self, _peers: &[grove_proto::msg::NodePeer]) {}
     /// The cluster's services and their RUNNING instances (service IP tables).
     fn services(&mut self, _services: &[grove_proto::msg::ServiceEntry]) {}
+    /// Directory lookups the data plane wants (addresses of other clusters' services
+    /// its workloads send to) and observations it no longer needs.
+    fn lookups(&mut self) -> crate::net::interest::Lookups {
+        crate::net::interest::Lookups::default()
+    }
+    /// The directory's answer for a looked-up address (`None`: not found, or the
+    /// observation ended).
+    fn found(&mut self, _ip: std::net::IpAddr, _entry: Option<grove_proto::msg::ServiceEntry>) {}
     /// Start an instance (idempotent: a running one is left alone).
     fn deploy(&mut self, spec: &InstanceSpec);
     /// Stop and remove an instance.
@@ -112,6 +120,7 @@ impl SimRuntime {
             ip: x.ip,
             worker: None,
             addr: None,
+            addr6: None,
         });
     }
 }
@@ -161,6 +170,7 @@ impl Runtime for SimRuntime {
                 ip: gone.ip,
                 worker: None,
                 addr: None,
+                addr6: None,
             });
         }
     }

@@ -111,6 +111,8 @@ pub struct Cluster {
     live: Mutex<HashMap<u32, Live>>,
     to_root: mpsc::UnboundedSender<InstanceStatus>,
     block: Mutex<(u32, [u8; 16])>,
+    /// Workers of other clusters this cluster's overlay reaches (from the root).
+    foreign: Mutex<Vec<msg::NodePeer>>,
     dir: PathBuf,
     progress: Mutex<HashMap<(String, u32), Progress>>,
     timeouts: (Duration, Duration),
@@ -297,6 +299,14 @@ impl Cluster {
         out.into_values().collect()
     }
 
+    /// The IPv6 overlay address that goes with `addr` on worker `node`.
+    fn addr6_on(&self, node: u32, addr: u32) -> Option<[u8; 16]> {
+        let block = *self.block.lock().unwrap_or_else(|p| p.into_inner());
+        let n = self.db().node(node).ok()?;
+        let (v4, v6) = subnets_of(block, n.subnet);
+        msg::addr6_of(v4.addr, v4.len, v6.addr, v6.len, addr)
+    }
+
     /// Where instance `row` (running `spec`) is reached: its instance IPs, and its
     /// overlay addresses in its worker's subnets.
     fn endpoint(
@@ -306,12 +316,7 @@ impl Cluster {
         me: ClusterId,
     ) -> Option<msg::InstanceEndpoint> {
         let (ip, node) = (spec.ip?, row.node?);
-        let block = *self.block.lock().unwrap_or_else(|p| p.into_inner());
-        let addr6 = row.addr.and_then(|a| {
-            let n = self.db().node(node).ok()?;
-            let (v4, v6) = subnets_of(block, n.subnet);
-            msg::addr6_of(v4.addr, v4.len, v6.addr, v6.len, a)
-        });
+        let addr6 = row.addr.and_then(|a| self.addr6_on(node, a));
         Some(msg::InstanceEndpoint {
             instance: spec.instance.clone(),
             ip,
@@ -324,8 +329,16 @@ impl Cluster {
         })
     }
 
-    /// The workers the overlay spans: every active one whose address is known.
+    /// The workers the overlay spans: this cluster's, and those of other clusters
+    /// the root said its workers exchange traffic with.
     fn peers(&self) -> Vec<msg::NodePeer> {
+        let mut p = self.own_peers();
+        p.extend(self.foreign.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+        p
+    }
+
+    /// This cluster's active workers whose address is known.
+    fn own_peers(&self) -> Vec<msg::NodePeer> {
         let block = *self.block.lock().unwrap_or_else(|p| p.into_inner());
         let live = self.live().clone();
         self.db()
@@ -488,6 +501,7 @@ impl Cluster {
                     ip: spec.ip,
                     worker: node.map(|n| format!("node-{n}")),
                     addr: None,
+                    addr6: None,
                 });
             }
         }
@@ -532,8 +546,18 @@ impl Cluster {
             }
         }
         touched.extend(self.place_pending());
-        for n in touched {
-            self.push_node(n).await;
+        let foreign_changed = cmds.peers.as_ref().is_some_and(|p| {
+            let mut f = self.foreign.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = *f != *p;
+            f.clone_from(p);
+            changed
+        });
+        if foreign_changed {
+            self.push_all().await;
+        } else {
+            for n in touched {
+                self.push_node(n).await;
+            }
         }
         self.push_directory().await;
     }
@@ -786,6 +810,7 @@ async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
             cl.directory.touch(&c.instance.service);
             let mut up = c.clone();
             up.worker = Some(format!("node-{id}"));
+            up.addr6 = c.addr.and_then(|a| cl.addr6_on(id, a));
             let _ = cl.to_root.send(up);
         }
     }
@@ -812,6 +837,7 @@ pub async fn start(
         coap: OnceLock::new(),
         live: Mutex::new(HashMap::new()),
         to_root: tx,
+        foreign: Mutex::default(),
         block: Mutex::new((
             0x0A12_0000,
             [0xfc, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
@@ -961,6 +987,7 @@ pub async fn start(
         let mut report = tokio::time::interval(REPORT_EVERY);
         let (mut last_capacity, mut last_full): (Option<Vec<Capacity>>, Instant) =
             (None, Instant::now());
+        let mut last_workers: Option<Vec<msg::NodePeer>> = None;
         let mut pending: Vec<InstanceStatus> = Vec::new();
         let mut seq = 0u32;
         let mut retry = tokio::time::interval(Duration::from_millis(500));
@@ -988,7 +1015,7 @@ pub async fn start(
                         reporting = true;
                         seq = seq.wrapping_add(1);
                         let n = pending.len();
-                        let rep = ClusterReport { cluster: ClusterId(cluster_id), seq, capacity: None, changes: pending.clone() };
+                        let rep = ClusterReport { cluster: ClusterId(cluster_id), seq, capacity: None, changes: pending.clone(), workers: None };
                         let req = Request::post_cbor(&paths::cluster_status(ClusterId(cluster_id)), msg::to_cbor(&rep));
                         let (rc2, rk2, tx) = (rc.clone(), rk.clone(), ack_tx.clone());
                         tokio::spawn(async move {
@@ -1017,12 +1044,20 @@ pub async fn start(
                     // Changes only; the whole again now and then, since reports are
                     // non-confirmable and one that carried a change may be lost.
                     let now = cr.capacity();
-                    let capacity = (last_capacity.as_ref() != Some(&now) || last_full.elapsed() >= FULL_REPORT_EVERY).then(|| {
-                        last_full = Instant::now();
+                    let full = last_full.elapsed() >= FULL_REPORT_EVERY;
+                    let capacity = (last_capacity.as_ref() != Some(&now) || full).then(|| {
                         last_capacity = Some(now.clone());
                         now
                     });
-                    let rep = ClusterReport { cluster: ClusterId(cluster_id), seq, capacity, changes: vec![] };
+                    let workers_now = cr.own_peers();
+                    let workers = (last_workers.as_ref() != Some(&workers_now) || full).then(|| {
+                        last_workers = Some(workers_now.clone());
+                        workers_now
+                    });
+                    if full {
+                        last_full = Instant::now();
+                    }
+                    let rep = ClusterReport { cluster: ClusterId(cluster_id), seq, capacity, changes: vec![], workers };
                     let req = Request::post_cbor(&paths::cluster_status(ClusterId(cluster_id)), msg::to_cbor(&rep));
                     let (rc2, rk2) = (rc.clone(), rk.clone());
                     tokio::spawn(async move {

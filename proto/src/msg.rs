@@ -297,6 +297,10 @@ pub struct InstanceStatus {
     /// traffic for its service and instance IPs is sent.
     #[n(5)]
     pub addr: Option<u32>,
+    /// Its IPv6 address on the overlay (set by the cluster when it reports up).
+    #[n(6)]
+    #[cbor(with = "minicbor::bytes")]
+    pub addr6: Option<[u8; 16]>,
 }
 
 /// Worker → cluster, non-confirmable `POST /v1/nodes/{id}/status` every 2 s.
@@ -579,6 +583,11 @@ pub struct ClusterReport {
     /// Status changes of instances.
     #[n(3)]
     pub changes: Vec<InstanceStatus>,
+    /// The cluster's active workers as the overlay needs them (for other clusters
+    /// whose workers talk to its instances): `None` when unchanged since the last
+    /// report that carried them.
+    #[n(4)]
+    pub workers: Option<Vec<NodePeer>>,
 }
 
 /// Root → cluster, the observed `/v1/clusters/{id}/commands` resource.
@@ -590,6 +599,11 @@ pub struct ClusterCommands {
     /// Instances to place in this cluster (Deploy) or remove from it (Undeploy).
     #[n(1)]
     pub commands: Vec<NodeCommand>,
+    /// Workers of other clusters this cluster's workers exchange traffic with (they
+    /// host instances this cluster asked the directory for, or asked for instances
+    /// this cluster hosts): its workers' overlay reaches them too.
+    #[n(2)]
+    pub peers: Option<Vec<NodePeer>>,
 }
 
 /// Worker → cluster, `POST /v1/nodes/{id}/logs`: a piece of an instance's log, sent
@@ -669,6 +683,24 @@ pub struct ServiceEntry {
     #[n(6)]
     #[cbor(with = "minicbor::bytes")]
     pub closest_ip6: Option<[u8; 16]>,
+}
+
+impl ServiceEntry {
+    /// Every address the entry answers for: its service IPs and its instances' IPs.
+    pub fn addresses(&self) -> Vec<std::net::IpAddr> {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let v4 = [self.rr_ip, self.closest_ip]
+            .into_iter()
+            .flatten()
+            .chain(self.instances.iter().map(|i| i.ip))
+            .map(|a| IpAddr::V4(Ipv4Addr::from(a)));
+        let v6 = [self.rr_ip6, self.closest_ip6]
+            .into_iter()
+            .flatten()
+            .chain(self.instances.iter().filter_map(|i| i.ip6))
+            .map(|a| IpAddr::V6(Ipv6Addr::from(a)));
+        v4.chain(v6).collect()
+    }
 }
 
 /// An instance's IPv6 overlay address: the host of its worker's IPv6 subnet

@@ -66,6 +66,7 @@ pub fn open_state(args: &Args) -> Result<api::Shared, String> {
         store: std::sync::Mutex::new(store),
         keys,
         link: std::sync::OnceLock::new(),
+        reach: std::sync::Mutex::default(),
     }))
 }
 

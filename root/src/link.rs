@@ -22,7 +22,7 @@ use grove_proto::msg::{
 use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext};
 use grove_proto::paths;
 use grove_proto::util::{hex, speaks_for, unhex};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +34,80 @@ pub enum DirectoryUpdate {
     /// A service's instances or addresses changed.
     Service(String),
     /// A service was deleted: its full name and service IPs.
-    Removed(String, Vec<u32>),
+    Removed(String, Vec<std::net::IpAddr>),
+}
+
+/// The cross-cluster part of the overlay as the root sees it: which workers each
+/// cluster has, which services each cluster's workers asked the directory for (its
+/// interest, held while it observes the entry), and from that which other clusters'
+/// workers each cluster's overlay must reach: those hosting a service it is
+/// interested in, and those interested in a service it hosts (the way back).
+#[derive(Debug, Default)]
+pub struct Reach {
+    workers: HashMap<u32, Vec<msg::NodePeer>>,
+    interest: HashSet<(u32, String)>,
+    sent: HashMap<u32, Vec<msg::NodePeer>>,
+}
+
+impl Reach {
+    /// The other clusters' workers cluster `cluster` was last told to reach.
+    pub fn peers_of(&self, cluster: u32) -> Vec<msg::NodePeer> {
+        self.sent.get(&cluster).cloned().unwrap_or_default()
+    }
+}
+
+/// Recompute what each cluster must reach; push commands to those whose set changed.
+fn refresh_reach(st: &AppState) {
+    let (interest, clusters): (Vec<(u32, String)>, Vec<u32>) = {
+        let r = st.reach();
+        let mut c: Vec<u32> = r.workers.keys().chain(r.sent.keys()).copied().collect();
+        c.sort_unstable();
+        c.dedup();
+        (r.interest.iter().cloned().collect(), c)
+    };
+    // The clusters hosting each service of interest.
+    let hosts: Vec<(u32, HashSet<u32>)> = {
+        let db = st.db();
+        interest
+            .iter()
+            .map(|(asker, service)| {
+                let h = db
+                    .instances(Some(service))
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|i| i.status == "RUNNING")
+                    .filter_map(|i| i.cluster)
+                    .collect();
+                (*asker, h)
+            })
+            .collect()
+    };
+    let mut changed = Vec::new();
+    {
+        let mut r = st.reach();
+        for c in clusters {
+            let mut related: Vec<u32> = Vec::new();
+            for (asker, h) in &hosts {
+                if *asker == c {
+                    related.extend(h.iter().filter(|d| **d != c));
+                } else if h.contains(&c) {
+                    related.push(*asker);
+                }
+            }
+            related.sort_unstable();
+            related.dedup();
+            let mut peers: Vec<msg::NodePeer> = related
+                .iter()
+                .flat_map(|d| r.workers.get(d).cloned().unwrap_or_default())
+                .collect();
+            peers.sort_by(|a, b| a.underlay.cmp(&b.underlay));
+            if r.sent.get(&c).map_or(!peers.is_empty(), |old| *old != peers) {
+                r.sent.insert(c, peers);
+                changed.push(c);
+            }
+        }
+    }
+    st.clusters_changed(changed.into_iter().map(Some));
 }
 
 /// What the API uses to reach the link.
@@ -203,9 +276,11 @@ pub fn commands_for(st: &AppState, cluster: u32, generation: u64) -> ClusterComm
             closest_ip6: v6(s.closest_ip_v6.as_deref()),
         }));
     }
+    drop(db);
     ClusterCommands {
         generation,
         commands,
+        peers: Some(st.reach().peers_of(cluster)),
     }
 }
 
@@ -331,9 +406,8 @@ pub fn entry_for(
                     worker: i.node.clone().unwrap_or_default(),
                     cluster: ClusterId(i.cluster?),
                     state: msg::InstanceState::from_name(&i.status),
-                    // The overlay address is the cluster's to tell its workers.
-                    addr: None,
-                    addr6: None,
+                    addr: i.addr,
+                    addr6: v6(i.addr6.as_deref()),
                 })
             })
             .collect(),
@@ -349,18 +423,34 @@ fn directory_lookup(st: &AppState, inc: &Incoming) -> Response {
         return Response::error(Code::FORBIDDEN, "the directory is for clusters");
     }
     let found = if let Some(ip) = inc.param("ip") {
-        match ip.parse::<std::net::Ipv4Addr>() {
-            Ok(ip) => st.db().service_by_ip(u32::from(ip)),
-            Err(_) => return Response::error(Code::BAD_REQUEST, "not an IPv4 address"),
+        match ip.parse::<std::net::IpAddr>() {
+            Ok(ip) => st.db().service_by_ip(ip),
+            Err(_) => return Response::error(Code::BAD_REQUEST, "not an IP address"),
         }
     } else {
         st.db()
             .service_by_name(inc.param("name").unwrap_or_default())
     };
-    match found {
-        Ok(Some((app, s))) => Response::cbor(msg::to_cbor(&entry_for(st, &app, &s))),
-        _ => Response::error(Code::NOT_FOUND, "no such service"),
+    let Ok(Some((app, s))) = found else {
+        return Response::error(Code::NOT_FOUND, "no such service");
+    };
+    // Observing is the cluster's interest; deregistering (Observe: 1) ends it.
+    let asker = inc.security.as_ref().map_or(0, |k| {
+        u32::from_be_bytes(k.recipient_id[..4].try_into().unwrap_or_default())
+    });
+    let key = (asker, s.id.clone());
+    let changed = {
+        let mut r = st.reach();
+        match inc.request.observe {
+            Some(1) => r.interest.remove(&key),
+            Some(_) => r.interest.insert(key),
+            None => false,
+        }
+    };
+    if changed {
+        refresh_reach(st);
     }
+    Response::cbor(msg::to_cbor(&entry_for(st, &app, &s)))
 }
 
 fn report(st: &Shared, inc: &Incoming) -> Response {
@@ -395,10 +485,24 @@ fn report(st: &Shared, inc: &Incoming) -> Response {
                 Some(id),
                 c.worker.as_deref(),
             );
+            let addr6 = c.addr6.map(|a| std::net::Ipv6Addr::from(a).to_string());
+            let _ = db.set_instance_addr(
+                &c.instance.service,
+                c.instance.instance,
+                c.addr,
+                addr6.as_deref(),
+            );
             services.insert(c.instance.service.clone());
         }
     }
     drop(db);
+    let workers_changed = rep.workers.is_some_and(|w| {
+        let mut r = st.reach();
+        r.workers.insert(id, w.clone()) != Some(w)
+    });
+    if workers_changed || !services.is_empty() {
+        refresh_reach(st);
+    }
     if let Some(link) = st.link.get() {
         for s in services {
             link.directory_changed(DirectoryUpdate::Service(s));
@@ -527,8 +631,9 @@ pub async fn start(
                             .and_then(|s| Ok((db.application(&s.application)?, s)))
                     };
                     let Ok((app, s)) = found else { continue };
-                    let ips = vec![s.rr_ip, s.closest_ip];
-                    (entry_for(&st_dir, &app, &s), ips)
+                    let e = entry_for(&st_dir, &app, &s);
+                    let ips = e.addresses();
+                    (e, ips)
                 }
                 DirectoryUpdate::Removed(name, ips) => (
                     msg::ServiceEntry {
@@ -548,7 +653,7 @@ pub async fn start(
                 .notify(&paths::service(&entry.name), Response::cbor(body.clone()))
                 .await;
             for ip in ips {
-                let path = paths::service_by_ip(std::net::IpAddr::V4(std::net::Ipv4Addr::from(ip)));
+                let path = paths::service_by_ip(ip);
                 coap_dir.notify(&path, Response::cbor(body.clone())).await;
             }
         }

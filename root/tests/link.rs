@@ -196,6 +196,7 @@ impl TestCluster {
             seq,
             capacity,
             changes,
+            workers: None,
         });
         let r = self
             .coap
@@ -326,6 +327,7 @@ fn a_registered_cluster_receives_an_api_deploy_through_its_observed_commands() {
             ip: spec.ip,
             worker: None,
             addr: None,
+            addr6: None,
         };
         c.report(2, None, vec![running]).await;
         let (_, svc) = http(&base, "GET", &format!("/api/service/{sid}"), Some(&t), None);
@@ -409,6 +411,7 @@ fn a_lost_cluster_s_instances_move_and_on_return_it_is_told_to_stop_them() {
             ip: None,
             worker: None,
             addr: None,
+            addr6: None,
         };
         a.report(2, Some(capacity(1200, 200)), vec![stale]).await;
         let (_, svc) = http(&base, "GET", &format!("/api/service/{sid}"), Some(&t), None);
@@ -742,6 +745,7 @@ fn the_directory_pushes_an_instance_placed_in_one_cluster_to_another_that_observ
                 ip: None,
                 worker: Some("192.0.2.7".into()),
                 addr: None,
+                addr6: None,
             }],
         )
         .await;
@@ -844,6 +848,7 @@ fn put_service_replaces_instances_one_at_a_time_never_all_down() {
                             ip: s.ip,
                             worker: Some("192.0.2.9".into()),
                             addr: None,
+                            addr6: None,
                         })
                     }
                     _ => None,

@@ -9,7 +9,9 @@
 //! The kernel is reached through [`Netlink`]: the real one speaks rtnetlink
 //! ([`netlink::Kernel`]), the recording fake tests the programming unprivileged.
 
+pub mod interest;
 pub mod nat;
+pub mod nflog;
 pub mod netlink;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -115,6 +117,13 @@ impl Names {
     /// Its VXLAN device.
     pub fn vxlan(&self) -> String {
         format!("{}x", self.prefix)
+    }
+
+    /// Its nftables log group (misses and uses of other clusters' services).
+    pub fn log_group(&self) -> u16 {
+        // 1..=65000, from the same hash as the names.
+        let h = u32::from_str_radix(&self.prefix[1..], 16).unwrap_or(0);
+        u16::try_from(h % 65_000).unwrap_or(0) + 1
     }
 
     /// Its nftables table (service IP translation).

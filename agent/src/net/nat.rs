@@ -26,79 +26,94 @@ pub struct Target {
     pub v6: Option<Ipv6Addr>,
 }
 
-/// `dnat` rules sending `daddr` (one family) to one of `to` (round-robin if several).
-fn dnat<A: std::fmt::Display>(rules: &mut String, family: &str, daddr: A, to: &[String]) {
-    match to {
-        [] => {}
-        [one] => {
-            let _ = writeln!(rules, "    {family} daddr {daddr} dnat {family} to {one}");
-        }
-        many => {
-            let map: Vec<String> = many
-                .iter()
-                .enumerate()
-                .map(|(n, a)| format!("{n} : {a}"))
-                .collect();
-            let _ = writeln!(
-                rules,
-                "    {family} daddr {daddr} dnat {family} to numgen inc mod {} map {{ {} }}",
-                many.len(),
-                map.join(", ")
-            );
-        }
-    }
+/// What one agent's table is made of.
+#[derive(Debug, Clone, Copy)]
+pub struct Tables<'a> {
+    /// The table's name.
+    pub table: &'a str,
+    /// This worker's subnet (its instances are the closest).
+    pub subnet: Cidr<Ipv4Addr>,
+    /// The cluster's service table, as pushed.
+    pub services: &'a [ServiceEntry],
+    /// Services of other clusters, looked up on a miss: new flows to them are logged
+    /// (their use keeps them).
+    pub looked_up: &'a [ServiceEntry],
+    /// Port mappings of this worker's RUNNING instances.
+    pub mappings: &'a [(PortMapping, Target)],
+    /// The log group misses and uses go to; `None`: no lookups.
+    pub group: Option<u16>,
 }
 
-/// The nft script that makes `table` (family `inet`: IPv4 and IPv6 in one) hold
-/// exactly these services' rules (`subnet`: this worker's, for `closest_ip`) and port
-/// mappings (`host port` on this worker's own addresses → `address:container port` of
-/// one of its instances). Nothing: the table goes.
-pub fn ruleset(
-    table: &str,
-    subnet: Cidr<Ipv4Addr>,
-    services: &[ServiceEntry],
-    mappings: &[(PortMapping, Target)],
-) -> String {
-    let mut rules = String::new();
-    for (m, to) in mappings {
-        let proto = match m.protocol {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
+/// The rules being written, and the addresses they translate.
+#[derive(Default)]
+struct Rules {
+    text: String,
+    known4: Vec<String>,
+    known6: Vec<String>,
+}
+
+impl Rules {
+    /// Send `daddr` (family `ip` or `ip6`) to one of `to` (round-robin if several),
+    /// logging each new flow to `log` when given.
+    fn dnat<A: std::fmt::Display>(&mut self, family: &str, daddr: A, to: &[String], log: Option<u16>) {
+        let daddr = daddr.to_string();
+        let log = log.map(|g| format!("log group {g} ")).unwrap_or_default();
+        match to {
+            [] => return,
+            [one] => {
+                let _ = writeln!(
+                    self.text,
+                    "    {family} daddr {daddr} {log}dnat {family} to {one}"
+                );
+            }
+            many => {
+                let map: Vec<String> = many
+                    .iter()
+                    .enumerate()
+                    .map(|(n, a)| format!("{n} : {a}"))
+                    .collect();
+                let _ = writeln!(
+                    self.text,
+                    "    {family} daddr {daddr} {log}dnat {family} to numgen inc mod {} map {{ {} }}",
+                    many.len(),
+                    map.join(", ")
+                );
+            }
+        }
+        self.known(family, daddr);
+    }
+
+    fn known(&mut self, family: &str, daddr: String) {
+        let k = if family == "ip" {
+            &mut self.known4
+        } else {
+            &mut self.known6
         };
-        let _ = writeln!(
-            rules,
-            "    meta nfproto ipv4 fib daddr type local {proto} dport {} dnat ip to {}:{}",
-            m.host, to.v4, m.container
-        );
-        if let Some(v6) = to.v6 {
-            let _ = writeln!(
-                rules,
-                "    meta nfproto ipv6 fib daddr type local {proto} dport {} dnat ip6 to [{v6}]:{}",
-                m.host, m.container
-            );
+        if !k.contains(&daddr) {
+            k.push(daddr);
         }
     }
-    for s in services {
+
+    /// The rules of one service.
+    fn service(&mut self, s: &ServiceEntry, subnet: Cidr<Ipv4Addr>, log: Option<u16>) {
         let running: Vec<_> = s
             .instances
             .iter()
             .filter(|i| i.state == InstanceState::Running && i.addr.is_some())
             .collect();
-        if running.is_empty() {
-            continue;
-        }
-        let v4 =
-            |i: &&grove_proto::msg::InstanceEndpoint| i.addr.map(|a| Ipv4Addr::from(a).to_string());
+        let v4 = |i: &&grove_proto::msg::InstanceEndpoint| {
+            i.addr.map(|a| Ipv4Addr::from(a).to_string())
+        };
         let v6 = |i: &&grove_proto::msg::InstanceEndpoint| {
             i.addr6.map(|a| Ipv6Addr::from(a).to_string())
         };
         let all4: Vec<String> = running.iter().filter_map(v4).collect();
         let all6: Vec<String> = running.iter().filter_map(v6).collect();
         if let Some(rr) = s.rr_ip {
-            dnat(&mut rules, "ip", Ipv4Addr::from(rr), &all4);
+            self.dnat("ip", Ipv4Addr::from(rr), &all4, log);
         }
         if let Some(rr) = s.rr_ip6 {
-            dnat(&mut rules, "ip6", Ipv6Addr::from(rr), &all6);
+            self.dnat("ip6", Ipv6Addr::from(rr), &all6, log);
         }
         // The closest: one on this worker, else the first.
         let near = running
@@ -106,46 +121,98 @@ pub fn ruleset(
             .find(|i| i.addr.is_some_and(|a| in_subnet(a, subnet)))
             .or(running.first());
         if let (Some(c), Some(near)) = (s.closest_ip, near) {
-            dnat(
-                &mut rules,
-                "ip",
-                Ipv4Addr::from(c),
-                &Vec::from_iter(v4(near)),
-            );
+            self.dnat("ip", Ipv4Addr::from(c), &Vec::from_iter(v4(near)), log);
         }
         if let (Some(c), Some(near)) = (s.closest_ip6, near) {
-            dnat(
-                &mut rules,
-                "ip6",
-                Ipv6Addr::from(c),
-                &Vec::from_iter(v6(near)),
-            );
+            self.dnat("ip6", Ipv6Addr::from(c), &Vec::from_iter(v6(near)), log);
         }
         for i in &running {
-            dnat(
-                &mut rules,
-                "ip",
-                Ipv4Addr::from(i.ip),
-                &Vec::from_iter(v4(i)),
-            );
+            self.dnat("ip", Ipv4Addr::from(i.ip), &Vec::from_iter(v4(i)), log);
             if let Some(ip6) = i.ip6 {
-                dnat(
-                    &mut rules,
-                    "ip6",
-                    Ipv6Addr::from(ip6),
-                    &Vec::from_iter(v6(i)),
-                );
+                self.dnat("ip6", Ipv6Addr::from(ip6), &Vec::from_iter(v6(i)), log);
             }
         }
     }
+}
+
+/// Where Grove's service and instance IPs live: 10.30.0.0/16, and fdff::/21 (instances),
+/// fdff:2000::/21 (round-robin), fdff:4000::/21 (closest), all inside fdff::/17.
+const SERVICE_NET4: &str = "10.30.0.0/16";
+const SERVICE_NET6: &str = "fdff::/17";
+
+/// The nft script that makes the agent's table (family `inet`: IPv4 and IPv6 in one)
+/// hold exactly these rules: port mappings (`host port` on this worker's own addresses
+/// → `address:container port` of one of its instances), service and instance IPs,
+/// and — with a log group — a filter ahead of connection tracking that hands the first
+/// packets to an unknown service IP to the agent and drops them (connection tracking
+/// never sees them, so the sender's retry meets the rules installed meanwhile).
+/// Nothing at all: the table goes.
+pub fn ruleset(t: &Tables<'_>) -> String {
+    let mut r = Rules::default();
+    for (m, to) in t.mappings {
+        let proto = match m.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        let _ = writeln!(
+            r.text,
+            "    meta nfproto ipv4 fib daddr type local {proto} dport {} dnat ip to {}:{}",
+            m.host, to.v4, m.container
+        );
+        if let Some(v6) = to.v6 {
+            let _ = writeln!(
+                r.text,
+                "    meta nfproto ipv6 fib daddr type local {proto} dport {} dnat ip6 to [{v6}]:{}",
+                m.host, m.container
+            );
+        }
+    }
+    for s in t.services {
+        r.service(s, t.subnet, None);
+        // The cluster's own services are known even with nothing running: no lookup.
+        for ip in [s.rr_ip, s.closest_ip].into_iter().flatten() {
+            r.known("ip", Ipv4Addr::from(ip).to_string());
+        }
+        for ip in [s.rr_ip6, s.closest_ip6].into_iter().flatten() {
+            r.known("ip6", Ipv6Addr::from(ip).to_string());
+        }
+        for i in &s.instances {
+            r.known("ip", Ipv4Addr::from(i.ip).to_string());
+        }
+    }
+    for s in t.looked_up {
+        r.service(s, t.subnet, t.group);
+    }
+    let table = t.table;
     // Declaring the table first makes the delete succeed whether it existed or not.
     let mut script = format!("table inet {table}\ndelete table inet {table}\n");
-    if !rules.is_empty() {
+    if r.text.is_empty() && t.group.is_none() {
+        return script;
+    }
+    let rules = &r.text;
+    let _ = write!(
+        script,
+        "table inet {table} {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n{rules}  }}\n  chain out {{\n    type nat hook output priority -100; policy accept;\n{rules}  }}\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ct status dnat masquerade\n  }}\n"
+    );
+    if let Some(g) = t.group {
+        let except = |known: &[String], family: &str| {
+            if known.is_empty() {
+                String::new()
+            } else {
+                format!("{family} daddr != {{ {} }} ", known.join(", "))
+            }
+        };
+        let miss = format!(
+            "    ip daddr {SERVICE_NET4} {}log group {g} drop\n    ip6 daddr {SERVICE_NET6} {}log group {g} drop\n",
+            except(&r.known4, "ip"),
+            except(&r.known6, "ip6")
+        );
         let _ = write!(
             script,
-            "table inet {table} {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n{rules}  }}\n  chain out {{\n    type nat hook output priority -100; policy accept;\n{rules}  }}\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ct status dnat masquerade\n  }}\n}}\n"
+            "  chain miss_pre {{\n    type filter hook prerouting priority raw; policy accept;\n{miss}  }}\n  chain miss_out {{\n    type filter hook output priority raw; policy accept;\n{miss}  }}\n"
         );
     }
+    script.push_str("}\n");
     script
 }
 
@@ -228,7 +295,14 @@ mod tests {
             v4: Ipv4Addr::new(10, 18, 0, 66),
             v6: Some("fc00::42".parse().unwrap()),
         };
-        let r = ruleset("grove_t", mine, &[s], &[(web, to)]);
+        let r = ruleset(&Tables {
+            table: "grove_t",
+            subnet: mine,
+            services: &[s],
+            looked_up: &[],
+            mappings: &[(web, to)],
+            group: None,
+        });
         for want in [
             "meta nfproto ipv4 fib daddr type local tcp dport 6080 dnat ip to 10.18.0.66:60",
             "meta nfproto ipv6 fib daddr type local tcp dport 6080 dnat ip6 to [fc00::42]:60",
@@ -254,7 +328,14 @@ mod tests {
         );
         // Nothing runs: the table goes.
         assert_eq!(
-            ruleset("grove_t", mine, &[], &[]),
+            ruleset(&Tables {
+                table: "grove_t",
+                subnet: mine,
+                services: &[],
+                looked_up: &[],
+                mappings: &[],
+                group: None,
+            }),
             "table inet grove_t\ndelete table inet grove_t\n"
         );
     }

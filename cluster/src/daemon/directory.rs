@@ -63,21 +63,32 @@ impl Directory {
 #[derive(Debug, Clone)]
 enum Key {
     Name(String),
-    Ip(u32),
+    Ip(std::net::IpAddr),
 }
 
 fn key_of(inc: &Incoming) -> Result<(String, Key), Response> {
     if let Some(ip) = inc.param("ip") {
-        let ip: std::net::Ipv4Addr = ip
+        let ip: std::net::IpAddr = ip
             .parse()
-            .map_err(|_| Response::error(Code::BAD_REQUEST, "not an IPv4 address"))?;
-        Ok((
-            paths::service_by_ip(std::net::IpAddr::V4(ip)),
-            Key::Ip(u32::from(ip)),
-        ))
+            .map_err(|_| Response::error(Code::BAD_REQUEST, "not an IP address"))?;
+        Ok((paths::service_by_ip(ip), Key::Ip(ip)))
     } else {
         let name = inc.param("name").unwrap_or_default().to_owned();
         Ok((paths::service(&name), Key::Name(name)))
+    }
+}
+
+/// Whether `ip` is one of the addresses of `spec`'s instance or service.
+fn answers_for(spec: &msg::InstanceSpec, ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let a = Some(u32::from(v4));
+            [spec.ip, spec.rr_ip, spec.closest_ip].contains(&a)
+        }
+        std::net::IpAddr::V6(v6) => {
+            let a = Some(v6.octets());
+            [spec.ip6, spec.rr_ip6, spec.closest_ip6].contains(&a)
+        }
     }
 }
 
@@ -93,23 +104,22 @@ impl Cluster {
             (None, Key::Name(n)) => specs.iter().find(|s| s.1.name == *n)?.0.service.clone(),
             (None, Key::Ip(ip)) => specs
                 .iter()
-                .find(|s| s.1.ip == Some(*ip))?
+                .find(|s| answers_for(&s.1, *ip))?
                 .0
                 .service
                 .clone(),
         };
-        let mut entry = root.cloned().unwrap_or_else(|| ServiceEntry {
-            name: specs
-                .iter()
-                .find(|s| s.0.service == service)
-                .map(|s| s.1.name.clone())
-                .unwrap_or_default(),
-            service: service.clone(),
-            rr_ip: None,
-            closest_ip: None,
-            instances: Vec::new(),
-            rr_ip6: None,
-            closest_ip6: None,
+        let mut entry = root.cloned().unwrap_or_else(|| {
+            let spec = specs.iter().find(|s| s.0.service == service).map(|s| &s.1);
+            ServiceEntry {
+                name: spec.map(|s| s.name.clone()).unwrap_or_default(),
+                service: service.clone(),
+                rr_ip: spec.and_then(|s| s.rr_ip),
+                closest_ip: spec.and_then(|s| s.closest_ip),
+                instances: Vec::new(),
+                rr_ip6: spec.and_then(|s| s.rr_ip6),
+                closest_ip6: spec.and_then(|s| s.closest_ip6),
+            }
         });
         let me = self.root_link.get().map(|l| l.id);
         // This cluster's instances: as it knows them, not as the root last heard.

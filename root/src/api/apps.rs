@@ -114,7 +114,16 @@ fn service_doc(a: &AppRow, s: &ServiceRow, instances: &[InstanceRow]) -> Value {
 fn removed_entry(a: &AppRow, s: &ServiceRow) -> DirectoryUpdate {
     DirectoryUpdate::Removed(
         format!("{}.{}.{}.{}", a.name, a.namespace, s.name, s.namespace),
-        vec![s.rr_ip, s.closest_ip],
+        [s.rr_ip, s.closest_ip]
+            .into_iter()
+            .map(|a| std::net::IpAddr::V4(Ipv4Addr::from(a)))
+            .chain(
+                [s.rr_ip_v6.as_deref(), s.closest_ip_v6.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.parse().ok()),
+            )
+            .collect(),
     )
 }
 

@@ -30,6 +30,8 @@ pub struct AppState {
     pub keys: AuthKeys,
     /// The cluster link, once started.
     pub link: std::sync::OnceLock<crate::link::LinkHandle>,
+    /// Which clusters' workers reach which (cross-cluster traffic).
+    pub reach: Mutex<crate::link::Reach>,
 }
 
 /// Shared state of the router.
@@ -40,6 +42,11 @@ impl AppState {
     /// is a committed transaction).
     pub fn db(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lock the cross-cluster reach.
+    pub fn reach(&self) -> MutexGuard<'_, crate::link::Reach> {
+        self.reach.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Tell the link that the service directory changed.

@@ -94,12 +94,16 @@ pub struct InstanceRow {
     pub updated_at: i64,
     /// Its IPv6 address.
     pub ip6: Option<String>,
+    /// Its overlay address in its worker's subnet, as its cluster last reported.
+    pub addr: Option<u32>,
+    /// Its IPv6 overlay address.
+    pub addr6: Option<String>,
 }
 
 const APP_COLS: &str = "id, owner, name, namespace, descr, extra, created_at";
 const SERVICE_COLS: &str = "id, application, name, namespace, spec, rr_ip, closest_ip, generation, created_at, rr_ip_v6, closest_ip_v6";
 const INSTANCE_COLS: &str =
-    "service, number, status, reason, cluster, node, ip, generation, updated_at, ip6";
+    "service, number, status, reason, cluster, node, ip, generation, updated_at, ip6, addr, addr6";
 
 fn app(r: &Row<'_>) -> rusqlite::Result<AppRow> {
     Ok(AppRow {
@@ -141,6 +145,8 @@ fn instance(r: &Row<'_>) -> rusqlite::Result<InstanceRow> {
         generation: r.get(7)?,
         updated_at: r.get(8)?,
         ip6: r.get(9)?,
+        addr: r.get(10)?,
+        addr6: r.get(11)?,
     })
 }
 
@@ -456,16 +462,27 @@ impl Store {
     }
 
     /// The service owning an IPv4 address (a service IP or one of its instances').
-    pub fn service_by_ip(&self, ip: u32) -> Result<Option<(AppRow, ServiceRow)>> {
-        let id: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT id FROM services WHERE rr_ip = ?1 OR closest_ip = ?1
-                 UNION SELECT service FROM instances WHERE ip = ?1 LIMIT 1",
-                [ip],
-                |r| r.get(0),
-            )
-            .optional()?;
+    pub fn service_by_ip(&self, ip: std::net::IpAddr) -> Result<Option<(AppRow, ServiceRow)>> {
+        let id: Option<String> = match ip {
+            std::net::IpAddr::V4(v4) => self
+                .conn
+                .query_row(
+                    "SELECT id FROM services WHERE rr_ip = ?1 OR closest_ip = ?1
+                     UNION SELECT service FROM instances WHERE ip = ?1 LIMIT 1",
+                    [u32::from(v4)],
+                    |r| r.get(0),
+                )
+                .optional()?,
+            std::net::IpAddr::V6(v6) => self
+                .conn
+                .query_row(
+                    "SELECT id FROM services WHERE rr_ip_v6 = ?1 OR closest_ip_v6 = ?1
+                     UNION SELECT service FROM instances WHERE ip6 = ?1 LIMIT 1",
+                    [v6.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()?,
+        };
         self.service_with_app(id)
     }
 
@@ -598,9 +615,11 @@ impl Store {
                 INSTANCE_V6,
                 &[],
             )?),
+            addr: None,
+            addr6: None,
         };
         tx.execute(
-            &format!("INSERT INTO instances ({INSTANCE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+            &format!("INSERT INTO instances ({INSTANCE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, NULL, NULL)"),
             params![
                 row.service,
                 row.number,
@@ -715,6 +734,21 @@ impl Store {
         history(&tx, &row)?;
         tx.commit()?;
         Ok(row)
+    }
+
+    /// Record where an instance is reached on the overlay (`None`: not known).
+    pub fn set_instance_addr(
+        &mut self,
+        service_id: &str,
+        number: u32,
+        addr: Option<u32>,
+        addr6: Option<&str>,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE instances SET addr = ?3, addr6 = ?4 WHERE service = ?1 AND number = ?2",
+            params![service_id, number, addr, addr6],
+        )?;
+        Ok(())
     }
 
     /// Remove one instance; returns it.

@@ -164,6 +164,12 @@ const MIGRATIONS: &[&str] = &[
         block   INTEGER NOT NULL UNIQUE
     );
     "#,
+    // 6: each instance's overlay addresses in its worker's subnets, as its cluster
+    //    reports them (the directory gives them to other clusters' workers).
+    r#"
+    ALTER TABLE instances ADD COLUMN addr INTEGER;
+    ALTER TABLE instances ADD COLUMN addr6 TEXT;
+    "#,
 ];
 
 /// The root's database.
