@@ -459,7 +459,7 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
                 // (The table stays while the agent runs, with its lookup filter.)
                 let (_, rules) = h.run(&["nft", "list", "ruleset"]);
                 let (_, links) = h.run(&["ip", "-o", "link", "show"]);
-                !rules.contains("dnat")
+                !rules.contains("dnat ip")
                     && !links
                         .lines()
                         .filter_map(|l| l.split(':').nth(1))
