@@ -15,8 +15,8 @@ use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext, join
 use grove_proto::paths;
 use grove_proto::vivaldi::Vivaldi;
 use sha2::{Digest, Sha256};
-use std::future::Future;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -169,10 +169,7 @@ impl NativeRuntime {
             nat: String::new(),
             services: Vec::new(),
             agent: String::new(),
-            interest: crate::net::interest::Interest::new(
-                LOOKUP_IDLE,
-                Duration::from_secs(5),
-            ),
+            interest: crate::net::interest::Interest::new(LOOKUP_IDLE, Duration::from_secs(5)),
             logged: None,
         };
         // What was on its way when the agent stopped goes on.

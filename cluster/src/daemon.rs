@@ -333,7 +333,13 @@ impl Cluster {
     /// the root said its workers exchange traffic with.
     fn peers(&self) -> Vec<msg::NodePeer> {
         let mut p = self.own_peers();
-        p.extend(self.foreign.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+        p.extend(
+            self.foreign
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
         p
     }
 

@@ -101,7 +101,10 @@ fn refresh_reach(st: &AppState) {
                 .flat_map(|d| r.workers.get(d).cloned().unwrap_or_default())
                 .collect();
             peers.sort_by(|a, b| a.underlay.cmp(&b.underlay));
-            if r.sent.get(&c).map_or(!peers.is_empty(), |old| *old != peers) {
+            if r.sent
+                .get(&c)
+                .map_or(!peers.is_empty(), |old| *old != peers)
+            {
                 r.sent.insert(c, peers);
                 changed.push(c);
             }

@@ -47,6 +47,32 @@ fn netns_of(agent: &Agent) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// The PID of the container of `agent` whose name starts with `prefix` (a service id).
+fn pid_of(agent: &Agent, prefix: &str) -> Option<String> {
+    std::fs::read_dir(agent.dir.join("containers"))
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .and_then(|e| std::fs::read_to_string(e.path().join("pid")).ok())
+        .and_then(|t| t.split_whitespace().next().map(str::to_owned))
+}
+
+/// GET `url` from inside the network namespace of process `pid` (busybox wget, which
+/// writes to `file`); the body, trimmed, or empty.
+fn fetch_from(pid: &str, file: &Path, url: &str) -> String {
+    let _ = std::fs::remove_file(file);
+    let _ = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(["timeout", "3", "busybox", "wget", "-q", "-O"])
+        .arg(file)
+        .arg(url)
+        .status();
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
 #[test]
 fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
     let Some(bed) = TestBed::new("ov", 3) else {
@@ -279,27 +305,9 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
                 .any(|e| e.file_name().to_string_lossy().starts_with(client.as_str()))
         })
         .expect("the client's worker");
-    let client_pid = std::fs::read_dir(agents[ci].dir.join("containers"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with(client.as_str()))
-        .and_then(|e| std::fs::read_to_string(e.path().join("pid")).ok())
-        .and_then(|t| t.split_whitespace().next().map(str::to_owned))
-        .expect("the client's pid");
+    let client_pid = pid_of(&agents[ci], client).expect("the client's pid");
     let scratch_file = dir.join("fetched");
-    let fetch = |url: &str| -> String {
-        let _ = std::fs::remove_file(&scratch_file);
-        let _ = Command::new("nsenter")
-            .arg(format!("--net=/proc/{client_pid}/ns/net"))
-            .args(["timeout", "3", "busybox", "wget", "-q", "-O"])
-            .arg(&scratch_file)
-            .arg(url)
-            .status();
-        std::fs::read_to_string(&scratch_file)
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    };
+    let fetch = |url: &str| fetch_from(&client_pid, &scratch_file, url);
     let doc = root.api("GET", &format!("/api/service/{svc}"), None);
     let addr_of = |k: &str| doc["addresses"][k].as_str().expect(k).to_owned();
     let closest = format!("http://{}/", addr_of("closest_ip"));
@@ -473,6 +481,159 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
         }
     }
     drop((agents, cluster, root, registry));
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(bed);
+}
+
+#[test]
+fn a_client_in_one_cluster_reaches_a_service_that_runs_only_in_another() {
+    let Some(bed) = TestBed::new("xc", 3) else {
+        return;
+    };
+    for t in ["nsenter", "busybox"] {
+        if grove_tests::tool(t).is_none() {
+            return;
+        }
+    }
+    let dir = scratch("cross-cluster");
+    let Some(layout) = make_images(&dir.join("layout")) else {
+        return;
+    };
+    bed.enter(0);
+    let control = bed.hosts[0].ip;
+    let Some(registry) = Registry::start_at(&dir.join("registry"), control, &Protection::default())
+    else {
+        return;
+    };
+    registry.push(&layout, "latest", "library/busybox:latest", None);
+    let root = Root::start(&dir, &[]);
+    // Two clusters on host 0; worker w1 (host 1) joins "near", w2 (host 2) "far".
+    let clusters: Vec<(Cluster, SocketAddr)> = ["near", "far"]
+        .iter()
+        .map(|name| {
+            let addr = SocketAddr::new(control.into(), support::free_udp().port());
+            (Cluster::start_at(&dir, name, &root, addr, &[]), addr)
+        })
+        .collect();
+    let host = registry.addr.to_string();
+    let mirror = format!("docker.io=http://{host}");
+    let flags = [
+        "--runtime",
+        "native",
+        "--registry-mirror",
+        &mirror,
+        "--insecure-registry",
+        &host,
+    ];
+    let agents: Vec<Agent> = [1, 2]
+        .iter()
+        .map(|&i| {
+            let (c, addr) = &clusters[i - 1];
+            Agent::start_in(
+                Some(&bed.hosts[i]),
+                &dir,
+                &format!("x{i}"),
+                *addr,
+                &c.worker_token,
+                &flags,
+            )
+        })
+        .collect();
+    wait_until(30, "both workers", || root.active_workers() == 2);
+
+    // The server only in "far", the client only in "near", asking through the
+    // service's round-robin IP and its IPv6 one.
+    let ids = root.deploy_seed(|sla| {
+        let ms = &mut sla["applications"][0]["microservices"];
+        ms[1]["code"] = json!("docker.io/library/busybox:latest");
+        ms[1]["cmd"] = json!([
+            "sh", "-c",
+            "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"
+        ]);
+        ms[1]["port"] = json!(null);
+        ms[1]["constraints"] = json!([{"type": "direct", "cluster": "far"}]);
+        ms[0]["code"] = json!("docker.io/library/busybox:latest");
+        ms[0]["cmd"] = json!([
+            "sh", "-c",
+            "while :; do timeout 3 wget -q -O /tmp/p http://10.30.30.30/ && cat /tmp/p; sleep 0.2; done"
+        ]);
+        ms[0]["constraints"] = json!([{"type": "direct", "cluster": "near"}]);
+    });
+    let (client, svc) = (&ids[0], &ids[1]);
+    root.add_instance(svc);
+    wait_until(60, "the server RUNNING in the far cluster", || {
+        root.instances(svc)
+            .first()
+            .is_some_and(|i| i["status"] == "RUNNING")
+            && netns_of(&agents[1]).len() == 1
+    });
+    root.add_instance(client);
+    let server = format!("{svc}-0");
+    let client_log = || {
+        std::fs::read_dir(agents[0].dir.join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(client.as_str()))
+            .map(|e| std::fs::read_to_string(e.path().join("log")).unwrap_or_default())
+            .collect::<String>()
+    };
+    let started = std::time::Instant::now();
+    let reached = wait_for(60, || client_log().contains(&server));
+    if !reached {
+        let state: String = bed.hosts[1..]
+            .iter()
+            .map(|h| {
+                format!(
+                    "{}:\n{}\n{}\n{}",
+                    h.ns,
+                    h.run(&["nft", "list", "ruleset"]).1,
+                    h.run(&["ip", "route"]).1,
+                    h.run(&["bridge", "fdb", "show"]).1
+                )
+            })
+            .collect();
+        let logs: String = agents.iter().map(|a| a.daemon.log()).collect();
+        panic!(
+            "the client in 'near' never heard from the server in 'far':\n{}\n{state}\n{logs}",
+            client_log()
+        );
+    }
+    eprintln!(
+        "the client reached the other cluster's server {:?} after it was asked for",
+        started.elapsed()
+    );
+    // Over IPv6 too: the service's round-robin IPv6, from the client's namespace.
+    let doc = root.api("GET", &format!("/api/service/{svc}"), None);
+    let rr6 = format!(
+        "http://[{}]/",
+        doc["addresses"]["rr_ip_v6"].as_str().expect("rr_ip_v6")
+    );
+    let client_pid = pid_of(&agents[0], client).expect("the client's pid");
+    let file = dir.join("fetched");
+    wait_until(20, "the far server over IPv6", || {
+        fetch_from(&client_pid, &file, &rr6) == server
+    });
+    // The client's worker holds the looked-up service, and logs its use.
+    let (_, rules) = bed.hosts[1].run(&["nft", "list", "ruleset"]);
+    assert!(
+        rules
+            .lines()
+            .any(|l| l.contains("10.30.30.30") && l.contains("log group")),
+        "{rules}"
+    );
+    let apps = root.api("GET", "/api/applications/", None);
+    let app = apps[0]["applicationID"].as_str().unwrap().to_owned();
+    root.api("DELETE", &format!("/api/application/{app}"), None);
+    wait_until(30, "the containers gone", || {
+        agents.iter().all(|a| netns_of(a).is_empty())
+    });
+    for a in &agents {
+        if let Ok(pid) = std::fs::read_to_string(a.dir.join("supervisor.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+    drop((agents, clusters, root, registry));
     let _ = std::fs::remove_dir_all(&dir);
     drop(bed);
 }

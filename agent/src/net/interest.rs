@@ -49,11 +49,11 @@ impl Interest {
             w.used = now;
             return;
         }
-        if let Some(w) = self
-            .wanted
-            .values_mut()
-            .find(|w| w.entry.as_ref().is_some_and(|e| e.addresses().contains(&ip)))
-        {
+        if let Some(w) = self.wanted.values_mut().find(|w| {
+            w.entry
+                .as_ref()
+                .is_some_and(|e| e.addresses().contains(&ip))
+        }) {
             w.used = now;
             return;
         }

@@ -11,8 +11,8 @@
 
 pub mod interest;
 pub mod nat;
-pub mod nflog;
 pub mod netlink;
+pub mod nflog;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;

@@ -55,7 +55,13 @@ struct Rules {
 impl Rules {
     /// Send `daddr` (family `ip` or `ip6`) to one of `to` (round-robin if several),
     /// logging each new flow to `log` when given.
-    fn dnat<A: std::fmt::Display>(&mut self, family: &str, daddr: A, to: &[String], log: Option<u16>) {
+    fn dnat<A: std::fmt::Display>(
+        &mut self,
+        family: &str,
+        daddr: A,
+        to: &[String],
+        log: Option<u16>,
+    ) {
         let daddr = daddr.to_string();
         let log = log.map(|g| format!("log group {g} ")).unwrap_or_default();
         match to {
@@ -101,9 +107,8 @@ impl Rules {
             .iter()
             .filter(|i| i.state == InstanceState::Running && i.addr.is_some())
             .collect();
-        let v4 = |i: &&grove_proto::msg::InstanceEndpoint| {
-            i.addr.map(|a| Ipv4Addr::from(a).to_string())
-        };
+        let v4 =
+            |i: &&grove_proto::msg::InstanceEndpoint| i.addr.map(|a| Ipv4Addr::from(a).to_string());
         let v6 = |i: &&grove_proto::msg::InstanceEndpoint| {
             i.addr6.map(|a| Ipv6Addr::from(a).to_string())
         };

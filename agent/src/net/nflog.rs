@@ -8,8 +8,8 @@
 //! agent's only thread besides the puller) and hands the addresses on through a channel.
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
-use netlink_packet_netfilter::nflog::nlas::config::{ConfigCmd, ConfigMode, CopyMode};
 use netlink_packet_netfilter::nflog::nlas::config::ConfigNla;
+use netlink_packet_netfilter::nflog::nlas::config::{ConfigCmd, ConfigMode, CopyMode};
 use netlink_packet_netfilter::nflog::nlas::packet::PacketNla;
 use netlink_packet_netfilter::nflog::{NfLogMessage, config_request};
 use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner};
