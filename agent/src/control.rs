@@ -426,6 +426,7 @@ pub async fn run(
                 #[allow(clippy::cast_precision_loss)]
                 let (ms, nudge) = (rtt.as_secs_f32() * 1000.0, seq as f32);
                 coord.observe(CLUSTER_COORD, CLUSTER_ERROR, ms, nudge);
+                rt.coordinate(coord.coord);
             }
             Some((n, ok)) = ack_rx.recv() => {
                 reporting = false;

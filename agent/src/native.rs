@@ -113,6 +113,8 @@ pub struct NativeRuntime {
     interest: crate::net::interest::Interest,
     /// Destinations of the packets the table's log rules hand over.
     logged: Option<mpsc::Receiver<std::net::IpAddr>>,
+    /// This worker's network coordinate, once measured.
+    coord: Option<grove_proto::msg::NetCoord>,
 }
 
 impl NativeRuntime {
@@ -171,6 +173,7 @@ impl NativeRuntime {
             agent: String::new(),
             interest: crate::net::interest::Interest::new(LOOKUP_IDLE, Duration::from_secs(5)),
             logged: None,
+            coord: None,
         };
         // What was on its way when the agent stopped goes on.
         for r in rt
@@ -213,6 +216,7 @@ impl NativeRuntime {
         let rules = crate::net::nat::ruleset(&crate::net::nat::Tables {
             table: &table,
             subnet: *subnet,
+            me: self.coord,
             services,
             looked_up: &looked_up,
             mappings: &mappings,
@@ -538,6 +542,11 @@ impl Runtime for NativeRuntime {
 
     fn services(&mut self, services: &[grove_proto::msg::ServiceEntry]) {
         self.services = services.to_vec();
+        self.refresh_nat();
+    }
+
+    fn coordinate(&mut self, coord: grove_proto::msg::NetCoord) {
+        self.coord = Some(coord);
         self.refresh_nat();
     }
 

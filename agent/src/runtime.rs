@@ -40,6 +40,8 @@ pub trait Runtime: Send {
     /// The directory's answer for a looked-up address (`None`: not found, or the
     /// observation ended).
     fn found(&mut self, _ip: std::net::IpAddr, _entry: Option<grove_proto::msg::ServiceEntry>) {}
+    /// This worker's network coordinate changed (a new RTT sample to its cluster).
+    fn coordinate(&mut self, _coord: grove_proto::msg::NetCoord) {}
     /// Start an instance (idempotent: a running one is left alone).
     fn deploy(&mut self, spec: &InstanceSpec);
     /// Stop and remove an instance.

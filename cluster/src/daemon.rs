@@ -326,6 +326,7 @@ impl Cluster {
             state: InstanceState::from_name(&row.status),
             addr: row.addr,
             addr6,
+            coord: self.live().get(&node).and_then(|l| l.coord),
         })
     }
 

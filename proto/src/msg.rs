@@ -626,7 +626,7 @@ pub struct LogChunk {
 }
 
 /// Where one instance of a service can be reached.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct InstanceEndpoint {
     /// The instance.
     #[n(0)]
@@ -654,11 +654,15 @@ pub struct InstanceEndpoint {
     #[n(7)]
     #[cbor(with = "minicbor::bytes")]
     pub addr6: Option<[u8; 16]>,
+    /// The network coordinate of the worker hosting it, where its cluster knows one
+    /// (workers pick the closest instance by it).
+    #[n(8)]
+    pub coord: Option<NetCoord>,
 }
 
 /// Cluster ↔ root and worker ↔ cluster, `GET /v1/services/{name}` (observable): the
 /// service directory entry of one service.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct ServiceEntry {
     /// Full name `app.appns.service.servicens`.
     #[n(0)]
@@ -884,6 +888,7 @@ mod tests {
                 state: InstanceState::Running,
                 addr: Some(0x0a12_0042),
                 addr6: Some([0xfc, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x42]),
+                coord: Some(NetCoord([1.5, -2.0, 0.25])),
             }],
             rr_ip6: Some([0xfd, 0xff, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
             closest_ip6: None,

@@ -411,6 +411,8 @@ pub fn entry_for(
                     state: msg::InstanceState::from_name(&i.status),
                     addr: i.addr,
                     addr6: v6(i.addr6.as_deref()),
+                    // Coordinates are each cluster's own: another cluster's mean nothing.
+                    coord: None,
                 })
             })
             .collect(),

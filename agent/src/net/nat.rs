@@ -7,7 +7,7 @@
 //! the instance answering sits on the same bridge as the client.
 
 use super::Cidr;
-use grove_proto::msg::{InstanceState, ServiceEntry};
+use grove_proto::msg::{InstanceState, NetCoord, ServiceEntry};
 use grove_proto::ports::{PortMapping, Protocol};
 use std::fmt::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -33,6 +33,9 @@ pub struct Tables<'a> {
     pub table: &'a str,
     /// This worker's subnet (its instances are the closest).
     pub subnet: Cidr<Ipv4Addr>,
+    /// This worker's network coordinate (the closest of the others is the one at the
+    /// lowest estimated RTT), once known.
+    pub me: Option<NetCoord>,
     /// The cluster's service table, as pushed.
     pub services: &'a [ServiceEntry],
     /// Services of other clusters, looked up on a miss: new flows to them are logged
@@ -100,8 +103,14 @@ impl Rules {
         }
     }
 
-    /// The rules of one service.
-    fn service(&mut self, s: &ServiceEntry, subnet: Cidr<Ipv4Addr>, log: Option<u16>) {
+    /// The rules of one service (`me`: this worker's network coordinate, if known).
+    fn service(
+        &mut self,
+        s: &ServiceEntry,
+        subnet: Cidr<Ipv4Addr>,
+        me: Option<NetCoord>,
+        log: Option<u16>,
+    ) {
         let running: Vec<_> = s
             .instances
             .iter()
@@ -120,11 +129,21 @@ impl Rules {
         if let Some(rr) = s.rr_ip6 {
             self.dnat("ip6", Ipv6Addr::from(rr), &all6, log);
         }
-        // The closest: one on this worker, else the first.
-        let near = running
-            .iter()
-            .find(|i| i.addr.is_some_and(|a| in_subnet(a, subnet)))
-            .or(running.first());
+        // The closest: one on this worker; else of this cluster (whose instances come
+        // with their worker's coordinate), the one at the lowest estimated RTT; else
+        // one elsewhere.
+        let rank = |i: &&&grove_proto::msg::InstanceEndpoint| {
+            let local = i.addr.is_some_and(|a| in_subnet(a, subnet));
+            let rtt = match (me, i.coord) {
+                (Some(me), Some(c)) => grove_proto::vivaldi::distance(me, c),
+                _ => f32::MAX,
+            };
+            (!local, i.coord.is_none(), rtt)
+        };
+        let near = running.iter().min_by(|a, b| {
+            let (a, b) = (rank(a), rank(b));
+            (a.0, a.1).cmp(&(b.0, b.1)).then(a.2.total_cmp(&b.2))
+        });
         if let (Some(c), Some(near)) = (s.closest_ip, near) {
             self.dnat("ip", Ipv4Addr::from(c), &Vec::from_iter(v4(near)), log);
         }
@@ -173,7 +192,7 @@ pub fn ruleset(t: &Tables<'_>) -> String {
         }
     }
     for s in t.services {
-        r.service(s, t.subnet, None);
+        r.service(s, t.subnet, t.me, None);
         // The cluster's own services are known even with nothing running: no lookup.
         for ip in [s.rr_ip, s.closest_ip].into_iter().flatten() {
             r.known("ip", Ipv4Addr::from(ip).to_string());
@@ -186,7 +205,7 @@ pub fn ruleset(t: &Tables<'_>) -> String {
         }
     }
     for s in t.looked_up {
-        r.service(s, t.subnet, t.group);
+        r.service(s, t.subnet, t.me, t.group);
     }
     let table = t.table;
     // Declaring the table first makes the delete succeed whether it existed or not.
@@ -269,6 +288,7 @@ mod tests {
             state,
             addr: Some(u32::from(Ipv4Addr::from(addr))),
             addr6: Some(v6(&format!("fc00::{:x}", addr[3]))),
+            coord: Some(NetCoord([0.0; 3])),
         }
     }
 
@@ -303,6 +323,7 @@ mod tests {
         let r = ruleset(&Tables {
             table: "grove_t",
             subnet: mine,
+            me: None,
             services: &[s],
             looked_up: &[],
             mappings: &[(web, to)],
@@ -336,12 +357,109 @@ mod tests {
             ruleset(&Tables {
                 table: "grove_t",
                 subnet: mine,
+            me: None,
                 services: &[],
                 looked_up: &[],
                 mappings: &[],
                 group: None,
             }),
             "table inet grove_t\ndelete table inet grove_t\n"
+        );
+    }
+
+    #[test]
+    fn the_closest_elsewhere_is_the_one_at_the_lowest_estimated_rtt_then_other_clusters() {
+        let mine = Cidr {
+            addr: Ipv4Addr::new(10, 18, 0, 64),
+            len: 26,
+        };
+        let mut far = endpoint(0, [10, 18, 0, 2], InstanceState::Running);
+        far.coord = Some(NetCoord([80.0, 0.0, 0.0]));
+        let mut near = endpoint(1, [10, 18, 0, 130], InstanceState::Running);
+        near.coord = Some(NetCoord([5.0, 0.0, 0.0]));
+        let mut other_cluster = endpoint(2, [10, 18, 64, 2], InstanceState::Running);
+        other_cluster.coord = None;
+        let entry = |instances: Vec<InstanceEndpoint>| ServiceEntry {
+            name: "a.b.c.d".into(),
+            service: "s".into(),
+            rr_ip: None,
+            closest_ip: Some(u32::from(Ipv4Addr::new(10, 30, 40, 40))),
+            instances,
+            rr_ip6: None,
+            closest_ip6: None,
+        };
+        let closest = |services: &[ServiceEntry], me| {
+            let r = ruleset(&Tables {
+                table: "t",
+                subnet: mine,
+                me,
+                services,
+                looked_up: &[],
+                mappings: &[],
+                group: None,
+            });
+            r.lines()
+                .find(|l| l.contains("ip daddr 10.30.40.40"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        let all = [entry(vec![other_cluster.clone(), far.clone(), near.clone()])];
+        let me = Some(NetCoord([0.0, 1.0, 0.0]));
+        assert_eq!(closest(&all, me), "ip daddr 10.30.40.40 dnat ip to 10.18.0.130");
+        // Without a coordinate of its own yet: this cluster's before others.
+        assert!(closest(&all, None).ends_with("10.18.0.2"));
+        // Only another cluster's instance left: that one.
+        let only = [entry(vec![other_cluster])];
+        assert!(closest(&only, me).ends_with("10.18.64.2"));
+    }
+
+    #[test]
+    fn with_a_log_group_misses_are_handed_over_and_looked_up_services_logged() {
+        let mine = Cidr {
+            addr: Ipv4Addr::new(10, 18, 0, 64),
+            len: 26,
+        };
+        let own = ServiceEntry {
+            name: "a.b.own.d".into(),
+            service: "own".into(),
+            rr_ip: Some(u32::from(Ipv4Addr::new(10, 30, 1, 1))),
+            closest_ip: None,
+            instances: vec![],
+            rr_ip6: Some(v6("fdff:2000::7")),
+            closest_ip6: None,
+        };
+        let foreign = ServiceEntry {
+            name: "a.b.far.d".into(),
+            service: "far".into(),
+            rr_ip: Some(u32::from(Ipv4Addr::new(10, 30, 30, 30))),
+            closest_ip: None,
+            instances: vec![endpoint(0, [10, 18, 64, 2], InstanceState::Running)],
+            rr_ip6: None,
+            closest_ip6: None,
+        };
+        let r = ruleset(&Tables {
+            table: "t",
+            subnet: mine,
+            me: None,
+            services: &[own],
+            looked_up: &[foreign],
+            mappings: &[],
+            group: Some(77),
+        });
+        for want in [
+            "ip daddr 10.30.30.30 log group 77 dnat ip to 10.18.64.2",
+            "type filter hook prerouting priority raw; policy accept;",
+            "type filter hook output priority raw; policy accept;",
+            // The cluster's own service is known even with nothing running.
+            "ip daddr 10.30.0.0/16 ip daddr != { 10.30.1.1, 10.30.30.30, 10.30.0.2 } log group 77 drop",
+            "ip6 daddr fdff::/17 ip6 daddr != { fdff:2000::7, fdff::2 } log group 77 drop",
+        ] {
+            assert!(r.contains(want), "{want} missing from\n{r}");
+        }
+        assert!(
+            !r.contains("10.30.1.1 dnat"),
+            "nothing to translate to: {r}"
         );
     }
 }
