@@ -389,6 +389,13 @@ pub async fn run(
                 for ip in wanted.drop {
                     if let Some(h) = watching.remove(&ip) {
                         h.abort();
+                        // Tell the cluster: the interest ended.
+                        let mut req = Request::get(&paths::service_by_ip(ip));
+                        req.observe = Some(1);
+                        let (c2, key2, to) = (c.clone(), key.clone(), s.cluster);
+                        tokio::spawn(async move {
+                            let _ = c2.request(to, req, SendOptions::secure(key2)).await;
+                        });
                     }
                 }
                 for ip in wanted.ask {

@@ -57,6 +57,9 @@ pub struct Args {
     /// this worker's subnet) or `none` (each instance alone in its namespace).
     #[arg(long, env = "GROVE_DATA_PLANE", default_value = "kernel")]
     pub data_plane: String,
+    /// Seconds a looked-up service of another cluster is kept without a new flow to it.
+    #[arg(long, env = "GROVE_LOOKUP_IDLE_SECS", default_value_t = 60)]
+    pub lookup_idle_secs: u64,
     /// Images of REGISTRY come from URL first, as containerd's registry mirrors
     /// (`docker.io=http://127.0.0.1:5000`); may repeat.
     #[arg(long = "registry-mirror", value_name = "REGISTRY=URL", global = true)]
@@ -184,7 +187,9 @@ pub fn run(args: Args) -> Result<i32, String> {
                 other => return Err(format!("--data-plane {other}: use kernel or none")),
             };
             Box::new(
-                native::NativeRuntime::open(&args.state_dir, args.registry_config()?)?.wired(wired),
+                native::NativeRuntime::open(&args.state_dir, args.registry_config()?)?
+                    .wired(wired)
+                    .lookup_idle(std::time::Duration::from_secs(args.lookup_idle_secs)),
             )
         }
         other => return Err(format!("--runtime {other}: use native or sim")),

@@ -41,6 +41,8 @@ struct Record {
 /// Whether a state is an end.
 /// How long a looked-up service of another cluster stays without a new flow to it.
 const LOOKUP_IDLE: Duration = Duration::from_secs(60);
+/// A lookup that found nothing is tried again after this long if packets still ask.
+const LOOKUP_RETRY: Duration = Duration::from_secs(5);
 
 fn ended(s: InstanceState) -> bool {
     matches!(
@@ -171,7 +173,7 @@ impl NativeRuntime {
             nat: String::new(),
             services: Vec::new(),
             agent: String::new(),
-            interest: crate::net::interest::Interest::new(LOOKUP_IDLE, Duration::from_secs(5)),
+            interest: crate::net::interest::Interest::new(LOOKUP_IDLE, LOOKUP_RETRY),
             logged: None,
             coord: None,
         };
@@ -238,6 +240,12 @@ impl NativeRuntime {
     /// worker has joined.
     pub fn wired(mut self, on: bool) -> Self {
         self.wired = on;
+        self
+    }
+
+    /// Keep a looked-up service of another cluster this long without a new flow.
+    pub fn lookup_idle(mut self, idle: Duration) -> Self {
+        self.interest = crate::net::interest::Interest::new(idle, LOOKUP_RETRY);
         self
     }
 

@@ -56,7 +56,13 @@ pub struct Settings {
     /// An instance still CREATING this long (an image pull that hangs) is placed again
     /// elsewhere.
     pub create_timeout: Duration,
+    /// A directory entry no worker observes is dropped (and its observation at the
+    /// root ended) after this long.
+    pub directory_idle: Duration,
 }
+
+/// Default of [`Settings::directory_idle`].
+pub const DIRECTORY_IDLE: Duration = Duration::from_secs(60);
 
 /// Default of [`Settings::schedule_timeout`].
 pub const SCHEDULE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -116,6 +122,7 @@ pub struct Cluster {
     dir: PathBuf,
     progress: Mutex<HashMap<(String, u32), Progress>>,
     timeouts: (Duration, Duration),
+    directory_idle: Duration,
     /// Placements waiting for workers' coordinates.
     deferred: std::sync::atomic::AtomicBool,
     /// The root link, once joined.
@@ -852,6 +859,7 @@ pub async fn start(
         dir: s.data_dir.clone(),
         progress: Mutex::new(HashMap::new()),
         timeouts: (s.schedule_timeout, s.create_timeout),
+        directory_idle: s.directory_idle,
         deferred: std::sync::atomic::AtomicBool::new(false),
         root_link: OnceLock::new(),
         directory: directory::Directory::default(),
@@ -926,6 +934,15 @@ pub async fn start(
                     }
                 }
             }
+        }
+    });
+    // Directory entries no worker observes any more.
+    let cd = cl.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            cd.sweep_directory().await;
         }
     });
     // Loss watcher.

@@ -45,6 +45,10 @@ pub struct Args {
     /// elsewhere.
     #[arg(long, env = "GROVE_CREATE_TIMEOUT_SECS", default_value_t = daemon::CREATE_TIMEOUT.as_secs())]
     pub create_timeout_secs: u64,
+    /// Seconds a directory entry of another cluster's service stays observed at the
+    /// root after the last of this cluster's workers stopped observing it.
+    #[arg(long, env = "GROVE_DIRECTORY_IDLE_SECS", default_value_t = daemon::DIRECTORY_IDLE.as_secs())]
+    pub directory_idle_secs: u64,
 }
 
 /// Subcommands.
@@ -117,6 +121,7 @@ pub fn run(args: Args) -> Result<(), String> {
         join_token: args.join_token.clone(),
         schedule_timeout: std::time::Duration::from_secs(args.schedule_timeout_secs.max(1)),
         create_timeout: std::time::Duration::from_secs(args.create_timeout_secs.max(1)),
+        directory_idle: std::time::Duration::from_secs(args.directory_idle_secs),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -512,7 +512,9 @@ fn a_client_in_one_cluster_reaches_a_service_that_runs_only_in_another() {
         .iter()
         .map(|name| {
             let addr = SocketAddr::new(control.into(), support::free_udp().port());
-            (Cluster::start_at(&dir, name, &root, addr, &[]), addr)
+            // (Entries no worker uses are dropped after 2 s instead of a minute.)
+            let idle = ["--directory-idle-secs", "2"];
+            (Cluster::start_at(&dir, name, &root, addr, &idle), addr)
         })
         .collect();
     let host = registry.addr.to_string();
@@ -524,6 +526,8 @@ fn a_client_in_one_cluster_reaches_a_service_that_runs_only_in_another() {
         &mirror,
         "--insecure-registry",
         &host,
+        "--lookup-idle-secs",
+        "2",
     ];
     let agents: Vec<Agent> = [1, 2]
         .iter()
@@ -622,6 +626,37 @@ fn a_client_in_one_cluster_reaches_a_service_that_runs_only_in_another() {
             .any(|l| l.contains("10.30.30.30") && l.contains("log group")),
         "{rules}"
     );
+    // The two workers reach each other only because of that interest: each has a
+    // flooding entry towards the other.
+    let floods_to = |from: usize, to: usize| {
+        let (_, fdb) = bed.hosts[from].run(&["bridge", "fdb", "show"]);
+        let dst = format!("dst {} ", bed.hosts[to].ip);
+        fdb.lines()
+            .any(|l| l.starts_with("00:00:00:00:00:00") && l.contains(&dst))
+    };
+    assert!(floods_to(1, 2) && floods_to(2, 1));
+
+    // The client goes: its worker drops the entry once unused, the cluster ends its
+    // interest at the root, and both clusters' workers stop reaching each other.
+    root.api("DELETE", &format!("/api/service/{client}"), None);
+    wait_until(
+        30,
+        "the looked-up service and the cross-cluster reach gone",
+        || {
+            let (_, rules) = bed.hosts[1].run(&["nft", "list", "ruleset"]);
+            !rules.contains("10.30.30.30 log") && !floods_to(1, 2) && !floods_to(2, 1)
+        },
+    );
+    assert_eq!(
+        fetch_from(
+            &pid_of(&agents[1], svc).unwrap(),
+            &file,
+            "http://127.0.0.1/"
+        ),
+        server,
+        "the server itself is untouched"
+    );
+
     let apps = root.api("GET", "/api/applications/", None);
     let app = apps[0]["applicationID"].as_str().unwrap().to_owned();
     root.api("DELETE", &format!("/api/application/{app}"), None);

@@ -357,7 +357,7 @@ mod tests {
             ruleset(&Tables {
                 table: "grove_t",
                 subnet: mine,
-            me: None,
+                me: None,
                 services: &[],
                 looked_up: &[],
                 mappings: &[],
@@ -404,9 +404,16 @@ mod tests {
                 .trim()
                 .to_owned()
         };
-        let all = [entry(vec![other_cluster.clone(), far.clone(), near.clone()])];
+        let all = [entry(vec![
+            other_cluster.clone(),
+            far.clone(),
+            near.clone(),
+        ])];
         let me = Some(NetCoord([0.0, 1.0, 0.0]));
-        assert_eq!(closest(&all, me), "ip daddr 10.30.40.40 dnat ip to 10.18.0.130");
+        assert_eq!(
+            closest(&all, me),
+            "ip daddr 10.30.40.40 dnat ip to 10.18.0.130"
+        );
         // Without a coordinate of its own yet: this cluster's before others.
         assert!(closest(&all, None).ends_with("10.18.0.2"));
         // Only another cluster's instance left: that one.

@@ -24,6 +24,12 @@ struct Cached {
     service: String,
     /// The root's entry, once it answered.
     root: Option<ServiceEntry>,
+    /// The workers observing it (their interest).
+    watchers: HashSet<u32>,
+    /// Since when no live worker observes it.
+    unwatched_since: Option<std::time::Instant>,
+    /// The observation at the root that keeps it current.
+    watch: Option<tokio::task::AbortHandle>,
 }
 
 /// What the cluster holds of the entries its workers asked for, by resource path, and
@@ -164,12 +170,20 @@ impl Cluster {
 /// Observe `path` at the root for as long as the cluster runs (starting with `obs`, or
 /// with a new observation): keep the cached entry current and push each change on to
 /// the workers.
-fn watch_at_root(cl: Arc<Cluster>, path: String, obs: Option<Observation>) {
+fn watch_at_root(
+    cl: Arc<Cluster>,
+    path: String,
+    obs: Option<Observation>,
+) -> tokio::task::AbortHandle {
     tokio::spawn(async move {
         let mut obs = obs;
         loop {
             if let Some(o) = obs.as_mut() {
-                while let Some(n) = o.notifications.recv().await {
+                // Registered again now and then: a root that restarted forgot it (and
+                // the interest it stands for).
+                let until = tokio::time::Instant::now() + REREGISTER_EVERY;
+                while let Ok(Some(n)) = tokio::time::timeout_at(until, o.notifications.recv()).await
+                {
                     if let Ok(e) = msg::from_cbor::<ServiceEntry>(&n.payload) {
                         let service = e.service.clone();
                         cl.directory.set_root(&path, e);
@@ -203,10 +217,60 @@ fn watch_at_root(cl: Arc<Cluster>, path: String, obs: Option<Observation>) {
                 wait = (wait * 2).min(Duration::from_secs(10));
             };
         }
-    });
+    })
+    .abort_handle()
 }
 
-/// A worker's directory query.
+/// How often an entry's observation at the root is registered again.
+const REREGISTER_EVERY: Duration = Duration::from_secs(60);
+
+impl Cluster {
+    /// Drop the entries no live worker has observed for the idle time: their
+    /// observation at the root ends, and the root hears that the interest did.
+    pub(super) async fn sweep_directory(&self) {
+        let live: HashSet<u32> = self
+            .live()
+            .iter()
+            .filter(|(_, l)| !l.lost)
+            .map(|(id, _)| *id)
+            .collect();
+        let now = std::time::Instant::now();
+        let mut gone = Vec::new();
+        {
+            let mut d = self.directory.lock();
+            for (path, c) in d.iter_mut() {
+                if c.watchers.iter().any(|w| live.contains(w)) {
+                    c.unwatched_since = None;
+                } else {
+                    let since = *c.unwatched_since.get_or_insert(now);
+                    if now.duration_since(since) >= self.directory_idle {
+                        gone.push(path.clone());
+                    }
+                }
+            }
+            for p in &gone {
+                if let Some(w) = d.remove(p).and_then(|c| c.watch) {
+                    w.abort();
+                }
+            }
+        }
+        let Some(link) = self.root_link.get().cloned() else {
+            return;
+        };
+        for path in gone {
+            tracing::info!(entry = %path, "no worker uses it any more; interest ended");
+            let mut req = Request::get(&path);
+            req.observe = Some(1);
+            let _ = link
+                .coap
+                .request(link.addr, req, SendOptions::secure(link.key.clone()))
+                .await;
+        }
+    }
+}
+
+/// A worker's directory query. Observing registers the worker's interest, a request
+/// with Observe: 1 ends it.
 pub(super) async fn lookup(cl: Arc<Cluster>, inc: Incoming) -> Response {
     // Only this cluster's workers ask (their contexts have 4-byte node ids).
     let is_worker =
@@ -221,7 +285,27 @@ pub(super) async fn lookup(cl: Arc<Cluster>, inc: Incoming) -> Response {
         Ok(k) => k,
         Err(r) => return r,
     };
-    let cached = cl.directory.lock().get(&path).cloned();
+    let node = inc.security.as_ref().map_or(0, |k| {
+        u32::from_be_bytes(k.recipient_id[..4].try_into().unwrap_or_default())
+    });
+    let cached = {
+        let mut d = cl.directory.lock();
+        if let Some(c) = d.get_mut(&path) {
+            match inc.request.observe {
+                Some(0) => {
+                    c.watchers.insert(node);
+                }
+                Some(_) => {
+                    c.watchers.remove(&node);
+                }
+                None => {}
+            }
+        }
+        d.get(&path).cloned()
+    };
+    if inc.request.observe == Some(1) {
+        return Response::new(Code::CONTENT);
+    }
     if let Some(c) = cached {
         return match cl.merged(c.root.as_ref(), &c.key) {
             Some(e) => Response::cbor(msg::to_cbor(&e)),
@@ -261,20 +345,27 @@ pub(super) async fn lookup(cl: Arc<Cluster>, inc: Incoming) -> Response {
             "the root is unreachable and no instance of this service runs in this cluster",
         );
     };
-    let fresh = cl
-        .directory
-        .lock()
-        .insert(
-            path.clone(),
-            Cached {
-                key,
-                service: entry.service.clone(),
-                root: root_entry,
-            },
-        )
-        .is_none();
+    let fresh = {
+        let mut d = cl.directory.lock();
+        let fresh = !d.contains_key(&path);
+        let c = d.entry(path.clone()).or_insert_with(|| Cached {
+            key,
+            service: entry.service.clone(),
+            root: root_entry,
+            watchers: HashSet::new(),
+            unwatched_since: None,
+            watch: None,
+        });
+        if inc.request.observe == Some(0) {
+            c.watchers.insert(node);
+        }
+        fresh
+    };
     if fresh {
-        watch_at_root(cl.clone(), path, obs);
+        let watch = watch_at_root(cl.clone(), path.clone(), obs);
+        if let Some(c) = cl.directory.lock().get_mut(&path) {
+            c.watch = Some(watch);
+        }
     }
     Response::cbor(msg::to_cbor(&entry))
 }

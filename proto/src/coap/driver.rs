@@ -235,6 +235,7 @@ enum Command {
         Reply<Result<Observation, ExchangeError>>,
     ),
     Notify(String, Response, Reply<usize>),
+    Observers(String, Reply<usize>),
     AddContext(Box<SecurityContext>, Reply<ContextKey>),
     RemoveContext(ContextKey),
     AddJoinToken(Vec<u8>, Vec<u8>),
@@ -291,6 +292,13 @@ impl Handle {
         self.call(|r| Command::Observe(peer, req, opts, r))
             .await
             .unwrap_or(Err(ExchangeError::Closed))
+    }
+
+    /// How many observe `path`.
+    pub async fn observers(&self, path: &str) -> usize {
+        self.call(|r| Command::Observers(path.to_owned(), r))
+            .await
+            .unwrap_or(0)
     }
 
     /// Notify every observer of `path`; returns how many there are.
@@ -477,6 +485,9 @@ async fn run(
                     }
                     Command::Notify(path, r, reply) => {
                         let _ = reply.send(ep.notify(now, &path, r));
+                    }
+                    Command::Observers(path, reply) => {
+                        let _ = reply.send(ep.observer_count(&path));
                     }
                     Command::AddContext(ctx, reply) => {
                         let _ = reply.send(ep.add_context(*ctx));
