@@ -11,6 +11,7 @@ pub mod image;
 pub mod native;
 pub mod net;
 pub mod oneshot;
+pub mod reset;
 pub mod runtime;
 pub mod supervisor;
 
@@ -101,6 +102,10 @@ pub enum Command {
     /// The container supervisor (started by the agent; survives its restarts).
     #[command(hide = true)]
     Supervise,
+    /// Take this worker out for good (the agent stopped first): remove its containers,
+    /// their supervisor, its network objects and nftables table (those of `--name`),
+    /// and its state directory. Joining again needs a new token.
+    Reset,
 }
 
 impl Args {
@@ -119,6 +124,15 @@ impl Args {
         }
         Ok(cfg)
     }
+}
+
+/// The agent's name: `--name`, else the host name.
+fn agent_name(args: &Args) -> String {
+    args.name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "worker".into())
+    })
 }
 
 /// Run the agent until Ctrl-C (or a subcommand); returns the exit code.
@@ -147,6 +161,9 @@ pub fn run(args: Args) -> Result<i32, String> {
             return oneshot::run(&args, image, cmd, *memory, millicpus);
         }
         Some(Command::Supervise) => return supervisor::run(&args.state_dir).map(|()| 0),
+        Some(Command::Reset) => {
+            return reset::run(&args.state_dir, &agent_name(&args)).map(|()| 0);
+        }
         None => {}
     }
     let cluster = args
@@ -171,11 +188,7 @@ pub fn run(args: Args) -> Result<i32, String> {
         .as_deref()
         .map(grove_proto::util::parse_location)
         .transpose()?;
-    let name = args.name.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "worker".into())
-    });
+    let name = agent_name(&args);
     let runtime: Box<dyn runtime::Runtime> = match args.runtime.as_str() {
         "sim" => Box::new(runtime::SimRuntime::open(
             args.state_dir.join("sim-instances.cbor"),

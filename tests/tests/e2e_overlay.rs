@@ -475,10 +475,37 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
             })
         },
     );
-    for a in &agents {
-        if let Ok(pid) = std::fs::read_to_string(a.dir.join("supervisor.pid")) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
-        }
+    // The workers taken out for good: `grove-agent reset` leaves nothing of them.
+    for (a, h) in agents.iter_mut().zip(&bed.hosts[1..3]) {
+        a.daemon.kill();
+        let supervisor: i32 = std::fs::read_to_string(a.dir.join("supervisor.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let out = h
+            .command(&support::bin("grove-agent"))
+            .args(["--name", &a.name, "--state-dir"])
+            .arg(&a.dir)
+            .arg("reset")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "reset: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (_, links) = h.run(&["ip", "-o", "link", "show"]);
+        let (_, tables) = h.run(&["nft", "list", "tables"]);
+        assert!(
+            !links.contains(": g") && !tables.contains("grove_"),
+            "left behind:\n{links}\n{tables}"
+        );
+        assert!(!a.dir.exists(), "its state directory is gone");
+        assert!(
+            !Path::new(&format!("/proc/{supervisor}")).exists(),
+            "its supervisor is gone"
+        );
     }
     drop((agents, cluster, root, registry));
     let _ = std::fs::remove_dir_all(&dir);
@@ -529,7 +556,7 @@ fn a_client_in_one_cluster_reaches_a_service_that_runs_only_in_another() {
         "--lookup-idle-secs",
         "2",
     ];
-    let agents: Vec<Agent> = [1, 2]
+    let mut agents: Vec<Agent> = [1, 2]
         .iter()
         .map(|&i| {
             let (c, addr) = &clusters[i - 1];
@@ -663,10 +690,15 @@ fn a_client_in_one_cluster_reaches_a_service_that_runs_only_in_another() {
     wait_until(30, "the containers gone", || {
         agents.iter().all(|a| netns_of(a).is_empty())
     });
-    for a in &agents {
-        if let Ok(pid) = std::fs::read_to_string(a.dir.join("supervisor.pid")) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
-        }
+    for (a, h) in agents.iter_mut().zip(&bed.hosts[1..3]) {
+        a.daemon.kill();
+        let reset = h
+            .command(&support::bin("grove-agent"))
+            .args(["--name", &a.name, "--state-dir"])
+            .arg(&a.dir)
+            .arg("reset")
+            .status();
+        assert!(reset.is_ok_and(|s| s.success()));
     }
     drop((agents, clusters, root, registry));
     let _ = std::fs::remove_dir_all(&dir);

@@ -300,16 +300,22 @@ impl<N: Netlink> Overlay<N> {
         self.nl.delete_link(&self.names.instance(container))
     }
 
-    /// Remove everything of this agent (its bridge and instance links).
+    /// Remove everything of this agent (its bridge, VXLAN device and instance links).
     pub fn remove_all(&mut self) -> Result<(), String> {
-        for l in self.nl.links()? {
-            if self.names.is_instance_link(&l) {
-                self.nl.delete_link(&l)?;
-            }
-        }
-        self.nl.delete_link(&self.names.vxlan())?;
-        self.nl.delete_link(&self.names.bridge())
+        remove_agent(&mut self.nl, &self.names)
     }
+}
+
+/// Remove every link of the agent named by `names` (routes, addresses and forwarding
+/// entries go with them).
+pub fn remove_agent<N: Netlink>(nl: &mut N, names: &Names) -> Result<(), String> {
+    for l in nl.links()? {
+        if names.is_instance_link(&l) {
+            nl.delete_link(&l)?;
+        }
+    }
+    nl.delete_link(&names.vxlan())?;
+    nl.delete_link(&names.bridge())
 }
 
 /// The peers to program: sorted, once each, not this worker itself.
