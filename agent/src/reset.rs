@@ -8,9 +8,13 @@ use crate::supervisor::{self, Reply, Request};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Whether process `pid` still exists.
+/// Whether process `pid` still runs (a zombie waiting for its parent does not).
 fn alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X')
+    })
 }
 
 /// Remove everything agent `name` with state in `dir` made on this machine.

@@ -1,9 +1,5 @@
-//! `grove`: the command-line client of the root API, and `grove up`.
-//!
-//! So far `grove up` demonstrates the tier link on this machine: a cluster endpoint
-//! and worker agents joined over a lossy loopback relay with join tokens and OSCORE,
-//! heartbeats and observed commands. It grows into the whole system on this machine
-//! (root, cluster, workers in namespaces) with the end-to-end issue.
+//! `grove`: the command-line client of the root API, and `grove up` (the whole system
+//! on this machine).
 
 pub mod up;
 
@@ -25,7 +21,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run Grove's tiers on this machine and show them working.
+    /// Run Grove on this machine (root, cluster, two workers in network namespaces)
+    /// and deploy the seed's application; Ctrl-C stops it and removes what it made.
     Up(up::UpArgs),
 }
 

@@ -1,563 +1,611 @@
-//! `grove up`: the tier link on this machine.
+//! `grove up`: the whole system on this machine, deploying the seed's application.
 //!
-//! A cluster endpoint and `--workers` agents on loopback, each agent behind a relay that
-//! drops `--loss` % of datagrams each way. Each agent joins with a join token (its
-//! registration protected by the token-derived OSCORE context), receives long-term
-//! OSCORE credentials, observes its command resource and sends a heartbeat every 2 s.
-//! The cluster publishes a new command generation every 5 s. A status line every 2 s
-//! shows the link working; Ctrl-C (or `--duration`) ends it with a summary.
+//! A root (HTTP API on the host's loopback), a cluster, and two workers, each worker in
+//! a network namespace of its own joined to the others by a switch namespace; the
+//! host reaches the switch over one veth with link-local addresses (169.254.77.0/24),
+//! so no namespace has a route out and the host has none into Grove's ranges. Every
+//! daemon is this same binary run as that daemon (`GROVE_AS`). The workers pull the
+//! seed's images from a mirror of `docker.io` that `grove up` serves: stand-ins built
+//! from the host's busybox, or with `--real-images` the real ones, pulled here first.
+//! Ctrl-C stops everything and removes every namespace, link, container, cgroup and
+//! nftables table it made (each worker through `grove-agent reset`).
+
+pub mod images;
+pub mod mirror;
 
 use clap::Args;
-use grove_proto::coap::ExchangeError;
-use grove_proto::coap::driver::{self, Handle, Incoming, Router};
-use grove_proto::coap::{
-    Code, Config, Endpoint, LinkParams, Method, Request, Response, SendOptions,
-};
-use grove_proto::msg::{
-    self, Credentials, Heartbeat, NetCoord, NodeCommands, NodeId, NodeRegistered, RegisterNode,
-};
-use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext, join_context};
-use grove_proto::paths;
-use grove_tests::relay::{self, Link, Shape};
-use std::collections::HashMap;
-use std::future::Future;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Options of `grove up`.
 #[derive(Debug, Clone, Args)]
 pub struct UpArgs {
-    /// Folder for the run's state (OSCORE sequence files).
-    #[arg(long, default_value_os_t = std::env::temp_dir().join("grove-up"))]
+    /// Folder for the run's state and logs (emptied first).
+    #[arg(long, default_value = "grove-up")]
     pub dir: PathBuf,
-    /// Number of worker agents.
-    #[arg(long, default_value_t = 2)]
-    pub workers: u32,
-    /// Percentage of datagrams the relays drop in each direction.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u8).range(0..=90))]
-    pub loss: u8,
+    /// The root's HTTP API (and CoAP) address.
+    #[arg(long, default_value = "127.0.0.1:10000")]
+    pub api: SocketAddr,
+    /// The password of the API's user `Admin`.
+    #[arg(long, env = "GROVE_ADMIN_PASSWORD", default_value = "Admin")]
+    pub admin_password: String,
+    /// Pull the seed's real images from Docker Hub (on this machine; the workers get
+    /// them from the local mirror) instead of building stand-ins from busybox.
+    #[arg(long)]
+    pub real_images: bool,
     /// Stop after this many seconds instead of at Ctrl-C.
     #[arg(long)]
     pub duration: Option<u64>,
 }
 
-fn random<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    // Without an OS RNG the demo still works, just with predictable keys.
-    let _ = getrandom::getrandom(&mut b);
-    b
+/// Names and addresses of the run's network.
+const SWITCH: &str = "gu-sw";
+const HOST_LINK: &str = "gu0";
+const HOST_ADDR: &str = "169.254.77.1";
+const WORKERS: [&str; 2] = ["w1", "w2"];
+const CLUSTER_PORT: u16 = 10100;
+const MIRROR_PORT: u16 = 5000;
+const SEED: &str = include_str!("../../root/tests/seed_sla.json");
+
+fn worker_ns(w: &str) -> String {
+    format!("gu-{w}")
 }
 
-fn link() -> LinkParams {
-    LinkParams {
-        ack_timeout: Duration::from_secs(1),
-        max_retransmit: 6,
-        ..LinkParams::default()
+fn worker_addr(i: usize) -> String {
+    format!("169.254.77.{}", 11 + i)
+}
+
+/// Run a command; its stdout, or an error naming it.
+fn sh(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
-#[derive(Debug, Default)]
-struct ClusterState {
-    handle: OnceLock<Handle>,
-    next_node: AtomicU32,
-    heartbeats: AtomicU64,
-    generation: AtomicU64,
-    nodes: Mutex<HashMap<String, u32>>,
+fn have(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| d.join(program).is_file())
+    })
 }
 
-/// The worker's IPv6 /120 in fc00::/16: the node id in the bits above the last octet.
-fn v6_subnet(id: u32) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a[0] = 0xfc;
-    a[11..15].copy_from_slice(&id.to_be_bytes());
-    a
+/// The static busybox the stand-ins are made of, if this machine has one.
+fn static_busybox() -> Option<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| images::is_static(p))
 }
 
-async fn register(st: Arc<ClusterState>, inc: Incoming) -> Response {
-    if inc.security.as_ref().is_none_or(|k| k.id_context.is_none()) {
-        return Response::error(Code::FORBIDDEN, "registration needs a join token");
-    }
-    let reg: RegisterNode = match msg::from_cbor(&inc.request.payload) {
-        Ok(r) => r,
-        Err(e) => return Response::error(Code::BAD_REQUEST, &e.to_string()),
-    };
-    if let Err(diag) = msg::check_version(reg.version) {
-        return Response::error(Code::NOT_ACCEPTABLE, &diag);
-    }
-    let id = {
-        let mut nodes = st.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        *nodes
-            .entry(reg.name.clone())
-            .or_insert_with(|| st.next_node.fetch_add(1, Ordering::SeqCst) + 1)
-    };
-    let creds = Credentials {
-        master_secret: random::<32>().to_vec(),
-        master_salt: random::<8>().to_vec(),
-        sender_id: id.to_be_bytes().to_vec(),
-        recipient_id: Vec::new(),
-    };
-    let ours = ContextParams {
-        master_secret: creds.master_secret.clone(),
-        master_salt: creds.master_salt.clone(),
-        sender_id: creds.recipient_id.clone(),
-        recipient_id: creds.sender_id.clone(),
-        id_context: None,
-    };
-    let Some(h) = st.handle.get() else {
-        return Response::error(Code::SERVICE_UNAVAILABLE, "starting");
-    };
-    h.add_context(SecurityContext::in_memory(&ours)).await;
-    let answer = NodeRegistered {
-        version: msg::PROTOCOL_VERSION,
-        node: NodeId(id),
-        subnet_v4: msg::Ipv4Prefix {
-            addr: 0x0A12_0000 + id * 64,
-            len: 26,
-        },
-        subnet_v6: msg::Ipv6Prefix {
-            addr: v6_subnet(id),
-            len: 120,
-        },
-        timing: msg::Timing {
-            heartbeat_ms: 2000,
-            missed_before_lost: 3,
-        },
-        credentials: Some(creds),
-    };
-    Response {
-        code: Code::CREATED,
-        ..Response::cbor(msg::to_cbor(&answer))
-    }
-}
-
-async fn start_cluster(
-    st: Arc<ClusterState>,
-    token_id: &[u8],
-    secret: &[u8],
-) -> std::io::Result<Handle> {
-    let (s1, s2, s3) = (st.clone(), st.clone(), st.clone());
-    let router = Router::new()
-        .route(Method::Post, paths::NODES, move |inc| {
-            register(s1.clone(), inc)
-        })
-        .route(Method::Post, "/v1/nodes/{id}/status", move |inc| {
-            let st = s2.clone();
-            async move {
-                if let Err(r) = grove_proto::util::speaks_for(&inc, "node") {
-                    return r;
-                }
-                match msg::from_cbor::<Heartbeat>(&inc.request.payload) {
-                    Ok(_) => {
-                        st.heartbeats.fetch_add(1, Ordering::Relaxed);
-                        Response::new(Code::CHANGED)
-                    }
-                    Err(e) => Response::error(Code::BAD_REQUEST, &e.to_string()),
-                }
-            }
-        })
-        .observable("/v1/nodes/{id}/commands", move |inc| {
-            let st = s3.clone();
-            async move {
-                if let Err(r) = grove_proto::util::speaks_for(&inc, "node") {
-                    return r;
-                }
-                let cmds = NodeCommands {
-                    generation: st.generation.load(Ordering::SeqCst),
-                    commands: vec![],
-                    peers: None,
-                    services: None,
-                };
-                Response::cbor(msg::to_cbor(&cmds))
-            }
-        });
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
-    let cfg = Config {
-        link: link(),
-        seed: u64::from_le_bytes(random::<8>()),
-        ..Config::default()
-    };
-    let (h, _) = driver::spawn(socket, Endpoint::new(cfg), router)?;
-    h.add_join_token(token_id.to_vec(), secret.to_vec());
-    let _ = st.handle.set(h.clone());
-    Ok(h)
-}
-
-#[derive(Debug, Default)]
-struct AgentState {
-    joined: AtomicBool,
-    node: AtomicU32,
-    generation: AtomicU64,
-    heartbeats: AtomicU64,
-    error: Mutex<Option<String>>,
-}
-
-/// The heartbeat of a demo worker: fixed usage, no instance change.
-fn demo_heartbeat(node: NodeId, seq: u32) -> Heartbeat {
-    Heartbeat {
-        node,
-        seq,
-        cpu_centi_pct: 1200,
-        mem_used_mib: 900,
-        mem_total_mib: 4096,
-        disk_used_mib: 5000,
-        disk_total_mib: 32_000,
-        running: 0,
-        coord: NetCoord([0.0; 3]),
-        digest: [0; 8],
-        changes: vec![],
-        instances: None,
-    }
-}
-
-/// Repeat `op` after a timeout until it succeeds or the run stops.
-async fn retry<T, F, Fut>(stop: &AtomicBool, what: &str, op: F) -> Result<T, String>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<T, ExchangeError>>,
-{
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if stop.load(Ordering::SeqCst) => return Err(format!("{what}: {e}")),
-            Err(_) => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+/// What this machine lacks for `grove up`, installed with apt (Debian's packages).
+fn prerequisites(real_images: bool) -> Result<(), String> {
+    let mut missing = Vec::new();
+    for (program, package) in [("ip", "iproute2"), ("nft", "nftables"), ("nsenter", "util-linux")] {
+        if !have(program) {
+            missing.push(package);
         }
     }
+    if !real_images && static_busybox().is_none() {
+        missing.push("busybox-static");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !have("apt-get") {
+        return Err(format!("install these packages first: {}", missing.join(" ")));
+    }
+    println!("installing {} (apt-get)", missing.join(" "));
+    let install = |update: bool| {
+        if update {
+            let _ = Command::new("apt-get").args(["update", "-q"]).status();
+        }
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if install(false) || install(true) {
+        Ok(())
+    } else {
+        Err(format!("apt-get could not install {}", missing.join(" ")))
+    }
 }
 
-async fn agent(
-    n: u32,
-    cluster: SocketAddr,
-    token: ([u8; 8], [u8; 16]),
+/// One daemon of the run.
+#[derive(Debug)]
+struct Daemon {
+    name: String,
+    child: Child,
+}
+
+/// Everything the run made, so it can all go again.
+#[derive(Debug)]
+struct Run {
     dir: PathBuf,
-    st: Arc<AgentState>,
-    stop: Arc<AtomicBool>,
-) -> Result<(), String> {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let cfg = Config {
-        link: link(),
-        seed: u64::from_le_bytes(random::<8>()),
-        ..Config::default()
-    };
-    let (c, _) =
-        driver::spawn(socket, Endpoint::new(cfg), Router::new()).map_err(|e| e.to_string())?;
-    let join = join_context(&token.0, &token.1, &random::<8>(), true);
-    let join_key = c
-        .add_context(SecurityContext::in_memory(&join))
-        .await
-        .ok_or("driver stopped")?;
-    let reg = RegisterNode {
-        version: msg::PROTOCOL_VERSION,
-        name: format!("worker-{n}"),
-        arch: std::env::consts::ARCH.into(),
-        cpus: 4,
-        memory_mib: 4096,
-        disk_mib: 32_000,
-        virtualizations: vec!["container".into()],
-        location: Some(msg::GeoPoint {
-            lat: 48.26,
-            lon: 11.67,
-        }),
-        max_instances: None,
-        underlay: None,
-    };
-    // A real agent keeps trying with back-off; a lost exchange is only a timeout.
-    let req = Request::post_cbor(paths::NODES, msg::to_cbor(&reg));
-    let resp = retry(&stop, "registration", || {
-        c.request(cluster, req.clone(), SendOptions::secure(join_key.clone()))
-    })
-    .await?;
-    if !resp.code.is_success() {
-        return Err(format!(
-            "registration refused: {} {}",
-            resp.code,
-            String::from_utf8_lossy(&resp.payload)
-        ));
-    }
-    c.remove_context(join_key);
-    let reg: NodeRegistered = msg::from_cbor(&resp.payload).map_err(|e| e.to_string())?;
-    let creds = reg
-        .credentials
-        .ok_or("registration answer without credentials")?;
-    let node = reg.node;
-    let state_dir = dir.join(format!("worker-{n}"));
-    std::fs::create_dir_all(&state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
-    let seq_file = state_dir.join("cluster.oscore-seq");
-    let _ = std::fs::remove_file(&seq_file);
-    let params = ContextParams::from(creds);
-    let ctx = SecurityContext::new(&params, Box::new(FileContextStore::new(&seq_file)))
-        .map_err(|e| e.to_string())?;
-    let key = c.add_context(ctx).await.ok_or("driver stopped")?;
-    st.node.store(node.0, Ordering::SeqCst);
-    st.joined.store(true, Ordering::SeqCst);
+    exe: PathBuf,
+    agents: Vec<Daemon>,
+    tiers: Vec<Daemon>,
+    done: bool,
+}
 
-    let mut obs = retry(&stop, "observe", || {
-        c.observe(
-            cluster,
-            Request::get(&paths::node_commands(node)),
-            SendOptions::secure(key.clone()),
-        )
-    })
-    .await?;
-    let apply = |st: &AgentState, body: &[u8]| {
-        if let Ok(cmds) = msg::from_cbor::<NodeCommands>(body) {
-            st.generation.fetch_max(cmds.generation, Ordering::SeqCst);
+impl Run {
+    /// Start this binary as daemon `role` (in namespace `ns`), logging to
+    /// `logs/<name>.log`; in a process group of its own, so a Ctrl-C at the terminal
+    /// reaches only `grove up`, which stops everything in order.
+    fn spawn(&self, name: &str, role: &str, ns: Option<&str>, args: &[String]) -> Result<Daemon, String> {
+        use std::os::unix::process::CommandExt;
+        let log_path = self.dir.join("logs").join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let mut c = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.exe);
+                c
+            }
+            None => Command::new(&self.exe),
+        };
+        c.args(args)
+            .env("GROVE_AS", role)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .process_group(0);
+        let child = c.spawn().map_err(|e| format!("starting {name}: {e}"))?;
+        Ok(Daemon {
+            name: name.to_owned(),
+            child,
+        })
+    }
+
+    /// Run this binary as `role` to completion (in namespace `ns`); its stdout.
+    fn once(&self, role: &str, ns: Option<&str>, args: &[&str]) -> Result<String, String> {
+        let mut c = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.exe);
+                c
+            }
+            None => Command::new(&self.exe),
+        };
+        let out = c
+            .args(args)
+            .env("GROVE_AS", role)
+            .env("RUST_LOG", "warn")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(format!(
+                "{role} {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// The switch, the host's link to it, and one namespace per worker on it.
+    fn network(&self) -> Result<(), String> {
+        sh("ip", &["netns", "add", SWITCH])?;
+        sh("ip", &["-n", SWITCH, "link", "add", "sw0", "type", "bridge"])?;
+        sh("ip", &["-n", SWITCH, "link", "set", "sw0", "up"])?;
+        sh(
+            "ip",
+            &["link", "add", HOST_LINK, "type", "veth", "peer", "name", "p0", "netns", SWITCH],
+        )?;
+        sh("ip", &["-n", SWITCH, "link", "set", "p0", "master", "sw0", "up"])?;
+        sh("ip", &["addr", "add", &format!("{HOST_ADDR}/24"), "dev", HOST_LINK])?;
+        sh("ip", &["link", "set", HOST_LINK, "up"])?;
+        for (i, w) in WORKERS.iter().enumerate() {
+            let ns = worker_ns(w);
+            let port = format!("p{}", i + 1);
+            sh("ip", &["netns", "add", &ns])?;
+            sh(
+                "ip",
+                &["-n", SWITCH, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns],
+            )?;
+            sh("ip", &["-n", SWITCH, "link", "set", &port, "master", "sw0", "up"])?;
+            sh("ip", &["-n", &ns, "addr", "add", &format!("{}/24", worker_addr(i)), "dev", "eth0"])?;
+            sh("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+            sh("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Stop every daemon, reset every worker, delete the namespaces (and with them
+    /// the links). Also clears what a killed earlier run left.
+    fn teardown(&mut self) {
+        for a in &mut self.agents {
+            let _ = a.child.kill();
+            let _ = a.child.wait();
+        }
+        self.agents.clear();
+        for w in WORKERS {
+            let ns = worker_ns(w);
+            let state = self.dir.join(w);
+            let in_ns = sh("ip", &["netns", "list"]).is_ok_and(|l| {
+                l.lines().any(|x| x.split_whitespace().next() == Some(ns.as_str()))
+            });
+            if state.exists() || in_ns {
+                let state = state.to_string_lossy().into_owned();
+                let r = self.once(
+                    "agent",
+                    in_ns.then_some(ns.as_str()),
+                    &["--name", w, "--state-dir", &state, "reset"],
+                );
+                if let Err(e) = r {
+                    eprintln!("grove up: resetting worker {w}: {e}");
+                }
+            }
+            if in_ns {
+                let _ = sh("ip", &["netns", "del", &ns]);
+            }
+        }
+        for t in self.tiers.iter_mut().rev() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(t.child.id()).unwrap_or(0));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while t.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = t.child.kill();
+            let _ = t.child.wait();
+        }
+        self.tiers.clear();
+        let _ = sh("ip", &["netns", "del", SWITCH]);
+        let _ = Command::new("ip")
+            .args(["link", "del", HOST_LINK])
+            .stderr(Stdio::null())
+            .status();
+        self.done = true;
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if !self.done {
+            self.teardown();
+        }
+    }
+}
+
+/// The root's API, as a user calls it.
+struct Api {
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let req = ureq::request(method, &format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(10))
+            .set("Authorization", &format!("Bearer {}", self.token));
+        let r = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        match r {
+            Ok(r) => r.into_json().or_else(|_| Ok(Value::Null)),
+            Err(ureq::Error::Status(code, r)) => Err(format!(
+                "{method} {path}: {code} {}",
+                r.into_string().unwrap_or_default()
+            )),
+            Err(e) => Err(format!("{method} {path}: {e}")),
+        }
+    }
+}
+
+fn wait_for<T>(secs: u64, stop: &AtomicBool, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T, String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Err("interrupted".into());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Run `grove up`; whether everything worked.
+pub async fn up(args: UpArgs) -> Result<bool, String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("grove up needs root: it makes network namespaces, containers and cgroups".into());
+    }
+    prerequisites(args.real_images)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) =
+                (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    std::fs::create_dir_all(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;
+    let dir = std::fs::canonicalize(&args.dir).map_err(|e| e.to_string())?;
+    let mut run = Run {
+        dir: dir.clone(),
+        exe: std::env::current_exe().map_err(|e| e.to_string())?,
+        agents: Vec::new(),
+        tiers: Vec::new(),
+        done: false,
+    };
+    // What an earlier run left (it was killed) goes first, then its state.
+    run.teardown();
+    run.done = false;
+    for entry in std::fs::read_dir(&dir).map_err(|e| e.to_string())?.flatten() {
+        let p = entry.path();
+        let _ = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+    }
+    std::fs::create_dir_all(dir.join("logs")).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let result = bring_up(&mut run, &args, &stop, started).await;
+    let ok = match result {
+        Ok(()) => true,
+        Err(e) if e == "interrupted" => true,
+        Err(e) => {
+            eprintln!("grove up: {e} (logs in {})", dir.join("logs").display());
+            false
         }
     };
-    apply(&st, &obs.first.payload);
-    let st2 = st.clone();
-    tokio::spawn(async move {
-        while let Some(n) = obs.notifications.recv().await {
-            apply(&st2, &n.payload);
+    println!("stopping: every daemon, container, namespace, link, cgroup and nftables table of this run goes");
+    run.teardown();
+    println!("stopped; state and logs stay in {}", dir.display());
+    Ok(ok)
+}
+
+async fn bring_up(run: &mut Run, args: &UpArgs, stop: &AtomicBool, started: Instant) -> Result<(), String> {
+    let t = || format!("[{:5.1}s]", started.elapsed().as_secs_f32());
+    // The images, then the network and the mirror on the host's end of it.
+    let images = if args.real_images {
+        real_images(&run.dir)?
+    } else {
+        let bb = static_busybox().ok_or("no static busybox (Debian: busybox-static)")?;
+        images::Images::stand_ins(&bb)?
+    };
+    run.network()?;
+    let mirror = format!("{HOST_ADDR}:{MIRROR_PORT}");
+    let listener = tokio::net::TcpListener::bind(&mirror)
+        .await
+        .map_err(|e| format!("the image mirror on {mirror}: {e}"))?;
+    tokio::spawn(mirror::run(listener, images));
+    println!("{} network: workers {} in namespaces, image mirror on {mirror}", t(), WORKERS.join(", "));
+
+    // The root, then a cluster joined to it, then the workers joined to the cluster.
+    let root_dir = run.dir.join("root").to_string_lossy().into_owned();
+    let d = run.spawn(
+        "root",
+        "root",
+        None,
+        &[
+            "--data-dir".into(),
+            root_dir,
+            "--http".into(),
+            args.api.to_string(),
+            "--coap".into(),
+            args.api.to_string(),
+            "--admin-password".into(),
+            args.admin_password.clone(),
+        ],
+    )?;
+    run.tiers.push(d);
+    let base = format!("http://{}", args.api);
+    let token = wait_for(30, stop, "the root's API", || {
+        ureq::post(&format!("{base}/api/auth/login"))
+            .timeout(Duration::from_secs(2))
+            .send_json(json!({"username": "Admin", "password": args.admin_password}))
+            .ok()?
+            .into_json::<Value>()
+            .ok()?["token"]
+            .as_str()
+            .map(str::to_owned)
+    })?;
+    let api = Api { base, token };
+    println!("{} root: API on {}", t(), api.base);
+    let cluster_dir = run.dir.join("cluster").to_string_lossy().into_owned();
+    let worker_token = run.once("cluster", None, &["--data-dir", &cluster_dir, "token", "--reusable"])?;
+    let cluster_token = api.call("POST", "/api/clusters/token", Some(json!({})))?["token"]
+        .as_str()
+        .ok_or("no cluster token from the root")?
+        .to_owned();
+    let d = run.spawn(
+        "cluster",
+        "cluster",
+        None,
+        &[
+            "--data-dir".into(),
+            cluster_dir,
+            "--root".into(),
+            args.api.to_string(),
+            "--name".into(),
+            "edge".into(),
+            "--coap".into(),
+            format!("{HOST_ADDR}:{CLUSTER_PORT}"),
+            "--join-token".into(),
+            cluster_token,
+        ],
+    )?;
+    run.tiers.push(d);
+    for w in WORKERS {
+        let d = run.spawn(
+            w,
+            "agent",
+            Some(&worker_ns(w)),
+            &[
+                "--cluster".into(),
+                format!("{HOST_ADDR}:{CLUSTER_PORT}"),
+                "--name".into(),
+                w.into(),
+                "--state-dir".into(),
+                run.dir.join(w).to_string_lossy().into_owned(),
+                "--join-token".into(),
+                worker_token.clone(),
+                "--registry-mirror".into(),
+                format!("docker.io=http://{mirror}"),
+                "--insecure-registry".into(),
+                mirror.clone(),
+            ],
+        )?;
+        run.agents.push(d);
+    }
+    wait_for(60, stop, "the cluster and both workers to join", || {
+        let active = api.call("GET", "/api/clusters/active", None).ok()?;
+        let n: u64 = active
+            .as_array()?
+            .iter()
+            .flat_map(|c| c["aggregation_per_architecture"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a["active_nodes"].as_u64())
+            .sum();
+        (n >= 2).then_some(())
+    })?;
+    println!("{} cluster `edge` with workers {} joined", t(), WORKERS.join(", "));
+    check_daemons(run)?;
+
+    // The seed's application, unchanged, and one instance of each service.
+    let sla: Value = serde_json::from_str(SEED).map_err(|e| e.to_string())?;
+    let apps = api.call("POST", "/api/application/", Some(sla))?;
+    let services: Vec<String> = apps[0]["microservices"]
+        .as_array()
+        .ok_or("the root returned no services")?
+        .iter()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect();
+    let mut names = BTreeMap::new();
+    for id in &services {
+        let doc = api.call("GET", &format!("/api/service/{id}"), None)?;
+        names.insert(id.clone(), doc["microservice_name"].as_str().unwrap_or(id).to_owned());
+        api.call("POST", &format!("/api/service/{id}/instance"), None)?;
+    }
+    println!("{} deployed the seed's application `clientsrvr` ({} services)", t(), services.len());
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    let mut failed = None;
+    wait_for(180, stop, "every instance RUNNING", || {
+        let mut all = true;
+        for id in &services {
+            let doc = api.call("GET", &format!("/api/service/{id}"), None).ok()?;
+            let list = doc["instance_list"].as_array().cloned().unwrap_or_default();
+            all &= !list.is_empty();
+            for i in list {
+                let key = format!("{}.{}", names[id], i["instance_number"]);
+                let status = i["status"].as_str().unwrap_or("?").to_owned();
+                let line = match (i["worker_id"].as_str(), i["status_detail"].as_str()) {
+                    (Some(w), Some(d)) => format!("{status} on {w} ({d})"),
+                    (Some(w), None) => format!("{status} on {w}"),
+                    (None, Some(d)) => format!("{status} ({d})"),
+                    (None, None) => status.clone(),
+                };
+                if last.get(&key) != Some(&line) {
+                    println!("{}   {key:<8} {line}", t());
+                    last.insert(key.clone(), line);
+                }
+                all &= status == "RUNNING";
+                if status == "FAILED" {
+                    failed = Some(format!("{key} FAILED: {}", i["status_detail"].as_str().unwrap_or("no reason given")));
+                }
+            }
         }
-    });
-    let mut seq = 0u32;
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    while !stop.load(Ordering::SeqCst) {
-        tick.tick().await;
-        seq += 1;
-        let hb = demo_heartbeat(node, seq);
-        let req = Request::post_cbor(&paths::node_status(node), msg::to_cbor(&hb));
-        let opts = SendOptions {
-            non_confirmable: true,
-            security: Some(key.clone()),
-        };
-        let c2 = c.clone();
-        tokio::spawn(async move {
-            let _ = c2.request(cluster, req, opts).await;
-        });
-        st.heartbeats.fetch_add(1, Ordering::Relaxed);
+        (all || failed.is_some()).then_some(())
+    })?;
+    if let Some(f) = failed {
+        return Err(f);
+    }
+
+    // The client asks the server through the service IP, from inside its container.
+    let client = services.first().ok_or("no client service")?;
+    let pid = WORKERS
+        .iter()
+        .find_map(|w| {
+            let p = run.dir.join(w).join("containers").join(format!("{client}-0")).join("pid");
+            std::fs::read_to_string(p).ok()
+        })
+        .and_then(|t| t.split_whitespace().next().map(str::to_owned))
+        .ok_or("the client's container is not on either worker")?;
+    let answer = wait_for(30, stop, "the client's request through 10.30.30.30", || {
+        let out = Command::new("nsenter")
+            .args(["--target", &pid, "--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd"])
+            .args(["curl", "-s", "http://10.30.30.30/"])
+            .output()
+            .ok()?;
+        let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (out.status.success() && !body.is_empty()).then_some(body)
+    })?;
+    println!("{} the client's `curl http://10.30.30.30/` answered: {answer}", t());
+    println!();
+    println!("Grove is up: root, cluster `edge`, workers {}.", WORKERS.join(" and "));
+    println!("  API       {}  (user Admin, password {})", api.base, args.admin_password);
+    println!("  API docs  {}/api/docs", api.base);
+    println!("  workers   namespaces {} (ip netns exec gu-w1 ...)", WORKERS.map(worker_ns).join(", "));
+    println!("  state     {} (logs in logs/)", run.dir.display());
+    println!("Ctrl-C stops everything and removes what grove up made.");
+    let until = args.duration.map(|s| Instant::now() + Duration::from_secs(s));
+    while !stop.load(Ordering::Relaxed) && until.is_none_or(|u| Instant::now() < u) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        check_daemons(run)?;
     }
     Ok(())
 }
 
-/// Run the demo; `Ok(true)` when every agent joined and converged.
-pub async fn up(a: UpArgs) -> Result<bool, String> {
-    std::fs::create_dir_all(&a.dir).map_err(|e| format!("{}: {e}", a.dir.display()))?;
-    let token = (random::<8>(), random::<16>());
-    let cst = Arc::new(ClusterState::default());
-    let cluster = start_cluster(cst.clone(), &token.0, &token.1)
-        .await
-        .map_err(|e| e.to_string())?;
-    println!(
-        "grove up: the tier link on this machine (state in {})",
-        a.dir.display()
-    );
-    println!(
-        "  cluster on {} (CoAP+OSCORE), {} worker agents, each behind a relay dropping {}% of datagrams each way",
-        cluster.local_addr(),
-        a.workers,
-        a.loss
-    );
-    println!("  root, HTTP API and containers are not built yet; Ctrl-C stops");
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut agents = Vec::new();
-    let mut relays = Vec::new();
-    for n in 1..=a.workers {
-        let r = relay::start(
-            "127.0.0.1:0".parse().map_err(|_| "bad address")?,
-            cluster.local_addr(),
-            Link::symmetric(Shape::loss(f64::from(a.loss))),
-            u64::from(n) * 7919,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let via = r.addr;
-        relays.push(r);
-        let st = Arc::new(AgentState::default());
-        agents.push(st.clone());
-        let (dir, stop) = (a.dir.clone(), stop.clone());
-        tokio::spawn(async move {
-            if let Err(e) = agent(n, via, token, dir, st.clone(), stop).await {
-                *st.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-            }
-        });
-    }
-    // Seconds are counted in ticks (a late tick is caught up, never skipped), so the
-    // command generations follow the schedule even on a loaded machine.
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let (mut secs, mut ticks) = (0u64, 0u64);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    loop {
-        tokio::select! {
-            _ = &mut ctrl_c => break,
-            _ = tick.tick() => {}
-        }
-        secs = ticks;
-        ticks += 1;
-        if secs > 0 && secs % 5 == 0 {
-            let g = cst.generation.fetch_add(1, Ordering::SeqCst) + 1;
-            for st in &agents {
-                let id = st.node.load(Ordering::SeqCst);
-                if id != 0 {
-                    let body = msg::to_cbor(&NodeCommands {
-                        generation: g,
-                        commands: vec![],
-                        peers: None,
-                        services: None,
-                    });
-                    cluster
-                        .notify(&paths::node_commands(NodeId(id)), Response::cbor(body))
-                        .await;
-                }
-            }
-        }
-        if secs % 2 == 0 {
-            status(secs, &cst, &agents, &cluster).await;
-        }
-        if a.duration.is_some_and(|d| secs >= d) {
-            break;
+/// An error if a daemon exited on its own.
+fn check_daemons(run: &mut Run) -> Result<(), String> {
+    for d in run.tiers.iter_mut().chain(run.agents.iter_mut()) {
+        if let Ok(Some(status)) = d.child.try_wait() {
+            return Err(format!("{} exited ({status}); see logs/{}.log", d.name, d.name));
         }
     }
-    stop.store(true, Ordering::SeqCst);
-    // Let the last commands reach every agent (at most one retransmission span).
-    let want = cst.generation.load(Ordering::SeqCst);
-    let grace = Instant::now() + link().max_transmit_span();
-    while Instant::now() < grace
-        && !agents
-            .iter()
-            .all(|s| s.generation.load(Ordering::SeqCst) >= want)
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    status(secs, &cst, &agents, &cluster).await;
-    let sent: u64 = agents
-        .iter()
-        .map(|s| s.heartbeats.load(Ordering::Relaxed))
-        .sum();
-    let dropped: u64 = relays.iter().map(|r| r.stats.dropped()).sum();
-    let forwarded: u64 = relays.iter().map(|r| r.stats.forwarded()).sum();
-    let joined = agents
-        .iter()
-        .filter(|s| s.joined.load(Ordering::SeqCst))
-        .count();
-    let converged = agents
-        .iter()
-        .filter(|s| s.generation.load(Ordering::SeqCst) >= want)
-        .count();
-    println!("summary:");
-    println!(
-        "  agents joined with their token and got long-term OSCORE contexts: {joined}/{}",
-        agents.len()
-    );
-    println!(
-        "  agents holding the latest command generation ({want}): {converged}/{}",
-        agents.len()
-    );
-    println!(
-        "  heartbeats (non-confirmable) delivered: {}/{sent}; relays dropped {dropped} of {} datagrams",
-        cst.heartbeats.load(Ordering::Relaxed),
-        dropped + forwarded
-    );
-    let idle = demo_heartbeat(NodeId(1), 1000);
-    println!(
-        "  an idle heartbeat body is {} bytes of CBOR",
-        msg::to_cbor(&idle).len()
-    );
-    for (i, s) in agents.iter().enumerate() {
-        if let Some(e) = s.error.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            println!("  worker-{}: {e}", i + 1);
-        }
-    }
-    Ok(joined == agents.len() && converged == agents.len())
+    Ok(())
 }
 
-async fn status(secs: u64, cst: &ClusterState, agents: &[Arc<AgentState>], cluster: &Handle) {
-    let joined = agents
-        .iter()
-        .filter(|s| s.joined.load(Ordering::SeqCst))
-        .count();
-    let gen_now = cst.generation.load(Ordering::SeqCst);
-    let have: Vec<String> = agents
-        .iter()
-        .map(|s| s.generation.load(Ordering::SeqCst).to_string())
-        .collect();
-    let sent: u64 = agents
-        .iter()
-        .map(|s| s.heartbeats.load(Ordering::Relaxed))
-        .sum();
-    let stats = cluster.stats().await;
-    println!(
-        "t={secs:>3}s  joined {joined}/{}  heartbeats {}/{sent}  commands gen {gen_now}, agents have [{}]  cluster: retransmissions {}, duplicates {}, oscore-rejected {}",
-        agents.len(),
-        cst.heartbeats.load(Ordering::Relaxed),
-        have.join(","),
-        stats.retransmissions,
-        stats.duplicates,
-        stats.oscore_rejected,
-    );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use grove_proto::coap::ContextKey;
-
-    fn joining(payload: Vec<u8>) -> Incoming {
-        Incoming {
-            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
-            request: Request::post_cbor(paths::NODES, payload),
-            security: Some(ContextKey {
-                id_context: Some(vec![1; 16]),
-                recipient_id: vec![1],
-            }),
-            params: vec![],
+/// The seed's real images from Docker Hub, pulled on this machine (which needs
+/// internet) and served to the workers by the mirror.
+fn real_images(dir: &Path) -> Result<images::Images, String> {
+    let store_dir = dir.join("images");
+    let store = grove_agent::image::ImageStore::open(&store_dir, grove_agent::image::RegistryConfig::default())
+        .map_err(|e| e.to_string())?;
+    let mut out = images::Images::default();
+    for (repo, tag) in [("library/nginx", "latest"), ("curlimages/curl", "7.82.0")] {
+        println!("pulling docker.io/{repo}:{tag}");
+        let got = store
+            .export(&format!("docker.io/{repo}:{tag}"))
+            .map_err(|e| format!("docker.io/{repo}:{tag}: {e}"))?;
+        for (digest, data, media_type) in got.blobs {
+            out.blobs.insert(digest, images::Blob { data, media_type });
         }
+        out.tags.insert((repo.to_owned(), tag.to_owned()), got.manifest);
     }
-
-    fn registration(major: u16) -> Vec<u8> {
-        msg::to_cbor(&RegisterNode {
-            version: msg::ProtocolVersion { major, minor: 0 },
-            name: "pi-1".into(),
-            arch: "aarch64".into(),
-            cpus: 4,
-            memory_mib: 4096,
-            disk_mib: 30_000,
-            virtualizations: vec!["container".into()],
-            location: None,
-            max_instances: None,
-            underlay: None,
-        })
-    }
-
-    #[tokio::test]
-    async fn an_agent_of_another_major_version_gets_4_06_naming_both_versions() {
-        let st = Arc::new(ClusterState::default());
-        let r = register(st, joining(registration(2))).await;
-        assert_eq!(r.code, Code::NOT_ACCEPTABLE);
-        let text = String::from_utf8(r.payload).unwrap();
-        assert!(text.contains("2.0") && text.contains("1.0"), "{text}");
-    }
-
-    #[tokio::test]
-    async fn a_registration_that_is_not_cbor_gets_4_00_naming_the_message() {
-        let st = Arc::new(ClusterState::default());
-        let r = register(st, joining(vec![0xff, 0x13])).await;
-        assert_eq!(r.code, Code::BAD_REQUEST);
-        assert!(
-            String::from_utf8(r.payload)
-                .unwrap()
-                .contains("RegisterNode")
-        );
-    }
-
-    #[tokio::test]
-    async fn a_registration_without_a_join_token_is_forbidden() {
-        let st = Arc::new(ClusterState::default());
-        let mut inc = joining(registration(1));
-        inc.security = Some(ContextKey {
-            id_context: None,
-            recipient_id: vec![0, 0, 0, 9],
-        });
-        assert_eq!(register(st, inc).await.code, Code::FORBIDDEN);
-    }
+    Ok(out)
 }

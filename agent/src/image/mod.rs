@@ -8,4 +8,4 @@ pub mod store;
 
 pub use reference::Reference;
 pub use registry::RegistryConfig;
-pub use store::{Image, ImageStore, PullError};
+pub use store::{Exported, Image, ImageStore, PullError};

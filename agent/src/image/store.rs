@@ -87,6 +87,15 @@ pub struct Image {
     pub layers: Vec<PathBuf>,
 }
 
+/// An image as a registry serves it (see [`ImageStore::export`]).
+#[derive(Debug, Clone)]
+pub struct Exported {
+    /// The manifest's digest.
+    pub manifest: String,
+    /// Digest, bytes and media type of each blob, the manifest first.
+    pub blobs: Vec<(String, Vec<u8>, String)>,
+}
+
 /// Where blobs come from during one pull.
 enum Source<'a> {
     Registry(&'a Registries, &'a super::reference::RegistryRef),
@@ -394,6 +403,32 @@ impl ImageStore {
             manifest,
             config,
             layers,
+        })
+    }
+
+    /// Pull `reference` and hand out what a registry would serve of it for this
+    /// node's platform: its manifest's digest, and every blob (digest, bytes, media
+    /// type) of the manifest, its config and its layers.
+    pub fn export(&self, reference: &str) -> Result<Exported, PullError> {
+        let image = self.pull(reference)?;
+        let read = |digest: &str| -> Result<Vec<u8>, PullError> {
+            let p = self.blob_path(digest)?;
+            std::fs::read(&p).map_err(|e| io(&p, e))
+        };
+        let manifest = read(&image.manifest)?;
+        let doc: AnyManifest = serde_json::from_slice(&manifest)
+            .map_err(|e| PullError::Format(format!("{reference}: {e}")))?;
+        let media_type = doc
+            .media_type
+            .clone()
+            .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
+        let mut blobs = vec![(image.manifest.clone(), manifest, media_type)];
+        for d in doc.config.into_iter().chain(doc.layers.unwrap_or_default()) {
+            blobs.push((d.digest.clone(), read(&d.digest)?, d.media_type));
+        }
+        Ok(Exported {
+            manifest: image.manifest,
+            blobs,
         })
     }
 

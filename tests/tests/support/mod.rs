@@ -386,6 +386,30 @@ pub struct Agent {
     pub dir: PathBuf,
     /// Its name.
     pub name: String,
+    /// The test bed host it runs in.
+    pub host: Option<grove_tests::testbed::Host>,
+}
+
+impl Drop for Agent {
+    /// A native agent leaves nothing behind, also when its test fails: stopped, it is
+    /// reset (its containers, supervisor, links and table removed), in its host.
+    fn drop(&mut self) {
+        self.daemon.kill();
+        if !self.dir.join("supervisor.pid").exists() {
+            return;
+        }
+        let mut c = match self.host.as_ref().filter(|h| h.path().exists()) {
+            Some(h) => h.command(&bin("grove-agent")),
+            None => Command::new(bin("grove-agent")),
+        };
+        let _ = c
+            .args(["--name", &self.name, "--state-dir"])
+            .arg(&self.dir)
+            .arg("reset")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 impl Agent {
@@ -440,6 +464,7 @@ impl Agent {
             daemon,
             dir: adir,
             name: name.to_owned(),
+            host: host.cloned(),
         }
     }
 
