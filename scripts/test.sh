@@ -16,6 +16,9 @@ stage() {
 stage "install test dependencies" bash scripts/test-deps.sh
 stage "cargo fmt --check" cargo fmt --all -- --check
 stage "clippy -D warnings" cargo clippy --workspace --all-targets --locked -- -D warnings
+# The README's `grove up` command runs verbatim in a test; built here, so the test
+# measures the run, not the compiler.
+stage "release build of grove" cargo build --release --locked -p grove-cli --bin grove
 stage "tests (nextest)" cargo nextest run --workspace --locked --no-fail-fast
 
 echo "==> stage times"

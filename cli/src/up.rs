@@ -44,6 +44,27 @@ pub struct UpArgs {
     pub duration: Option<u64>,
 }
 
+/// `println!` that never fails: with stdout gone (its reader ended), `grove up` still
+/// has to stop everything it started, so a failed write must not abort it.
+macro_rules! say {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout());
+    }};
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `eprintln!` likewise.
+macro_rules! esay {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 /// Names and addresses of the run's network.
 const SWITCH: &str = "gu-sw";
 const HOST_LINK: &str = "gu0";
@@ -59,6 +80,20 @@ fn worker_ns(w: &str) -> String {
 
 fn worker_addr(i: usize) -> String {
     format!("169.254.77.{}", 11 + i)
+}
+
+/// `program` to run in network namespace `ns` (when given). `nsenter --net` rather
+/// than `ip netns exec`, which mounts a /sys of its own and so hides the cgroup file
+/// systems from the agent.
+fn in_ns(ns: Option<&str>, program: &Path) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 /// Run a command; its stdout, or an error naming it.
@@ -79,9 +114,8 @@ fn sh(program: &str, args: &[&str]) -> Result<String, String> {
 }
 
 fn have(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 /// The static busybox the stand-ins are made of, if this machine has one.
@@ -95,7 +129,11 @@ fn static_busybox() -> Option<PathBuf> {
 /// What this machine lacks for `grove up`, installed with apt (Debian's packages).
 fn prerequisites(real_images: bool) -> Result<(), String> {
     let mut missing = Vec::new();
-    for (program, package) in [("ip", "iproute2"), ("nft", "nftables"), ("nsenter", "util-linux")] {
+    for (program, package) in [
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("nsenter", "util-linux"),
+    ] {
         if !have(program) {
             missing.push(package);
         }
@@ -107,9 +145,12 @@ fn prerequisites(real_images: bool) -> Result<(), String> {
         return Ok(());
     }
     if !have("apt-get") {
-        return Err(format!("install these packages first: {}", missing.join(" ")));
+        return Err(format!(
+            "install these packages first: {}",
+            missing.join(" ")
+        ));
     }
-    println!("installing {} (apt-get)", missing.join(" "));
+    say!("installing {} (apt-get)", missing.join(" "));
     let install = |update: bool| {
         if update {
             let _ = Command::new("apt-get").args(["update", "-q"]).status();
@@ -149,18 +190,18 @@ impl Run {
     /// Start this binary as daemon `role` (in namespace `ns`), logging to
     /// `logs/<name>.log`; in a process group of its own, so a Ctrl-C at the terminal
     /// reaches only `grove up`, which stops everything in order.
-    fn spawn(&self, name: &str, role: &str, ns: Option<&str>, args: &[String]) -> Result<Daemon, String> {
+    fn spawn(
+        &self,
+        name: &str,
+        role: &str,
+        ns: Option<&str>,
+        args: &[String],
+    ) -> Result<Daemon, String> {
         use std::os::unix::process::CommandExt;
         let log_path = self.dir.join("logs").join(format!("{name}.log"));
-        let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
-        let mut c = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&self.exe);
-                c
-            }
-            None => Command::new(&self.exe),
-        };
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let mut c = in_ns(ns, &self.exe);
         c.args(args)
             .env("GROVE_AS", role)
             .env("RUST_LOG", "info")
@@ -177,15 +218,7 @@ impl Run {
 
     /// Run this binary as `role` to completion (in namespace `ns`); its stdout.
     fn once(&self, role: &str, ns: Option<&str>, args: &[&str]) -> Result<String, String> {
-        let mut c = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&self.exe);
-                c
-            }
-            None => Command::new(&self.exe),
-        };
-        let out = c
+        let out = in_ns(ns, &self.exe)
             .args(args)
             .env("GROVE_AS", role)
             .env("RUST_LOG", "warn")
@@ -205,14 +238,25 @@ impl Run {
     /// The switch, the host's link to it, and one namespace per worker on it.
     fn network(&self) -> Result<(), String> {
         sh("ip", &["netns", "add", SWITCH])?;
-        sh("ip", &["-n", SWITCH, "link", "add", "sw0", "type", "bridge"])?;
+        sh(
+            "ip",
+            &["-n", SWITCH, "link", "add", "sw0", "type", "bridge"],
+        )?;
         sh("ip", &["-n", SWITCH, "link", "set", "sw0", "up"])?;
         sh(
             "ip",
-            &["link", "add", HOST_LINK, "type", "veth", "peer", "name", "p0", "netns", SWITCH],
+            &[
+                "link", "add", HOST_LINK, "type", "veth", "peer", "name", "p0", "netns", SWITCH,
+            ],
         )?;
-        sh("ip", &["-n", SWITCH, "link", "set", "p0", "master", "sw0", "up"])?;
-        sh("ip", &["addr", "add", &format!("{HOST_ADDR}/24"), "dev", HOST_LINK])?;
+        sh(
+            "ip",
+            &["-n", SWITCH, "link", "set", "p0", "master", "sw0", "up"],
+        )?;
+        sh(
+            "ip",
+            &["addr", "add", &format!("{HOST_ADDR}/24"), "dev", HOST_LINK],
+        )?;
         sh("ip", &["link", "set", HOST_LINK, "up"])?;
         for (i, w) in WORKERS.iter().enumerate() {
             let ns = worker_ns(w);
@@ -220,10 +264,27 @@ impl Run {
             sh("ip", &["netns", "add", &ns])?;
             sh(
                 "ip",
-                &["-n", SWITCH, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns],
+                &[
+                    "-n", SWITCH, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                    "netns", &ns,
+                ],
             )?;
-            sh("ip", &["-n", SWITCH, "link", "set", &port, "master", "sw0", "up"])?;
-            sh("ip", &["-n", &ns, "addr", "add", &format!("{}/24", worker_addr(i)), "dev", "eth0"])?;
+            sh(
+                "ip",
+                &["-n", SWITCH, "link", "set", &port, "master", "sw0", "up"],
+            )?;
+            sh(
+                "ip",
+                &[
+                    "-n",
+                    &ns,
+                    "addr",
+                    "add",
+                    &format!("{}/24", worker_addr(i)),
+                    "dev",
+                    "eth0",
+                ],
+            )?;
             sh("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
             sh("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
         }
@@ -242,7 +303,8 @@ impl Run {
             let ns = worker_ns(w);
             let state = self.dir.join(w);
             let in_ns = sh("ip", &["netns", "list"]).is_ok_and(|l| {
-                l.lines().any(|x| x.split_whitespace().next() == Some(ns.as_str()))
+                l.lines()
+                    .any(|x| x.split_whitespace().next() == Some(ns.as_str()))
             });
             if state.exists() || in_ns {
                 let state = state.to_string_lossy().into_owned();
@@ -252,7 +314,7 @@ impl Run {
                     &["--name", w, "--state-dir", &state, "reset"],
                 );
                 if let Err(e) = r {
-                    eprintln!("grove up: resetting worker {w}: {e}");
+                    esay!("grove up: resetting worker {w}: {e}");
                 }
             }
             if in_ns {
@@ -313,7 +375,12 @@ impl Api {
     }
 }
 
-fn wait_for<T>(secs: u64, stop: &AtomicBool, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T, String> {
+fn wait_for<T>(
+    secs: u64,
+    stop: &AtomicBool,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T, String> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(v) = f() {
@@ -332,17 +399,46 @@ fn wait_for<T>(secs: u64, stop: &AtomicBool, what: &str, mut f: impl FnMut() -> 
 /// Run `grove up`; whether everything worked.
 pub async fn up(args: UpArgs) -> Result<bool, String> {
     if !nix::unistd::geteuid().is_root() {
-        return Err("grove up needs root: it makes network namespaces, containers and cgroups".into());
+        return Err(
+            "grove up needs root: it makes network namespaces, containers and cgroups".into(),
+        );
     }
     prerequisites(args.real_images)?;
+    // One run per machine: the namespaces, the link and the ports are the same.
+    let lock_path = Path::new("/run/grove-up.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(lock_path)
+        .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    let mut lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| {
+            let pid = std::fs::read_to_string(lock_path).unwrap_or_default();
+            format!(
+                "another grove up is running (pid {}); stop it (Ctrl-C) first",
+                pid.trim()
+            )
+        })?;
+    {
+        use std::io::{Seek, Write};
+        let _ = lock.set_len(0);
+        let _ = lock.rewind();
+        let _ = write!(lock, "{}", std::process::id());
+    }
+    // Orphans of the run (a worker's container supervisor outlives its agent) come to
+    // this process, which reaps them at the end: nothing is left, not even a zombie.
+    let _ = nix::sys::prctl::set_child_subreaper(true);
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut int), Ok(mut term)) =
-                (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-            else {
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
                 return;
             };
             tokio::select! {
@@ -364,7 +460,10 @@ pub async fn up(args: UpArgs) -> Result<bool, String> {
     // What an earlier run left (it was killed) goes first, then its state.
     run.teardown();
     run.done = false;
-    for entry in std::fs::read_dir(&dir).map_err(|e| e.to_string())?.flatten() {
+    for entry in std::fs::read_dir(&dir)
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
         let p = entry.path();
         let _ = if p.is_dir() {
             std::fs::remove_dir_all(&p)
@@ -379,17 +478,26 @@ pub async fn up(args: UpArgs) -> Result<bool, String> {
         Ok(()) => true,
         Err(e) if e == "interrupted" => true,
         Err(e) => {
-            eprintln!("grove up: {e} (logs in {})", dir.join("logs").display());
+            esay!("grove up: {e} (logs in {})", dir.join("logs").display());
             false
         }
     };
-    println!("stopping: every daemon, container, namespace, link, cgroup and nftables table of this run goes");
+    say!(
+        "stopping: every daemon, container, namespace, link, cgroup and nftables table of this run goes"
+    );
     run.teardown();
-    println!("stopped; state and logs stay in {}", dir.display());
+    reap();
+    drop(lock);
+    say!("stopped; state and logs stay in {}", dir.display());
     Ok(ok)
 }
 
-async fn bring_up(run: &mut Run, args: &UpArgs, stop: &AtomicBool, started: Instant) -> Result<(), String> {
+async fn bring_up(
+    run: &mut Run,
+    args: &UpArgs,
+    stop: &AtomicBool,
+    started: Instant,
+) -> Result<(), String> {
     let t = || format!("[{:5.1}s]", started.elapsed().as_secs_f32());
     // The images, then the network and the mirror on the host's end of it.
     let images = if args.real_images {
@@ -404,7 +512,11 @@ async fn bring_up(run: &mut Run, args: &UpArgs, stop: &AtomicBool, started: Inst
         .await
         .map_err(|e| format!("the image mirror on {mirror}: {e}"))?;
     tokio::spawn(mirror::run(listener, images));
-    println!("{} network: workers {} in namespaces, image mirror on {mirror}", t(), WORKERS.join(", "));
+    say!(
+        "{} network: workers {} in namespaces, image mirror on {mirror}",
+        t(),
+        WORKERS.join(", ")
+    );
 
     // The root, then a cluster joined to it, then the workers joined to the cluster.
     let root_dir = run.dir.join("root").to_string_lossy().into_owned();
@@ -436,9 +548,13 @@ async fn bring_up(run: &mut Run, args: &UpArgs, stop: &AtomicBool, started: Inst
             .map(str::to_owned)
     })?;
     let api = Api { base, token };
-    println!("{} root: API on {}", t(), api.base);
+    say!("{} root: API on {}", t(), api.base);
     let cluster_dir = run.dir.join("cluster").to_string_lossy().into_owned();
-    let worker_token = run.once("cluster", None, &["--data-dir", &cluster_dir, "token", "--reusable"])?;
+    let worker_token = run.once(
+        "cluster",
+        None,
+        &["--data-dir", &cluster_dir, "token", "--reusable"],
+    )?;
     let cluster_token = api.call("POST", "/api/clusters/token", Some(json!({})))?["token"]
         .as_str()
         .ok_or("no cluster token from the root")?
@@ -488,12 +604,21 @@ async fn bring_up(run: &mut Run, args: &UpArgs, stop: &AtomicBool, started: Inst
         let n: u64 = active
             .as_array()?
             .iter()
-            .flat_map(|c| c["aggregation_per_architecture"].as_array().cloned().unwrap_or_default())
+            .flat_map(|c| {
+                c["aggregation_per_architecture"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
             .filter_map(|a| a["active_nodes"].as_u64())
             .sum();
         (n >= 2).then_some(())
     })?;
-    println!("{} cluster `edge` with workers {} joined", t(), WORKERS.join(", "));
+    say!(
+        "{} cluster `edge` with workers {} joined",
+        t(),
+        WORKERS.join(", ")
+    );
     check_daemons(run)?;
 
     // The seed's application, unchanged, and one instance of each service.
@@ -508,10 +633,17 @@ async fn bring_up(run: &mut Run, args: &UpArgs, stop: &AtomicBool, started: Inst
     let mut names = BTreeMap::new();
     for id in &services {
         let doc = api.call("GET", &format!("/api/service/{id}"), None)?;
-        names.insert(id.clone(), doc["microservice_name"].as_str().unwrap_or(id).to_owned());
+        names.insert(
+            id.clone(),
+            doc["microservice_name"].as_str().unwrap_or(id).to_owned(),
+        );
         api.call("POST", &format!("/api/service/{id}/instance"), None)?;
     }
-    println!("{} deployed the seed's application `clientsrvr` ({} services)", t(), services.len());
+    say!(
+        "{} deployed the seed's application `clientsrvr` ({} services)",
+        t(),
+        services.len()
+    );
     let mut last: BTreeMap<String, String> = BTreeMap::new();
     let mut failed = None;
     wait_for(180, stop, "every instance RUNNING", || {
@@ -530,12 +662,15 @@ async fn bring_up(run: &mut Run, args: &UpArgs, stop: &AtomicBool, started: Inst
                     (None, None) => status.clone(),
                 };
                 if last.get(&key) != Some(&line) {
-                    println!("{}   {key:<8} {line}", t());
+                    say!("{}   {key:<8} {line}", t());
                     last.insert(key.clone(), line);
                 }
                 all &= status == "RUNNING";
                 if status == "FAILED" {
-                    failed = Some(format!("{key} FAILED: {}", i["status_detail"].as_str().unwrap_or("no reason given")));
+                    failed = Some(format!(
+                        "{key} FAILED: {}",
+                        i["status_detail"].as_str().unwrap_or("no reason given")
+                    ));
                 }
             }
         }
@@ -550,29 +685,51 @@ async fn bring_up(run: &mut Run, args: &UpArgs, stop: &AtomicBool, started: Inst
     let pid = WORKERS
         .iter()
         .find_map(|w| {
-            let p = run.dir.join(w).join("containers").join(format!("{client}-0")).join("pid");
+            let p = run
+                .dir
+                .join(w)
+                .join("containers")
+                .join(format!("{client}-0"))
+                .join("pid");
             std::fs::read_to_string(p).ok()
         })
         .and_then(|t| t.split_whitespace().next().map(str::to_owned))
         .ok_or("the client's container is not on either worker")?;
     let answer = wait_for(30, stop, "the client's request through 10.30.30.30", || {
         let out = Command::new("nsenter")
-            .args(["--target", &pid, "--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd"])
+            .args([
+                "--target", &pid, "--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd",
+            ])
             .args(["curl", "-s", "http://10.30.30.30/"])
             .output()
             .ok()?;
         let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         (out.status.success() && !body.is_empty()).then_some(body)
     })?;
-    println!("{} the client's `curl http://10.30.30.30/` answered: {answer}", t());
-    println!();
-    println!("Grove is up: root, cluster `edge`, workers {}.", WORKERS.join(" and "));
-    println!("  API       {}  (user Admin, password {})", api.base, args.admin_password);
-    println!("  API docs  {}/api/docs", api.base);
-    println!("  workers   namespaces {} (ip netns exec gu-w1 ...)", WORKERS.map(worker_ns).join(", "));
-    println!("  state     {} (logs in logs/)", run.dir.display());
-    println!("Ctrl-C stops everything and removes what grove up made.");
-    let until = args.duration.map(|s| Instant::now() + Duration::from_secs(s));
+    say!(
+        "{} the client's `curl http://10.30.30.30/` answered: {answer}",
+        t()
+    );
+    say!();
+    say!(
+        "Grove is up: root, cluster `edge`, workers {}.",
+        WORKERS.join(" and ")
+    );
+    say!(
+        "  API       {}  (user Admin, password {})",
+        api.base,
+        args.admin_password
+    );
+    say!("  API docs  {}/api/docs", api.base);
+    say!(
+        "  workers   namespaces {} (ip netns exec gu-w1 ...)",
+        WORKERS.map(worker_ns).join(", ")
+    );
+    say!("  state     {} (logs in logs/)", run.dir.display());
+    say!("Ctrl-C stops everything and removes what grove up made.");
+    let until = args
+        .duration
+        .map(|s| Instant::now() + Duration::from_secs(s));
     while !stop.load(Ordering::Relaxed) && until.is_none_or(|u| Instant::now() < u) {
         tokio::time::sleep(Duration::from_millis(200)).await;
         check_daemons(run)?;
@@ -580,11 +737,27 @@ async fn bring_up(run: &mut Run, args: &UpArgs, stop: &AtomicBool, started: Inst
     Ok(())
 }
 
+/// Wait for every child (orphans included) that has ended or ends within a second.
+fn reap() {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// An error if a daemon exited on its own.
 fn check_daemons(run: &mut Run) -> Result<(), String> {
     for d in run.tiers.iter_mut().chain(run.agents.iter_mut()) {
         if let Ok(Some(status)) = d.child.try_wait() {
-            return Err(format!("{} exited ({status}); see logs/{}.log", d.name, d.name));
+            return Err(format!(
+                "{} exited ({status}); see logs/{}.log",
+                d.name, d.name
+            ));
         }
     }
     Ok(())
@@ -594,18 +767,22 @@ fn check_daemons(run: &mut Run) -> Result<(), String> {
 /// internet) and served to the workers by the mirror.
 fn real_images(dir: &Path) -> Result<images::Images, String> {
     let store_dir = dir.join("images");
-    let store = grove_agent::image::ImageStore::open(&store_dir, grove_agent::image::RegistryConfig::default())
-        .map_err(|e| e.to_string())?;
+    let store = grove_agent::image::ImageStore::open(
+        &store_dir,
+        grove_agent::image::RegistryConfig::default(),
+    )
+    .map_err(|e| e.to_string())?;
     let mut out = images::Images::default();
     for (repo, tag) in [("library/nginx", "latest"), ("curlimages/curl", "7.82.0")] {
-        println!("pulling docker.io/{repo}:{tag}");
+        say!("pulling docker.io/{repo}:{tag}");
         let got = store
             .export(&format!("docker.io/{repo}:{tag}"))
             .map_err(|e| format!("docker.io/{repo}:{tag}: {e}"))?;
         for (digest, data, media_type) in got.blobs {
             out.blobs.insert(digest, images::Blob { data, media_type });
         }
-        out.tags.insert((repo.to_owned(), tag.to_owned()), got.manifest);
+        out.tags
+            .insert((repo.to_owned(), tag.to_owned()), got.manifest);
     }
     Ok(out)
 }

@@ -25,10 +25,12 @@ impl Host {
         PathBuf::from("/run/netns").join(&self.ns)
     }
 
-    /// `program` to be run inside this host.
+    /// `program` to be run inside this host (`nsenter --net`: unlike `ip netns exec`
+    /// it keeps the machine's /sys, where the cgroup file systems are).
     pub fn command(&self, program: &std::path::Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns]).arg(program);
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path().display()))
+            .arg(program);
         c
     }
 

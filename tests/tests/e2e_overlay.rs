@@ -29,9 +29,7 @@ fn address_in(netns: &Path) -> Option<String> {
     Some(word.split('/').next()?.to_owned())
 }
 
-/// The network namespaces of an agent's running containers, through their processes
-/// (the agent's held namespace files are mounts in its own mount namespace, which
-/// `ip netns exec` made).
+/// The network namespaces of an agent's running containers, through their processes.
 fn netns_of(agent: &Agent) -> Vec<PathBuf> {
     std::fs::read_dir(agent.dir.join("containers"))
         .map(|d| {

@@ -55,6 +55,20 @@ impl Group {
     /// Create (or take over) the group of container `id` with `limits`.
     pub fn create(id: &str, limits: &Limits) -> Result<Self, String> {
         let name = Self::name_of(id);
+        // Without a cgroup file system the builder makes nothing and says nothing:
+        // the limits would silently not hold.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        if !mounts
+            .lines()
+            .any(|l| matches!(l.split_whitespace().nth(2), Some("cgroup" | "cgroup2")))
+        {
+            return Err(
+                "no cgroup file system is mounted (under `ip netns exec`, which \
+                        mounts a /sys of its own? enter the namespace with \
+                        `nsenter --net=/run/netns/NAME` instead)"
+                    .into(),
+            );
+        }
         let mut b = CgroupBuilder::new(&name);
         if limits.memory_bytes > 0 {
             let m = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);

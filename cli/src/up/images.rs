@@ -238,7 +238,10 @@ mod tests {
             std::fs::read_link(root.join("bin/wget")).unwrap(),
             Path::new("busybox")
         );
-        assert!(!root.join("bin/grove-nginx").exists(), "nginx's own layer is not curl's");
+        assert!(
+            !root.join("bin/grove-nginx").exists(),
+            "nginx's own layer is not curl's"
+        );
         let _ = std::fs::remove_dir_all(&dir);
         assert!(!is_static(Path::new("/nonexistent")) && !is_static(&fake));
     }

@@ -33,7 +33,11 @@ async fn serve(State(images): State<Arc<Images>>, Path(rest): Path<String>) -> R
         }
     };
     let Some(blob) = images.blobs.get(&digest) else {
-        return not_found(if kind == "manifest" { "MANIFEST" } else { "BLOB" });
+        return not_found(if kind == "manifest" {
+            "MANIFEST"
+        } else {
+            "BLOB"
+        });
     };
     let mut r = blob.data.clone().into_response();
     let h = r.headers_mut();

@@ -448,13 +448,14 @@ impl Agent {
         let daemon = match host {
             None => Daemon::start(bin("grove-agent"), args, dir.join(format!("{name}.log"))),
             Some(h) => {
-                // `ip netns exec` execs the agent: the PID stays the agent's.
+                // `nsenter --net` execs the agent (the PID stays the agent's) and,
+                // unlike `ip netns exec`, keeps the machine's /sys and its cgroups.
                 let mut wrapped: Vec<OsString> =
-                    vec!["netns".into(), "exec".into(), h.ns.clone().into()];
+                    vec![format!("--net={}", h.path().display()).into()];
                 wrapped.push(bin("grove-agent").into());
                 wrapped.extend(args);
                 Daemon::start(
-                    PathBuf::from("ip"),
+                    PathBuf::from("nsenter"),
                     wrapped,
                     dir.join(format!("{name}.log")),
                 )
