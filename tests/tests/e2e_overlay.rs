@@ -500,8 +500,11 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
             "left behind:\n{links}\n{tables}"
         );
         assert!(!a.dir.exists(), "its state directory is gone");
+        // (Gone, or a zombie its new parent has not reaped: PID 1 here reaps nothing.)
+        let stat = std::fs::read_to_string(format!("/proc/{supervisor}/stat")).unwrap_or_default();
         assert!(
-            !Path::new(&format!("/proc/{supervisor}")).exists(),
+            stat.rsplit_once(") ")
+                .is_none_or(|(_, rest)| rest.starts_with('Z')),
             "its supervisor is gone"
         );
     }
