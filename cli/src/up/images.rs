@@ -164,6 +164,33 @@ impl Images {
         self.tags.insert((repo.to_owned(), tag.to_owned()), m);
     }
 
+    /// Write the images as an OCI layout at `dir`, each tagged with the last part of
+    /// its repository (`nginx`, `curl`), for tools such as skopeo.
+    pub fn write_layout(&self, dir: &Path) -> std::io::Result<()> {
+        let blobs = dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs)?;
+        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        for (d, b) in &self.blobs {
+            std::fs::write(blobs.join(d.trim_start_matches("sha256:")), &b.data)?;
+        }
+        let mut manifests: Vec<_> = self
+            .tags
+            .iter()
+            .map(|((repo, _), d)| {
+                let name = repo.rsplit('/').next().unwrap_or(repo);
+                json!({
+                    "mediaType": MANIFEST,
+                    "digest": d,
+                    "size": self.blobs[d].data.len(),
+                    "annotations": {"org.opencontainers.image.ref.name": name},
+                })
+            })
+            .collect();
+        manifests.sort_by_key(|m| m["digest"].as_str().map(str::to_owned));
+        let index = json!({"schemaVersion": 2, "manifests": manifests});
+        std::fs::write(dir.join("index.json"), index.to_string())
+    }
+
     /// The two stand-ins, from the static busybox at `busybox`.
     pub fn stand_ins(busybox: &Path) -> Result<Self, String> {
         let bb = std::fs::read(busybox).map_err(|e| format!("{}: {e}", busybox.display()))?;
