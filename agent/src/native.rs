@@ -124,6 +124,7 @@ impl NativeRuntime {
     /// runs, and the puller thread.
     pub fn open(dir: &Path, registries: RegistryConfig) -> Result<Self, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        crate::container::cgroup::scope_to(dir);
         supervisor::ensure(dir)?;
         let store = ImageStore::open(&dir.join("images"), registries).map_err(|e| e.to_string())?;
         let (pulls, jobs) = mpsc::channel::<Job>();

@@ -63,6 +63,7 @@ pub fn run(
     let store = ImageStore::open(&args.state_dir.join("images"), args.registry_config()?)
         .map_err(|e| e.to_string())?;
     let img = store.pull(image).map_err(|e| e.to_string())?;
+    container::cgroup::scope_to(&args.state_dir);
     let id = format!("run-{}", std::process::id());
     let launch = LaunchSpec::resolve(&id, &spec(image, cmd, memory_mib, millicpus), &img)
         .map_err(|e| e.to_string())?;

@@ -437,6 +437,7 @@ impl Supervisor {
 /// Serve until killed.
 pub fn run(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(containers_dir(dir)).map_err(|e| format!("{}: {e}", dir.display()))?;
+    container::cgroup::scope_to(dir);
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

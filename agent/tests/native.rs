@@ -92,8 +92,15 @@ fn an_instance_runs_reports_its_usage_and_is_removed_without_a_trace() {
         .map(|e| e.file_name())
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
-    assert!(!std::path::Path::new("/sys/fs/cgroup/memory/grove/busy-0").exists());
-    assert!(!std::path::Path::new("/sys/fs/cgroup/grove/busy-0").exists());
+    // Its group (in this agent's scope) went with it.
+    grove_agent::container::cgroup::scope_to(&state);
+    let group = grove_agent::container::cgroup::Group::name_of("busy-0");
+    assert!(
+        group.starts_with("grove/") && group.ends_with("/busy-0"),
+        "{group}"
+    );
+    assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/memory/{group}")).exists());
+    assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/{group}")).exists());
     if let Ok(pid) = std::fs::read_to_string(state.join("supervisor.pid")) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid.trim().parse().unwrap()),

@@ -417,3 +417,138 @@ fn two_clusters_place_by_direct_and_geo_and_a_killed_cluster_s_instances_move() 
     let _ = std::fs::remove_dir_all(&dir);
     drop(bed);
 }
+
+/// Each container of `agent`: (container id, PID and start time), sorted.
+fn containers(agent: &Agent) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir(agent.dir.join("containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = std::fs::read_to_string(e.path().join("pid")).ok()?;
+            // Only live ones (a dead container's directory may linger until removed).
+            let p = pid.split_whitespace().next()?.to_owned();
+            Path::new(&format!("/proc/{p}")).exists().then(|| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    pid.trim().to_owned(),
+                )
+            })
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn daemons_sigkilled_and_the_root_away_for_a_minute_lose_nothing_and_run_nothing_twice() {
+    let Some(bed) = TestBed::new("dk", 3) else {
+        return;
+    };
+    let dir = scratch("drills");
+    bed.enter(0);
+    let Some(registry) = seed_registry(&bed, &dir) else {
+        return;
+    };
+    let mut root = Root::start(&dir, &[]);
+    let cluster_addr = SocketAddr::new(bed.hosts[0].ip.into(), support::free_udp().port());
+    let mut cluster = Cluster::start_at(&dir, "edge", &root, cluster_addr, &[]);
+    let flags = native_flags(&registry);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut agents: Vec<Agent> = [1, 2]
+        .iter()
+        .map(|&i| {
+            Agent::start_in(
+                Some(&bed.hosts[i]),
+                &dir,
+                &format!("w{i}"),
+                cluster_addr,
+                &cluster.worker_token,
+                &flags,
+            )
+        })
+        .collect();
+    wait_until(30, "both workers", || root.active_workers() == 2);
+    let services = root.deploy_seed(|_| {});
+    // One instance each: the seed maps host ports (9080, 6080), so a worker holds at
+    // most one of each, and one worker can take over everything.
+    for s in &services {
+        root.add_instance(s);
+    }
+    wait_until(60, "every instance RUNNING", || {
+        all_running(&root, &services).is_some()
+    });
+    let running = |agents: &[Agent]| agents.iter().map(containers).collect::<Vec<_>>();
+    let before = running(&agents);
+    let placed = all_running(&root, &services).unwrap();
+    assert_eq!(before.iter().map(Vec::len).sum::<usize>(), 2, "{before:?}");
+
+    // Each daemon SIGKILLed and restarted in turn: the same containers (same
+    // processes) keep running, none twice, and the API says what it said.
+    root.daemon.kill();
+    root.daemon.restart();
+    root.wait_serving();
+    cluster.daemon.kill();
+    cluster.daemon.restart();
+    for a in &mut agents {
+        a.daemon.kill();
+        a.daemon.restart();
+    }
+    wait_until(
+        30,
+        "the workers back with their cluster, the cluster with the root",
+        || {
+            root.active_workers() == 2
+                && agents
+                    .iter()
+                    .all(|a| a.daemon.log().matches("converged").count() >= 2)
+        },
+    );
+    assert_eq!(
+        running(&agents),
+        before,
+        "the same containers, none restarted or added"
+    );
+    assert_eq!(all_running(&root, &services), Some(placed.clone()));
+
+    // The root away for a minute; meanwhile a worker's agent dies and the cluster
+    // moves its instances on its own. The other worker's containers are untouched;
+    // the root, back, knows the move within a report.
+    root.daemon.kill();
+    let gone = Instant::now();
+    let victim = agents
+        .iter()
+        .position(|a| !containers(a).is_empty())
+        .unwrap();
+    let survivor = 1 - victim;
+    agents[victim].daemon.kill();
+    wait_until(
+        30,
+        "the cluster moving the instances without the root",
+        || containers(&agents[survivor]).len() == 2,
+    );
+    let untouched = containers(&agents[survivor]);
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(gone.elapsed()));
+    root.daemon.restart();
+    let back = Instant::now();
+    root.wait_serving();
+    wait_until(30, "the root catching up", || {
+        all_running(&root, &services).is_some_and(|w| w.iter().all(|n| w[0] == *n))
+    });
+    eprintln!("the root caught up {:?} after its return", back.elapsed());
+    assert!(back.elapsed() < Duration::from_secs(10));
+    let now = containers(&agents[survivor]);
+    assert!(
+        untouched.iter().all(|c| now.contains(c)),
+        "the workloads ran on untouched:\n{untouched:?}\n{now:?}"
+    );
+    // The dead agent back: what moved away is stopped there, so nothing runs twice.
+    agents[victim].daemon.restart();
+    wait_until(30, "the returning worker stopping what moved away", || {
+        containers(&agents[victim]).is_empty()
+    });
+    assert_eq!(containers(&agents[survivor]).len(), 2);
+    drop((agents, cluster, root, registry));
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(bed);
+}

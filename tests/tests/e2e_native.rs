@@ -291,10 +291,14 @@ fn instances_pulled_through_a_docker_io_mirror_run_exit_and_survive_an_agent_sig
     );
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     assert!(!mounts.contains(containers.to_str().unwrap()), "{mounts}");
+    // Groups live at grove/<agent scope>/<container>.
     let cgroups = ["/sys/fs/cgroup/memory/grove", "/sys/fs/cgroup/grove"];
     for c in cgroups {
-        if let Ok(d) = std::fs::read_dir(c) {
-            let ours: Vec<_> = d
+        let scopes = std::fs::read_dir(c).into_iter().flatten().flatten();
+        for scope in scopes.filter(|e| e.path().is_dir()) {
+            let ours: Vec<_> = std::fs::read_dir(scope.path())
+                .into_iter()
+                .flatten()
                 .flatten()
                 .filter(|e| e.file_name().to_string_lossy().starts_with(ticker.as_str()))
                 .collect();

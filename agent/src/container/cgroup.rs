@@ -11,6 +11,21 @@ const PERIOD_US: u64 = 100_000;
 /// Where Grove's containers' groups live inside each hierarchy.
 pub const PARENT: &str = "grove";
 
+/// This process's agent's part of [`PARENT`] (see [`scope_to`]).
+static SCOPE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Put this process's groups under `grove/<8 hex of the state directory>/`: several
+/// agents on one machine (a test bed, `grove up`) run instances with the same ids, and
+/// must never share (or kill) each other's groups. Every process of one agent (the
+/// agent, its supervisor, `grove-agent run`) has the same state directory.
+pub fn scope_to(state_dir: &std::path::Path) {
+    let path = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let h = path.to_string_lossy().bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let _ = SCOPE.set(format!("{PARENT}/{h:08x}"));
+}
+
 /// One container's group.
 #[derive(Debug)]
 pub struct Group {
@@ -49,7 +64,7 @@ fn keyed(p: &PathBuf, key: &str) -> Option<u64> {
 impl Group {
     /// The group of container `id`.
     pub fn name_of(id: &str) -> String {
-        format!("{PARENT}/{id}")
+        format!("{}/{id}", SCOPE.get().map_or(PARENT, String::as_str))
     }
 
     /// Create (or take over) the group of container `id` with `limits`.
