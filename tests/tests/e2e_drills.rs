@@ -115,26 +115,9 @@ fn the_seed_unchanged_through_the_api_and_a_worker_host_killed() {
     let Some(registry) = seed_registry(&bed, &dir) else {
         return;
     };
-    let root = Root::start(&dir, &[]);
-    let cluster_addr = SocketAddr::new(bed.hosts[0].ip.into(), support::free_udp().port());
-    let cluster = Cluster::start_at(&dir, "edge", &root, cluster_addr, &[]);
     let flags = native_flags(&registry);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut agents: Vec<Agent> = [1, 2]
-        .iter()
-        .map(|&i| {
-            let name = format!("w{i}");
-            Agent::start_in(
-                Some(&bed.hosts[i]),
-                &dir,
-                &name,
-                cluster_addr,
-                &cluster.worker_token,
-                &flags,
-            )
-        })
-        .collect();
-    wait_until(30, "both workers", || root.active_workers() == 2);
+    let (root, cluster, mut agents) = support::control_and_workers(&bed, &dir, &flags);
 
     // As the seed's README: log in (Root::start did), post the SLA unchanged, one
     // instance per service, poll until RUNNING.
@@ -450,25 +433,9 @@ fn daemons_sigkilled_and_the_root_away_for_a_minute_lose_nothing_and_run_nothing
     let Some(registry) = seed_registry(&bed, &dir) else {
         return;
     };
-    let mut root = Root::start(&dir, &[]);
-    let cluster_addr = SocketAddr::new(bed.hosts[0].ip.into(), support::free_udp().port());
-    let mut cluster = Cluster::start_at(&dir, "edge", &root, cluster_addr, &[]);
     let flags = native_flags(&registry);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut agents: Vec<Agent> = [1, 2]
-        .iter()
-        .map(|&i| {
-            Agent::start_in(
-                Some(&bed.hosts[i]),
-                &dir,
-                &format!("w{i}"),
-                cluster_addr,
-                &cluster.worker_token,
-                &flags,
-            )
-        })
-        .collect();
-    wait_until(30, "both workers", || root.active_workers() == 2);
+    let (mut root, mut cluster, mut agents) = support::control_and_workers(&bed, &dir, &flags);
     let services = root.deploy_seed(|_| {});
     // One instance each: the seed maps host ports (9080, 6080), so a worker holds at
     // most one of each, and one worker can take over everything.

@@ -71,31 +71,32 @@ fn fetch_from(pid: &str, file: &Path, url: &str) -> String {
         .to_owned()
 }
 
-#[test]
-fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
-    let Some(bed) = TestBed::new("ov", 3) else {
-        return;
-    };
+/// A test bed of three hosts (this thread in host 0), a scratch folder, and a registry
+/// on host 0 with busybox as `docker.io/library/busybox:latest`; `None` (after saying
+/// what is missing) without root or tools.
+fn bed_with_busybox(tag: &str, test: &str) -> Option<(TestBed, PathBuf, Registry)> {
+    let bed = TestBed::new(tag, 3)?;
     for t in ["nsenter", "busybox"] {
-        if grove_tests::tool(t).is_none() {
-            return;
-        }
+        grove_tests::tool(t)?;
     }
-    let dir = scratch("overlay");
-    let Some(layout) = make_images(&dir.join("layout")) else {
-        return;
-    };
+    let dir = scratch(test);
+    let layout = make_images(&dir.join("layout"))?;
     // Everything this thread starts from now on runs on host 0.
     bed.enter(0);
-    let control = bed.hosts[0].ip;
-    let Some(registry) = Registry::start_at(&dir.join("registry"), control, &Protection::default())
-    else {
+    let registry = Registry::start_at(
+        &dir.join("registry"),
+        bed.hosts[0].ip,
+        &Protection::default(),
+    )?;
+    registry.push(&layout, "latest", "library/busybox:latest", None);
+    Some((bed, dir, registry))
+}
+
+#[test]
+fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
+    let Some((bed, dir, registry)) = bed_with_busybox("ov", "overlay") else {
         return;
     };
-    registry.push(&layout, "latest", "library/busybox:latest", None);
-    let root = Root::start(&dir, &[]);
-    let cluster_addr = SocketAddr::new(control.into(), support::free_udp().port());
-    let cluster = Cluster::start_at(&dir, "edge", &root, cluster_addr, &[]);
     let host = registry.addr.to_string();
     let mirror = format!("docker.io=http://{host}");
     let flags = [
@@ -110,21 +111,7 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
         "--memory-mib",
         "2048",
     ];
-    let mut agents: Vec<Agent> = [1, 2]
-        .iter()
-        .map(|&i| {
-            let name = format!("w{i}");
-            Agent::start_in(
-                Some(&bed.hosts[i]),
-                &dir,
-                &name,
-                cluster_addr,
-                &cluster.worker_token,
-                &flags,
-            )
-        })
-        .collect();
-    wait_until(30, "both workers", || root.active_workers() == 2);
+    let (root, cluster, mut agents) = support::control_and_workers(&bed, &dir, &flags);
 
     // The seed's application with busybox stand-ins: the server answers with its
     // instance's host name on port 80 behind rr_ip 10.30.30.30; the client asks it
@@ -515,25 +502,10 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
 
 #[test]
 fn a_client_in_one_cluster_reaches_a_service_that_runs_only_in_another() {
-    let Some(bed) = TestBed::new("xc", 3) else {
+    let Some((bed, dir, registry)) = bed_with_busybox("xc", "cross-cluster") else {
         return;
     };
-    for t in ["nsenter", "busybox"] {
-        if grove_tests::tool(t).is_none() {
-            return;
-        }
-    }
-    let dir = scratch("cross-cluster");
-    let Some(layout) = make_images(&dir.join("layout")) else {
-        return;
-    };
-    bed.enter(0);
     let control = bed.hosts[0].ip;
-    let Some(registry) = Registry::start_at(&dir.join("registry"), control, &Protection::default())
-    else {
-        return;
-    };
-    registry.push(&layout, "latest", "library/busybox:latest", None);
     let root = Root::start(&dir, &[]);
     // Two clusters on host 0; worker w1 (host 1) joins "near", w2 (host 2) "far".
     let clusters: Vec<(Cluster, SocketAddr)> = ["near", "far"]

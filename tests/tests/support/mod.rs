@@ -485,3 +485,31 @@ impl Agent {
         std::fs::read(self.dir.join("sim-instances.cbor")).unwrap_or_default()
     }
 }
+
+/// On the test bed `bed` (host 0 entered by this thread): a root and a cluster `edge`
+/// on host 0, and an agent `w<i>` with `flags` on each other host, all joined.
+pub fn control_and_workers(
+    bed: &grove_tests::testbed::TestBed,
+    dir: &Path,
+    flags: &[&str],
+) -> (Root, Cluster, Vec<Agent>) {
+    let root = Root::start(dir, &[]);
+    let addr = SocketAddr::new(bed.hosts[0].ip.into(), free_udp().port());
+    let cluster = Cluster::start_at(dir, "edge", &root, addr, &[]);
+    let agents: Vec<Agent> = (1..bed.hosts.len())
+        .map(|i| {
+            let name = format!("w{i}");
+            Agent::start_in(
+                Some(&bed.hosts[i]),
+                dir,
+                &name,
+                addr,
+                &cluster.worker_token,
+                flags,
+            )
+        })
+        .collect();
+    let want = agents.len() as u64;
+    wait_until(30, "every worker joined", || root.active_workers() == want);
+    (root, cluster, agents)
+}
