@@ -6,7 +6,9 @@
 #   - a C compiler for the crates that build C (SQLite, ring),
 #   - for images and containers: busybox-static (the test images' content), umoci
 #     (builds them), skopeo (pushes them), docker-registry (a real registry on
-#     loopback), apache2-utils (htpasswd) and openssl (a test CA).
+#     loopback), apache2-utils (htpasswd) and openssl (a test CA),
+#   - for the data plane: iproute2, nftables, util-linux (nsenter), procps (kill),
+#   - systemd (systemd-analyze verifies the units).
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +21,8 @@ command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 command -v coap-client-notls >/dev/null 2>&1 || missing+=(libcoap3-bin)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
-[ -x /bin/busybox ] || missing+=(busybox-static)
+# A static busybox (Debian's plain `busybox` is dynamic: useless inside an image).
+{ [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; } || missing+=(busybox-static)
 command -v umoci >/dev/null 2>&1 || missing+=(umoci)
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
@@ -29,6 +32,7 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
 command -v kill >/dev/null 2>&1 || missing+=(procps)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if ((${#missing[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "test-deps: need root to install: ${missing[*]}" >&2

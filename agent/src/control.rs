@@ -318,6 +318,9 @@ pub async fn run(
     let node = reg.node;
     tracing::info!(node = node.0, cluster = %s.cluster, "worker joined");
     rt.joined(&s.name, &reg, s.cluster);
+    grove_proto::service::ready();
+    // The watchdog is fed by the control loop itself, with each heartbeat.
+    let watchdog = std::env::var_os("WATCHDOG_USEC").is_some();
 
     let period = Duration::from_millis(u64::from(reg.timing.heartbeat_ms.max(100)));
     let mut heartbeat = tokio::time::interval(period);
@@ -354,6 +357,9 @@ pub async fn run(
                 }
             }
             _ = heartbeat.tick() => {
+                if watchdog {
+                    grove_proto::service::alive();
+                }
                 seq = seq.wrapping_add(1);
                 let list = rt.list();
                 let u = rt.usage();

@@ -133,6 +133,9 @@ pub fn run(args: Args) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on udp {}: {e}", args.coap))?;
         daemon::start(settings, store, socket).await?;
+        // Serving its workers (the root link goes on in the background).
+        grove_proto::service::ready();
+        grove_proto::service::spawn_watchdog();
         let _ = tokio::signal::ctrl_c().await;
         Ok(())
     })

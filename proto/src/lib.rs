@@ -20,6 +20,7 @@ pub mod msg;
 pub mod oscore;
 pub mod paths;
 pub mod ports;
+pub mod service;
 pub mod sim;
 pub mod util;
 pub mod vivaldi;

@@ -121,6 +121,8 @@ pub fn run(args: Args) -> Result<(), String> {
     rt.block_on(async move {
         let r = start(&args).await?;
         tracing::info!(http = %r.http, coap = %r.coap, docs = "/api/docs", "grove-root serving the API and the cluster link");
+        grove_proto::service::ready();
+        grove_proto::service::spawn_watchdog();
         let _ = tokio::signal::ctrl_c().await;
         Ok(())
     })
