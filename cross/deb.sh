@@ -86,8 +86,8 @@ if [ "${1:-}" = check ]; then
   file -b "$x/usr/bin/grove-agent" | grep -q 'ARM aarch64' || { echo "deb: the arm64 package holds no aarch64 agent" >&2; exit 1; }
   echo "deb: arm64 agent: $(file -b "$x/usr/bin/grove-agent" | cut -d, -f1-3)"
   rm -rf "$x"
-  dpkg -r grove >/dev/null
-  echo "deb: amd64 installed, ran and removed; arm64 and armhf built"
+  dpkg --purge grove >/dev/null
+  echo "deb: amd64 installed, ran and purged; arm64 and armhf built"
 else
   package "${1:?usage: cross/deb.sh amd64|arm64|armhf [OUT_DIR] | check}" "${2:-$target/deb}"
 fi
