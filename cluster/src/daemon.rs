@@ -285,6 +285,7 @@ impl Cluster {
         let me = self.root_link.get().map_or(ClusterId(0), |l| l.id);
         let mut out: BTreeMap<String, msg::ServiceEntry> = BTreeMap::new();
         let rows = self.db().instances().unwrap_or_default();
+        let workers = self.workers();
         for row in rows {
             let Some(spec) = spec_of(&row) else { continue };
             let e = out
@@ -301,7 +302,7 @@ impl Cluster {
             if row.status != "RUNNING" || row.addr.is_none() {
                 continue;
             }
-            e.instances.extend(self.endpoint(&row, &spec, me));
+            e.instances.extend(workers.endpoint(&row, &spec, me));
         }
         out.into_values().collect()
     }
@@ -309,32 +310,27 @@ impl Cluster {
     /// The IPv6 overlay address that goes with `addr` on worker `node`.
     fn addr6_on(&self, node: u32, addr: u32) -> Option<[u8; 16]> {
         let block = *self.block.lock().unwrap_or_else(|p| p.into_inner());
-        let n = self.db().node(node).ok()?;
-        let (v4, v6) = subnets_of(block, n.subnet);
-        msg::addr6_of(v4.addr, v4.len, v6.addr, v6.len, addr)
+        addr6_in(block, self.db().node(node).ok()?.subnet, addr)
     }
 
-    /// Where instance `row` (running `spec`) is reached: its instance IPs, and its
-    /// overlay addresses in its worker's subnets.
-    fn endpoint(
-        &self,
-        row: &InstanceRow,
-        spec: &InstanceSpec,
-        me: ClusterId,
-    ) -> Option<msg::InstanceEndpoint> {
-        let (ip, node) = (spec.ip?, row.node?);
-        let addr6 = row.addr.and_then(|a| self.addr6_on(node, a));
-        Some(msg::InstanceEndpoint {
-            instance: spec.instance.clone(),
-            ip,
-            ip6: spec.ip6,
-            worker: format!("node-{node}"),
-            cluster: me,
-            state: InstanceState::from_name(&row.status),
-            addr: row.addr,
-            addr6,
-            coord: self.live().get(&node).and_then(|l| l.coord),
-        })
+    /// What directory endpoints need of the workers, read once for a whole table
+    /// (not once per instance).
+    fn workers(&self) -> Workers {
+        Workers {
+            block: *self.block.lock().unwrap_or_else(|p| p.into_inner()),
+            subnets: self
+                .db()
+                .nodes()
+                .unwrap_or_default()
+                .iter()
+                .map(|n| (n.id, n.subnet))
+                .collect(),
+            coords: self
+                .live()
+                .iter()
+                .filter_map(|(id, l)| Some((*id, l.coord?)))
+                .collect(),
+        }
     }
 
     /// The workers the overlay spans: this cluster's, and those of other clusters
@@ -652,6 +648,47 @@ fn host_ports(spec: &InstanceSpec) -> Vec<(u16, grove_proto::ports::Protocol)> {
         .into_iter()
         .map(|m| (m.host, m.protocol))
         .collect()
+}
+
+/// The IPv6 overlay address that goes with `addr` on the worker with subnet `index`.
+fn addr6_in(block: (u32, [u8; 16]), index: u32, addr: u32) -> Option<[u8; 16]> {
+    let (v4, v6) = subnets_of(block, index);
+    msg::addr6_of(v4.addr, v4.len, v6.addr, v6.len, addr)
+}
+
+/// The workers' subnets and coordinates as directory endpoints need them.
+#[derive(Debug)]
+struct Workers {
+    block: (u32, [u8; 16]),
+    subnets: HashMap<u32, u32>,
+    coords: HashMap<u32, NetCoord>,
+}
+
+impl Workers {
+    /// Where instance `row` (running `spec`) is reached: its instance IPs, its overlay
+    /// addresses in its worker's subnets, and its worker's coordinate.
+    fn endpoint(
+        &self,
+        row: &InstanceRow,
+        spec: &InstanceSpec,
+        me: ClusterId,
+    ) -> Option<msg::InstanceEndpoint> {
+        let (ip, node) = (spec.ip?, row.node?);
+        let addr6 = row
+            .addr
+            .and_then(|a| addr6_in(self.block, *self.subnets.get(&node)?, a));
+        Some(msg::InstanceEndpoint {
+            instance: spec.instance.clone(),
+            ip,
+            ip6: spec.ip6,
+            worker: format!("node-{node}"),
+            cluster: me,
+            state: InstanceState::from_name(&row.status),
+            addr: row.addr,
+            addr6,
+            coord: self.coords.get(&node).copied(),
+        })
+    }
 }
 
 /// A worker's subnets from its index in the cluster's block: a /26 and a /120.

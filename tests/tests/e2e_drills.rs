@@ -41,23 +41,6 @@ fn seed_registry(bed: &TestBed, dir: &Path) -> Option<Registry> {
     Some(registry)
 }
 
-/// Flags of a native agent using `registry` as its docker.io mirror.
-fn native_flags(registry: &Registry) -> Vec<String> {
-    let host = registry.addr.to_string();
-    vec![
-        "--runtime".into(),
-        "native".into(),
-        "--registry-mirror".into(),
-        format!("docker.io=http://{host}"),
-        "--insecure-registry".into(),
-        host,
-        "--cpus".into(),
-        "4".into(),
-        "--memory-mib".into(),
-        "2048".into(),
-    ]
-}
-
 /// The worker (index into `agents`) whose state holds a container of `service`, and
 /// that container's PID.
 fn container_of(agents: &[Agent], service: &str) -> Option<(usize, String)> {
@@ -115,7 +98,7 @@ fn the_seed_unchanged_through_the_api_and_a_worker_host_killed() {
     let Some(registry) = seed_registry(&bed, &dir) else {
         return;
     };
-    let flags = native_flags(&registry);
+    let flags = support::native_flags(registry.addr);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let (root, cluster, mut agents) = support::control_and_workers(&bed, &dir, &flags);
 
@@ -240,7 +223,7 @@ fn the_seed_deploys_over_a_bad_link_between_cluster_and_worker() {
     let link = rt
         .block_on(relay::start(front, cluster_addr, bad, 7))
         .unwrap();
-    let flags = native_flags(&registry);
+    let flags = support::native_flags(registry.addr);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let agent = Agent::start_in(
         Some(&bed.hosts[1]),
@@ -433,7 +416,7 @@ fn daemons_sigkilled_and_the_root_away_for_a_minute_lose_nothing_and_run_nothing
     let Some(registry) = seed_registry(&bed, &dir) else {
         return;
     };
-    let flags = native_flags(&registry);
+    let flags = support::native_flags(registry.addr);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let (mut root, mut cluster, mut agents) = support::control_and_workers(&bed, &dir, &flags);
     let services = root.deploy_seed(|_| {});

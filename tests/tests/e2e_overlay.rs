@@ -97,20 +97,8 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
     let Some((bed, dir, registry)) = bed_with_busybox("ov", "overlay") else {
         return;
     };
-    let host = registry.addr.to_string();
-    let mirror = format!("docker.io=http://{host}");
-    let flags = [
-        "--runtime",
-        "native",
-        "--registry-mirror",
-        &mirror,
-        "--insecure-registry",
-        &host,
-        "--cpus",
-        "4",
-        "--memory-mib",
-        "2048",
-    ];
+    let flags = support::native_flags(registry.addr);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let (root, cluster, mut agents) = support::control_and_workers(&bed, &dir, &flags);
 
     // The seed's application with busybox stand-ins: the server answers with its
@@ -517,18 +505,9 @@ fn a_client_in_one_cluster_reaches_a_service_that_runs_only_in_another() {
             (Cluster::start_at(&dir, name, &root, addr, &idle), addr)
         })
         .collect();
-    let host = registry.addr.to_string();
-    let mirror = format!("docker.io=http://{host}");
-    let flags = [
-        "--runtime",
-        "native",
-        "--registry-mirror",
-        &mirror,
-        "--insecure-registry",
-        &host,
-        "--lookup-idle-secs",
-        "2",
-    ];
+    let mut flags = support::native_flags(registry.addr);
+    flags.extend(["--lookup-idle-secs".into(), "2".into()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut agents: Vec<Agent> = [1, 2]
         .iter()
         .map(|&i| {

@@ -128,6 +128,7 @@ impl Cluster {
             }
         });
         let me = self.root_link.get().map(|l| l.id);
+        let workers = self.workers();
         // This cluster's instances: as it knows them, not as the root last heard.
         entry
             .instances
@@ -137,7 +138,7 @@ impl Cluster {
                 continue;
             }
             let Some(cluster) = me else { continue };
-            entry.instances.extend(self.endpoint(row, spec, cluster));
+            entry.instances.extend(workers.endpoint(row, spec, cluster));
         }
         entry.instances.sort_by_key(|i| i.instance.instance);
         Some(entry)

@@ -513,3 +513,21 @@ pub fn control_and_workers(
     wait_until(30, "every worker joined", || root.active_workers() == want);
     (root, cluster, agents)
 }
+
+/// Flags of a native agent using the registry at `registry` (HOST:PORT, plain HTTP)
+/// as its docker.io mirror, offering 4 CPUs and 2 GiB whatever the machine has.
+pub fn native_flags(registry: SocketAddr) -> Vec<String> {
+    let host = registry.to_string();
+    vec![
+        "--runtime".into(),
+        "native".into(),
+        "--registry-mirror".into(),
+        format!("docker.io=http://{host}"),
+        "--insecure-registry".into(),
+        host,
+        "--cpus".into(),
+        "4".into(),
+        "--memory-mib".into(),
+        "2048".into(),
+    ]
+}
