@@ -4,6 +4,7 @@
 //! here. Outside CI a missing tool makes the test print why and return; with
 //! `CI=true` it fails instead, so CI can never pass by skipping.
 
+pub mod daemons;
 pub mod registry;
 pub mod relay;
 pub mod testbed;

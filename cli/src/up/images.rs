@@ -24,6 +24,8 @@ pub struct Images {
     pub tags: HashMap<(String, String), String>,
     /// `sha256:…` → blob.
     pub blobs: HashMap<String, Blob>,
+    /// The busybox layer every image starts from.
+    base: Vec<u8>,
 }
 
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -213,22 +215,41 @@ impl Images {
             &applets,
             &["bin", "etc", "tmp", "proc", "dev", "sys", "root"],
         );
-        let mut images = Self::default();
-        images.image(
+        let mut images = Self {
+            base,
+            ..Self::default()
+        };
+        images.add(
             "library/nginx",
             "latest",
-            &base,
-            tar_of(&[("bin/grove-nginx", NGINX.as_bytes(), 0o755)], &[], &[]),
+            &[("bin/grove-nginx", NGINX.as_bytes(), 0o755)],
             &["/bin/grove-nginx"],
         );
-        images.image(
+        images.add(
             "curlimages/curl",
             "7.82.0",
-            &base,
-            tar_of(&[("bin/curl", CURL.as_bytes(), 0o755)], &[], &[]),
+            &[("bin/curl", CURL.as_bytes(), 0o755)],
             &["curl"],
         );
         Ok(images)
+    }
+
+    /// One more image `repo:tag`: the busybox layer and a layer of `files` (path
+    /// inside, content, mode; their directories made), running `cmd`.
+    pub fn add(&mut self, repo: &str, tag: &str, files: &[(&str, &[u8], u32)], cmd: &[&str]) {
+        let mut dirs: Vec<String> = files
+            .iter()
+            .flat_map(|(path, _, _)| Path::new(path).ancestors().skip(1))
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(|d| d.to_string_lossy().into_owned())
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        let dirs: Vec<&str> = dirs.iter().map(String::as_str).collect();
+        let own = tar_of(files, &[], &dirs);
+        let base = std::mem::take(&mut self.base);
+        self.image(repo, tag, &base, own, cmd);
+        self.base = base;
     }
 }
 

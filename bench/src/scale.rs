@@ -1,0 +1,14 @@
+//! scale (to come).
+
+use crate::Ctx;
+use crate::report::Section;
+
+/// Run it.
+pub fn run(_ctx: &Ctx) -> Result<Section, String> {
+    Err("not built yet".into())
+}
+
+/// The simulated workers' process.
+pub fn workers_process(_args: &[String]) -> i32 {
+    2
+}
