@@ -310,7 +310,8 @@ impl Cluster {
     /// The IPv6 overlay address that goes with `addr` on worker `node`.
     fn addr6_on(&self, node: u32, addr: u32) -> Option<[u8; 16]> {
         let block = *self.block.lock().unwrap_or_else(|p| p.into_inner());
-        addr6_in(block, self.db().node(node).ok()?.subnet, addr)
+        let n = self.db().node(node).ok()?;
+        addr6_in(block, (n.subnet, n.subnet_size), addr)
     }
 
     /// What directory endpoints need of the workers, read once for a whole table
@@ -323,7 +324,7 @@ impl Cluster {
                 .nodes()
                 .unwrap_or_default()
                 .iter()
-                .map(|n| (n.id, n.subnet))
+                .map(|n| (n.id, (n.subnet, n.subnet_size)))
                 .collect(),
             coords: self
                 .live()
@@ -357,7 +358,7 @@ impl Cluster {
             .iter()
             .filter_map(|n| {
                 let l = live.get(&n.id).filter(|l| !l.lost)?;
-                let (subnet_v4, subnet_v6) = subnets_of(block, n.subnet);
+                let (subnet_v4, subnet_v6) = subnets_of(block, n.subnet, n.subnet_size);
                 Some(msg::NodePeer {
                     node: NodeId(n.id),
                     underlay: l.underlay?.to_string(),
@@ -651,8 +652,8 @@ fn host_ports(spec: &InstanceSpec) -> Vec<(u16, grove_proto::ports::Protocol)> {
 }
 
 /// The IPv6 overlay address that goes with `addr` on the worker with subnet `index`.
-fn addr6_in(block: (u32, [u8; 16]), index: u32, addr: u32) -> Option<[u8; 16]> {
-    let (v4, v6) = subnets_of(block, index);
+fn addr6_in(block: (u32, [u8; 16]), (index, size): (u32, u32), addr: u32) -> Option<[u8; 16]> {
+    let (v4, v6) = subnets_of(block, index, size);
     msg::addr6_of(v4.addr, v4.len, v6.addr, v6.len, addr)
 }
 
@@ -660,7 +661,7 @@ fn addr6_in(block: (u32, [u8; 16]), index: u32, addr: u32) -> Option<[u8; 16]> {
 #[derive(Debug)]
 struct Workers {
     block: (u32, [u8; 16]),
-    subnets: HashMap<u32, u32>,
+    subnets: HashMap<u32, (u32, u32)>,
     coords: HashMap<u32, NetCoord>,
 }
 
@@ -691,16 +692,24 @@ impl Workers {
     }
 }
 
-/// A worker's subnets from its index in the cluster's block: a /26 and a /120.
-fn subnets_of(block: (u32, [u8; 16]), index: u32) -> (msg::Ipv4Prefix, msg::Ipv6Prefix) {
+/// A worker's subnets from its first index in the cluster's block and their count:
+/// `size` /26s (a /26 to a /22) and the IPv6 prefix whose host numbers match, a /120
+/// for up to four /26s, else as many /120s as it takes (the block's /120 of each
+/// index the worker's IPv4 subnet spans is the worker's).
+fn subnets_of(block: (u32, [u8; 16]), index: u32, size: u32) -> (msg::Ipv4Prefix, msg::Ipv6Prefix) {
     let mut v6 = block.1;
     v6[14] = u8::try_from(index).unwrap_or(u8::MAX);
+    // log2 of the size: 0 (/26) to 4 (/22).
+    let bits = u8::try_from(size.max(1).trailing_zeros().min(4)).unwrap_or(0);
     (
         msg::Ipv4Prefix {
             addr: block.0 + index * 64,
-            len: 26,
+            len: 26 - bits,
         },
-        msg::Ipv6Prefix { addr: v6, len: 120 },
+        msg::Ipv6Prefix {
+            addr: v6,
+            len: 120 - bits.saturating_sub(2),
+        },
     )
 }
 
@@ -779,6 +788,7 @@ async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {
         location: reg.location.map(|g| (f64::from(g.lat), f64::from(g.lon))),
         secret: &secret,
         salt: &salt,
+        subnet_size: crate::store::subnet_size(reg.max_instances),
     };
     // 256 /26s in the cluster's /18.
     let row = match cl.db().register_node(&node, 256) {
@@ -798,6 +808,7 @@ async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {
     let (subnet_v4, subnet_v6) = subnets_of(
         *cl.block.lock().unwrap_or_else(|p| p.into_inner()),
         row.subnet,
+        row.subnet_size,
     );
     let answer = NodeRegistered {
         version: msg::PROTOCOL_VERSION,
@@ -1223,4 +1234,33 @@ async fn root_join(
     let key = c.add_context(ctx).await.ok_or("driver stopped")?;
     tracing::info!(cluster = reg.cluster.0, "joined the root");
     Ok((reg.cluster.0, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn larger_worker_subnets_keep_ipv6_host_numbers_inside_their_prefix() {
+        let block = (
+            0x0A12_0000,
+            [0xfc, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        );
+        for (index, size, len4, len6) in [
+            (3, 1, 26, 120),
+            (2, 2, 25, 120),
+            (8, 8, 23, 119),
+            (16, 16, 22, 118),
+        ] {
+            let (v4, v6) = subnets_of(block, index, size);
+            assert_eq!((v4.len, v6.len), (len4, len6), "{size} /26s");
+            assert_eq!(v4.addr, block.0 + index * 64);
+            // The last address of the IPv4 subnet still has its IPv6 twin.
+            let last = v4.addr + (1 << (32 - u32::from(len4))) - 2;
+            assert!(
+                addr6_in(block, (index, size), last).is_some(),
+                "{size} /26s"
+            );
+        }
+    }
 }

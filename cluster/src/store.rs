@@ -62,6 +62,9 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE instances ADD COLUMN addr INTEGER;
 "#,
+    r#"
+    ALTER TABLE nodes ADD COLUMN subnet_size INTEGER NOT NULL DEFAULT 1;
+"#,
 ];
 
 /// A registered worker.
@@ -85,8 +88,10 @@ pub struct NodeRow {
     pub secret: Vec<u8>,
     /// Salt.
     pub salt: Vec<u8>,
-    /// Index of its /26 in the cluster's block.
+    /// Index of its first /26 in the cluster's block.
     pub subnet: u32,
+    /// How many /26s its subnet spans (a power of two; its first index a multiple).
+    pub subnet_size: u32,
 }
 
 /// A worker registering.
@@ -108,6 +113,20 @@ pub struct NewNode<'a> {
     pub secret: &'a [u8],
     /// OSCORE master salt.
     pub salt: &'a [u8],
+    /// /26s its subnet should span (see [`subnet_size`]).
+    pub subnet_size: u32,
+}
+
+/// How many /26s a worker with room for `max_instances` gets: the smallest power of
+/// two whose addresses, less network, bridge and broadcast, hold them; one /26 (61
+/// instances) by default, at most 16 (a /22).
+pub fn subnet_size(max_instances: Option<u16>) -> u32 {
+    let want = u32::from(max_instances.unwrap_or(0)) + 3;
+    let mut size = 1;
+    while size * 64 < want && size < 16 {
+        size *= 2;
+    }
+    size
 }
 
 /// An instance handed to this cluster.
@@ -143,8 +162,7 @@ pub fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-const NODE_COLS: &str =
-    "id, name, arch, cpus, memory_mib, virtualizations, lat, lon, secret, salt, subnet";
+const NODE_COLS: &str = "id, name, arch, cpus, memory_mib, virtualizations, lat, lon, secret, salt, subnet, subnet_size";
 
 fn node(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRow> {
     let v: String = r.get(5)?;
@@ -164,6 +182,7 @@ fn node(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRow> {
         secret: r.get(8)?,
         salt: r.get(9)?,
         subnet: r.get(10)?,
+        subnet_size: r.get(11)?,
     })
 }
 
@@ -206,7 +225,8 @@ impl Store {
     }
 
     /// Register (or re-register by name) a worker; `subnets` is the number of /26s in
-    /// the cluster's block. Returns it with its (kept) subnet index.
+    /// the cluster's block. A new worker gets the lowest free run of `subnet_size` /26s
+    /// aligned to its size. Returns it with its (kept) subnet.
     pub fn register_node(&mut self, n: &NewNode<'_>, subnets: u32) -> Result<NodeRow> {
         let NewNode {
             name,
@@ -217,7 +237,9 @@ impl Store {
             location,
             secret,
             salt,
+            subnet_size,
         } = *n;
+        let size = subnet_size.clamp(1, 16).next_power_of_two();
         let tx = self.conn.transaction()?;
         let existing: Option<u32> = tx
             .query_row("SELECT subnet FROM nodes WHERE name = ?1", [name], |r| {
@@ -227,24 +249,28 @@ impl Store {
         let subnet = match existing {
             Some(s) => s,
             None => {
-                let used: Vec<u32> = {
-                    let mut st = tx.prepare("SELECT subnet FROM nodes ORDER BY subnet")?;
-                    st.query_map([], |r| r.get(0))?
+                let used: Vec<(u32, u32)> = {
+                    let mut st = tx.prepare("SELECT subnet, subnet_size FROM nodes")?;
+                    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                         .collect::<rusqlite::Result<_>>()?
                 };
-                (0..subnets)
-                    .find(|s| used.binary_search(s).is_err())
+                (0..subnets / size)
+                    .map(|k| k * size)
+                    .find(|&start| {
+                        used.iter()
+                            .all(|&(s, n)| s + n.max(1) <= start || start + size <= s)
+                    })
                     .ok_or(StoreError::Exhausted("worker subnets"))?
             }
         };
         let (lat, lon) = location.unzip();
         tx.execute(
-            "INSERT INTO nodes (name, arch, cpus, memory_mib, virtualizations, lat, lon, secret, salt, subnet)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+            "INSERT INTO nodes (name, arch, cpus, memory_mib, virtualizations, lat, lon, secret, salt, subnet, subnet_size)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (name) DO UPDATE SET arch = excluded.arch, cpus = excluded.cpus,
                memory_mib = excluded.memory_mib, virtualizations = excluded.virtualizations,
                lat = excluded.lat, lon = excluded.lon, secret = excluded.secret, salt = excluded.salt",
-            params![name, arch, cpus, memory_mib, virtualizations.join(","), lat, lon, secret, salt, subnet],
+            params![name, arch, cpus, memory_mib, virtualizations.join(","), lat, lon, secret, salt, subnet, size],
         )?;
         let row = tx.query_row(
             &format!("SELECT {NODE_COLS} FROM nodes WHERE name = ?1"),
@@ -408,6 +434,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_worker_with_room_for_more_instances_gets_an_aligned_larger_subnet() {
+        assert_eq!(
+            [
+                None,
+                Some(61),
+                Some(62),
+                Some(100),
+                Some(125),
+                Some(126),
+                Some(2000)
+            ]
+            .map(subnet_size),
+            [1, 1, 2, 2, 2, 4, 16]
+        );
+        let mut s = Store::in_memory().unwrap();
+        let v = vec!["container".to_owned()];
+        let nn = |name: &'static str, subnet_size: u32| NewNode {
+            name,
+            arch: "x86_64",
+            cpus: 4,
+            memory_mib: 4096,
+            virtualizations: &v,
+            location: None,
+            secret: b"s",
+            salt: b"t",
+            subnet_size,
+        };
+        let a = s.register_node(&nn("a", 1), 8).unwrap();
+        let big = s.register_node(&nn("big", 2), 8).unwrap();
+        let c = s.register_node(&nn("c", 1), 8).unwrap();
+        let huge = s.register_node(&nn("huge", 4), 8).unwrap();
+        let got = [a, big, c, huge].map(|n| (n.subnet, n.subnet_size));
+        assert_eq!(got, [(0, 1), (2, 2), (1, 1), (4, 4)]);
+        assert!(matches!(
+            s.register_node(&nn("more", 2), 8),
+            Err(StoreError::Exhausted(_))
+        ));
+    }
+
+    #[test]
     fn nodes_keep_their_subnet_and_instances_their_placement() {
         let mut s = Store::in_memory().unwrap();
         let v = vec!["container".to_owned()];
@@ -420,6 +486,7 @@ mod tests {
             location: None,
             secret: b"s",
             salt: b"t",
+            subnet_size: 1,
         };
         let a = s.register_node(&nn("a", "x86_64"), 2).unwrap();
         let b = s.register_node(&nn("b", "x86_64"), 2).unwrap();
