@@ -94,9 +94,9 @@ fn client_on(site: &Site, node: &str) -> Result<u32, String> {
         site::on_node(node),
     );
     let svc = site::deploy(&site.root, "client", vec![c])?.remove(0);
-    site::add_instance(&site.root, &svc)?;
+    let n = site::add_instance(&site.root, &svc)?;
     site::all_running(&site.root, &svc, 1, Duration::from_secs(120))?;
-    site::container_pid(site.agent(node), &svc, 1).ok_or_else(|| "the client's container".into())
+    site::container_pid(site.agent(node), &svc, n).ok_or_else(|| "the client's container".into())
 }
 
 /// The web server (grove up's nginx stand-in: busybox httpd on 80), placed by `extra`.

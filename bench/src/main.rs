@@ -174,6 +174,92 @@ fn build_daemons() -> Result<PathBuf, String> {
     Ok(target.join("release"))
 }
 
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Agents' state folders below `dir` (two levels down: `<benchmark>/<worker>`).
+fn agent_dirs(dir: &Path) -> Vec<PathBuf> {
+    let subdirs = |d: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(d)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    subdirs(dir)
+        .iter()
+        .flat_map(|b| subdirs(b))
+        .filter(|w| w.join("node.cbor").exists() || w.join("supervisor.pid").exists())
+        .collect()
+}
+
+/// Clear what an earlier run that was killed left behind: the processes in its
+/// namespaces, its workers (reset: containers, cgroups, links, tables), the
+/// namespaces and its scratch folder. Only runs whose process is gone are touched.
+fn janitor(bins: &Path) {
+    let list = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let stale: Vec<String> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|ns| {
+            ns.strip_prefix("gb")
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(pid, _)| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !alive(pid))
+        })
+        .map(str::to_owned)
+        .collect();
+    for ns in &stale {
+        let pids = Command::new("ip")
+            .args(["netns", "pids", ns])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for pid in pids.split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+    let tmp = std::env::temp_dir();
+    for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("grove-bench-")
+            .and_then(|p| p.parse().ok())
+        else {
+            continue;
+        };
+        if alive(pid) {
+            continue;
+        }
+        for w in agent_dirs(&e.path()) {
+            let name = w
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            eprintln!("grove-bench: resetting worker {name} left by run {pid}");
+            let _ = Command::new(bins.join("grove-agent"))
+                .args(["--name", &name, "--state-dir"])
+                .arg(&w)
+                .arg("reset")
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(e.path());
+    }
+    for ns in &stale {
+        eprintln!("grove-bench: removing namespace {ns} left by an earlier run");
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
+}
+
 fn am_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -268,6 +354,7 @@ fn main() {
             std::process::exit(1);
         }
     };
+    janitor(&bins);
     // The test bed's helpers find the daemons here, and fail rather than skip.
     // SAFETY: set before any other thread of this process starts.
     unsafe {
