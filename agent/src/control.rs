@@ -426,6 +426,7 @@ pub async fn run(
                         changes: pending.clone(), instances: None,
                     };
                     let n = pending.len();
+                    tracing::debug!(changes = n, "reporting status changes");
                     let req = Request::post_cbor(&paths::node_status(node), msg::to_cbor(&hb));
                     let (c2, key2, to, tx) = (c.clone(), key.clone(), s.cluster, ack_tx.clone());
                     tokio::spawn(async move {
@@ -442,6 +443,7 @@ pub async fn run(
                 rt.coordinate(coord.coord);
             }
             Some((n, ok)) = ack_rx.recv() => {
+                tracing::debug!(changes = n, ok, "status report answered");
                 reporting = false;
                 if ok {
                     pending.drain(..n.min(pending.len()));

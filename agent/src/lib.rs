@@ -58,6 +58,9 @@ pub struct Args {
     /// this worker's subnet) or `none` (each instance alone in its namespace).
     #[arg(long, env = "GROVE_DATA_PLANE", default_value = "kernel")]
     pub data_plane: String,
+    /// Seconds an image no instance uses is kept (so a redeploy finds it cached).
+    #[arg(long, env = "GROVE_IMAGE_KEEP_SECS", default_value_t = 600)]
+    pub image_keep_secs: u64,
     /// Seconds a looked-up service of another cluster is kept without a new flow to it.
     #[arg(long, env = "GROVE_LOOKUP_IDLE_SECS", default_value_t = 60)]
     pub lookup_idle_secs: u64,
@@ -202,7 +205,8 @@ pub fn run(args: Args) -> Result<i32, String> {
             Box::new(
                 native::NativeRuntime::open(&args.state_dir, args.registry_config()?)?
                     .wired(wired)
-                    .lookup_idle(std::time::Duration::from_secs(args.lookup_idle_secs)),
+                    .lookup_idle(std::time::Duration::from_secs(args.lookup_idle_secs))
+                    .image_keep(std::time::Duration::from_secs(args.image_keep_secs)),
             )
         }
         other => return Err(format!("--runtime {other}: use native or sim")),

@@ -24,6 +24,8 @@ const LOG_TAIL: u64 = 1024;
 const STOP_GRACE_MS: u32 = 5_000;
 /// Longest wait before restarting a crashed service.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long an image no instance uses stays (a redeploy finds it cached).
+pub const IMAGE_KEEP: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 struct Record {
@@ -117,6 +119,12 @@ pub struct NativeRuntime {
     logged: Option<mpsc::Receiver<std::net::IpAddr>>,
     /// This worker's network coordinate, once measured.
     coord: Option<grove_proto::msg::NetCoord>,
+    /// How long an unused image is kept.
+    image_keep: Duration,
+    /// Images no instance uses any more, since when.
+    released: HashMap<String, Instant>,
+    /// When to look for unused images left from before a restart.
+    sweep_at: Instant,
 }
 
 impl NativeRuntime {
@@ -177,6 +185,9 @@ impl NativeRuntime {
             interest: crate::net::interest::Interest::new(LOOKUP_IDLE, LOOKUP_RETRY),
             logged: None,
             coord: None,
+            image_keep: IMAGE_KEEP,
+            released: HashMap::new(),
+            sweep_at: Instant::now() + IMAGE_KEEP,
         };
         // What was on its way when the agent stopped goes on.
         for r in rt
@@ -242,6 +253,33 @@ impl NativeRuntime {
     pub fn wired(mut self, on: bool) -> Self {
         self.wired = on;
         self
+    }
+
+    /// Keep an image no instance uses this long (zero: remove it at once).
+    pub fn image_keep(mut self, keep: Duration) -> Self {
+        self.image_keep = keep;
+        self.sweep_at = Instant::now() + keep;
+        self
+    }
+
+    /// Remove the images no instance used for the keep time (after the pulls queued
+    /// before); now and then also those unused since before a restart.
+    fn collect_images(&mut self) {
+        let now = Instant::now();
+        let keep_for = self.image_keep;
+        let expired = self
+            .released
+            .values()
+            .any(|t| now.duration_since(*t) >= keep_for);
+        if !expired && now < self.sweep_at {
+            return;
+        }
+        self.released
+            .retain(|_, t| now.duration_since(*t) < keep_for);
+        let mut keep: Vec<String> = self.records.iter().map(|r| r.spec.image.clone()).collect();
+        keep.extend(self.released.keys().cloned());
+        let _ = self.pulls.send(Job::Collect(keep));
+        self.sweep_at = now + keep_for.max(Duration::from_secs(60));
     }
 
     /// Keep a looked-up service of another cluster this long without a new flow.
@@ -587,6 +625,7 @@ impl Runtime for NativeRuntime {
         {
             return;
         }
+        self.released.remove(&spec.image);
         self.records.push(Record {
             spec: spec.clone(),
             state: InstanceState::Creating,
@@ -615,9 +654,12 @@ impl Runtime for NativeRuntime {
         }
         let gone = self.records.remove(pos);
         self.restart_at.remove(instance);
-        // Images no instance here uses any more go (after the pulls queued before).
-        let keep = self.records.iter().map(|r| r.spec.image.clone()).collect();
-        let _ = self.pulls.send(Job::Collect(keep));
+        // An image no instance here uses any more goes after a while.
+        if !self.records.iter().any(|r| r.spec.image == gone.spec.image) {
+            self.released
+                .insert(gone.spec.image.clone(), Instant::now());
+        }
+        self.collect_images();
         // Its port mappings go with it.
         self.refresh_nat();
         // An instance that had ended keeps its end (COMPLETED, DEAD, FAILED) as its
@@ -670,6 +712,7 @@ impl Runtime for NativeRuntime {
                     .send(Job::Pull(who.clone(), r.spec.image.clone()));
             }
         }
+        self.collect_images();
         if self.last_check.elapsed() >= Duration::from_millis(150) {
             self.last_check = now;
             self.check();

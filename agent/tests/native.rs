@@ -28,7 +28,9 @@ fn an_instance_runs_reports_its_usage_and_is_removed_without_a_trace() {
     // SAFETY: set before any thread of this test process starts.
     unsafe { std::env::set_var("GROVE_AGENT_EXE", env!("CARGO_BIN_EXE_grove-agent")) };
     let state = dir.join("state");
-    let mut rt = NativeRuntime::open(&state, Default::default()).unwrap();
+    let mut rt = NativeRuntime::open(&state, Default::default())
+        .unwrap()
+        .image_keep(Duration::from_secs(2));
     let who = InstanceRef {
         service: "busy".into(),
         instance: 0,
@@ -81,9 +83,15 @@ fn an_instance_runs_reports_its_usage_and_is_removed_without_a_trace() {
         "{changes:?}"
     );
     assert!(rt.list().is_empty());
-    // No instance uses the image any more: it is collected.
+    // No instance uses the image any more: it is kept a while (a redeploy finds it
+    // cached), then collected.
     let layers = state.join("images/layers");
-    wait(&mut rt, "the unused image collected", |_| {
+    assert!(
+        std::fs::read_dir(&layers).map(|d| d.count()).unwrap_or(0) > 0,
+        "the unused image is kept for a while"
+    );
+    wait(&mut rt, "the unused image collected", |rt| {
+        rt.poll();
         std::fs::read_dir(&layers).map(|d| d.count()).unwrap_or(1) == 0
     });
     let left: Vec<_> = std::fs::read_dir(state.join("containers"))

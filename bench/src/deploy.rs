@@ -46,6 +46,9 @@ fn once(site: &Site, svc: &str, client: u32, rr: Ipv4Addr) -> Result<(f64, f64),
         std::thread::sleep(Duration::from_millis(2));
     }
     let first = asking.join().map_err(|_| "client panicked")??;
+    if first.is_none() || running.is_none() {
+        site::pause_if_asked(&format!("deploy {n}: client pid {client}, rr {rr}"));
+    }
     let running = running.ok_or_else(|| format!("instance {n} not RUNNING within 60 s"))?;
     let first = first.ok_or_else(|| format!("no answer through {rr} within 60 s"))?;
     // Gone again before the next: removed, and the service IP answers no more.

@@ -386,13 +386,20 @@ fn main() {
         eprintln!("grove-bench: {}: {e}", out.display());
         std::process::exit(1);
     }
-    let _ = std::fs::remove_dir_all(&scratch);
+    let mut failed = sections.iter().any(|s| s.error.is_some());
+    if failed {
+        eprintln!(
+            "grove-bench: the daemons' logs of the failed runs are kept in {}",
+            scratch.display()
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
     eprintln!(
         "grove-bench: wrote {} in {:.0} s",
         out.display(),
         started.elapsed().as_secs_f64()
     );
-    let mut failed = sections.iter().filter(|s| s.error.is_some()).count() > 0;
     if let Some(expect) = &args.expect {
         let want = report::row_ids(&std::fs::read_to_string(expect).unwrap_or_default());
         let got = report::row_ids(&std::fs::read_to_string(&out).unwrap_or_default());

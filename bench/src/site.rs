@@ -228,7 +228,14 @@ pub fn deploy(root: &Root, app: &str, services: Vec<Value>) -> Result<Vec<String
         Some(root.admin.as_str()),
         Some(sla),
     )?;
-    apps[0]["microservices"]
+    // The answer lists every application of the user: this one by its name.
+    let mine = apps
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rfind(|a| a["application_name"] == app)
+        .ok_or_else(|| format!("application {app} not in the answer: {apps}"))?;
+    mine["microservices"]
         .as_array()
         .ok_or_else(|| format!("no services in the answer: {apps}"))?
         .iter()
@@ -301,6 +308,15 @@ pub fn rr_ip(root: &Root, service: &str) -> Result<std::net::Ipv4Addr, String> {
         .as_str()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("no RR_ip in {doc}"))
+}
+
+/// With `GROVE_BENCH_PAUSE` set, stop here for ten minutes (the site still up) so a
+/// failure can be looked at.
+pub fn pause_if_asked(what: &str) {
+    if std::env::var_os("GROVE_BENCH_PAUSE").is_some() {
+        eprintln!("grove-bench: pausing 600 s: {what}");
+        std::thread::sleep(Duration::from_secs(600));
+    }
 }
 
 /// Wait up to `limit` for `cond`, polling every `every`; whether it came true.

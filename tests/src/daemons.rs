@@ -119,7 +119,10 @@ impl Daemon {
         let err = out.try_clone().expect("log file");
         let child = Command::new(&self.bin)
             .args(&self.args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("GROVE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()

@@ -579,7 +579,7 @@ impl Store {
         Ok(())
     }
 
-    /// Add an instance (the lowest free number, a fresh IP, status REQUESTED).
+    /// Add an instance (a number the service never had, a fresh IP, status REQUESTED).
     pub fn add_instance(&mut self, service_id: &str) -> Result<InstanceRow> {
         let tx = self.conn.transaction()?;
         let generation: i64 = tx
@@ -590,15 +590,16 @@ impl Store {
             )
             .optional()?
             .ok_or(StoreError::NotFound("service"))?;
-        let numbers: Vec<u32> = {
-            let mut stmt =
-                tx.prepare("SELECT number FROM instances WHERE service = ?1 ORDER BY number")?;
-            stmt.query_map([service_id], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?
-        };
-        let number = (0u32..)
-            .find(|n| numbers.binary_search(n).is_err())
-            .unwrap_or(u32::MAX);
+        // Never a number the service had before: a late report about a removed
+        // instance (from a worker or cluster that was slow or away) must not be taken
+        // for news of a new one.
+        let number: u32 = tx.query_row(
+            "SELECT COALESCE(MAX(number) + 1, 0) FROM (
+                 SELECT number FROM instances WHERE service = ?1
+                 UNION ALL SELECT number FROM instance_history WHERE service = ?1)",
+            [service_id],
+            |r| r.get(0),
+        )?;
         let row = InstanceRow {
             service: service_id.to_owned(),
             number,
@@ -926,7 +927,7 @@ mod tests {
     }
 
     #[test]
-    fn instances_get_the_lowest_free_number_a_fresh_ip_and_a_history() {
+    fn instances_get_a_new_number_a_fresh_ip_and_a_history() {
         let (mut s, owner) = with_owner();
         let (_, services) = s
             .create_application(&owner, "a", "x", "", "{}", &[svc("web", None)])
@@ -938,19 +939,22 @@ mod tests {
         assert_ne!(i0.ip, i1.ip);
         assert!(![services[0].rr_ip, services[0].closest_ip].contains(&i0.ip.unwrap()));
         s.remove_instance(sid, 0).unwrap();
+        s.remove_instance(sid, 1).unwrap();
         assert_eq!(
             s.add_instance(sid).unwrap().number,
-            0,
-            "number 0 is free again"
+            2,
+            "a removed instance's number is never given again"
         );
-        s.set_instance_status(sid, 1, "CLUSTER_SCHEDULED", None, Some(3), None)
+        let i1 = s.add_instance(sid).unwrap();
+        assert_eq!(i1.number, 3);
+        s.set_instance_status(sid, 3, "CLUSTER_SCHEDULED", None, Some(3), None)
             .unwrap();
         let r = s
-            .set_instance_status(sid, 1, "RUNNING", None, None, Some("pi-1"))
+            .set_instance_status(sid, 3, "RUNNING", None, None, Some("pi-1"))
             .unwrap();
         assert_eq!((r.cluster, r.node.as_deref()), (Some(3), Some("pi-1")));
         let h: Vec<String> = s
-            .instance_history(sid, 1)
+            .instance_history(sid, 3)
             .unwrap()
             .into_iter()
             .map(|x| x.0)
