@@ -233,7 +233,28 @@ fn watch_service(
     })
 }
 
+/// The command set in `payload` if it is newer than `last` (which it then becomes).
+fn newer(payload: &[u8], last: &mut u64) -> Option<NodeCommands> {
+    let cmds: NodeCommands = msg::from_cbor(payload).ok()?;
+    if cmds.generation < *last {
+        tracing::debug!(
+            generation = cmds.generation,
+            last = *last,
+            "older commands ignored"
+        );
+        return None;
+    }
+    *last = cmds.generation;
+    Some(cmds)
+}
+
 fn converge(rt: &mut dyn Runtime, cmds: &NodeCommands) {
+    tracing::debug!(
+        generation = cmds.generation,
+        instances = cmds.commands.len(),
+        services = cmds.services.as_ref().map(Vec::len),
+        "commands"
+    );
     if let Some(p) = &cmds.peers {
         rt.peers(p);
     }
@@ -325,7 +346,15 @@ pub async fn run(
     let period = Duration::from_millis(u64::from(reg.timing.heartbeat_ms.max(100)));
     let mut heartbeat = tokio::time::interval(period);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    // Work that is waiting (a status to send, a finished pull) runs at once instead
+    // of at the next tick.
+    let wake = rt
+        .waker()
+        .unwrap_or_else(|| std::sync::Arc::new(tokio::sync::Notify::new()));
     let mut obs: Option<Observation> = None;
+    // The generation of the commands last converged on: an older set that arrives
+    // late (a notification overtaken by the answer of a new observation) is ignored.
+    let mut generation = 0u64;
     let mut reobserve_at = tokio::time::Instant::now();
     let mut attempt = 0u32;
     let mut pending: Vec<InstanceStatus> = Vec::new();
@@ -389,7 +418,12 @@ pub async fn run(
                     }
                 });
             }
-            _ = tick.tick() => {
+            () = async {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = wake.notified() => {}
+                }
+            } => {
                 pending.extend(rt.poll());
                 let wanted = rt.lookups();
                 for ip in wanted.drop {
@@ -448,14 +482,18 @@ pub async fn run(
                 if ok {
                     pending.drain(..n.min(pending.len()));
                 }
+                if !pending.is_empty() {
+                    wake.notify_one();
+                }
             }
             Some(r) = obs_rx.recv() => {
                 observing = false;
                 match r {
                     Ok(o) if o.first.code == Code::CONTENT => {
                         attempt = 0;
-                        if let Ok(cmds) = msg::from_cbor::<NodeCommands>(&o.first.payload) {
+                        if let Some(cmds) = newer(&o.first.payload, &mut generation) {
                             converge(rt.as_mut(), &cmds);
+                            wake.notify_one();
                             tracing::info!(
                                 generation = cmds.generation,
                                 instances = cmds.commands.len(),
@@ -479,8 +517,9 @@ pub async fn run(
             n = async { match obs.as_mut() { Some(o) => o.notifications.recv().await, None => std::future::pending().await } } => {
                 match n {
                     Some(n) => {
-                        if let Ok(cmds) = msg::from_cbor::<NodeCommands>(&n.payload) {
+                        if let Some(cmds) = newer(&n.payload, &mut generation) {
                             converge(rt.as_mut(), &cmds);
+                            wake.notify_one();
                         }
                     }
                     None => {
@@ -512,6 +551,31 @@ mod tests {
             parse_token("0011223344556677.xyz"),
             Err(ControlError::BadToken)
         ));
+    }
+
+    #[test]
+    fn a_late_older_command_set_is_ignored() {
+        let set = |generation| {
+            msg::to_cbor(&NodeCommands {
+                generation,
+                commands: Vec::new(),
+                peers: None,
+                services: None,
+            })
+        };
+        let mut last = 0;
+        assert!(newer(&set(5), &mut last).is_some());
+        assert!(
+            newer(&set(4), &mut last).is_none(),
+            "older than the one applied"
+        );
+        assert!(
+            newer(&set(5), &mut last).is_some(),
+            "the same again is harmless"
+        );
+        assert!(newer(&set(9), &mut last).is_some());
+        assert_eq!(last, 9);
+        assert!(newer(b"not cbor", &mut last).is_none());
     }
 
     #[test]

@@ -125,6 +125,8 @@ pub struct NativeRuntime {
     released: HashMap<String, Instant>,
     /// When to look for unused images left from before a restart.
     sweep_at: Instant,
+    /// Told when a pull is done.
+    wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl NativeRuntime {
@@ -137,6 +139,8 @@ impl NativeRuntime {
         let store = ImageStore::open(&dir.join("images"), registries).map_err(|e| e.to_string())?;
         let (pulls, jobs) = mpsc::channel::<Job>();
         let (done, pulled) = mpsc::channel::<PullDone>();
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        let woken = wake.clone();
         std::thread::Builder::new()
             .name("puller".into())
             .spawn(move || {
@@ -147,6 +151,7 @@ impl NativeRuntime {
                             if done.send((who, r)).is_err() {
                                 break;
                             }
+                            woken.notify_one();
                         }
                         Job::Collect(keep) => {
                             let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
@@ -188,6 +193,7 @@ impl NativeRuntime {
             image_keep: IMAGE_KEEP,
             released: HashMap::new(),
             sweep_at: Instant::now() + IMAGE_KEEP,
+            wake,
         };
         // What was on its way when the agent stopped goes on.
         for r in rt
@@ -718,6 +724,10 @@ impl Runtime for NativeRuntime {
             self.check();
         }
         std::mem::take(&mut self.changes)
+    }
+
+    fn waker(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        Some(self.wake.clone())
     }
 
     fn instance_usage(&mut self) -> Vec<grove_proto::msg::InstanceUsage> {

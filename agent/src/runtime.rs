@@ -56,6 +56,11 @@ pub trait Runtime: Send {
     fn instance_usage(&mut self) -> Vec<grove_proto::msg::InstanceUsage> {
         Vec::new()
     }
+    /// Notified when work done off the control loop (a pull) left something for
+    /// [`Runtime::poll`], so the loop does not wait for its next tick.
+    fn waker(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]

@@ -50,6 +50,11 @@ fn once(site: &Site, svc: &str, client: u32, rr: Ipv4Addr) -> Result<(f64, f64),
         site::pause_if_asked(&format!("deploy {n}: client pid {client}, rr {rr}"));
     }
     let running = running.ok_or_else(|| format!("instance {n} not RUNNING within 60 s"))?;
+    if first.is_some_and(|f| f > running + 3_000.0) {
+        site::pause_if_asked(&format!(
+            "deploy {n}: slow first answer: client pid {client}, rr {rr}"
+        ));
+    }
     let first = first.ok_or_else(|| format!("no answer through {rr} within 60 s"))?;
     // Gone again before the next: removed, and the service IP answers no more.
     site::remove_instance(&site.root, svc, n)?;

@@ -340,9 +340,26 @@ pub fn first_host6(net: Ipv6Addr) -> Ipv6Addr {
     Ipv6Addr::from(u128::from(net) + 1)
 }
 
+/// The MAC address of the instance with IPv4 address `ip`: locally administered
+/// (02), `47` for Grove, then the address's four bytes. An instance that gets the
+/// address of one removed before has its MAC too, so the other workers' neighbour
+/// entries (which live up to a minute) stay right.
+pub fn instance_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x02, 0x47, a, b, c, d]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instance_mac_follows_from_its_address_and_is_local_unicast() {
+        let m = instance_mac(Ipv4Addr::new(10, 18, 0, 66));
+        assert_eq!(m, [0x02, 0x47, 10, 18, 0, 66]);
+        assert_eq!(m[0] & 0x03, 0x02, "locally administered, unicast");
+        assert_ne!(m, instance_mac(Ipv4Addr::new(10, 18, 0, 67)));
+    }
 
     /// Records every call; links live in a list.
     #[derive(Debug, Default)]

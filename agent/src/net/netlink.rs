@@ -256,6 +256,12 @@ impl Netlink for Kernel {
         peer.attributes
             .push(LinkAttribute::IfName(INSIDE.to_owned()));
         peer.attributes.push(LinkAttribute::Mtu(mtu));
+        // A MAC address that follows from the IPv4 address: an instance that gets an
+        // address an earlier one had is reached at once by workers whose neighbour
+        // caches still hold the old entry.
+        peer.attributes.push(LinkAttribute::Address(
+            super::instance_mac(v4.addr).to_vec(),
+        ));
         peer.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(host.to_owned()));
