@@ -59,6 +59,8 @@ pub struct Settings {
     /// A directory entry no worker observes is dropped (and its observation at the
     /// root ended) after this long.
     pub directory_idle: Duration,
+    /// Workers expected at most (sizes the block of worker subnets asked of the root).
+    pub max_workers: Option<u32>,
 }
 
 /// Default of [`Settings::directory_idle`].
@@ -117,6 +119,8 @@ pub struct Cluster {
     live: Mutex<HashMap<u32, Live>>,
     to_root: mpsc::UnboundedSender<InstanceStatus>,
     block: Mutex<(u32, [u8; 16])>,
+    /// How many /26s the block holds.
+    subnets: std::sync::atomic::AtomicU32,
     /// Workers of other clusters this cluster's overlay reaches (from the root).
     foreign: Mutex<Vec<msg::NodePeer>>,
     dir: PathBuf,
@@ -697,8 +701,8 @@ impl Workers {
 /// for up to four /26s, else as many /120s as it takes (the block's /120 of each
 /// index the worker's IPv4 subnet spans is the worker's).
 fn subnets_of(block: (u32, [u8; 16]), index: u32, size: u32) -> (msg::Ipv4Prefix, msg::Ipv6Prefix) {
-    let mut v6 = block.1;
-    v6[14] = u8::try_from(index).unwrap_or(u8::MAX);
+    // The /120 of index i is the block's /32 plus i·256 (byte 14 for the first 256).
+    let v6 = (u128::from_be_bytes(block.1) + (u128::from(index) << 8)).to_be_bytes();
     // log2 of the size: 0 (/26) to 4 (/22).
     let bits = u8::try_from(size.max(1).trailing_zeros().min(4)).unwrap_or(0);
     (
@@ -790,8 +794,8 @@ async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {
         salt: &salt,
         subnet_size: crate::store::subnet_size(reg.max_instances),
     };
-    // 256 /26s in the cluster's /18.
-    let row = match cl.db().register_node(&node, 256) {
+    let subnets = cl.subnets.load(Ordering::Relaxed);
+    let row = match cl.db().register_node(&node, subnets) {
         Ok(r) => r,
         Err(e) => return Response::error(Code::SERVICE_UNAVAILABLE, &e.to_string()),
     };
@@ -904,6 +908,7 @@ pub async fn start(
             0x0A12_0000,
             [0xfc, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         )),
+        subnets: std::sync::atomic::AtomicU32::new(256),
         dir: s.data_dir.clone(),
         progress: Mutex::new(HashMap::new()),
         timeouts: (s.schedule_timeout, s.create_timeout),
@@ -1181,6 +1186,7 @@ async fn root_join(
                 version: msg::PROTOCOL_VERSION,
                 name: s.name.clone(),
                 location: s.location,
+                max_workers: s.max_workers,
             });
             let mut attempt = 0u32;
             let r = loop {
@@ -1225,6 +1231,11 @@ async fn root_join(
         if let Some(v6) = reg.subnets_v6 {
             b.1 = v6.addr;
         }
+        // How many /26s the block holds (a /18: 256).
+        cl.subnets.store(
+            1u32 << (26u32.saturating_sub(u32::from(reg.subnets.len)).min(12)),
+            Ordering::Relaxed,
+        );
     }
     let ctx = SecurityContext::new(
         &ContextParams::from(creds),
@@ -1262,5 +1273,10 @@ mod tests {
                 "{size} /26s"
             );
         }
+        // Past the first 256 /26s (a cluster with a block of several /18s) the /120s
+        // go on in order: none is shared.
+        let v6 = |i| u128::from_be_bytes(subnets_of(block, i, 1).1.addr);
+        assert_eq!(v6(256) - v6(255), 256);
+        assert_eq!(subnets_of(block, 1000, 1).0.addr, block.0 + 64_000);
     }
 }

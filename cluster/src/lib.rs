@@ -49,6 +49,10 @@ pub struct Args {
     /// root after the last of this cluster's workers stopped observing it.
     #[arg(long, env = "GROVE_DIRECTORY_IDLE_SECS", default_value_t = daemon::DIRECTORY_IDLE.as_secs())]
     pub directory_idle_secs: u64,
+    /// Workers this cluster expects at most: the root sizes its block of worker
+    /// subnets to hold them (256 per /18, up to 4,096).
+    #[arg(long, env = "GROVE_MAX_WORKERS")]
+    pub max_workers: Option<u32>,
 }
 
 /// Subcommands.
@@ -122,6 +126,7 @@ pub fn run(args: Args) -> Result<(), String> {
         schedule_timeout: std::time::Duration::from_secs(args.schedule_timeout_secs.max(1)),
         create_timeout: std::time::Duration::from_secs(args.create_timeout_secs.max(1)),
         directory_idle: std::time::Duration::from_secs(args.directory_idle_secs),
+        max_workers: args.max_workers,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -510,6 +510,10 @@ pub struct RegisterCluster {
     /// Where the cluster is.
     #[n(2)]
     pub location: Option<GeoPoint>,
+    /// How many workers it expects at most (`--max-workers`): the root sizes its block
+    /// of worker subnets to hold them (256 per /18; absent: one /18).
+    #[n(3)]
+    pub max_workers: Option<u32>,
 }
 
 /// Root → cluster: the answer to [`RegisterCluster`].

@@ -338,12 +338,15 @@ async fn register(
         }
         row
     };
-    // A /18 of worker subnets (64 workers of /26) from 10.18.0.0 up to 10.29.255.255:
-    // 48 blocks, each handed out once and kept by its cluster.
-    let block = match st.db().cluster_block(row.id, 48) {
+    // /18s of worker subnets (256 workers of /26 each) from 10.18.0.0 up to
+    // 10.29.255.255: 48 blocks; a cluster gets as many as its expected workers need
+    // (an aligned run, up to a /14), each handed out once and kept by its cluster.
+    let want = reg.max_workers.unwrap_or(256).max(1).div_ceil(256);
+    let (block, count) = match st.db().cluster_block(row.id, 48, want) {
         Ok(b) => b,
         Err(e) => return Response::error(Code::SERVICE_UNAVAILABLE, &e.to_string()),
     };
+    let bits = u8::try_from(count.trailing_zeros()).unwrap_or(0);
     let file = seq_file(&dir, row.id);
     let _ = std::fs::remove_file(&file);
     let ctx = match SecurityContext::new(
@@ -361,7 +364,7 @@ async fn register(
         cluster: ClusterId(row.id),
         subnets: msg::Ipv4Prefix {
             addr: 0x0A12_0000 + (block << 14),
-            len: 18,
+            len: 18 - bits,
         },
         subnets_v6: Some(msg::Ipv6Prefix {
             addr: v6_block(block),

@@ -122,6 +122,7 @@ fn registration(name: &str, major: u16) -> Vec<u8> {
             lat: 48.1,
             lon: 11.6,
         }),
+        max_workers: None,
     })
 }
 

@@ -89,34 +89,40 @@ impl Store {
         Ok(rows)
     }
 
-    /// The block of worker subnets of a cluster: its own if it has one, else the lowest
-    /// free of `blocks`. Blocks are never shared.
-    pub fn cluster_block(&mut self, cluster: u32, blocks: u32) -> Result<u32> {
+    /// The block of worker subnets of a cluster, as (first block, how many): its own
+    /// if it has one, else the lowest free aligned run of `count` (a power of two) of
+    /// the `blocks` there are. Blocks are never shared.
+    pub fn cluster_block(&mut self, cluster: u32, blocks: u32, count: u32) -> Result<(u32, u32)> {
+        let count = count.clamp(1, 16).next_power_of_two();
         let tx = self.conn.transaction()?;
-        let own: Option<u32> = tx
+        let own: Option<(u32, u32)> = tx
             .query_row(
-                "SELECT block FROM subnet_blocks WHERE cluster = ?1",
+                "SELECT block, count FROM subnet_blocks WHERE cluster = ?1",
                 [cluster],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
         if let Some(b) = own {
             return Ok(b);
         }
-        let used: Vec<u32> = {
-            let mut stmt = tx.prepare("SELECT block FROM subnet_blocks ORDER BY block")?;
-            stmt.query_map([], |r| r.get(0))?
+        let used: Vec<(u32, u32)> = {
+            let mut stmt = tx.prepare("SELECT block, count FROM subnet_blocks")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?
         };
-        let b = (0..blocks)
-            .find(|b| used.binary_search(b).is_err())
+        let b = (0..blocks / count)
+            .map(|k| k * count)
+            .find(|&start| {
+                used.iter()
+                    .all(|&(b, n)| b + n.max(1) <= start || start + count <= b)
+            })
             .ok_or(StoreError::Exhausted("worker subnet blocks"))?;
         tx.execute(
-            "INSERT INTO subnet_blocks (cluster, block) VALUES (?1, ?2)",
-            params![cluster, b],
+            "INSERT INTO subnet_blocks (cluster, block, count) VALUES (?1, ?2, ?3)",
+            params![cluster, b, count],
         )?;
         tx.commit()?;
-        Ok(b)
+        Ok((b, count))
     }
 
     /// All clusters.
@@ -261,16 +267,36 @@ mod tests {
             .collect();
         let blocks: Vec<u32> = ids[..3]
             .iter()
-            .map(|&id| s.cluster_block(id, 3).unwrap())
+            .map(|&id| s.cluster_block(id, 3, 1).unwrap().0)
             .collect();
         assert_eq!(blocks, [0, 1, 2]);
         assert_eq!(
-            s.cluster_block(ids[1], 3).unwrap(),
+            s.cluster_block(ids[1], 3, 1).unwrap().0,
             1,
             "a cluster keeps its block"
         );
         assert!(matches!(
-            s.cluster_block(ids[3], 3),
+            s.cluster_block(ids[3], 3, 1),
+            Err(StoreError::Exhausted(_))
+        ));
+    }
+
+    #[test]
+    fn a_cluster_expecting_many_workers_gets_an_aligned_run_of_blocks() {
+        let mut s = Store::in_memory().unwrap();
+        let ids: Vec<u32> = (0..4)
+            .map(|i| s.register_cluster(&format!("c{i}"), None).unwrap().id)
+            .collect();
+        assert_eq!(s.cluster_block(ids[0], 8, 1).unwrap(), (0, 1));
+        assert_eq!(
+            s.cluster_block(ids[1], 8, 3).unwrap(),
+            (4, 4),
+            "rounded up, aligned"
+        );
+        assert_eq!(s.cluster_block(ids[2], 8, 1).unwrap(), (1, 1));
+        assert_eq!(s.cluster_block(ids[1], 8, 1).unwrap(), (4, 4), "kept");
+        assert!(matches!(
+            s.cluster_block(ids[3], 8, 4),
             Err(StoreError::Exhausted(_))
         ));
     }

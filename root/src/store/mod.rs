@@ -170,6 +170,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE instances ADD COLUMN addr INTEGER;
     ALTER TABLE instances ADD COLUMN addr6 TEXT;
     "#,
+    // 7: a cluster's block of worker subnets may span several /18s (`--max-workers`).
+    r#"
+    ALTER TABLE subnet_blocks ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
+    "#,
 ];
 
 /// The root's database.
