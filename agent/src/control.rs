@@ -41,7 +41,12 @@ pub struct Settings {
     pub cpus: Option<u16>,
     /// Memory offered, MiB (default: the machine's).
     pub memory_mib: Option<u32>,
+    /// How often the loop looks at its runtime when nothing woke it ([`TICK`]).
+    pub tick: Duration,
 }
+
+/// How often an agent looks at its runtime (exits, restarts, lookups) unwoken.
+pub const TICK: Duration = Duration::from_millis(200);
 
 /// Why the loop stopped.
 #[derive(Debug, thiserror::Error)]
@@ -345,7 +350,7 @@ pub async fn run(
 
     let period = Duration::from_millis(u64::from(reg.timing.heartbeat_ms.max(100)));
     let mut heartbeat = tokio::time::interval(period);
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut tick = tokio::time::interval(s.tick);
     // Work that is waiting (a status to send, a finished pull) runs at once instead
     // of at the next tick.
     let wake = rt

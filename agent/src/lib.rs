@@ -222,6 +222,7 @@ pub fn run(args: Args) -> Result<i32, String> {
         max_instances: args.max_instances,
         cpus: args.cpus,
         memory_mib: args.memory_mib,
+        tick: control::TICK,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -38,7 +38,7 @@ struct Args {
     /// After writing, check that every row of this file was produced.
     #[arg(long)]
     expect: Option<PathBuf>,
-    /// Workers of the control-plane scale benchmark (default 1,000 and 10,000; quick: 200).
+    /// Workers of the control-plane scale benchmark (default 1,000 and 10,000; quick: 100 and 300).
     #[arg(long, value_delimiter = ',')]
     workers: Vec<usize>,
     /// Internal: a process of the harness's own (simulated workers, container starts).
@@ -366,7 +366,7 @@ fn main() {
     let workers = if !args.workers.is_empty() {
         args.workers.clone()
     } else if args.quick {
-        vec![200]
+        vec![100, 300]
     } else {
         vec![1_000, 10_000]
     };
