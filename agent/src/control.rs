@@ -8,8 +8,8 @@ use grove_proto::coap::{
     Code, Config, ContextKey, Endpoint, ExchangeError, LinkParams, Request, SendOptions,
 };
 use grove_proto::msg::{
-    self, GeoPoint, Heartbeat, InstanceRef, InstanceStatus, NetCoord, NodeCommand, NodeCommands,
-    NodeRegistered, RegisterNode,
+    self, GeoPoint, Heartbeat, HeartbeatAck, InstanceRef, InstanceStatus, NetCoord, NodeCommand,
+    NodeCommands, NodeRegistered, RegisterNode,
 };
 use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext, join_context};
 use grove_proto::paths;
@@ -253,6 +253,24 @@ fn newer(payload: &[u8], last: &mut u64) -> Option<NodeCommands> {
     Some(cmds)
 }
 
+/// Note the digests of the peers and services `cmds` carries in `held`; whether it
+/// left out a part whose digest is not the one held (a notification that carried it
+/// was lost: the worker must observe afresh).
+fn held_parts(cmds: &NodeCommands, held: &mut (Option<[u8; 8]>, Option<[u8; 8]>)) -> bool {
+    let mut stale = false;
+    for (carried, digest, have) in [
+        (cmds.peers.is_some(), cmds.peers_digest, &mut held.0),
+        (cmds.services.is_some(), cmds.services_digest, &mut held.1),
+    ] {
+        if carried {
+            *have = digest;
+        } else if digest.is_some() && digest != *have {
+            stale = true;
+        }
+    }
+    stale
+}
+
 fn converge(rt: &mut dyn Runtime, cmds: &NodeCommands) {
     tracing::debug!(
         generation = cmds.generation,
@@ -370,7 +388,16 @@ pub async fn run(
     let (ack_tx, mut ack_rx) = mpsc::channel::<(usize, bool)>(1);
     // Round trips of heartbeats (non-confirmable: never retransmitted, so each one is a
     // clean sample) place this worker in the cluster's network coordinates.
-    let (rtt_tx, mut rtt_rx) = mpsc::channel::<Duration>(4);
+    // Their answers say which command set the cluster last gave this worker.
+    let (rtt_tx, mut rtt_rx) = mpsc::channel::<(Duration, Option<HeartbeatAck>)>(4);
+    // Heartbeat answers in a row naming a set this worker does not hold.
+    let mut behind = 0u32;
+    // Whether the cluster answers heartbeats so (else the observation is renewed
+    // every 20 s: a restarted cluster forgot it).
+    let mut acked = false;
+    let mut refreshes = 0u32;
+    // The digests of the peers and services this worker holds.
+    let mut held: (Option<[u8; 8]>, Option<[u8; 8]>) = (None, None);
     let mut coord = Vivaldi::default();
     let (mut observing, mut reporting) = (false, false);
     // Services of other clusters the data plane asked for: one observation each at the
@@ -385,7 +412,10 @@ pub async fn run(
         tokio::select! {
             _ = &mut stop => return Ok(()),
             _ = refresh.tick() => {
-                if !observing {
+                refreshes += 1;
+                // With heartbeat answers a lost observation shows within seconds; the
+                // renewal is only a backstop then.
+                if !observing && (!acked || refreshes % 15 == 0) {
                     obs = None;
                     reobserve_at = tokio::time::Instant::now();
                 }
@@ -418,8 +448,11 @@ pub async fn run(
                 tokio::spawn(async move {
                     let sent = tokio::time::Instant::now();
                     let r = c2.request(to, req, SendOptions { non_confirmable: true, security: Some(key2) }).await;
-                    if matches!(r, Ok(r) if r.code.is_success()) {
-                        let _ = tx.try_send(sent.elapsed());
+                    if let Ok(r) = r {
+                        if r.code.is_success() {
+                            let ack = msg::from_cbor::<HeartbeatAck>(&r.payload).ok();
+                            let _ = tx.try_send((sent.elapsed(), ack));
+                        }
                     }
                 });
             }
@@ -475,11 +508,28 @@ pub async fn run(
                 }
             }
             Some((ip, entry)) = dir_rx.recv() => rt.found(ip, entry),
-            Some(rtt) = rtt_rx.recv() => {
+            Some((rtt, ack)) = rtt_rx.recv() => {
                 #[allow(clippy::cast_precision_loss)]
                 let (ms, nudge) = (rtt.as_secs_f32() * 1000.0, seq as f32);
                 coord.observe(CLUSTER_COORD, CLUSTER_ERROR, ms, nudge);
                 rt.coordinate(coord.coord);
+                if let Some(a) = ack {
+                    acked = true;
+                    behind = if a.generation == Some(generation) { 0 } else { behind + 1 };
+                    // The cluster holds no observation of this worker's (it restarted),
+                    // or it gave a set that never arrived (twice in a row: one may be
+                    // on its way): observe afresh, which brings everything.
+                    if (a.generation.is_none() || behind >= 2) && obs.is_some() && !observing {
+                        tracing::info!(
+                            generation,
+                            theirs = a.generation,
+                            "the cluster's commands moved on without this worker; observing afresh"
+                        );
+                        obs = None;
+                        reobserve_at = tokio::time::Instant::now();
+                        behind = 0;
+                    }
+                }
             }
             Some((n, ok)) = ack_rx.recv() => {
                 tracing::debug!(changes = n, ok, "status report answered");
@@ -497,6 +547,7 @@ pub async fn run(
                     Ok(o) if o.first.code == Code::CONTENT => {
                         attempt = 0;
                         if let Some(cmds) = newer(&o.first.payload, &mut generation) {
+                            held_parts(&cmds, &mut held);
                             converge(rt.as_mut(), &cmds);
                             wake.notify_one();
                             tracing::info!(
@@ -523,6 +574,11 @@ pub async fn run(
                 match n {
                     Some(n) => {
                         if let Some(cmds) = newer(&n.payload, &mut generation) {
+                            if held_parts(&cmds, &mut held) {
+                                // A change of the peers or services never arrived.
+                                obs = None;
+                                reobserve_at = tokio::time::Instant::now();
+                            }
                             converge(rt.as_mut(), &cmds);
                             wake.notify_one();
                         }
@@ -566,6 +622,7 @@ mod tests {
                 commands: Vec::new(),
                 peers: None,
                 services: None,
+                ..Default::default()
             })
         };
         let mut last = 0;
@@ -581,6 +638,40 @@ mod tests {
         assert!(newer(&set(9), &mut last).is_some());
         assert_eq!(last, 9);
         assert!(newer(b"not cbor", &mut last).is_none());
+    }
+
+    #[test]
+    fn a_set_without_a_changed_part_asks_for_everything_again() {
+        let mut held = (None, None);
+        let full = NodeCommands {
+            peers: Some(Vec::new()),
+            services: Some(Vec::new()),
+            peers_digest: Some([1; 8]),
+            services_digest: Some([2; 8]),
+            ..Default::default()
+        };
+        assert!(!held_parts(&full, &mut held));
+        assert_eq!(held, (Some([1; 8]), Some([2; 8])));
+        let same = NodeCommands {
+            peers_digest: Some([1; 8]),
+            services_digest: Some([2; 8]),
+            ..Default::default()
+        };
+        assert!(!held_parts(&same, &mut held), "nothing left out changed");
+        let missed = NodeCommands {
+            peers_digest: Some([1; 8]),
+            services_digest: Some([3; 8]),
+            ..Default::default()
+        };
+        assert!(
+            held_parts(&missed, &mut held),
+            "the services changed unseen"
+        );
+        let old_cluster = NodeCommands::default();
+        assert!(
+            !held_parts(&old_cluster, &mut held),
+            "no digests: nothing to check"
+        );
     }
 
     #[test]

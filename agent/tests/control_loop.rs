@@ -200,6 +200,7 @@ async fn the_agent_joins_runs_commands_reports_and_resumes_after_sigkill() {
             commands: vec![],
             peers: None,
             services: None,
+            ..Default::default()
         },
     }));
     let c = cluster(seen.clone()).await;
@@ -222,6 +223,7 @@ async fn the_agent_joins_runs_commands_reports_and_resumes_after_sigkill() {
         commands: vec![spec(0, &["sh"]), spec(1, &["sim:exit=1"])],
         peers: None,
         services: None,
+        ..Default::default()
     };
     while push(&c, &seen, two.clone()).await == 0 {
         assert!(
@@ -245,6 +247,7 @@ async fn the_agent_joins_runs_commands_reports_and_resumes_after_sigkill() {
             commands: vec![spec(1, &["sim:exit=1"])],
             peers: None,
             services: None,
+            ..Default::default()
         },
     )
     .await;

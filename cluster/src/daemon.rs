@@ -3,6 +3,7 @@
 //! with the cluster scheduler, and the loss watcher.
 
 mod directory;
+mod push;
 
 use crate::scheduler::{self, Demand, NodeView, Resources};
 use crate::store::{InstanceRow, NewNode, Store, now_secs};
@@ -13,7 +14,7 @@ use grove_proto::coap::{
 use grove_proto::msg::{
     self, Capacity, ClusterCommands, ClusterId, ClusterRegistered, ClusterReport, GeoPoint,
     Heartbeat, InstanceRef, InstanceSpec, InstanceState, InstanceStatus, NetCoord, NodeCommand,
-    NodeCommands, NodeId, NodeRegistered, RegisterCluster, RegisterNode,
+    NodeId, NodeRegistered, RegisterCluster, RegisterNode,
 };
 use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext, join_context};
 use grove_proto::paths;
@@ -133,6 +134,11 @@ pub struct Cluster {
     root_link: OnceLock<RootLink>,
     /// The service directory for the workers.
     directory: directory::Directory,
+    /// Workers whose command sets are to be sent, and the pusher's wake-up.
+    due: Mutex<push::Due>,
+    due_wake: tokio::sync::Notify,
+    /// What each worker was last given.
+    sent: Mutex<HashMap<u32, push::Sent>>,
 }
 
 /// How the cluster talks to its root.
@@ -264,34 +270,14 @@ impl Cluster {
         touched
     }
 
-    /// The full set of instances a worker should run.
-    pub fn commands_for(&self, node: u32) -> NodeCommands {
-        let commands = self
-            .db()
-            .instances()
-            .unwrap_or_default()
-            .iter()
-            .filter(|i| i.node == Some(node) && !ENDED.contains(&i.status.as_str()))
-            .filter_map(spec_of)
-            .map(NodeCommand::Deploy)
-            .collect();
-        NodeCommands {
-            generation: generation(),
-            commands,
-            peers: Some(self.peers()),
-            services: Some(self.services()),
-        }
-    }
-
     /// The services with instances in this cluster and their RUNNING instances'
     /// overlay addresses (what every worker's service IP table is made of).
-    fn services(&self) -> Vec<msg::ServiceEntry> {
+    fn services_of(&self, rows: &[InstanceRow]) -> Vec<msg::ServiceEntry> {
         let me = self.root_link.get().map_or(ClusterId(0), |l| l.id);
         let mut out: BTreeMap<String, msg::ServiceEntry> = BTreeMap::new();
-        let rows = self.db().instances().unwrap_or_default();
         let workers = self.workers();
         for row in rows {
-            let Some(spec) = spec_of(&row) else { continue };
+            let Some(spec) = spec_of(row) else { continue };
             let e = out
                 .entry(row.service.clone())
                 .or_insert_with(|| msg::ServiceEntry {
@@ -306,7 +292,7 @@ impl Cluster {
             if row.status != "RUNNING" || row.addr.is_none() {
                 continue;
             }
-            e.instances.extend(workers.endpoint(&row, &spec, me));
+            e.instances.extend(workers.endpoint(row, &spec, me));
         }
         out.into_values().collect()
     }
@@ -371,27 +357,6 @@ impl Cluster {
                 })
             })
             .collect()
-    }
-
-    /// Tell every active worker (the set of peers changed).
-    async fn push_all(&self) {
-        let ids: Vec<u32> = self
-            .live()
-            .iter()
-            .filter(|(_, l)| !l.lost)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.push_node(id).await;
-        }
-    }
-
-    async fn push_node(&self, node: u32) {
-        if let Some(h) = self.coap.get() {
-            let body = msg::to_cbor(&self.commands_for(node));
-            h.notify(&paths::node_commands(NodeId(node)), Response::cbor(body))
-                .await;
-        }
     }
 
     fn views(&self, exclude: Option<u32>) -> Vec<NodeView> {
@@ -568,11 +533,9 @@ impl Cluster {
             changed
         });
         if foreign_changed {
-            self.push_all().await;
+            self.mark_all();
         } else {
-            for n in touched {
-                self.push_node(n).await;
-            }
+            self.mark(touched);
         }
         self.push_directory().await;
     }
@@ -594,6 +557,7 @@ impl Cluster {
         let mut touched = HashSet::new();
         for id in lost {
             tracing::warn!(node = id, "worker lost: moving its instances");
+            self.forget_sent(id);
             // Collect first: a guard in the loop head would live through the body.
             let placed: Vec<InstanceRow> = self
                 .db()
@@ -756,10 +720,6 @@ fn constraints_of(spec: &InstanceSpec, views: &[NodeView]) -> Vec<scheduler::Con
     out
 }
 
-fn generation() -> u64 {
-    msg::next_generation()
-}
-
 async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {
     let Some(ctx_id) = inc.security.as_ref().and_then(|k| k.id_context.clone()) else {
         return Response::error(Code::FORBIDDEN, "registration needs a worker join token");
@@ -885,9 +845,9 @@ async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
         // A worker back or at a new address, or an instance that started or ended:
         // everyone's overlay and service table change (and the one back learns what it
         // should run now: what was moved away is no longer there).
-        cl.push_all().await;
+        cl.mark_all();
     }
-    Response::new(Code::CHANGED)
+    cl.heartbeat_ack(id)
 }
 
 /// Start the node link on `socket` and the root link; runs until the runtime stops.
@@ -916,6 +876,9 @@ pub async fn start(
         deferred: std::sync::atomic::AtomicBool::new(false),
         root_link: OnceLock::new(),
         directory: directory::Directory::default(),
+        due: Mutex::default(),
+        due_wake: tokio::sync::Notify::new(),
+        sent: Mutex::default(),
     });
     let (c1, c2, c3, c4, c5) = (cl.clone(), cl.clone(), cl.clone(), cl.clone(), cl.clone());
     let router = Router::new()
@@ -998,6 +961,8 @@ pub async fn start(
             cd.sweep_directory().await;
         }
     });
+    // The workers' command sets, sent in rounds.
+    tokio::spawn(cl.clone().pusher());
     // Loss watcher.
     let cw = cl.clone();
     tokio::spawn(async move {
@@ -1019,9 +984,7 @@ pub async fn start(
             if cw.deferred.swap(false, Ordering::Relaxed) {
                 touched.extend(cw.place_pending());
             }
-            for n in touched {
-                cw.push_node(n).await;
-            }
+            cw.mark(touched);
             cw.push_directory().await;
         }
     });
@@ -1114,6 +1077,11 @@ pub async fn start(
                     reporting = false;
                     if ok {
                         pending.drain(..n.min(pending.len()));
+                    }
+                    // Changes that came while this report was on its way go at once,
+                    // not at the next retry tick.
+                    if !pending.is_empty() {
+                        retry.reset_immediately();
                     }
                 }
                 _ = report.tick() => {

@@ -463,7 +463,7 @@ pub enum NodeCommand {
 
 /// Cluster → worker, the observed `/v1/nodes/{id}/commands` resource: the full set of
 /// instances the worker should run, versioned. The worker converges to it.
-#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+#[derive(Debug, Clone, Default, PartialEq, Encode, Decode)]
 pub struct NodeCommands {
     /// Increases with every change of the set.
     #[n(0)]
@@ -479,6 +479,38 @@ pub struct NodeCommands {
     /// instances' overlay addresses: every worker holds them before a packet needs them.
     #[n(3)]
     pub services: Option<Vec<ServiceEntry>>,
+    /// [`digest_of`] the peers this set stands for. A notification leaves `peers` out
+    /// when they did not change since the last one to this worker; a worker whose
+    /// peers have another digest missed a change and observes afresh (an
+    /// observation's first answer always carries everything).
+    #[n(4)]
+    #[cbor(with = "minicbor::bytes")]
+    pub peers_digest: Option<[u8; 8]>,
+    /// [`digest_of`] the services, likewise.
+    #[n(5)]
+    #[cbor(with = "minicbor::bytes")]
+    pub services_digest: Option<[u8; 8]>,
+}
+
+/// First 8 bytes of a SHA-256 over the CBOR of `v`: which version of a list a message
+/// stands for.
+pub fn digest_of<T: Encode<()>>(v: &T) -> [u8; 8] {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(to_cbor(v));
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&h[..8]);
+    out
+}
+
+/// Cluster → worker: the answer to a heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub struct HeartbeatAck {
+    /// The generation of the last command set the cluster gave this worker (in a
+    /// notification or an observation's answer); absent when it holds no observation
+    /// of the worker's (it restarted). A worker that applied another generation
+    /// missed a notification, and observes afresh.
+    #[n(0)]
+    pub generation: Option<u64>,
 }
 
 /// A worker of the cluster as the data plane needs it.
@@ -974,6 +1006,8 @@ mod tests {
             ],
             peers: None,
             services: None,
+            peers_digest: Some([1; 8]),
+            services_digest: None,
         };
         let back: NodeCommands = from_cbor(&to_cbor(&cmds)).expect("decodes");
         assert_eq!(back, cmds);

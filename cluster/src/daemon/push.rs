@@ -1,0 +1,218 @@
+//! Workers' command sets, sent by one task in rounds. Whatever changes (a worker
+//! joins, an instance starts or ends, the root's commands) marks the workers it
+//! concerns; the pusher reads everything once per round and notifies each marked
+//! worker whose set differs from what it was last given — with the peers and the
+//! service table only when those changed, their digests always. A burst of changes
+//! (a thousand workers joining) costs a few rounds, not one per change per worker.
+
+use super::{Cluster, ENDED, spec_of};
+use crate::store::InstanceRow;
+use grove_proto::coap::Response;
+use grove_proto::msg::{self, HeartbeatAck, NodeCommand, NodeCommands, NodeId};
+use grove_proto::paths;
+use std::collections::{HashMap, HashSet};
+use std::sync::MutexGuard;
+
+/// What a worker was last given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Sent {
+    generation: u64,
+    commands: [u8; 8],
+    peers: [u8; 8],
+    services: [u8; 8],
+}
+
+/// Workers whose sets are due (every active one with `all`).
+#[derive(Debug, Default)]
+pub(super) struct Due {
+    all: bool,
+    nodes: HashSet<u32>,
+}
+
+/// What the command sets are made of, read once for a round.
+struct Snapshot {
+    generation: u64,
+    by_node: HashMap<u32, Vec<NodeCommand>>,
+    peers: Vec<msg::NodePeer>,
+    services: Vec<msg::ServiceEntry>,
+    peers_digest: [u8; 8],
+    services_digest: [u8; 8],
+}
+
+impl Snapshot {
+    /// Worker `node`'s instances and what its set stands for.
+    fn parts(&self, node: u32) -> (Vec<NodeCommand>, Sent) {
+        let commands = self.by_node.get(&node).cloned().unwrap_or_default();
+        let sent = Sent {
+            generation: self.generation,
+            commands: msg::digest_of(&commands),
+            peers: self.peers_digest,
+            services: self.services_digest,
+        };
+        (commands, sent)
+    }
+
+    fn set(&self, commands: Vec<NodeCommand>, peers: bool, services: bool) -> NodeCommands {
+        NodeCommands {
+            generation: self.generation,
+            commands,
+            peers: peers.then(|| self.peers.clone()),
+            services: services.then(|| self.services.clone()),
+            peers_digest: Some(self.peers_digest),
+            services_digest: Some(self.services_digest),
+        }
+    }
+
+    /// Worker `node`'s whole set.
+    fn full(&self, node: u32) -> (NodeCommands, Sent) {
+        let (commands, sent) = self.parts(node);
+        (self.set(commands, true, true), sent)
+    }
+
+    /// What changed for worker `node` since it was given `last` (`None`: nothing);
+    /// peers and services only when they are not what it holds.
+    fn after(&self, node: u32, last: Option<&Sent>) -> Option<(NodeCommands, Sent)> {
+        let (commands, now) = self.parts(node);
+        let Some(l) = last else {
+            return Some((self.set(commands, true, true), now));
+        };
+        if (l.commands, l.peers, l.services) == (now.commands, now.peers, now.services) {
+            return None;
+        }
+        let cmds = self.set(commands, l.peers != now.peers, l.services != now.services);
+        Some((cmds, now))
+    }
+}
+
+impl Cluster {
+    pub(super) fn due(&self) -> MutexGuard<'_, Due> {
+        self.due.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn sent(&self) -> MutexGuard<'_, HashMap<u32, Sent>> {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every active worker's set is due (the peers or the service table changed).
+    pub(super) fn mark_all(&self) {
+        self.due().all = true;
+        self.due_wake.notify_one();
+    }
+
+    /// These workers' sets are due.
+    pub(super) fn mark(&self, nodes: impl IntoIterator<Item = u32>) {
+        let mut d = self.due();
+        let before = d.nodes.len();
+        d.nodes.extend(nodes);
+        if d.nodes.len() > before {
+            self.due_wake.notify_one();
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        // The generation first: a set read later is never older than its number says.
+        let generation = msg::next_generation();
+        let rows: Vec<InstanceRow> = self.db().instances().unwrap_or_default();
+        let mut by_node: HashMap<u32, Vec<NodeCommand>> = HashMap::new();
+        for r in &rows {
+            if let (Some(n), false) = (r.node, ENDED.contains(&r.status.as_str())) {
+                if let Some(spec) = spec_of(r) {
+                    by_node
+                        .entry(n)
+                        .or_default()
+                        .push(NodeCommand::Deploy(spec));
+                }
+            }
+        }
+        let peers = self.peers();
+        let services = self.services_of(&rows);
+        Snapshot {
+            generation,
+            by_node,
+            peers_digest: msg::digest_of(&peers),
+            services_digest: msg::digest_of(&services),
+            peers,
+            services,
+        }
+    }
+
+    /// The full set of worker `node`, as the first answer of its observation (and
+    /// what the pusher then compares with).
+    pub fn commands_for(&self, node: u32) -> NodeCommands {
+        let (cmds, sent) = self.snapshot().full(node);
+        self.sent().insert(node, sent);
+        cmds
+    }
+
+    /// What the answer to worker `node`'s heartbeat says: the generation it was last
+    /// given, if the cluster holds its observation.
+    pub(super) fn heartbeat_ack(&self, node: u32) -> Response {
+        let ack = HeartbeatAck {
+            generation: self.sent().get(&node).map(|s| s.generation),
+        };
+        Response {
+            code: grove_proto::coap::Code::CHANGED,
+            ..Response::cbor(msg::to_cbor(&ack))
+        }
+    }
+
+    /// A worker lost: what it was given no longer counts (it observes afresh).
+    pub(super) fn forget_sent(&self, node: u32) {
+        self.sent().remove(&node);
+    }
+
+    /// One round: every due worker whose set changed is notified.
+    pub(super) async fn push_round(&self) {
+        let due = std::mem::take(&mut *self.due());
+        if !due.all && due.nodes.is_empty() {
+            return;
+        }
+        let Some(h) = self.coap.get() else {
+            return;
+        };
+        let active: HashSet<u32> = self
+            .live()
+            .iter()
+            .filter(|(_, l)| !l.lost)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut targets: Vec<u32> = if due.all {
+            active.iter().copied().collect()
+        } else {
+            due.nodes
+                .into_iter()
+                .filter(|n| active.contains(n))
+                .collect()
+        };
+        targets.sort_unstable();
+        let snap = self.snapshot();
+        for node in targets {
+            let last = self.sent().get(&node).copied();
+            let Some((cmds, sent)) = snap.after(node, last.as_ref()) else {
+                continue;
+            };
+            let n = h
+                .notify(
+                    &paths::node_commands(NodeId(node)),
+                    Response::cbor(msg::to_cbor(&cmds)),
+                )
+                .await;
+            let mut s = self.sent();
+            if n > 0 {
+                s.insert(node, sent);
+            } else {
+                // No observation of the worker's: it learns so from its next
+                // heartbeat's answer and observes afresh.
+                s.remove(&node);
+            }
+        }
+    }
+
+    /// The pusher: a round whenever something is due.
+    pub(super) async fn pusher(self: std::sync::Arc<Self>) {
+        loop {
+            self.due_wake.notified().await;
+            self.push_round().await;
+        }
+    }
+}
