@@ -253,20 +253,48 @@ fn newer(payload: &[u8], last: &mut u64) -> Option<NodeCommands> {
     Some(cmds)
 }
 
-/// Note the digests of the peers and services `cmds` carries in `held`; whether it
-/// left out a part whose digest is not the one held (a notification that carried it
-/// was lost: the worker must observe afresh).
-fn held_parts(cmds: &NodeCommands, held: &mut (Option<[u8; 8]>, Option<[u8; 8]>)) -> bool {
+/// The peers and services a worker holds, as the cluster's digests name them.
+#[derive(Debug, Default)]
+struct Held {
+    peers: Vec<msg::NodePeer>,
+    peers_digest: Option<[u8; 8]>,
+    services_digest: Option<[u8; 8]>,
+}
+
+/// Bring `held` up to `cmds`: a whole list is taken, a delta of the peers is applied
+/// (and put into `cmds.peers` for the runtime). Whether `cmds` cannot be followed —
+/// it left out a part that changed, or its delta starts from peers not held or does
+/// not end at its digest (a notification was lost: the worker must observe afresh).
+fn held_parts(cmds: &mut NodeCommands, held: &mut Held) -> bool {
     let mut stale = false;
-    for (carried, digest, have) in [
-        (cmds.peers.is_some(), cmds.peers_digest, &mut held.0),
-        (cmds.services.is_some(), cmds.services_digest, &mut held.1),
-    ] {
-        if carried {
-            *have = digest;
-        } else if digest.is_some() && digest != *have {
-            stale = true;
+    match (&cmds.peers, cmds.peers_base) {
+        (Some(p), _) => {
+            held.peers.clone_from(p);
+            held.peers_digest = cmds.peers_digest;
         }
+        (None, Some(base)) if held.peers_digest == Some(base) => {
+            let next = msg::apply_peers(
+                &held.peers,
+                cmds.peers_added.as_deref().unwrap_or_default(),
+                cmds.peers_removed.as_deref().unwrap_or_default(),
+            );
+            if Some(msg::digest_of(&next)) == cmds.peers_digest {
+                held.peers.clone_from(&next);
+                held.peers_digest = cmds.peers_digest;
+                cmds.peers = Some(next);
+            } else {
+                stale = true;
+            }
+        }
+        (None, Some(_)) => stale = true,
+        (None, None) => {
+            stale |= cmds.peers_digest.is_some() && cmds.peers_digest != held.peers_digest
+        }
+    }
+    if cmds.services.is_some() {
+        held.services_digest = cmds.services_digest;
+    } else if cmds.services_digest.is_some() && cmds.services_digest != held.services_digest {
+        stale = true;
     }
     stale
 }
@@ -396,8 +424,8 @@ pub async fn run(
     // every 20 s: a restarted cluster forgot it).
     let mut acked = false;
     let mut refreshes = 0u32;
-    // The digests of the peers and services this worker holds.
-    let mut held: (Option<[u8; 8]>, Option<[u8; 8]>) = (None, None);
+    // The peers and services this worker holds.
+    let mut held = Held::default();
     let mut coord = Vivaldi::default();
     let (mut observing, mut reporting) = (false, false);
     // Services of other clusters the data plane asked for: one observation each at the
@@ -546,8 +574,8 @@ pub async fn run(
                 match r {
                     Ok(o) if o.first.code == Code::CONTENT => {
                         attempt = 0;
-                        if let Some(cmds) = newer(&o.first.payload, &mut generation) {
-                            held_parts(&cmds, &mut held);
+                        if let Some(mut cmds) = newer(&o.first.payload, &mut generation) {
+                            held_parts(&mut cmds, &mut held);
                             converge(rt.as_mut(), &cmds);
                             wake.notify_one();
                             tracing::info!(
@@ -573,8 +601,8 @@ pub async fn run(
             n = async { match obs.as_mut() { Some(o) => o.notifications.recv().await, None => std::future::pending().await } } => {
                 match n {
                     Some(n) => {
-                        if let Some(cmds) = newer(&n.payload, &mut generation) {
-                            if held_parts(&cmds, &mut held) {
+                        if let Some(mut cmds) = newer(&n.payload, &mut generation) {
+                            if held_parts(&mut cmds, &mut held) {
                                 // A change of the peers or services never arrived.
                                 obs = None;
                                 reobserve_at = tokio::time::Instant::now();
@@ -642,34 +670,73 @@ mod tests {
 
     #[test]
     fn a_set_without_a_changed_part_asks_for_everything_again() {
-        let mut held = (None, None);
-        let full = NodeCommands {
-            peers: Some(Vec::new()),
+        let peer = |n: u32, at: &str| msg::NodePeer {
+            node: msg::NodeId(n),
+            underlay: at.into(),
+            subnet_v4: msg::Ipv4Prefix {
+                addr: n << 6,
+                len: 26,
+            },
+            subnet_v6: msg::Ipv6Prefix {
+                addr: [0; 16],
+                len: 120,
+            },
+        };
+        let one = vec![peer(1, "10.0.0.1")];
+        let two = vec![peer(1, "10.0.0.1"), peer(2, "10.0.0.2")];
+        let mut held = Held::default();
+        let mut full = NodeCommands {
+            peers: Some(one.clone()),
             services: Some(Vec::new()),
-            peers_digest: Some([1; 8]),
+            peers_digest: Some(msg::digest_of(&one)),
             services_digest: Some([2; 8]),
             ..Default::default()
         };
-        assert!(!held_parts(&full, &mut held));
-        assert_eq!(held, (Some([1; 8]), Some([2; 8])));
-        let same = NodeCommands {
-            peers_digest: Some([1; 8]),
+        assert!(!held_parts(&mut full, &mut held));
+        let mut same = NodeCommands {
+            peers_digest: Some(msg::digest_of(&one)),
             services_digest: Some([2; 8]),
             ..Default::default()
         };
-        assert!(!held_parts(&same, &mut held), "nothing left out changed");
-        let missed = NodeCommands {
-            peers_digest: Some([1; 8]),
+        assert!(
+            !held_parts(&mut same, &mut held),
+            "nothing left out changed"
+        );
+        // A delta from the peers held: applied, and handed on whole.
+        let mut delta = NodeCommands {
+            peers_digest: Some(msg::digest_of(&two)),
+            services_digest: Some([2; 8]),
+            peers_base: Some(msg::digest_of(&one)),
+            peers_added: Some(vec![peer(2, "10.0.0.2")]),
+            ..Default::default()
+        };
+        assert!(!held_parts(&mut delta, &mut held));
+        assert_eq!(delta.peers.as_ref(), Some(&two));
+        assert_eq!(held.peers, two);
+        // A delta from peers not held, a delta that does not end at its digest, and a
+        // changed part left out: each asks for everything.
+        let mut wrong_base = delta.clone();
+        wrong_base.peers = None;
+        assert!(held_parts(&mut wrong_base, &mut held));
+        let mut bad_end = NodeCommands {
+            peers_digest: Some([9; 8]),
+            peers_base: Some(msg::digest_of(&two)),
+            peers_added: Some(vec![]),
+            ..Default::default()
+        };
+        assert!(held_parts(&mut bad_end, &mut held));
+        let mut missed = NodeCommands {
+            peers_digest: Some(msg::digest_of(&two)),
             services_digest: Some([3; 8]),
             ..Default::default()
         };
         assert!(
-            held_parts(&missed, &mut held),
+            held_parts(&mut missed, &mut held),
             "the services changed unseen"
         );
-        let old_cluster = NodeCommands::default();
+        let mut old_cluster = NodeCommands::default();
         assert!(
-            !held_parts(&old_cluster, &mut held),
+            !held_parts(&mut old_cluster, &mut held),
             "no digests: nothing to check"
         );
     }

@@ -139,6 +139,8 @@ pub struct Cluster {
     due_wake: tokio::sync::Notify,
     /// What each worker was last given.
     sent: Mutex<HashMap<u32, push::Sent>>,
+    /// The peer lists given out lately.
+    peer_history: Mutex<push::PeerHistory>,
 }
 
 /// How the cluster talks to its root.
@@ -335,6 +337,7 @@ impl Cluster {
                 .iter()
                 .cloned(),
         );
+        msg::sort_peers(&mut p);
         p
     }
 
@@ -879,6 +882,7 @@ pub async fn start(
         due: Mutex::default(),
         due_wake: tokio::sync::Notify::new(),
         sent: Mutex::default(),
+        peer_history: Mutex::default(),
     });
     let (c1, c2, c3, c4, c5) = (cl.clone(), cl.clone(), cl.clone(), cl.clone(), cl.clone());
     let router = Router::new()

@@ -490,6 +490,61 @@ pub struct NodeCommands {
     #[n(5)]
     #[cbor(with = "minicbor::bytes")]
     pub services_digest: Option<[u8; 8]>,
+    /// With `peers` left out: the peers are those of digest `peers_base` changed by
+    /// `peers_added` and `peers_removed` ([`apply_peers`]), so a worker joining a
+    /// cluster of a thousand costs each other one entry, not the whole list. A worker
+    /// holding other peers, or ending with another digest, observes afresh.
+    #[n(6)]
+    #[cbor(with = "minicbor::bytes")]
+    pub peers_base: Option<[u8; 8]>,
+    /// Peers new or changed since `peers_base` (by underlay address).
+    #[n(7)]
+    pub peers_added: Option<Vec<NodePeer>>,
+    /// Underlay addresses of peers gone since `peers_base`.
+    #[n(8)]
+    pub peers_removed: Option<Vec<String>>,
+}
+
+/// Peers in their canonical order (by underlay address, then node): lists of the
+/// same peers have the same [`digest_of`].
+pub fn sort_peers(peers: &mut [NodePeer]) {
+    peers.sort_by(|a, b| (&a.underlay, a.node.0).cmp(&(&b.underlay, b.node.0)));
+}
+
+/// `held` changed by a delta of [`NodeCommands`], in canonical order.
+pub fn apply_peers(held: &[NodePeer], added: &[NodePeer], removed: &[String]) -> Vec<NodePeer> {
+    let gone: std::collections::HashSet<&str> = removed
+        .iter()
+        .map(String::as_str)
+        .chain(added.iter().map(|a| a.underlay.as_str()))
+        .collect();
+    let mut out: Vec<NodePeer> = held
+        .iter()
+        .filter(|p| !gone.contains(p.underlay.as_str()))
+        .cloned()
+        .collect();
+    out.extend(added.iter().cloned());
+    sort_peers(&mut out);
+    out
+}
+
+/// The delta from `old` to `new`: (added or changed, removed by underlay address).
+pub fn peers_delta(old: &[NodePeer], new: &[NodePeer]) -> (Vec<NodePeer>, Vec<String>) {
+    let by = |v: &[NodePeer]| -> std::collections::HashMap<String, NodePeer> {
+        v.iter().map(|p| (p.underlay.clone(), p.clone())).collect()
+    };
+    let (was, is) = (by(old), by(new));
+    let added = new
+        .iter()
+        .filter(|p| was.get(&p.underlay) != Some(*p))
+        .cloned()
+        .collect();
+    let removed = old
+        .iter()
+        .filter(|o| !is.contains_key(&o.underlay))
+        .map(|o| o.underlay.clone())
+        .collect();
+    (added, removed)
 }
 
 /// First 8 bytes of a SHA-256 over the CBOR of `v`: which version of a list a message
@@ -966,6 +1021,38 @@ mod tests {
     }
 
     #[test]
+    fn a_peers_delta_applied_gives_the_new_list_and_its_digest() {
+        let peer = |n: u32, at: &str, sub: u32| NodePeer {
+            node: NodeId(n),
+            underlay: at.into(),
+            subnet_v4: Ipv4Prefix { addr: sub, len: 26 },
+            subnet_v6: Ipv6Prefix {
+                addr: [0; 16],
+                len: 120,
+            },
+        };
+        let mut old = vec![
+            peer(1, "10.0.0.1", 0),
+            peer(2, "10.0.0.2", 64),
+            peer(3, "10.0.0.3", 128),
+        ];
+        let mut new = vec![
+            peer(4, "10.0.0.4", 192),
+            peer(1, "10.0.0.1", 0),
+            peer(3, "10.0.0.3", 256),
+        ];
+        sort_peers(&mut old);
+        sort_peers(&mut new);
+        let (added, removed) = peers_delta(&old, &new);
+        assert_eq!(added.len(), 2, "the new one and the changed one");
+        assert_eq!(removed, ["10.0.0.2"]);
+        let got = apply_peers(&old, &added, &removed);
+        assert_eq!(got, new);
+        assert_eq!(digest_of(&got), digest_of(&new));
+        assert_ne!(digest_of(&old), digest_of(&new));
+    }
+
+    #[test]
     fn commands_round_trip() {
         let cmds = NodeCommands {
             generation: 7,
@@ -1008,6 +1095,7 @@ mod tests {
             services: None,
             peers_digest: Some([1; 8]),
             services_digest: None,
+            ..Default::default()
         };
         let back: NodeCommands = from_cbor(&to_cbor(&cmds)).expect("decodes");
         assert_eq!(back, cmds);

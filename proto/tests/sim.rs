@@ -648,6 +648,44 @@ fn one_exchange_with(
 }
 
 #[test]
+fn a_block_past_the_end_of_a_body_gets_4_02_and_the_server_lives_on() {
+    // Found at 10,000 workers: a late block of a body that had changed (its cache
+    // gone) was past the end, and the error answer recursed until the stack overflowed.
+    let mut ep = Endpoint::new(cfg(1, 4, 1));
+    let now = Instant::now();
+    for (mid, num) in [(300u16, 6u32), (301, 1000)] {
+        let mut p = coap_lite::Packet::new();
+        p.header.set_type(coap_lite::MessageType::Confirmable);
+        p.header.code = coap_lite::MessageClass::from(1u8); // GET
+        p.header.message_id = mid;
+        p.set_token(vec![1, 2]);
+        p.add_option(coap_lite::CoapOption::UriPath, b"small".to_vec());
+        // Block2: number `num`, 16-byte blocks (SZX 0).
+        let v = num << 4;
+        p.add_option(
+            coap_lite::CoapOption::Block2,
+            v.to_be_bytes()
+                .iter()
+                .copied()
+                .skip_while(|b| *b == 0)
+                .collect(),
+        );
+        ep.handle_datagram(now, addr(7), &p.to_bytes().unwrap());
+        let Some(Event::Request { id, .. }) = ep.poll_event() else {
+            panic!("the request reaches the application");
+        };
+        ep.respond(now, id, Response::content(vec![7; 40], None));
+        let t = ep.poll_transmit().expect("an answer");
+        let r = coap_lite::Packet::from_bytes(&t.data).unwrap();
+        assert_eq!(
+            u8::from(r.header.code),
+            0x82,
+            "4.02 Bad Option for block {num}"
+        );
+    }
+}
+
+#[test]
 fn malformed_datagrams_are_dropped_and_counted() {
     let mut ep = Endpoint::new(cfg(1, 4, 1));
     let now = Instant::now();

@@ -10,8 +10,8 @@ use crate::store::InstanceRow;
 use grove_proto::coap::Response;
 use grove_proto::msg::{self, HeartbeatAck, NodeCommand, NodeCommands, NodeId};
 use grove_proto::paths;
-use std::collections::{HashMap, HashSet};
-use std::sync::MutexGuard;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, MutexGuard};
 
 /// What a worker was last given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +29,13 @@ pub(super) struct Due {
     nodes: HashSet<u32>,
 }
 
+/// Peer lists given out lately, by digest, the newest last: a worker holding one of
+/// them is given the change, not the list.
+pub(super) type PeerHistory = VecDeque<([u8; 8], Arc<Vec<msg::NodePeer>>)>;
+
+/// How many recent peer lists are kept for deltas.
+const PEER_HISTORY: usize = 16;
+
 /// What the command sets are made of, read once for a round.
 struct Snapshot {
     generation: u64,
@@ -37,6 +44,19 @@ struct Snapshot {
     services: Vec<msg::ServiceEntry>,
     peers_digest: [u8; 8],
     services_digest: [u8; 8],
+    /// From each recent peer list to this one: (added or changed, removed).
+    deltas: HashMap<[u8; 8], (Vec<msg::NodePeer>, Vec<String>)>,
+}
+
+/// How a set gives the peers.
+#[derive(Clone, Copy)]
+enum Peers {
+    /// The whole list.
+    Full,
+    /// What changed since the list of this digest.
+    Since([u8; 8]),
+    /// Nothing: they did not change.
+    Same,
 }
 
 impl Snapshot {
@@ -52,21 +72,40 @@ impl Snapshot {
         (commands, sent)
     }
 
-    fn set(&self, commands: Vec<NodeCommand>, peers: bool, services: bool) -> NodeCommands {
+    fn set(&self, commands: Vec<NodeCommand>, peers: Peers, services: bool) -> NodeCommands {
+        let delta = match peers {
+            Peers::Since(base) => self.deltas.get(&base).map(|d| (base, d)),
+            Peers::Full | Peers::Same => None,
+        };
         NodeCommands {
             generation: self.generation,
             commands,
-            peers: peers.then(|| self.peers.clone()),
+            peers: matches!(peers, Peers::Full).then(|| self.peers.clone()),
             services: services.then(|| self.services.clone()),
             peers_digest: Some(self.peers_digest),
             services_digest: Some(self.services_digest),
+            peers_base: delta.map(|(base, _)| base),
+            peers_added: delta.map(|(_, (a, _))| a.clone()),
+            peers_removed: delta.map(|(_, (_, r))| r.clone()),
+        }
+    }
+
+    /// How to give the peers to a worker holding those of digest `held`: the change
+    /// when it is known and small, else everything.
+    fn peers_after(&self, held: [u8; 8]) -> Peers {
+        if held == self.peers_digest {
+            return Peers::Same;
+        }
+        match self.deltas.get(&held) {
+            Some((a, r)) if 2 * (a.len() + r.len()) < self.peers.len() => Peers::Since(held),
+            _ => Peers::Full,
         }
     }
 
     /// Worker `node`'s whole set.
     fn full(&self, node: u32) -> (NodeCommands, Sent) {
         let (commands, sent) = self.parts(node);
-        (self.set(commands, true, true), sent)
+        (self.set(commands, Peers::Full, true), sent)
     }
 
     /// What changed for worker `node` since it was given `last` (`None`: nothing);
@@ -74,12 +113,16 @@ impl Snapshot {
     fn after(&self, node: u32, last: Option<&Sent>) -> Option<(NodeCommands, Sent)> {
         let (commands, now) = self.parts(node);
         let Some(l) = last else {
-            return Some((self.set(commands, true, true), now));
+            return Some((self.set(commands, Peers::Full, true), now));
         };
         if (l.commands, l.peers, l.services) == (now.commands, now.peers, now.services) {
             return None;
         }
-        let cmds = self.set(commands, l.peers != now.peers, l.services != now.services);
+        let cmds = self.set(
+            commands,
+            self.peers_after(l.peers),
+            l.services != now.services,
+        );
         Some((cmds, now))
     }
 }
@@ -126,13 +169,28 @@ impl Cluster {
         }
         let peers = self.peers();
         let services = self.services_of(&rows);
+        let peers_digest = msg::digest_of(&peers);
+        let deltas = {
+            let mut h = self.peer_history.lock().unwrap_or_else(|p| p.into_inner());
+            if h.back().map(|(d, _)| *d) != Some(peers_digest) {
+                h.push_back((peers_digest, Arc::new(peers.clone())));
+                if h.len() > PEER_HISTORY {
+                    h.pop_front();
+                }
+            }
+            h.iter()
+                .filter(|(d, _)| *d != peers_digest)
+                .map(|(d, old)| (*d, msg::peers_delta(old, &peers)))
+                .collect()
+        };
         Snapshot {
             generation,
             by_node,
-            peers_digest: msg::digest_of(&peers),
+            peers_digest,
             services_digest: msg::digest_of(&services),
             peers,
             services,
+            deltas,
         }
     }
 
@@ -209,7 +267,7 @@ impl Cluster {
     }
 
     /// The pusher: a round whenever something is due.
-    pub(super) async fn pusher(self: std::sync::Arc<Self>) {
+    pub(super) async fn pusher(self: Arc<Self>) {
         loop {
             self.due_wake.notified().await;
             self.push_round().await;

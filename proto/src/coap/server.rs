@@ -17,8 +17,13 @@ pub const JOIN_TOKEN_ID_LEN: usize = 8;
 const MAX_JOIN_CONTEXTS: usize = 64;
 /// How long a reassembly or a block-wise response is kept between blocks.
 const BLOCK_STATE_LIFETIME: Duration = Duration::from_secs(60);
-/// Bounds on concurrent reassemblies and cached bodies (memory bound).
+/// Bounds on concurrent reassemblies (memory bound).
 const MAX_BLOCK_STATES: usize = 256;
+/// Bounds on bodies kept for their later blocks: per peer, and in all. A cluster
+/// notifying a thousand workers at once keeps one body for each (only peers with a
+/// security context get bodies this large).
+const MAX_BLOCK2_PER_PEER: usize = 4;
+const MAX_BLOCK2_STATES: usize = 16_384;
 
 /// A request the application has not answered yet (or a core-made answer's context).
 #[derive(Debug, Clone)]
@@ -553,10 +558,16 @@ impl Endpoint {
             };
             let start = b.offset();
             if start >= body.len() && num > 0 {
+                // The error goes whole: it must not be cut into blocks of the asked
+                // number again (that recursed until the stack overflowed).
                 let e = Response::error(Code::BAD_OPTION, "block number beyond the body");
+                let whole = Pending {
+                    block2: None,
+                    ..p.clone()
+                };
                 return self.send_response(
                     now,
-                    p,
+                    &whole,
                     e,
                     b"block number beyond the body",
                     How {
@@ -568,7 +579,14 @@ impl Endpoint {
             }
             let end = (start + size).min(body.len());
             let etag = etag.unwrap_or_else(|| etag_of(body));
-            if num == 0 && end < body.len() && self.block2.len() < MAX_BLOCK_STATES {
+            let room = self.block2.len() < MAX_BLOCK2_STATES
+                && self
+                    .block2
+                    .keys()
+                    .filter(|(peer, _)| *peer == p.peer)
+                    .count()
+                    < MAX_BLOCK2_PER_PEER;
+            if num == 0 && end < body.len() && room {
                 self.block2.insert(
                     (p.peer, p.cache_key.clone()),
                     Block2Cache {
