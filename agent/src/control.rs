@@ -395,6 +395,8 @@ pub async fn run(
     let watchdog = std::env::var_os("WATCHDOG_USEC").is_some();
 
     let period = Duration::from_millis(u64::from(reg.timing.heartbeat_ms.max(100)));
+    // The machine's memory does not change: read once, not with every heartbeat.
+    let mem_total = meminfo_mib();
     let mut heartbeat = tokio::time::interval(period);
     let mut tick = tokio::time::interval(s.tick);
     // Work that is waiting (a status to send, a finished pull) runs at once instead
@@ -461,7 +463,7 @@ pub async fn run(
                     seq,
                     cpu_centi_pct: u.cpu_centi_pct,
                     mem_used_mib: u.mem_used_mib,
-                    mem_total_mib: meminfo_mib(),
+                    mem_total_mib: mem_total,
                     disk_used_mib: u.disk_used_mib,
                     disk_total_mib: 32_000,
                     running: u16::try_from(running).unwrap_or(u16::MAX),

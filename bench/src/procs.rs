@@ -45,22 +45,6 @@ pub fn clk_tck() -> u64 {
         .unwrap_or(100)
 }
 
-/// Child processes of `pid` (from `/proc/PID/task/*/children`).
-pub fn children(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|c| {
-            c.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
-}
-
 /// What a group of processes cost over a window.
 #[derive(Debug, Clone)]
 pub struct Usage {

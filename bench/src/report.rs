@@ -78,8 +78,6 @@ pub fn num(x: f64) -> String {
 /// A bound a figure should keep.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Target {
-    /// No target.
-    None,
     /// At most this.
     AtMost(f64),
     /// At least this.
@@ -89,7 +87,6 @@ pub enum Target {
 impl Target {
     fn met(self, x: f64) -> Option<bool> {
         match self {
-            Self::None => None,
             Self::AtMost(t) => Some(x <= t),
             Self::AtLeast(t) => Some(x >= t),
         }

@@ -70,15 +70,13 @@ pub struct Site {
     pub cluster: Cluster,
     /// The root on host 0's loopback.
     pub root: Root,
-    /// The registry on host 0.
-    pub registry: Registry,
+    /// The registry on host 0 (held: it stops when dropped).
+    _registry: Registry,
     /// The link emulator between the workers and their cluster, when shaped, and the
     /// runtime it runs on.
     pub relay: Option<(Relay, tokio::runtime::Runtime)>,
     /// The hosts (dropped last).
     pub bed: TestBed,
-    /// Its state.
-    pub dir: PathBuf,
 }
 
 impl Site {
@@ -157,10 +155,9 @@ impl Site {
             agents,
             cluster,
             root,
-            registry,
+            _registry: registry,
             relay,
             bed,
-            dir: dir.to_path_buf(),
         })
     }
 

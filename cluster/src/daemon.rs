@@ -141,6 +141,10 @@ pub struct Cluster {
     sent: Mutex<HashMap<u32, push::Sent>>,
     /// The peer lists given out lately.
     peer_history: Mutex<push::PeerHistory>,
+    /// The peer list given out now.
+    published: Mutex<push::Published>,
+    /// The registered workers as the store has them (`None` after a registration).
+    nodes_cache: Mutex<Option<Arc<Vec<crate::store::NodeRow>>>>,
 }
 
 /// How the cluster talks to its root.
@@ -306,15 +310,25 @@ impl Cluster {
         addr6_in(block, (n.subnet, n.subnet_size), addr)
     }
 
+    /// The registered workers, read from the store once after each registration
+    /// (rounds, reports and placements read them many times a second).
+    fn nodes(&self) -> Arc<Vec<crate::store::NodeRow>> {
+        let mut c = self.nodes_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = c.as_ref() {
+            return n.clone();
+        }
+        let n = Arc::new(self.db().nodes().unwrap_or_default());
+        *c = Some(n.clone());
+        n
+    }
+
     /// What directory endpoints need of the workers, read once for a whole table
     /// (not once per instance).
     fn workers(&self) -> Workers {
         Workers {
             block: *self.block.lock().unwrap_or_else(|p| p.into_inner()),
             subnets: self
-                .db()
                 .nodes()
-                .unwrap_or_default()
                 .iter()
                 .map(|n| (n.id, (n.subnet, n.subnet_size)))
                 .collect(),
@@ -344,10 +358,9 @@ impl Cluster {
     /// This cluster's active workers whose address is known.
     fn own_peers(&self) -> Vec<msg::NodePeer> {
         let block = *self.block.lock().unwrap_or_else(|p| p.into_inner());
-        let live = self.live().clone();
-        self.db()
-            .nodes()
-            .unwrap_or_default()
+        let nodes = self.nodes();
+        let live = self.live();
+        nodes
             .iter()
             .filter_map(|n| {
                 let l = live.get(&n.id).filter(|l| !l.lost)?;
@@ -363,7 +376,7 @@ impl Cluster {
     }
 
     fn views(&self, exclude: Option<u32>) -> Vec<NodeView> {
-        let nodes = self.db().nodes().unwrap_or_default();
+        let nodes = self.nodes();
         let instances = self.db().instances().unwrap_or_default();
         let live = self.live().clone();
         nodes
@@ -762,6 +775,7 @@ async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {
         Ok(r) => r,
         Err(e) => return Response::error(Code::SERVICE_UNAVAILABLE, &e.to_string()),
     };
+    *cl.nodes_cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
     let _ = std::fs::remove_file(cl.dir.join("oscore").join(format!("node-{}.seq", row.id)));
     match node_context(&cl.dir, row.id, &secret, &salt) {
         Ok(ctx) => {
@@ -883,6 +897,8 @@ pub async fn start(
         due_wake: tokio::sync::Notify::new(),
         sent: Mutex::default(),
         peer_history: Mutex::default(),
+        published: Mutex::default(),
+        nodes_cache: Mutex::default(),
     });
     let (c1, c2, c3, c4, c5) = (cl.clone(), cl.clone(), cl.clone(), cl.clone(), cl.clone());
     let router = Router::new()

@@ -497,12 +497,34 @@ pub struct NodeCommands {
     #[n(6)]
     #[cbor(with = "minicbor::bytes")]
     pub peers_base: Option<[u8; 8]>,
-    /// Peers new or changed since `peers_base` (by underlay address).
+    /// Peers new or changed since `peers_base`.
     #[n(7)]
     pub peers_added: Option<Vec<NodePeer>>,
-    /// Underlay addresses of peers gone since `peers_base`.
+    /// Peers gone since `peers_base`.
     #[n(8)]
-    pub peers_removed: Option<Vec<String>>,
+    pub peers_removed: Option<Vec<PeerKey>>,
+}
+
+/// Which peer: its node and underlay address (workers behind one NAT share an
+/// address; node ids of different clusters may be equal).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
+pub struct PeerKey {
+    /// Its node id in its cluster.
+    #[n(0)]
+    pub node: NodeId,
+    /// Its underlay address.
+    #[n(1)]
+    pub underlay: String,
+}
+
+impl NodePeer {
+    /// Which peer this is.
+    pub fn key(&self) -> PeerKey {
+        PeerKey {
+            node: self.node,
+            underlay: self.underlay.clone(),
+        }
+    }
 }
 
 /// Peers in their canonical order (by underlay address, then node): lists of the
@@ -512,15 +534,15 @@ pub fn sort_peers(peers: &mut [NodePeer]) {
 }
 
 /// `held` changed by a delta of [`NodeCommands`], in canonical order.
-pub fn apply_peers(held: &[NodePeer], added: &[NodePeer], removed: &[String]) -> Vec<NodePeer> {
-    let gone: std::collections::HashSet<&str> = removed
+pub fn apply_peers(held: &[NodePeer], added: &[NodePeer], removed: &[PeerKey]) -> Vec<NodePeer> {
+    let gone: std::collections::HashSet<PeerKey> = removed
         .iter()
-        .map(String::as_str)
-        .chain(added.iter().map(|a| a.underlay.as_str()))
+        .cloned()
+        .chain(added.iter().map(NodePeer::key))
         .collect();
     let mut out: Vec<NodePeer> = held
         .iter()
-        .filter(|p| !gone.contains(p.underlay.as_str()))
+        .filter(|p| !gone.contains(&p.key()))
         .cloned()
         .collect();
     out.extend(added.iter().cloned());
@@ -528,21 +550,21 @@ pub fn apply_peers(held: &[NodePeer], added: &[NodePeer], removed: &[String]) ->
     out
 }
 
-/// The delta from `old` to `new`: (added or changed, removed by underlay address).
-pub fn peers_delta(old: &[NodePeer], new: &[NodePeer]) -> (Vec<NodePeer>, Vec<String>) {
-    let by = |v: &[NodePeer]| -> std::collections::HashMap<String, NodePeer> {
-        v.iter().map(|p| (p.underlay.clone(), p.clone())).collect()
+/// The delta from `old` to `new`: (added or changed, removed).
+pub fn peers_delta(old: &[NodePeer], new: &[NodePeer]) -> (Vec<NodePeer>, Vec<PeerKey>) {
+    let by = |v: &[NodePeer]| -> std::collections::HashMap<PeerKey, NodePeer> {
+        v.iter().map(|p| (p.key(), p.clone())).collect()
     };
     let (was, is) = (by(old), by(new));
     let added = new
         .iter()
-        .filter(|p| was.get(&p.underlay) != Some(*p))
+        .filter(|p| was.get(&p.key()) != Some(*p))
         .cloned()
         .collect();
     let removed = old
         .iter()
-        .filter(|o| !is.contains_key(&o.underlay))
-        .map(|o| o.underlay.clone())
+        .map(NodePeer::key)
+        .filter(|k| !is.contains_key(k))
         .collect();
     (added, removed)
 }
@@ -1031,21 +1053,25 @@ mod tests {
                 len: 120,
             },
         };
+        // Nodes 5 and 6 share an address (behind one NAT): still two peers.
         let mut old = vec![
             peer(1, "10.0.0.1", 0),
             peer(2, "10.0.0.2", 64),
             peer(3, "10.0.0.3", 128),
+            peer(5, "10.0.0.9", 320),
         ];
         let mut new = vec![
             peer(4, "10.0.0.4", 192),
             peer(1, "10.0.0.1", 0),
             peer(3, "10.0.0.3", 256),
+            peer(5, "10.0.0.9", 320),
+            peer(6, "10.0.0.9", 384),
         ];
         sort_peers(&mut old);
         sort_peers(&mut new);
         let (added, removed) = peers_delta(&old, &new);
-        assert_eq!(added.len(), 2, "the new one and the changed one");
-        assert_eq!(removed, ["10.0.0.2"]);
+        assert_eq!(added.len(), 3, "the new ones and the changed one");
+        assert_eq!(removed, [old[1].key()]);
         let got = apply_peers(&old, &added, &removed);
         assert_eq!(got, new);
         assert_eq!(digest_of(&got), digest_of(&new));

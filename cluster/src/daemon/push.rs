@@ -36,6 +36,25 @@ pub(super) type PeerHistory = VecDeque<([u8; 8], Arc<Vec<msg::NodePeer>>)>;
 /// How many recent peer lists are kept for deltas.
 const PEER_HISTORY: usize = 16;
 
+/// A new list of peers is given out at most once a second, and in a large cluster
+/// at most every 10 ms per worker (10 s at a thousand): a thousand workers joining
+/// cost each worker a delta now and then, not one per join.
+fn peers_every(workers: usize) -> std::time::Duration {
+    let ms = u64::try_from(workers)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(10);
+    std::time::Duration::from_millis(ms.clamp(1_000, 10_000))
+}
+
+/// The peer list given out, since when; and whether a newer one waits.
+#[derive(Debug, Default)]
+pub(super) struct Published {
+    at: Option<tokio::time::Instant>,
+    peers: Vec<msg::NodePeer>,
+    waiting: bool,
+    every: std::time::Duration,
+}
+
 /// What the command sets are made of, read once for a round.
 struct Snapshot {
     generation: u64,
@@ -44,9 +63,14 @@ struct Snapshot {
     services: Vec<msg::ServiceEntry>,
     peers_digest: [u8; 8],
     services_digest: [u8; 8],
-    /// From each recent peer list to this one: (added or changed, removed).
-    deltas: HashMap<[u8; 8], (Vec<msg::NodePeer>, Vec<String>)>,
+    /// Recent peer lists, by digest.
+    history: Vec<([u8; 8], Arc<Vec<msg::NodePeer>>)>,
+    /// From a recent peer list to this one: (added or changed, removed), worked out
+    /// when first needed in the round.
+    deltas: std::sync::Mutex<HashMap<[u8; 8], Option<Delta>>>,
 }
+
+type Delta = Arc<(Vec<msg::NodePeer>, Vec<msg::PeerKey>)>;
 
 /// How a set gives the peers.
 #[derive(Clone, Copy)]
@@ -72,9 +96,20 @@ impl Snapshot {
         (commands, sent)
     }
 
+    /// The delta from the recent list of digest `base`, if it is known.
+    fn delta(&self, base: [u8; 8]) -> Option<Delta> {
+        let mut d = self.deltas.lock().unwrap_or_else(|p| p.into_inner());
+        d.entry(base)
+            .or_insert_with(|| {
+                let (_, old) = self.history.iter().find(|(h, _)| *h == base)?;
+                Some(Arc::new(msg::peers_delta(old, &self.peers)))
+            })
+            .clone()
+    }
+
     fn set(&self, commands: Vec<NodeCommand>, peers: Peers, services: bool) -> NodeCommands {
         let delta = match peers {
-            Peers::Since(base) => self.deltas.get(&base).map(|d| (base, d)),
+            Peers::Since(base) => self.delta(base).map(|d| (base, d)),
             Peers::Full | Peers::Same => None,
         };
         NodeCommands {
@@ -84,9 +119,9 @@ impl Snapshot {
             services: services.then(|| self.services.clone()),
             peers_digest: Some(self.peers_digest),
             services_digest: Some(self.services_digest),
-            peers_base: delta.map(|(base, _)| base),
-            peers_added: delta.map(|(_, (a, _))| a.clone()),
-            peers_removed: delta.map(|(_, (_, r))| r.clone()),
+            peers_base: delta.as_ref().map(|(base, _)| *base),
+            peers_added: delta.as_ref().map(|(_, d)| d.0.clone()),
+            peers_removed: delta.as_ref().map(|(_, d)| d.1.clone()),
         }
     }
 
@@ -96,8 +131,8 @@ impl Snapshot {
         if held == self.peers_digest {
             return Peers::Same;
         }
-        match self.deltas.get(&held) {
-            Some((a, r)) if 2 * (a.len() + r.len()) < self.peers.len() => Peers::Since(held),
+        match self.delta(held) {
+            Some(d) if 2 * (d.0.len() + d.1.len()) < self.peers.len() => Peers::Since(held),
             _ => Peers::Full,
         }
     }
@@ -167,10 +202,10 @@ impl Cluster {
                 }
             }
         }
-        let peers = self.peers();
+        let peers = self.published_peers();
         let services = self.services_of(&rows);
         let peers_digest = msg::digest_of(&peers);
-        let deltas = {
+        let history = {
             let mut h = self.peer_history.lock().unwrap_or_else(|p| p.into_inner());
             if h.back().map(|(d, _)| *d) != Some(peers_digest) {
                 h.push_back((peers_digest, Arc::new(peers.clone())));
@@ -178,10 +213,7 @@ impl Cluster {
                     h.pop_front();
                 }
             }
-            h.iter()
-                .filter(|(d, _)| *d != peers_digest)
-                .map(|(d, old)| (*d, msg::peers_delta(old, &peers)))
-                .collect()
+            h.iter().cloned().collect()
         };
         Snapshot {
             generation,
@@ -190,8 +222,42 @@ impl Cluster {
             services_digest: msg::digest_of(&services),
             peers,
             services,
-            deltas,
+            history,
+            deltas: std::sync::Mutex::default(),
         }
+    }
+
+    /// The peers to give out now: the current ones if the last list went out at least
+    /// [`peers_every`] ago, else that list (and a newer one waits for the pusher).
+    fn published_peers(&self) -> Vec<msg::NodePeer> {
+        let fresh = self.peers();
+        let every = peers_every(fresh.len());
+        let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        if fresh == p.peers {
+            return fresh;
+        }
+        let now = tokio::time::Instant::now();
+        p.every = every;
+        if p.at.is_some_and(|at| now < at + every) {
+            if !p.waiting {
+                p.waiting = true;
+                // The pusher may be asleep with nothing due: it should know when.
+                self.due_wake.notify_one();
+            }
+            return p.peers.clone();
+        }
+        p.at = Some(now);
+        p.peers.clone_from(&fresh);
+        p.waiting = false;
+        fresh
+    }
+
+    /// When a waiting list of peers may go out, if one waits.
+    fn peers_due(&self) -> Option<tokio::time::Instant> {
+        let p = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        p.waiting.then(|| {
+            p.at.map_or_else(tokio::time::Instant::now, |at| at + p.every)
+        })
     }
 
     /// The full set of worker `node`, as the first answer of its observation (and
@@ -266,10 +332,22 @@ impl Cluster {
         }
     }
 
-    /// The pusher: a round whenever something is due.
+    /// The pusher: a round whenever something is due, and every worker's when a
+    /// held-back list of peers may go out.
     pub(super) async fn pusher(self: Arc<Self>) {
         loop {
-            self.due_wake.notified().await;
+            let due = self.peers_due();
+            tokio::select! {
+                () = self.due_wake.notified() => {}
+                () = async {
+                    match due {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.due().all = true;
+                }
+            }
             self.push_round().await;
         }
     }
