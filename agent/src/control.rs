@@ -273,16 +273,17 @@ fn held_parts(cmds: &mut NodeCommands, held: &mut Held) -> bool {
             held.peers_digest = cmds.peers_digest;
         }
         (None, Some(base)) if held.peers_digest == Some(base) => {
-            let next = msg::apply_peers(
-                &held.peers,
+            msg::apply_peers(
+                &mut held.peers,
                 cmds.peers_added.as_deref().unwrap_or_default(),
                 cmds.peers_removed.as_deref().unwrap_or_default(),
             );
-            if Some(msg::digest_of(&next)) == cmds.peers_digest {
-                held.peers.clone_from(&next);
+            if Some(msg::digest_of(&held.peers)) == cmds.peers_digest {
                 held.peers_digest = cmds.peers_digest;
-                cmds.peers = Some(next);
+                cmds.peers = Some(held.peers.clone());
             } else {
+                // Not the list the cluster meant: what is held is no list of its.
+                held.peers_digest = None;
                 stale = true;
             }
         }
@@ -422,6 +423,8 @@ pub async fn run(
     let (rtt_tx, mut rtt_rx) = mpsc::channel::<(Duration, Option<HeartbeatAck>)>(4);
     // Heartbeat answers in a row naming a set this worker does not hold.
     let mut behind = 0u32;
+    // When the current observation was answered.
+    let mut observed_at = tokio::time::Instant::now();
     // Whether the cluster answers heartbeats so (else the observation is renewed
     // every 20 s: a restarted cluster forgot it).
     let mut acked = false;
@@ -543,7 +546,10 @@ pub async fn run(
                 let (ms, nudge) = (rtt.as_secs_f32() * 1000.0, seq as f32);
                 coord.observe(CLUSTER_COORD, CLUSTER_ERROR, ms, nudge);
                 rt.coordinate(coord.coord);
-                if let Some(a) = ack {
+                // An answer made before the current observation was answered says
+                // nothing of it (the heartbeat and the observation cross at a join).
+                let made_before = tokio::time::Instant::now().checked_sub(rtt).is_none_or(|sent| sent < observed_at);
+                if let Some(a) = ack.filter(|_| !made_before) {
                     acked = true;
                     behind = if a.generation == Some(generation) { 0 } else { behind + 1 };
                     // The cluster holds no observation of this worker's (it restarted),
@@ -587,6 +593,7 @@ pub async fn run(
                             );
                         }
                         obs = Some(o);
+                        observed_at = tokio::time::Instant::now();
                     }
                     Ok(o) => {
                         tracing::warn!(code = %o.first.code, "the cluster refused the observation");

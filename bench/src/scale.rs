@@ -153,6 +153,25 @@ fn counted(ns: &str) -> Result<(u64, u64), String> {
     Ok((p, b))
 }
 
+/// UDP datagrams dropped in `ns` so far because a socket's receive buffer was full.
+fn buffer_drops(ns: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut udp = out.lines().filter(|l| l.starts_with("Udp: "));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A root and ten clusters on `bed`'s host 0, each cluster sized for its share of
 /// `workers`.
 struct Plane {
@@ -204,8 +223,8 @@ fn one(ctx: &Ctx, slot: &str, n: usize, s: &mut Section) -> Result<(), String> {
         .collect();
     std::fs::write(&config, lines).map_err(|e| e.to_string())?;
     // Joins paced so the 2-core machine can take them (the join is not what is
-    // measured): 250 a second up to a thousand workers, 100 above.
-    let rate = if n > 1_000 { 100 } else { 250 };
+    // measured): 250 a second up to a thousand workers, 40 above.
+    let rate = if n > 1_000 { 40 } else { 250 };
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let log = std::fs::File::create(dir.join("generator.log")).map_err(|e| e.to_string())?;
     // The simulated workers' own state (credentials, sequence numbers) in memory: it
@@ -268,6 +287,7 @@ fn one(ctx: &Ctx, slot: &str, n: usize, s: &mut Section) -> Result<(), String> {
         (c1.1 - c0.1) as f64 / n as f64 / minutes,
     );
     let active = p.root.active_workers();
+    let drops = buffer_drops(&ns);
 
     // Deploys through the API, one after another, every instance kept.
     let deploys = ctx.pick(1_000, 50);
@@ -316,7 +336,8 @@ fn one(ctx: &Ctx, slot: &str, n: usize, s: &mut Section) -> Result<(), String> {
         &id("join"),
         &what("all joined (started at a fixed rate)"),
         format!(
-            "{} s at {rate} workers/s ({active} active at the root)",
+            "{} s at {rate} workers/s ({active} active at the root; {drops} datagrams \
+             dropped by full socket buffers up to the end of the steady state)",
             num(joined.as_secs_f64())
         ),
         1,

@@ -137,6 +137,10 @@ pub fn run(args: Args) -> Result<(), String> {
         let socket = tokio::net::UdpSocket::bind(args.coap)
             .await
             .map_err(|e| format!("cannot listen on udp {}: {e}", args.coap))?;
+        grove_proto::coap::driver::widen_buffers(
+            &socket,
+            grove_proto::coap::driver::SERVER_BUFFERS,
+        );
         daemon::start(settings, store, socket).await?;
         // Serving its workers (the root link goes on in the background).
         grove_proto::service::ready();

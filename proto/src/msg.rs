@@ -533,21 +533,19 @@ pub fn sort_peers(peers: &mut [NodePeer]) {
     peers.sort_by(|a, b| (&a.underlay, a.node.0).cmp(&(&b.underlay, b.node.0)));
 }
 
-/// `held` changed by a delta of [`NodeCommands`], in canonical order.
-pub fn apply_peers(held: &[NodePeer], added: &[NodePeer], removed: &[PeerKey]) -> Vec<NodePeer> {
+/// Change `held` (in canonical order) by a delta of [`NodeCommands`], in place: a
+/// worker of a thousand peers applies a delta every few seconds, so the list is not
+/// copied.
+pub fn apply_peers(held: &mut Vec<NodePeer>, added: &[NodePeer], removed: &[PeerKey]) {
     let gone: std::collections::HashSet<PeerKey> = removed
         .iter()
         .cloned()
         .chain(added.iter().map(NodePeer::key))
         .collect();
-    let mut out: Vec<NodePeer> = held
-        .iter()
-        .filter(|p| !gone.contains(&p.key()))
-        .cloned()
-        .collect();
-    out.extend(added.iter().cloned());
-    sort_peers(&mut out);
-    out
+    held.retain(|p| !gone.contains(&p.key()));
+    held.extend(added.iter().cloned());
+    // Sorted runs with a short tail: the sort merges them.
+    sort_peers(held);
 }
 
 /// The delta from `old` to `new`: (added or changed, removed).
@@ -573,7 +571,18 @@ pub fn peers_delta(old: &[NodePeer], new: &[NodePeer]) -> (Vec<NodePeer>, Vec<Pe
 /// stands for.
 pub fn digest_of<T: Encode<()>>(v: &T) -> [u8; 8] {
     use sha2::Digest;
-    let h = sha2::Sha256::digest(to_cbor(v));
+    // The encoding goes straight into the hash: no copy of a long list is made.
+    struct Hashing(sha2::Sha256);
+    impl minicbor::encode::Write for Hashing {
+        type Error = core::convert::Infallible;
+        fn write_all(&mut self, buf: &[u8]) -> Result<(), Self::Error> {
+            self.0.update(buf);
+            Ok(())
+        }
+    }
+    let mut w = Hashing(sha2::Sha256::new());
+    let _ = minicbor::encode(v, &mut w);
+    let h = w.0.finalize();
     let mut out = [0u8; 8];
     out.copy_from_slice(&h[..8]);
     out
@@ -1072,7 +1081,8 @@ mod tests {
         let (added, removed) = peers_delta(&old, &new);
         assert_eq!(added.len(), 3, "the new ones and the changed one");
         assert_eq!(removed, [old[1].key()]);
-        let got = apply_peers(&old, &added, &removed);
+        let mut got = old.clone();
+        apply_peers(&mut got, &added, &removed);
         assert_eq!(got, new);
         assert_eq!(digest_of(&got), digest_of(&new));
         assert_ne!(digest_of(&old), digest_of(&new));

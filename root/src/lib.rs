@@ -91,6 +91,7 @@ pub async fn start(args: &Args) -> Result<Running, String> {
     let udp = tokio::net::UdpSocket::bind(args.coap)
         .await
         .map_err(|e| format!("cannot listen on udp {}: {e}", args.coap))?;
+    grove_proto::coap::driver::widen_buffers(&udp, grove_proto::coap::driver::SERVER_BUFFERS);
     let l = link::start(
         state.clone(),
         udp,

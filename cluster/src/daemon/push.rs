@@ -13,9 +13,10 @@ use grove_proto::paths;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, MutexGuard};
 
-/// What a worker was last given.
+/// What a worker was last given, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Sent {
+    at: tokio::time::Instant,
     generation: u64,
     commands: [u8; 8],
     peers: [u8; 8],
@@ -32,6 +33,13 @@ pub(super) struct Due {
 /// Peer lists given out lately, by digest, the newest last: a worker holding one of
 /// them is given the change, not the list.
 pub(super) type PeerHistory = VecDeque<([u8; 8], Arc<Vec<msg::NodePeer>>)>;
+
+/// How long after the answer to a worker's observation the observer may still be
+/// unregistered (the endpoint registers it as it sends the answer).
+const OBSERVATION_SETTLES: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// When a worker whose observation was still settling is notified again.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How many recent peer lists are kept for deltas.
 const PEER_HISTORY: usize = 16;
@@ -88,6 +96,7 @@ impl Snapshot {
     fn parts(&self, node: u32) -> (Vec<NodeCommand>, Sent) {
         let commands = self.by_node.get(&node).cloned().unwrap_or_default();
         let sent = Sent {
+            at: tokio::time::Instant::now(),
             generation: self.generation,
             commands: msg::digest_of(&commands),
             peers: self.peers_digest,
@@ -285,14 +294,17 @@ impl Cluster {
         self.sent().remove(&node);
     }
 
-    /// One round: every due worker whose set changed is notified.
-    pub(super) async fn push_round(&self) {
+    /// One round: every due worker whose set changed is notified. Returns the workers
+    /// to try again shortly: their observation was answered a moment ago and is not
+    /// registered yet.
+    pub(super) async fn push_round(&self) -> Vec<u32> {
+        let mut again = Vec::new();
         let due = std::mem::take(&mut *self.due());
         if !due.all && due.nodes.is_empty() {
-            return;
+            return again;
         }
         let Some(h) = self.coap.get() else {
-            return;
+            return again;
         };
         let active: HashSet<u32> = self
             .live()
@@ -312,6 +324,12 @@ impl Cluster {
         let snap = self.snapshot();
         for node in targets {
             let last = self.sent().get(&node).copied();
+            if last.is_some_and(|l| l.generation > snap.generation) {
+                // The answer to a new observation went out during this round, made
+                // from a later reading than this round's: it holds everything this
+                // would bring.
+                continue;
+            }
             let Some((cmds, sent)) = snap.after(node, last.as_ref()) else {
                 continue;
             };
@@ -322,23 +340,40 @@ impl Cluster {
                 )
                 .await;
             let mut s = self.sent();
-            if n > 0 {
+            if s.get(&node).is_some_and(|l| l.generation > snap.generation) {
+                // As above, while this notification was being sent.
+            } else if n > 0 {
                 s.insert(node, sent);
+            } else if s
+                .get(&node)
+                .is_some_and(|l| l.at.elapsed() < OBSERVATION_SETTLES)
+            {
+                // The answer to its observation has just been made (and the
+                // endpoint registers the observer as it sends it): what it holds is
+                // that answer; the change follows in a moment.
+                again.push(node);
             } else {
                 // No observation of the worker's: it learns so from its next
                 // heartbeat's answer and observes afresh.
                 s.remove(&node);
             }
         }
+        again
     }
 
     /// The pusher: a round whenever something is due, and every worker's when a
     /// held-back list of peers may go out.
     pub(super) async fn pusher(self: Arc<Self>) {
+        // Workers to notify again, and when.
+        let mut again: HashSet<u32> = HashSet::new();
+        let mut retry_at = tokio::time::Instant::now();
         loop {
             let due = self.peers_due();
             tokio::select! {
                 () = self.due_wake.notified() => {}
+                () = tokio::time::sleep_until(retry_at), if !again.is_empty() => {
+                    self.mark(std::mem::take(&mut again));
+                }
                 () = async {
                     match due {
                         Some(t) => tokio::time::sleep_until(t).await,
@@ -348,7 +383,11 @@ impl Cluster {
                     self.due().all = true;
                 }
             }
-            self.push_round().await;
+            let more = self.push_round().await;
+            if again.is_empty() && !more.is_empty() {
+                retry_at = tokio::time::Instant::now() + RETRY_AFTER;
+            }
+            again.extend(more);
         }
     }
 }

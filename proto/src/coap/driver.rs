@@ -344,6 +344,24 @@ enum Waiter {
     Observe(Reply<Result<Observation, ExchangeError>>),
 }
 
+/// Ask for kernel buffers of `bytes` each way on `socket` (the kernel caps them at
+/// `net.core.rmem_max` / `wmem_max`). For a cluster or root that thousands of peers
+/// reach at once: a burst of datagrams waits in the buffer instead of being dropped
+/// (the default 208 KiB holds a fraction of a second of ten thousand workers). The
+/// memory is only used while datagrams wait.
+pub fn widen_buffers(socket: &UdpSocket, bytes: usize) {
+    let s = socket2::SockRef::from(socket);
+    if let Err(e) = s
+        .set_recv_buffer_size(bytes)
+        .and_then(|()| s.set_send_buffer_size(bytes))
+    {
+        tracing::warn!(error = %e, "could not widen the socket's buffers");
+    }
+}
+
+/// Receive and send buffers of a cluster's or root's socket.
+pub const SERVER_BUFFERS: usize = 4 << 20;
+
 /// Start a driver on `socket`; it runs until every [`Handle`] is dropped.
 pub fn spawn(
     socket: UdpSocket,
