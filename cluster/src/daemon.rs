@@ -142,7 +142,9 @@ pub struct Cluster {
     /// The peer lists given out lately.
     peer_history: Mutex<push::PeerHistory>,
     /// The peer list given out now.
-    published: Mutex<push::Published>,
+    published_peers: Mutex<push::Published<Vec<msg::NodePeer>>>,
+    /// The service table given out now.
+    published_services: Mutex<push::Published<Vec<msg::ServiceEntry>>>,
     /// The registered workers as the store has them (`None` after a registration).
     nodes_cache: Mutex<Option<Arc<Vec<crate::store::NodeRow>>>>,
 }
@@ -897,7 +899,8 @@ pub async fn start(
         due_wake: tokio::sync::Notify::new(),
         sent: Mutex::default(),
         peer_history: Mutex::default(),
-        published: Mutex::default(),
+        published_peers: Mutex::default(),
+        published_services: Mutex::default(),
         nodes_cache: Mutex::default(),
     });
     let (c1, c2, c3, c4, c5) = (cl.clone(), cl.clone(), cl.clone(), cl.clone(), cl.clone());

@@ -54,13 +54,53 @@ fn peers_every(workers: usize) -> std::time::Duration {
     std::time::Duration::from_millis(ms.clamp(1_000, 10_000))
 }
 
-/// The peer list given out, since when; and whether a newer one waits.
+/// The service table is given out at most every millisecond per worker (1 s at a
+/// thousand, the most): a new table goes to every worker, and a run of deploys should
+/// cost each worker one table now and then, not one per instance. A dead instance is
+/// still out of every table within 2 s.
+fn services_every(workers: usize) -> std::time::Duration {
+    let ms = u64::try_from(workers).unwrap_or(u64::MAX);
+    std::time::Duration::from_millis(ms.min(1_000))
+}
+
+/// A part of every worker's set (the peers, the service table) as given out, since
+/// when; and whether a newer one waits.
 #[derive(Debug, Default)]
-pub(super) struct Published {
+pub(super) struct Published<T> {
     at: Option<tokio::time::Instant>,
-    peers: Vec<msg::NodePeer>,
+    value: T,
     waiting: bool,
     every: std::time::Duration,
+}
+
+impl<T: PartialEq + Clone> Published<T> {
+    /// What to give out now: `fresh` if the last value went out at least `every` ago,
+    /// else that one (and `fresh` waits). Whether it began to wait.
+    fn offer(&mut self, fresh: T, every: std::time::Duration) -> (T, bool) {
+        if fresh == self.value {
+            self.waiting = false;
+            return (fresh, false);
+        }
+        let now = tokio::time::Instant::now();
+        self.every = every;
+        if self.at.is_some_and(|at| now < at + every) {
+            let began = !self.waiting;
+            self.waiting = true;
+            return (self.value.clone(), began);
+        }
+        self.at = Some(now);
+        self.value.clone_from(&fresh);
+        self.waiting = false;
+        (fresh, false)
+    }
+
+    /// When a waiting value may go out, if one waits.
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.waiting.then(|| {
+            self.at
+                .map_or_else(tokio::time::Instant::now, |at| at + self.every)
+        })
+    }
 }
 
 /// What the command sets are made of, read once for a round.
@@ -211,8 +251,13 @@ impl Cluster {
                 }
             }
         }
-        let peers = self.published_peers();
-        let services = self.services_of(&rows);
+        let workers = self.live().len();
+        let peers = self.published(&self.published_peers, self.peers(), peers_every(workers));
+        let services = self.published(
+            &self.published_services,
+            self.services_of(&rows),
+            services_every(workers),
+        );
         let peers_digest = msg::digest_of(&peers);
         let history = {
             let mut h = self.peer_history.lock().unwrap_or_else(|p| p.into_inner());
@@ -236,37 +281,37 @@ impl Cluster {
         }
     }
 
-    /// The peers to give out now: the current ones if the last list went out at least
-    /// [`peers_every`] ago, else that list (and a newer one waits for the pusher).
-    fn published_peers(&self) -> Vec<msg::NodePeer> {
-        let fresh = self.peers();
-        let every = peers_every(fresh.len());
-        let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
-        if fresh == p.peers {
-            return fresh;
+    /// What of a part to give out now (see [`Published::offer`]).
+    fn published<T: PartialEq + Clone>(
+        &self,
+        slot: &std::sync::Mutex<Published<T>>,
+        fresh: T,
+        every: std::time::Duration,
+    ) -> T {
+        let (value, began) = slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .offer(fresh, every);
+        if began {
+            // The pusher may be asleep with nothing due: it should know when.
+            self.due_wake.notify_one();
         }
-        let now = tokio::time::Instant::now();
-        p.every = every;
-        if p.at.is_some_and(|at| now < at + every) {
-            if !p.waiting {
-                p.waiting = true;
-                // The pusher may be asleep with nothing due: it should know when.
-                self.due_wake.notify_one();
-            }
-            return p.peers.clone();
-        }
-        p.at = Some(now);
-        p.peers.clone_from(&fresh);
-        p.waiting = false;
-        fresh
+        value
     }
 
-    /// When a waiting list of peers may go out, if one waits.
-    fn peers_due(&self) -> Option<tokio::time::Instant> {
-        let p = self.published.lock().unwrap_or_else(|p| p.into_inner());
-        p.waiting.then(|| {
-            p.at.map_or_else(tokio::time::Instant::now, |at| at + p.every)
-        })
+    /// When a held-back part may go out, if one waits.
+    fn parts_due(&self) -> Option<tokio::time::Instant> {
+        let peers = self
+            .published_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .due();
+        let services = self
+            .published_services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .due();
+        peers.into_iter().chain(services).min()
     }
 
     /// The full set of worker `node`, as the first answer of its observation (and
@@ -362,13 +407,13 @@ impl Cluster {
     }
 
     /// The pusher: a round whenever something is due, and every worker's when a
-    /// held-back list of peers may go out.
+    /// held-back list of peers or service table may go out.
     pub(super) async fn pusher(self: Arc<Self>) {
         // Workers to notify again, and when.
         let mut again: HashSet<u32> = HashSet::new();
         let mut retry_at = tokio::time::Instant::now();
         loop {
-            let due = self.peers_due();
+            let due = self.parts_due();
             tokio::select! {
                 () = self.due_wake.notified() => {}
                 () = tokio::time::sleep_until(retry_at), if !again.is_empty() => {
