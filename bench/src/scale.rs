@@ -113,42 +113,15 @@ fn install_counters(ns: &str, ports: &[u16]) -> Result<(), String> {
     let script = format!(
         "table inet grove_bench_scale {{\n  counter up {{}}\n  counter down {{}}\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    udp dport {{ {set} }} counter name up\n    udp sport {{ {set} }} counter name down\n  }}\n}}\n"
     );
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("nft: {e}"))?;
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .ok_or("nft stdin")?
-        .write_all(script.as_bytes())
-        .map_err(|e| e.to_string())?;
-    if child.wait().map_err(|e| e.to_string())?.success() {
-        Ok(())
-    } else {
-        Err("nft refused the counters".into())
-    }
+    site::nft_load(ns, &script)
 }
 
 /// (datagrams, bytes of UDP payload) both ways so far.
 fn counted(ns: &str) -> Result<(u64, u64), String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-j", "list", "counters"])
-        .output()
-        .map_err(|e| e.to_string())?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
     let (mut p, mut b) = (0, 0);
-    for o in v["nftables"].as_array().into_iter().flatten() {
-        if let Some(c) = o.get("counter") {
-            let (pk, by) = (
-                c["packets"].as_u64().unwrap_or(0),
-                c["bytes"].as_u64().unwrap_or(0),
-            );
-            p += pk;
-            b += by.saturating_sub(pk * 28);
-        }
+    for (pk, by) in site::nft_counters(ns)?.into_values() {
+        p += pk;
+        b += by.saturating_sub(pk * 28);
     }
     Ok((p, b))
 }

@@ -397,3 +397,48 @@ pub fn http_ok(addr: SocketAddr, limit: Duration) -> bool {
     let mut head = [0u8; 12];
     s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
 }
+
+/// nftables counters by name: (packets, bytes).
+pub type Counts = std::collections::HashMap<String, (u64, u64)>;
+
+/// Load the nftables `script` in namespace `ns`.
+pub fn nft_load(ns: &str, script: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("nft: {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or("nft stdin")?
+        .write_all(script.as_bytes())
+        .map_err(|e| e.to_string())?;
+    if child.wait().map_err(|e| e.to_string())?.success() {
+        Ok(())
+    } else {
+        Err(format!("nft refused the counters in {ns}"))
+    }
+}
+
+/// Every named nftables counter in namespace `ns`.
+pub fn nft_counters(ns: &str) -> Result<Counts, String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-j", "list", "counters"])
+        .output()
+        .map_err(|e| format!("nft: {e}"))?;
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j: {e}"))?;
+    Ok(v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| {
+            let c = o.get("counter")?;
+            Some((
+                c["name"].as_str()?.to_owned(),
+                (c["packets"].as_u64()?, c["bytes"].as_u64()?),
+            ))
+        })
+        .collect())
+}

@@ -15,9 +15,7 @@ use grove_proto::oscore::ContextParams;
 use grove_tests::daemons::{self, Agent, Cluster, Root};
 use grove_tests::testbed::TestBed;
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// IPv4 and UDP headers: what each datagram costs besides its payload.
@@ -27,8 +25,8 @@ const IP_TCP: usize = 52;
 /// MQTT's PUBACK (QoS 1).
 const PUBACK: usize = 4;
 
-/// Packets and bytes (IP length) of each counter of a host.
-type Counts = HashMap<String, (u64, u64)>;
+// Packets and bytes (IP length) of each counter of a host.
+use site::Counts;
 
 /// Counters on a host, by CoAP message type (the two type bits of the first byte of
 /// the UDP payload) and direction, for UDP traffic to and from `port`. `hook`:
@@ -56,43 +54,11 @@ fn install(ns: &str, prefix: &str, port: u16, loopback: bool) -> Result<(), Stri
     let script = format!(
         "table inet grove_bench_{prefix} {{\n{counters}  chain out {{\n    type filter hook output priority 0; policy accept;\n{out}  }}\n  chain in {{\n    type filter hook input priority 0; policy accept;\n{inn}  }}\n}}\n"
     );
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("nft: {e}"))?;
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .ok_or("nft stdin")?
-        .write_all(script.as_bytes())
-        .map_err(|e| e.to_string())?;
-    if child.wait().map_err(|e| e.to_string())?.success() {
-        Ok(())
-    } else {
-        Err(format!("nft refused the counters in {ns}"))
-    }
+    site::nft_load(ns, &script)
 }
 
 fn read(ns: &str) -> Result<Counts, String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-j", "list", "counters"])
-        .output()
-        .map_err(|e| format!("nft: {e}"))?;
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j: {e}"))?;
-    Ok(v["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|o| {
-            let c = o.get("counter")?;
-            Some((
-                c["name"].as_str()?.to_owned(),
-                (c["packets"].as_u64()?, c["bytes"].as_u64()?),
-            ))
-        })
-        .collect())
+    site::nft_counters(ns)
 }
 
 fn delta(after: &Counts, before: &Counts) -> Counts {
