@@ -75,19 +75,28 @@ fn once(site: &Site, svc: &str, client: u32, rr: Ipv4Addr) -> Result<(f64, f64),
     Ok((running, first))
 }
 
-/// `runs` deploys of `svc` after one warm-up; the two series.
-fn series(site: &Site, svc: &str, client: u32, runs: usize) -> Result<(Stats, Stats), String> {
+/// `runs` deploys of `svc` after one warm-up; the two series and the whole cycles
+/// (deploy, first answer, removal, gone), in seconds.
+fn series(
+    site: &Site,
+    svc: &str,
+    client: u32,
+    runs: usize,
+) -> Result<(Stats, Stats, Stats), String> {
     let rr = site::rr_ip(&site.root, svc)?;
     once(site, svc, client, rr)?;
-    let (mut running, mut first) = (Vec::new(), Vec::new());
+    let (mut running, mut first, mut cycle) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
+        let t = Instant::now();
         let (r, f) = once(site, svc, client, rr)?;
+        cycle.push(t.elapsed().as_secs_f64());
         running.push(r);
         first.push(f);
     }
     Ok((
         Stats::of(&running).ok_or("no run")?,
         Stats::of(&first).ok_or("no run")?,
+        Stats::of(&cycle).ok_or("no run")?,
     ))
 }
 
@@ -146,6 +155,9 @@ fn rows(id: &str, what: &str, r: &Stats, f: &Stats, paper: Option<f64>, target: 
 /// Run it.
 pub fn run(ctx: &Ctx) -> Result<Section, String> {
     let runs = ctx.pick(100, 5);
+    // Over the lossy link a deploy and its removal take about half a minute here
+    // (see the notes): fewer of them, so the whole run stays within the hour.
+    let lossy_runs = ctx.pick(20, 3);
     let mut s = Section {
         title: "2. Deploy latency".into(),
         intro: format!(
@@ -159,7 +171,8 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
              places the server on w1 (the request crosses the VXLAN overlay); *scheduled*: \
              the cluster picks the worker. *lossy*: a one-worker site whose agent reaches \
              its cluster through the test bed's UDP relay with 100 ms delay and 5 % loss each \
-             way (this kernel has no netem), client and server on that worker."
+             way (this kernel has no netem), client and server on that worker \
+             ({lossy_runs} deploys)."
         ),
         ..Section::default()
     };
@@ -168,7 +181,7 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
         let site = Site::native("dl", 2, &[], &dir, None)?;
         let client = client_on(&site, "w2")?;
         let direct = web(&site, "direct", site::on_node("w1"))?;
-        let (r, f) = series(&site, &direct, client, runs)?;
+        let (r, f, _) = series(&site, &direct, client, runs)?;
         s.rows.extend(rows(
             "direct",
             "node given (direct)",
@@ -178,7 +191,7 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
             true,
         ));
         let sched = web(&site, "sched", serde_json::json!({}))?;
-        let (r, f) = series(&site, &sched, client, runs)?;
+        let (r, f, _) = series(&site, &sched, client, runs)?;
         s.rows
             .extend(rows("scheduled", "scheduled", &r, &f, Some(5.39), true));
     }
@@ -192,7 +205,13 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
         let site = Site::native("dll", 1, &[], &dir, Some(bad))?;
         let client = client_on(&site, "w1")?;
         let direct = web(&site, "lossy", site::on_node("w1"))?;
-        let (r, f) = series(&site, &direct, client, runs)?;
+        let (r, f, cycle) = series(&site, &direct, client, lossy_runs)?;
+        s.notes.push(format!(
+            "Over the lossy link a whole cycle (deploy, first answer, removal, until the \
+             service IP answers no more) took {} s (median; p90 {} s).",
+            crate::report::num(cycle.p50),
+            crate::report::num(cycle.p90)
+        ));
         s.rows.extend(rows(
             "lossy",
             "direct, 100 ms and 5 % loss each way cluster–worker",

@@ -286,7 +286,7 @@ fn one(ctx: &Ctx, slot: &str, n: usize, s: &mut Section) -> Result<(), String> {
                 &p.root.base,
                 "GET",
                 &format!("/api/service/{svc}"),
-                Some(p.root.admin.as_str()),
+                Some(p.root.token().as_str()),
                 None,
             )
             .ok()

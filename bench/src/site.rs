@@ -222,7 +222,7 @@ pub fn deploy(root: &Root, app: &str, services: Vec<Value>) -> Result<Vec<String
         &root.base,
         "POST",
         "/api/application/",
-        Some(root.admin.as_str()),
+        Some(root.token().as_str()),
         Some(sla),
     )?;
     // The answer lists every application of the user: this one by its name.
@@ -250,7 +250,7 @@ pub fn statuses(root: &Root, service: &str) -> Vec<(u64, String)> {
         &root.base,
         "GET",
         &format!("/api/service/{service}"),
-        Some(root.admin.as_str()),
+        Some(root.token().as_str()),
         None,
     )
     .ok()
@@ -272,7 +272,7 @@ pub fn add_instance(root: &Root, service: &str) -> Result<u64, String> {
         &root.base,
         "POST",
         &format!("/api/service/{service}/instance"),
-        Some(root.admin.as_str()),
+        Some(root.token().as_str()),
         None,
     )?;
     doc["instance_number"]
@@ -286,7 +286,7 @@ pub fn remove_instance(root: &Root, service: &str, number: u64) -> Result<(), St
         &root.base,
         "DELETE",
         &format!("/api/service/{service}/instance/{number}"),
-        Some(root.admin.as_str()),
+        Some(root.token().as_str()),
         None,
     )
     .map(|_| ())
@@ -298,7 +298,7 @@ pub fn rr_ip(root: &Root, service: &str) -> Result<std::net::Ipv4Addr, String> {
         &root.base,
         "GET",
         &format!("/api/service/{service}"),
-        Some(root.admin.as_str()),
+        Some(root.token().as_str()),
         None,
     )?;
     doc["RR_ip"]

@@ -319,7 +319,7 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
             &b.root.base,
             "GET",
             &format!("/api/service/{svc}"),
-            Some(b.root.admin.as_str()),
+            Some(b.root.token().as_str()),
             None,
         )?;
         site::remove_instance(&b.root, &svc, n)?;

@@ -219,8 +219,11 @@ pub struct Root {
     pub base: String,
     /// The cluster link.
     pub coap: SocketAddr,
-    /// Admin's access token.
+    /// Admin's access token as first issued (it lasts 10 minutes; [`Root::token`]
+    /// gives one that is still good).
     pub admin: String,
+    /// The latest token and when it was issued.
+    fresh: std::sync::Mutex<(std::time::Instant, String)>,
 }
 
 impl Root {
@@ -245,14 +248,30 @@ impl Root {
             base,
             coap,
             admin: String::new(),
+            fresh: std::sync::Mutex::new((std::time::Instant::now(), String::new())),
         };
         root.wait_serving();
+        root.admin = root.login();
+        root.fresh = std::sync::Mutex::new((std::time::Instant::now(), root.admin.clone()));
+        root
+    }
+
+    fn login(&self) -> String {
         let login = json!({"username": "Admin", "password": "Admin"});
-        root.admin = http(&root.base, "POST", "/api/auth/login", None, Some(login))["token"]
+        http(&self.base, "POST", "/api/auth/login", None, Some(login))["token"]
             .as_str()
             .expect("a token")
-            .to_owned();
-        root
+            .to_owned()
+    }
+
+    /// Admin's access token, issued again when the last one is 5 minutes old (they
+    /// last 10): for runs longer than a token.
+    pub fn token(&self) -> String {
+        let mut f = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        if f.0.elapsed() > Duration::from_secs(300) {
+            *f = (std::time::Instant::now(), self.login());
+        }
+        f.1.clone()
     }
 
     /// Wait until the API answers (after a start or restart).
@@ -270,7 +289,7 @@ impl Root {
 
     /// A call as the admin.
     pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        http(&self.base, method, path, Some(&self.admin), body)
+        http(&self.base, method, path, Some(&self.token()), body)
     }
 
     /// A new cluster join token.
