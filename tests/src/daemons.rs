@@ -223,7 +223,7 @@ pub struct Root {
     /// gives one that is still good).
     pub admin: String,
     /// The latest token and when it was issued.
-    fresh: std::sync::Mutex<(std::time::Instant, String)>,
+    fresh: std::sync::Mutex<(Instant, String)>,
 }
 
 impl Root {
@@ -248,11 +248,11 @@ impl Root {
             base,
             coap,
             admin: String::new(),
-            fresh: std::sync::Mutex::new((std::time::Instant::now(), String::new())),
+            fresh: std::sync::Mutex::new((Instant::now(), String::new())),
         };
         root.wait_serving();
         root.admin = root.login();
-        root.fresh = std::sync::Mutex::new((std::time::Instant::now(), root.admin.clone()));
+        root.fresh = std::sync::Mutex::new((Instant::now(), root.admin.clone()));
         root
     }
 
@@ -269,7 +269,7 @@ impl Root {
     pub fn token(&self) -> String {
         let mut f = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
         if f.0.elapsed() > Duration::from_secs(300) {
-            *f = (std::time::Instant::now(), self.login());
+            *f = (Instant::now(), self.login());
         }
         f.1.clone()
     }
