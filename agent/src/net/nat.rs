@@ -204,7 +204,13 @@ pub fn ruleset(t: &Tables<'_>) -> String {
             r.known("ip", Ipv4Addr::from(i.ip).to_string());
         }
     }
-    for s in t.looked_up {
+    // A service looked up before the cluster's table arrived (a worker that just
+    // restarted sees traffic first) is the table's from then on: one set of rules.
+    for s in t
+        .looked_up
+        .iter()
+        .filter(|l| !t.services.iter().any(|s| s.service == l.service))
+    {
         r.service(s, t.subnet, t.me, t.group);
     }
     let table = t.table;
@@ -445,12 +451,17 @@ mod tests {
             rr_ip6: None,
             closest_ip6: None,
         };
+        // Looked up before the table came (a restarted worker): the table's alone.
+        let own_seen = ServiceEntry {
+            instances: vec![endpoint(0, [10, 18, 64, 9], InstanceState::Running)],
+            ..own.clone()
+        };
         let r = ruleset(&Tables {
             table: "t",
             subnet: mine,
             me: None,
             services: &[own],
-            looked_up: &[foreign],
+            looked_up: &[foreign, own_seen],
             mappings: &[],
             group: Some(77),
         });
@@ -465,7 +476,7 @@ mod tests {
             assert!(r.contains(want), "{want} missing from\n{r}");
         }
         assert!(
-            !r.contains("10.30.1.1 dnat"),
+            !r.contains("10.30.1.1 dnat") && !r.contains("10.30.1.1 log group 77 dnat"),
             "nothing to translate to: {r}"
         );
     }
