@@ -9,7 +9,7 @@ use super::types::*;
 use crate::oscore::{ContextParams, SecurityContext};
 use coap_lite::{MessageClass, MessageType, Packet};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -90,7 +90,9 @@ pub struct Endpoint {
     pub(crate) pending: HashMap<u64, Pending>,
     pub(crate) observers: HashMap<(SocketAddr, Vec<u8>), Observer>,
     pub(crate) block1: HashMap<(SocketAddr, String), Block1State>,
-    pub(crate) block2: HashMap<(SocketAddr, String), Block2Cache>,
+    /// Bodies kept for their later blocks, by peer (ordered: a peer's are counted
+    /// by a range, not a scan of every peer's).
+    pub(crate) block2: BTreeMap<(SocketAddr, String), Block2Cache>,
     transmits: VecDeque<Transmit>,
     pub(crate) events: VecDeque<Event>,
     pub(crate) stats: Stats,
@@ -123,7 +125,7 @@ impl Endpoint {
             pending: HashMap::new(),
             observers: HashMap::new(),
             block1: HashMap::new(),
-            block2: HashMap::new(),
+            block2: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),

@@ -582,8 +582,9 @@ impl Endpoint {
             let room = self.block2.len() < MAX_BLOCK2_STATES
                 && self
                     .block2
-                    .keys()
-                    .filter(|(peer, _)| *peer == p.peer)
+                    .range((p.peer, String::new())..)
+                    .take_while(|((peer, _), _)| *peer == p.peer)
+                    .take(MAX_BLOCK2_PER_PEER)
                     .count()
                     < MAX_BLOCK2_PER_PEER;
             if num == 0 && end < body.len() && room {
