@@ -107,6 +107,8 @@ fn prerequisites() -> Result<(), String> {
         ("iperf3", "iperf3"),
         ("ping", "iputils-ping"),
         ("ldd", "libc-bin"),
+        ("kill", "procps"),
+        ("mount", "mount"),
     ]
     .into_iter()
     .filter(|(p, _)| !have(p))

@@ -85,10 +85,10 @@ pub enum Target {
 }
 
 impl Target {
-    fn met(self, x: f64) -> Option<bool> {
+    fn met(self, x: f64) -> bool {
         match self {
-            Self::AtMost(t) => Some(x <= t),
-            Self::AtLeast(t) => Some(x >= t),
+            Self::AtMost(t) => x <= t,
+            Self::AtLeast(t) => x >= t,
         }
     }
 }
@@ -128,15 +128,14 @@ impl Row {
 
     /// With a target on `x` (the figure as a number), described as `text`.
     pub fn target(mut self, x: f64, t: Target, text: &str) -> Self {
-        self.met = t.met(x);
+        self.met = Some(t.met(x));
         self.target = text.to_owned();
         self
     }
 
     /// With two targets that must both hold (p50 and p99).
     pub fn targets(mut self, checks: &[(f64, Target)], text: &str) -> Self {
-        let all: Vec<bool> = checks.iter().filter_map(|(x, t)| t.met(*x)).collect();
-        self.met = (!all.is_empty()).then(|| all.iter().all(|m| *m));
+        self.met = (!checks.is_empty()).then(|| checks.iter().all(|(x, t)| t.met(*x)));
         self.target = text.to_owned();
         self
     }
