@@ -66,13 +66,33 @@ pub const DEFAULT_PIDS: u32 = 1024;
 #[error("{0}")]
 pub struct SpecError(pub String);
 
+/// A small file of a layer, read only when no component of its path is a symlink: the
+/// layer's `/etc/passwd -> /etc/shadow` must not make the agent read its own machine's.
+fn read_in_layer(layer: &std::path::Path, rel: &str) -> Option<String> {
+    use std::io::Read;
+    let mut p = layer.to_path_buf();
+    for c in rel.split('/') {
+        p.push(c);
+        if std::fs::symlink_metadata(&p).ok()?.file_type().is_symlink() {
+            return None;
+        }
+    }
+    let mut s = String::new();
+    std::fs::File::open(&p)
+        .ok()?
+        .take(1 << 20)
+        .read_to_string(&mut s)
+        .ok()?;
+    Some(s)
+}
+
 fn lookup_user(layers: &[String], user: &str) -> Result<(u32, u32), SpecError> {
     let (u, g) = user.split_once(':').unwrap_or((user, ""));
     let read = |file: &str| -> String {
         layers
             .iter()
             .rev()
-            .find_map(|l| std::fs::read_to_string(std::path::Path::new(l).join(file)).ok())
+            .find_map(|l| read_in_layer(std::path::Path::new(l), file))
             .unwrap_or_default()
     };
     let (uid, mut gid) = match u.parse::<u32>() {
@@ -210,6 +230,15 @@ mod tests {
         assert_eq!(lookup_user(&layers, "1000:7").unwrap(), (1000, 7));
         let e = lookup_user(&layers, "ghost").unwrap_err();
         assert!(e.0.contains("ghost"), "{e}");
+        // A layer whose passwd is a symlink out (here to a file of this machine's
+        // naming a user) is not read through it.
+        let host = d.join("host-passwd");
+        std::fs::write(&host, "intruder:x:0:0::/:/bin/sh\n").unwrap();
+        let evil = d.join("evil");
+        std::fs::create_dir_all(evil.join("etc")).unwrap();
+        std::os::unix::fs::symlink(&host, evil.join("etc/passwd")).unwrap();
+        let layers = vec![evil.display().to_string()];
+        assert!(lookup_user(&layers, "intruder").is_err());
         let _ = std::fs::remove_dir_all(&d);
     }
 }
