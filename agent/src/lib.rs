@@ -7,6 +7,8 @@
 
 pub mod container;
 pub mod control;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image;
 pub mod native;
 pub mod net;

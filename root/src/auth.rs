@@ -4,7 +4,7 @@
 //! Tokens carry Oakestra's claims (`sub` and `user` = user name, `roles`,
 //! `organization`), so clients that read them keep working.
 
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, UserRow};
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -83,6 +83,13 @@ pub struct Claims {
     pub iat: i64,
     /// Expires at, Unix seconds.
     pub exp: i64,
+    /// The token's id (16 random bytes, hex): what logging out revokes.
+    #[serde(default)]
+    pub jti: String,
+    /// The user's token epoch when issued: a password or role change moves the
+    /// user's on, revoking every token of the old one.
+    #[serde(default)]
+    pub epoch: i64,
 }
 
 impl Claims {
@@ -181,27 +188,24 @@ impl AuthKeys {
         }
     }
 
-    /// Issue a token of `kind` for a user, valid from `now`.
-    pub fn issue(
-        &self,
-        user: &str,
-        roles: &[String],
-        organization: &str,
-        kind: TokenKind,
-        now: i64,
-    ) -> String {
+    /// Issue a token of `kind` for `user` in `organization`, valid from `now`.
+    pub fn issue(&self, user: &UserRow, organization: &str, kind: TokenKind, now: i64) -> String {
+        let mut id = [0u8; 16];
+        let _ = getrandom::getrandom(&mut id);
         let ttl = match kind {
             TokenKind::Access => ACCESS_TTL_SECS,
             TokenKind::Refresh => REFRESH_TTL_SECS,
         };
         let claims = Claims {
-            sub: user.to_owned(),
-            user: user.to_owned(),
-            roles: roles.to_vec(),
+            sub: user.name.clone(),
+            user: user.name.clone(),
+            roles: user.roles.clone(),
             organization: organization.to_owned(),
             kind,
             iat: now,
             exp: now + ttl,
+            jti: grove_proto::util::hex(&id),
+            epoch: user.token_epoch,
         };
         // HS256 over serializable claims cannot fail.
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -308,6 +312,19 @@ mod tests {
         d
     }
 
+    fn user(name: &str, roles: &[String]) -> UserRow {
+        UserRow {
+            id: "0".repeat(24),
+            name: name.into(),
+            email: String::new(),
+            password_hash: String::new(),
+            roles: roles.to_vec(),
+            organization: None,
+            created_at: 0,
+            token_epoch: 3,
+        }
+    }
+
     #[test]
     fn the_key_is_created_once_private_and_reused() {
         let d = tmp("key");
@@ -318,7 +335,7 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(mode, 0o600);
-        let t = k1.issue("alice", &[], "org", TokenKind::Access, 1000);
+        let t = k1.issue(&user("alice", &[]), "org", TokenKind::Access, 1000);
         let k2 = AuthKeys::load_or_create(&d).unwrap();
         assert_eq!(
             k2.verify(&t, TokenKind::Access, 1001).unwrap().user,
@@ -331,7 +348,8 @@ mod tests {
     fn tokens_expire_have_a_kind_and_a_signature() {
         let k = AuthKeys::from_secret(&[7; 32]);
         let roles = vec!["Admin".to_owned()];
-        let access = k.issue("Admin", &roles, "o1", TokenKind::Access, 1000);
+        let admin = user("Admin", &roles);
+        let access = k.issue(&admin, "o1", TokenKind::Access, 1000);
         let c = k
             .verify(&access, TokenKind::Access, 1000 + ACCESS_TTL_SECS - 1)
             .unwrap();
@@ -345,7 +363,7 @@ mod tests {
             k.verify(&access, TokenKind::Refresh, 1001),
             Err(AuthError::WrongKind(TokenKind::Refresh))
         ));
-        let refresh = k.issue("Admin", &roles, "o1", TokenKind::Refresh, 1000);
+        let refresh = k.issue(&admin, "o1", TokenKind::Refresh, 1000);
         assert!(
             k.verify(&refresh, TokenKind::Refresh, 1000 + 6 * 24 * 3600)
                 .is_ok()

@@ -188,8 +188,7 @@ pub async fn handle(st: Shared, http: axum::Router, inc: Incoming) -> Response {
         _ => inc.request.payload.clone(),
     };
     let token = st.keys.issue(
-        &user.name,
-        &user.roles,
+        &user,
         user.organization.as_deref().unwrap_or(""),
         TokenKind::Access,
         now_secs(),

@@ -9,6 +9,8 @@
 pub mod api;
 pub mod auth;
 pub mod coap_api;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod link;
 pub mod scheduler;
 pub mod sla;
@@ -67,6 +69,7 @@ pub fn open_state(args: &Args) -> Result<api::Shared, String> {
         keys,
         link: std::sync::OnceLock::new(),
         reach: std::sync::Mutex::default(),
+        logins: std::sync::Mutex::default(),
     }))
 }
 

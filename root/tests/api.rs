@@ -222,8 +222,9 @@ fn fill(path: &str) -> String {
 fn every_protected_endpoint_answers_401_without_a_valid_token() {
     let root = start("401");
     let expired_or_forged = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJBZG1pbiJ9.c2lnbmF0dXJl";
-    for (method, path, _, auth, _) in api::docs_routes() {
-        if !auth {
+    for r in api::routes::ROUTES {
+        let (method, path) = (&r.method, &r.path);
+        if r.access == api::routes::Access::Public {
             continue;
         }
         let body = matches!(*method, "post" | "put").then(|| json!({}));
@@ -401,11 +402,111 @@ fn login_refresh_and_password_change() {
         .0,
         401
     );
-    root.login("Admin", "N3w");
+    // The password change revoked every token the user held, access and refresh.
+    for (t, what) in [(access, "access"), (refresh, "refresh")] {
+        let path = if what == "access" {
+            "/api/permission/Admin"
+        } else {
+            "/api/auth/refresh"
+        };
+        let method = if what == "access" { "GET" } else { "POST" };
+        let (s, v) = root.call(method, path, Some(t), None);
+        assert_eq!(
+            (s, v["message"].as_str()),
+            (401, Some("token revoked: log in again")),
+            "the old {what} token after a password change"
+        );
+    }
+    let new_access = root.login("Admin", "N3w");
     assert_eq!(
-        root.ok("GET", "/api/permission/Admin", access, None)["roles"],
+        root.ok("GET", "/api/permission/Admin", &new_access, None)["roles"],
         json!(["Admin"])
     );
+}
+
+#[test]
+fn logout_revokes_the_token_and_the_refresh_token_given() {
+    let root = start("logout");
+    let tokens = root.ok_anon(
+        "POST",
+        "/api/auth/login",
+        json!({"username": "Admin", "password": "Admin"}),
+    );
+    let (access, refresh) = (
+        tokens["token"].as_str().unwrap(),
+        tokens["refresh_token"].as_str().unwrap(),
+    );
+    let other = root.login("Admin", "Admin");
+    root.ok("GET", "/api/users/", access, None);
+    root.ok(
+        "POST",
+        "/api/auth/logout",
+        access,
+        Some(json!({ "refresh_token": refresh })),
+    );
+    assert_eq!(root.call("GET", "/api/users/", Some(access), None).0, 401);
+    assert_eq!(
+        root.call("POST", "/api/auth/refresh", Some(refresh), None)
+            .0,
+        401,
+        "the refresh token given went too"
+    );
+    // Only that session ended: another login of the same user still works.
+    root.ok("GET", "/api/users/", &other, None);
+}
+
+#[test]
+fn failed_logins_are_rate_limited_per_user_and_per_address() {
+    let root = start("ratelimit");
+    let attempt = |user: &str, pw: &str| {
+        root.call(
+            "POST",
+            "/api/auth/login",
+            None,
+            Some(json!({"username": user, "password": pw})),
+        )
+    };
+    for i in 0..5 {
+        assert_eq!(attempt("Admin", "guess").0, 401, "attempt {i}");
+    }
+    // The sixth is refused before the password is looked at, even the right one.
+    let (s, v) = attempt("Admin", "Admin");
+    assert_eq!(s, 429, "{v}");
+    assert!(
+        v["retry_after_secs"]
+            .as_u64()
+            .is_some_and(|w| (1..=12).contains(&w)),
+        "{v}"
+    );
+    // This address tries other names: its own bucket (20) runs out too.
+    for i in 0..15 {
+        assert_eq!(attempt(&format!("nobody{i}"), "x").0, 401, "name {i}");
+    }
+    assert_eq!(
+        attempt("someone-else", "x").0,
+        429,
+        "the address is limited"
+    );
+}
+
+#[test]
+fn request_bodies_over_a_mebibyte_are_refused() {
+    let root = start("bodylimit");
+    let t = root.login("Admin", "Admin");
+    let big = "x".repeat(api::MAX_BODY + 1);
+    let (s, v) = root.call(
+        "POST",
+        "/api/application/",
+        Some(&t),
+        Some(json!({ "sla_version": "v2.0", "pad": big })),
+    );
+    assert_eq!(s, 413, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("larger than"),
+        "{v}"
+    );
+    // Still serving.
+    root.ok("GET", "/api/users/", &t, None);
 }
 
 #[test]
@@ -526,7 +627,8 @@ fn the_docs_work_offline() {
     let root = start("docs");
     let (s, spec) = root.call("GET", "/api/docs/openapi.json", None, None);
     assert_eq!(s, 200);
-    for (method, path, ..) in api::docs_routes() {
+    for r in api::routes::ROUTES {
+        let (method, path) = (r.method, r.path);
         assert!(
             spec["paths"][path][method].is_object(),
             "{method} {path} missing from openapi.json"

@@ -137,3 +137,24 @@ pub async fn run(program: &Path, args: &[&str], limit: Duration) -> Output {
 pub fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| b"grove-interop-"[i % 14]).collect()
 }
+
+/// The inputs of a fuzz corpus directory, by file name, sorted: the fuzzers' corpora
+/// are replayed on stable Rust as tests, so every input they kept (and every crash
+/// they found, once fixed) stays one.
+pub fn corpus(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("corpus entry").path())
+        .map(|p| {
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let data = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (name, data)
+        })
+        .collect();
+    v.sort();
+    v
+}

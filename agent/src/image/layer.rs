@@ -362,7 +362,10 @@ mod tests {
                 "{case}: a file outside was changed"
             );
             let mode = std::fs::metadata(&self.dir).unwrap().permissions().mode() & 0o7777;
-            assert_eq!(mode, 0o700, "{case}: the mode of a directory outside changed");
+            assert_eq!(
+                mode, 0o700,
+                "{case}: the mode of a directory outside changed"
+            );
         }
     }
 
@@ -379,7 +382,10 @@ mod tests {
         let out = v.path();
         let secret = format!("{out}/secret");
         let cases: Vec<(&str, Vec<u8>)> = vec![
-            ("path traversal", tar_of(&[("../secret", T::Regular, b"x", None)])),
+            (
+                "path traversal",
+                tar_of(&[("../secret", T::Regular, b"x", None)]),
+            ),
             (
                 "deep path traversal",
                 tar_of(&[("a/../../../secret", T::Regular, b"x", None)]),
@@ -482,7 +488,10 @@ mod tests {
                 matches!(r, Err(LayerError::Unsupported(..))),
                 "{name}: {r:?}"
             );
-            assert!(d.join("x").is_dir() && layers.is_dir(), "{name} removed a directory");
+            assert!(
+                d.join("x").is_dir() && layers.is_dir(),
+                "{name} removed a directory"
+            );
         }
         let _ = std::fs::remove_dir_all(&layers);
     }

@@ -99,6 +99,15 @@ pub struct ImageConfig {
     pub config: Option<RunConfig>,
 }
 
+/// The hex of a `sha256:<64 hex>` digest (the only kind stored: a blob's file name is
+/// this, so nothing else may reach a path).
+pub fn digest_hex(digest: &str) -> Result<&str, String> {
+    digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| format!("unsupported digest {digest:?} (sha256 only)"))
+}
+
 /// This node's platform as OCI names it.
 pub fn this_platform() -> Platform {
     let architecture = match std::env::consts::ARCH {

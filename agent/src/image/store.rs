@@ -103,10 +103,7 @@ enum Source<'a> {
 }
 
 fn hex_of(digest: &str) -> Result<&str, PullError> {
-    digest
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| PullError::Format(format!("unsupported digest {digest:?} (sha256 only)")))
+    oci::digest_hex(digest).map_err(PullError::Format)
 }
 
 fn platform_name(p: &Platform) -> String {

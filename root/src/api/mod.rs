@@ -8,6 +8,8 @@ mod apps;
 
 pub use apps::{cluster_views, demand_of, microservice_of, place_new_instance, spec_microservice};
 mod docs;
+pub mod limit;
+pub mod routes;
 mod users;
 
 use crate::auth::{AuthKeys, Claims, Role, TokenKind};
@@ -16,7 +18,6 @@ use crate::store::{Store, StoreError, UserRow, now_secs};
 use axum::extract::FromRequestParts;
 use axum::http::{StatusCode, request::Parts};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,6 +33,8 @@ pub struct AppState {
     pub link: std::sync::OnceLock<crate::link::LinkHandle>,
     /// Which clusters' workers reach which (cross-cluster traffic).
     pub reach: Mutex<crate::link::Reach>,
+    /// Failed logins per user and per address.
+    pub logins: Mutex<limit::LoginLimit>,
 }
 
 /// Shared state of the router.
@@ -42,6 +45,11 @@ impl AppState {
     /// is a committed transaction).
     pub fn db(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lock the login rate limit.
+    pub fn logins(&self) -> MutexGuard<'_, limit::LoginLimit> {
+        self.logins.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Lock the cross-cluster reach.
@@ -84,6 +92,8 @@ pub enum ApiError {
     NotFound(String),
     /// 409.
     Conflict(String),
+    /// 429, with how long to wait.
+    TooMany(String, std::time::Duration),
     /// 500.
     Internal(String),
 }
@@ -107,6 +117,15 @@ impl IntoResponse for ApiError {
             Self::Forbidden(m) => (StatusCode::FORBIDDEN, json!({ "message": m })),
             Self::NotFound(m) => (StatusCode::NOT_FOUND, json!({ "message": m })),
             Self::Conflict(m) => (StatusCode::CONFLICT, json!({ "message": m })),
+            Self::TooMany(m, wait) => {
+                let secs = wait.as_secs().max(1);
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(axum::http::header::RETRY_AFTER, secs.to_string())],
+                    Json(json!({ "message": m, "retry_after_secs": secs })),
+                )
+                    .into_response();
+            }
             Self::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 (
@@ -152,13 +171,28 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         })
 }
 
-/// The claims of a valid token of `kind` in `Authorization: Bearer …`.
+/// The claims of a valid token of `kind` in `Authorization: Bearer …`: signed by this
+/// root, unexpired, of a user who still exists, of the user's current token epoch
+/// (a password or role change revokes older ones) and not logged out.
 fn verified(parts: &Parts, state: &Shared, kind: TokenKind) -> Result<Claims, ApiError> {
     let token = bearer(parts)?;
-    state
+    let claims = state
         .keys
         .verify(token, kind, now_secs())
-        .map_err(|e| ApiError::Unauthorized(format!("{e}: log in again")))
+        .map_err(|e| ApiError::Unauthorized(format!("{e}: log in again")))?;
+    live(state, claims)
+}
+
+/// `claims` if its token was not revoked.
+fn live(state: &Shared, claims: Claims) -> Result<Claims, ApiError> {
+    let db = state.db();
+    let user = db
+        .user_by_name(&claims.sub)?
+        .ok_or_else(|| ApiError::Unauthorized("user no longer exists".into()))?;
+    if user.token_epoch != claims.epoch || db.token_revoked(&claims.jti)? {
+        return Err(ApiError::Unauthorized("token revoked: log in again".into()));
+    }
+    Ok(claims)
 }
 
 impl FromRequestParts<Shared> for Caller {
@@ -168,7 +202,27 @@ impl FromRequestParts<Shared> for Caller {
         parts: &mut Parts,
         state: &Shared,
     ) -> Result<Self, Self::Rejection> {
-        verified(parts, state, TokenKind::Access).map(Caller)
+        match routes::checked(parts) {
+            Some(c) => Ok(Caller(c)),
+            None => verified(parts, state, TokenKind::Access).map(Caller),
+        }
+    }
+}
+
+/// The client's address, when the request came over TCP (not through the CoAP API).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
     }
 }
 
@@ -183,20 +237,14 @@ impl FromRequestParts<Shared> for Refresher {
         parts: &mut Parts,
         state: &Shared,
     ) -> Result<Self, Self::Rejection> {
-        verified(parts, state, TokenKind::Refresh).map(Refresher)
+        match parts.extensions.get::<Refresher>() {
+            Some(r) => Ok(r.clone()),
+            None => verified(parts, state, TokenKind::Refresh).map(Refresher),
+        }
     }
 }
 
 impl Caller {
-    /// Admin only.
-    pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.0.has(Role::Admin) {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden("only Admin may do this".into()))
-        }
-    }
-
     /// The caller's user row.
     pub fn user(&self, st: &AppState) -> ApiResult<UserRow> {
         st.db()
@@ -234,12 +282,6 @@ impl Caller {
     }
 }
 
-/// The route table the OpenAPI description is generated from (method, path, summary,
-/// needs a token, who may call).
-pub fn docs_routes() -> &'static [(&'static str, &'static str, &'static str, bool, &'static str)] {
-    docs::ROUTES
-}
-
 /// A MongoDB-style id object, as Oakestra's documents carry it.
 pub fn oid(id: &str) -> Value {
     json!({ "$oid": id })
@@ -260,75 +302,41 @@ fn both(r: Router<Shared>, path: &str, m: axum::routing::MethodRouter<Shared>) -
     }
 }
 
-/// The router of the whole API.
+/// Largest request body the API reads (an SLA of hundreds of services fits).
+pub const MAX_BODY: usize = 1 << 20;
+
+/// The router of the whole API, from [`routes::ROUTES`].
 pub fn router(state: Shared) -> Router {
-    use axum::routing::delete;
-    let routes: Vec<(&str, axum::routing::MethodRouter<Shared>)> = vec![
-        ("/api/auth/login", post(users::login)),
-        ("/api/auth/refresh", post(users::refresh)),
-        ("/api/auth/register", post(users::register)),
-        ("/api/auth/coap", post(users::coap_credentials)),
-        ("/api/permission/{username}", get(users::permission)),
-        (
-            "/api/user/{username}",
-            get(users::get_user)
-                .put(users::put_user)
-                .delete(users::delete_user)
-                .post(users::change_password),
-        ),
-        ("/api/users/", get(users::list_users)),
-        ("/api/users/{org_id}", get(users::list_org_users)),
-        (
-            "/api/organization/",
-            get(users::list_orgs).post(users::create_org),
-        ),
-        (
-            "/api/organization/{id}",
-            get(users::get_org)
-                .put(users::put_org)
-                .delete(users::delete_org),
-        ),
-        ("/api/application/", post(apps::create_applications)),
-        (
-            "/api/application/{appid}",
-            get(apps::get_application)
-                .put(apps::put_application)
-                .delete(apps::delete_application),
-        ),
-        ("/api/applications/", get(apps::all_applications)),
-        ("/api/applications/{userid}", get(apps::user_applications)),
-        ("/api/service/", post(apps::create_services)),
-        (
-            "/api/service/{serviceid}",
-            get(apps::get_service)
-                .delete(apps::delete_service)
-                .put(apps::put_service),
-        ),
-        ("/api/services/", get(apps::all_services)),
-        ("/api/services/{appid}", get(apps::app_services)),
-        (
-            "/api/service/{serviceid}/instance",
-            post(apps::add_instance),
-        ),
-        (
-            "/api/service/{serviceid}/instance/{number}",
-            delete(apps::remove_instance),
-        ),
-        ("/api/clusters/", get(apps::clusters)),
-        ("/api/clusters/active", get(apps::active_clusters)),
-        ("/api/clusters/token", post(apps::create_cluster_token)),
-        (
-            "/api/clusters/token/{id}",
-            delete(apps::revoke_cluster_token),
-        ),
-        ("/api/docs/", get(docs::page)),
-        ("/api/docs/openapi.json", get(docs::openapi)),
-    ];
-    routes
+    router_from(state, routes::ROUTES)
+}
+
+/// The router of `table`, each route behind its own rule (tests give a table with a
+/// rule changed, to see that the authorization matrix notices).
+pub fn router_from(state: Shared, table: &[routes::Route]) -> Router {
+    let mut by_path: Vec<(&str, axum::routing::MethodRouter<Shared>)> = Vec::new();
+    for r in table {
+        let m = routes::guarded(&state, r);
+        match by_path.iter_mut().find(|(p, _)| *p == r.path) {
+            Some((_, all)) => *all = std::mem::take(all).merge(m),
+            None => by_path.push((r.path, m)),
+        }
+    }
+    by_path
         .into_iter()
         .fold(Router::new(), |r, (path, m)| both(r, path, m))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(too_large))
         .with_state(state)
+}
+
+/// axum's 413 in the API's shape.
+async fn too_large(r: Response) -> Response {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        let m = format!("request body is larger than {MAX_BODY} bytes");
+        return (StatusCode::PAYLOAD_TOO_LARGE, Json(json!({ "message": m }))).into_response();
+    }
+    r
 }
 
 /// Serve the API on `listener` until `shutdown` resolves.
@@ -337,7 +345,10 @@ pub async fn serve(
     state: Shared,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

@@ -41,6 +41,21 @@ fn cluster(r: &Row<'_>) -> rusqlite::Result<ClusterRow> {
     })
 }
 
+/// A join token as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinTokenRow {
+    /// Its id (16 hex digits).
+    pub id: String,
+    /// Expiry, Unix seconds.
+    pub expires_at: i64,
+    /// Whether one join uses it up.
+    pub single_use: bool,
+    /// Whether a join used it.
+    pub used: bool,
+    /// Who made it.
+    pub created_by: Option<String>,
+}
+
 impl Store {
     /// Register a cluster; a known name keeps its id (a cluster re-joining after losing
     /// its state) and gets its location updated.
@@ -168,6 +183,26 @@ impl Store {
         ))?;
         let rows = stmt
             .query_map([now - within_secs], cluster)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Join tokens expiring after `since`, newest first.
+    pub fn cluster_tokens(&self, since: i64) -> Result<Vec<JoinTokenRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, expires_at, single_use, used, created_by FROM cluster_tokens
+             WHERE expires_at > ?1 ORDER BY expires_at DESC",
+        )?;
+        let rows = stmt
+            .query_map([since], |r| {
+                Ok(JoinTokenRow {
+                    id: r.get(0)?,
+                    expires_at: r.get(1)?,
+                    single_use: r.get(2)?,
+                    used: r.get(3)?,
+                    created_by: r.get(4)?,
+                })
+            })?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }

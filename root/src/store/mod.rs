@@ -174,6 +174,15 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE subnet_blocks ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
     "#,
+    // 8: revoking tokens: a user's tokens name the user's epoch (a password or role
+    //    change moves it on), and a logged-out token's id is kept until it expires.
+    r#"
+    ALTER TABLE users ADD COLUMN token_epoch INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE revoked_tokens (
+        jti        TEXT PRIMARY KEY,
+        expires_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The root's database.

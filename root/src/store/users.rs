@@ -29,12 +29,15 @@ pub struct UserRow {
     pub organization: Option<String>,
     /// Creation time, Unix seconds.
     pub created_at: i64,
+    /// Tokens issued under another epoch are revoked (a password or role change).
+    pub token_epoch: i64,
 }
 
 /// A CoAP API credential: (kid, master secret, master salt).
 pub type CoapCredential = (Vec<u8>, Vec<u8>, Vec<u8>);
 
-const USER_COLS: &str = "id, name, email, password_hash, roles, organization, created_at";
+const USER_COLS: &str =
+    "id, name, email, password_hash, roles, organization, created_at, token_epoch";
 
 fn user(r: &Row<'_>) -> rusqlite::Result<UserRow> {
     let roles: String = r.get(4)?;
@@ -50,6 +53,7 @@ fn user(r: &Row<'_>) -> rusqlite::Result<UserRow> {
             .collect(),
         organization: r.get(5)?,
         created_at: r.get(6)?,
+        token_epoch: r.get(7)?,
     })
 }
 
@@ -75,10 +79,11 @@ impl Store {
             roles: roles.to_vec(),
             organization: organization.map(str::to_owned),
             created_at: now_secs(),
+            token_epoch: 0,
         };
         self.conn
             .execute(
-                &format!("INSERT INTO users ({USER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                &format!("INSERT INTO users ({USER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)"),
                 params![
                     row.id,
                     row.name,
@@ -154,29 +159,69 @@ impl Store {
         if let Some(e) = email {
             u.email = e.to_owned();
         }
+        let before = (u.roles.clone(), u.organization.clone());
         if let Some(r) = roles {
             u.roles = r.to_vec();
         }
         if let Some(o) = organization {
             u.organization = o.map(str::to_owned);
         }
+        // Tokens carry the roles and the organization: new ones revoke the old.
+        if before != (u.roles.clone(), u.organization.clone()) {
+            u.token_epoch += 1;
+        }
         tx.execute(
-            "UPDATE users SET email = ?2, roles = ?3, organization = ?4 WHERE id = ?1",
-            params![u.id, u.email, u.roles.join(","), u.organization],
+            "UPDATE users SET email = ?2, roles = ?3, organization = ?4, token_epoch = ?5 WHERE id = ?1",
+            params![u.id, u.email, u.roles.join(","), u.organization, u.token_epoch],
         )?;
         tx.commit()?;
         Ok(u)
     }
 
-    /// Replace a user's password hash.
+    /// Replace a user's password hash, revoking every token and CoAP credential the
+    /// user holds.
     pub fn set_password(&mut self, name: &str, hash: &str) -> Result<()> {
-        match self.conn.execute(
-            "UPDATE users SET password_hash = ?2 WHERE name = ?1",
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE users SET password_hash = ?2, token_epoch = token_epoch + 1 WHERE name = ?1",
             params![name, hash],
-        )? {
-            0 => Err(StoreError::NotFound("user")),
-            _ => Ok(()),
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound("user"));
         }
+        tx.execute(
+            "DELETE FROM coap_credentials WHERE user_id = (SELECT id FROM users WHERE name = ?1)",
+            [name],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Revoke one token (by its id) until it would have expired anyway; ids of tokens
+    /// past their expiry are forgotten on the way.
+    pub fn revoke_token(&mut self, jti: &str, expires_at: i64) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM revoked_tokens WHERE expires_at < ?1",
+            [now_secs()],
+        )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO revoked_tokens (jti, expires_at) VALUES (?1, ?2)",
+            params![jti, expires_at],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether a token id was revoked.
+    pub fn token_revoked(&self, jti: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM revoked_tokens WHERE jti = ?1", [jti], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some())
     }
 
     /// Delete a user and (by cascade) their applications.
