@@ -264,7 +264,8 @@ pub fn random_password() -> String {
 /// Create the `root` organization and the `Admin` user on first start.
 ///
 /// The password is `password` if given; otherwise a random one, written once to
-/// `<dir>/initial-admin-password` (mode 0600) and returned so the caller can log it.
+/// `<dir>/initial-admin-password` (mode 0600) and returned (the caller says where it
+/// is, never what it is).
 /// An existing `Admin` is left as it is.
 pub fn bootstrap_admin(
     store: &mut Store,

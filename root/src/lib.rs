@@ -42,6 +42,12 @@ pub struct Args {
         hide = true
     )]
     pub cluster_lost_after: i64,
+    /// PEM certificate chain: serve the HTTP API over TLS (with --tls-key).
+    #[arg(long, env = "GROVE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert (keep it 0600).
+    #[arg(long, env = "GROVE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Password of the `Admin` user created on first start.
     #[arg(long, env = "GROVE_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
@@ -54,14 +60,13 @@ pub fn open_state(args: &Args) -> Result<api::Shared, String> {
     let mut store =
         store::Store::open(&args.data_dir.join("root.db")).map_err(|e| e.to_string())?;
     let keys = auth::AuthKeys::load_or_create(&args.data_dir).map_err(|e| e.to_string())?;
-    if let Some(pw) =
-        auth::bootstrap_admin(&mut store, &args.data_dir, args.admin_password.as_deref())
-            .map_err(|e| e.to_string())?
-    {
+    let created = auth::bootstrap_admin(&mut store, &args.data_dir, args.admin_password.as_deref())
+        .map_err(|e| e.to_string())?;
+    if created.is_some() {
+        // The password itself never goes to the log (journals are read by many).
         tracing::warn!(
-            password = %pw,
             file = %args.data_dir.join("initial-admin-password").display(),
-            "created user Admin with a random password"
+            "created user Admin with a random password, written to the file (0600)"
         );
     }
     Ok(std::sync::Arc::new(api::AppState {
@@ -88,6 +93,10 @@ pub struct Running {
 /// on the current tokio runtime until it stops.
 pub async fn start(args: &Args) -> Result<Running, String> {
     let state = open_state(args)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some(api::tls::config(c, k)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.http)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.http))?;
@@ -106,7 +115,15 @@ pub async fn start(args: &Args) -> Result<Running, String> {
     let coap = l.local_addr();
     let _ = state.link.set(l);
     let http = listener.local_addr().map_err(|e| e.to_string())?;
-    tokio::spawn(api::serve(listener, state.clone(), std::future::pending()));
+    match tls {
+        Some(cfg) => {
+            let l = api::tls::TlsListener::new(listener, cfg).map_err(|e| e.to_string())?;
+            tokio::spawn(api::serve_tls(l, state.clone(), std::future::pending()));
+        }
+        None => {
+            tokio::spawn(api::serve(listener, state.clone(), std::future::pending()));
+        }
+    }
     Ok(Running { http, coap, state })
 }
 

@@ -755,3 +755,77 @@ fn the_remaining_endpoints_answer_their_owner_and_say_404_for_unknown_ids() {
         400
     );
 }
+
+#[test]
+fn the_api_speaks_tls_when_given_a_certificate() {
+    let dir = std::env::temp_dir().join(format!("grove-root-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let Some((ca, cert, key)) = grove_tests::registry::make_certs(&dir.join("certs")) else {
+        return;
+    };
+    let args = grove_root::Args::parse_from([
+        "grove-root",
+        "--data-dir",
+        dir.join("data").to_str().unwrap(),
+        "--admin-password",
+        "Admin",
+        "--http",
+        "127.0.0.1:0",
+        "--coap",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let running = rt.block_on(grove_root::start(&args)).unwrap();
+    let port = running.http.port();
+    // A client trusting the test CA logs in over HTTPS.
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    for c in CertificateDer::pem_file_iter(&ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let agent = ureq::AgentBuilder::new()
+        .tls_config(std::sync::Arc::new(tls))
+        .timeout(Duration::from_secs(20))
+        .build();
+    let v: Value = agent
+        .post(&format!("https://127.0.0.1:{port}/api/auth/login"))
+        .send_json(json!({"username": "Admin", "password": "Admin"}))
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let token = v["token"].as_str().unwrap();
+    let users: Value = agent
+        .get(&format!("https://127.0.0.1:{port}/api/users/"))
+        .set("Authorization", &format!("Bearer {token}"))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(users[0]["name"], "Admin");
+    // Plain HTTP on the same port gets no API answer.
+    let plain = ureq::get(&format!("http://127.0.0.1:{port}/api/docs/openapi.json"))
+        .timeout(Duration::from_secs(5))
+        .call();
+    assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
+    // A client that does not trust the certificate is refused by its own TLS.
+    let untrusting = ureq::get(&format!("https://127.0.0.1:{port}/api/docs/openapi.json"))
+        .timeout(Duration::from_secs(5))
+        .call();
+    assert!(untrusting.is_err());
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -10,6 +10,7 @@ pub use apps::{cluster_views, demand_of, microservice_of, place_new_instance, sp
 mod docs;
 pub mod limit;
 pub mod routes;
+pub mod tls;
 mod users;
 
 use crate::auth::{AuthKeys, Claims, Role, TokenKind};
@@ -217,12 +218,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip()),
-        ))
+        use axum::extract::ConnectInfo;
+        let ext = &parts.extensions;
+        let plain = ext.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
+        let tls = ext.get::<ConnectInfo<tls::TlsPeer>>().map(|c| c.0.0);
+        Ok(Self(plain.or(tls).map(|a| a.ip())))
     }
 }
 
@@ -337,6 +337,20 @@ async fn too_large(r: Response) -> Response {
         return (StatusCode::PAYLOAD_TOO_LARGE, Json(json!({ "message": m }))).into_response();
     }
     r
+}
+
+/// Serve the API over TLS on `listener` until `shutdown` resolves.
+pub async fn serve_tls(
+    listener: tls::TlsListener,
+    state: Shared,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<tls::TlsPeer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// Serve the API on `listener` until `shutdown` resolves.
