@@ -191,6 +191,53 @@ fn digest(instances: &[(InstanceRef, msg::InstanceState)]) -> [u8; 8] {
     out
 }
 
+/// The cluster answered 4.01 to a heartbeat: it no longer accepts this worker's key.
+/// Said at most once a minute.
+fn refused_key() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    if (last == 0 || now >= last + 60)
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::error!(
+            "the cluster refuses this worker's key (evicted?): it keeps its instances but hears no commands; join again with a new token (remove node.cbor from the state directory)"
+        );
+    }
+}
+
+/// Keep the registration (with the worker's key) in `file`, readable by the agent only:
+/// written to a temporary file, synced, renamed over the old one and the directory
+/// synced, so a worker killed at any moment finds the old key or the new one whole.
+pub fn store_registration(file: &Path, reg: &NodeRegistered) -> Result<(), ControlError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = file.with_extension("tmp");
+    let err = |e: std::io::Error| ControlError::Io(format!("{}: {e}", file.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(&msg::to_cbor(reg))
+        .and_then(|()| f.sync_all())
+        .map_err(err)?;
+    std::fs::rename(&tmp, file).map_err(err)?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
 /// The worker's long-term OSCORE context with its cluster, from the registration's
 /// credentials; its sequence numbers persist in `seq_file`.
 pub fn link_context(
@@ -376,14 +423,13 @@ pub async fn run(
         Some(r) => r,
         None => {
             let r = join(&c, &s).await?;
-            let tmp = file.with_extension("tmp");
-            std::fs::write(&tmp, msg::to_cbor(&r))
-                .and_then(|()| std::fs::rename(&tmp, &file))
-                .map_err(|e| ControlError::Io(format!("{}: {e}", file.display())))?;
+            store_registration(&file, &r)?;
             r
         }
     };
-    let ctx = link_context(&reg, &s.state_dir.join("cluster.oscore-seq"))?;
+    let seq_file = s.state_dir.join("cluster.oscore-seq");
+    let ctx = link_context(&reg, &seq_file)?;
+    let mut reg = reg;
     let key = c
         .add_context(ctx)
         .await
@@ -421,6 +467,9 @@ pub async fn run(
     // clean sample) place this worker in the cluster's network coordinates.
     // Their answers say which command set the cluster last gave this worker.
     let (rtt_tx, mut rtt_rx) = mpsc::channel::<(Duration, Option<HeartbeatAck>)>(4);
+    // A new key the cluster asked this worker to take (at most one exchange at once).
+    let (rekey_tx, mut rekey_rx) = mpsc::channel::<Result<msg::Credentials, String>>(1);
+    let mut rekeying = false;
     // Heartbeat answers in a row naming a set this worker does not hold.
     let mut behind = 0u32;
     // When the current observation was answered.
@@ -485,6 +534,8 @@ pub async fn run(
                         if r.code.is_success() {
                             let ack = msg::from_cbor::<HeartbeatAck>(&r.payload).ok();
                             let _ = tx.try_send((sent.elapsed(), ack));
+                        } else if r.code == Code::UNAUTHORIZED {
+                            refused_key();
                         }
                     }
                 });
@@ -549,6 +600,18 @@ pub async fn run(
                 // An answer made before the current observation was answered says
                 // nothing of it (the heartbeat and the observation cross at a join).
                 let made_before = tokio::time::Instant::now().checked_sub(rtt).is_none_or(|sent| sent < observed_at);
+                if ack.as_ref().is_some_and(|a| a.rekey) && !rekeying {
+                    rekeying = true;
+                    let (c2, key2, to, tx) = (c.clone(), key.clone(), s.cluster, rekey_tx.clone());
+                    tokio::spawn(async move {
+                        let r = match c2.request(to, Request::post_cbor(&paths::node_rekey(node), Vec::new()), SendOptions::secure(key2)).await {
+                            Ok(r) if r.code.is_success() => msg::from_cbor::<msg::Credentials>(&r.payload).map_err(|e| e.to_string()),
+                            Ok(r) => Err(format!("{} {}", r.code, String::from_utf8_lossy(&r.payload))),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        let _ = tx.send(r).await;
+                    });
+                }
                 if let Some(a) = ack.filter(|_| !made_before) {
                     acked = true;
                     behind = if a.generation == Some(generation) { 0 } else { behind + 1 };
@@ -565,6 +628,32 @@ pub async fn run(
                         reobserve_at = tokio::time::Instant::now();
                         behind = 0;
                     }
+                }
+            }
+            Some(r) = rekey_rx.recv() => {
+                rekeying = false;
+                match r {
+                    Ok(creds) => {
+                        // Stored before it is used: killed now, the worker comes back
+                        // with the old key (still good until the new one is heard) or
+                        // the new one.
+                        let mut next = reg.clone();
+                        next.credentials = Some(creds);
+                        let ctx = store_registration(&file, &next).and_then(|()| link_context(&next, &seq_file));
+                        match ctx {
+                            Ok(ctx) => {
+                                // The same key slot: the old context is replaced.
+                                c.add_context(ctx).await;
+                                reg = next;
+                                // The observation was made under the old key.
+                                obs = None;
+                                reobserve_at = tokio::time::Instant::now();
+                                tracing::info!("took the new key the cluster handed out");
+                            }
+                            Err(e) => tracing::error!(error = %e, "cannot keep the new key; keeping the old one"),
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "re-key refused; trying again with a later heartbeat"),
                 }
             }
             Some((n, ok)) = ack_rx.recv() => {

@@ -3,6 +3,7 @@
 //! with the cluster scheduler, and the loss watcher.
 
 mod directory;
+mod keys;
 mod push;
 
 use crate::scheduler::{self, Demand, NodeView, Resources};
@@ -18,7 +19,7 @@ use grove_proto::msg::{
 };
 use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext, join_context};
 use grove_proto::paths;
-use grove_proto::util::{format_join_token, hex, parse_join_token, speaks_for, unhex};
+use grove_proto::util::{format_join_token, hex, parse_join_token, speaks_for};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -147,6 +148,8 @@ pub struct Cluster {
     published_services: Mutex<push::Published<Vec<msg::ServiceEntry>>>,
     /// The registered workers as the store has them (`None` after a registration).
     nodes_cache: Mutex<Option<Arc<Vec<crate::store::NodeRow>>>>,
+    /// The workers' keys, join tokens, re-keys and evictions.
+    keys: Mutex<keys::Keys>,
 }
 
 /// How the cluster talks to its root.
@@ -175,28 +178,6 @@ pub fn make_worker_token(
         .create_worker_token(&hex(&id), &secret, now_secs() + ttl_secs, single_use)
         .map_err(|e| e.to_string())?;
     Ok(format_join_token(&id, &secret))
-}
-
-fn node_context(
-    dir: &std::path::Path,
-    id: u32,
-    secret: &[u8],
-    salt: &[u8],
-) -> Result<SecurityContext, String> {
-    let params = ContextParams {
-        master_secret: secret.to_vec(),
-        master_salt: salt.to_vec(),
-        sender_id: Vec::new(),
-        recipient_id: id.to_be_bytes().to_vec(),
-        id_context: None,
-    };
-    SecurityContext::new(
-        &params,
-        Box::new(FileContextStore::new(
-            dir.join("oscore").join(format!("node-{id}.seq")),
-        )),
-    )
-    .map_err(|e| e.to_string())
 }
 
 fn spec_of(i: &InstanceRow) -> Option<InstanceSpec> {
@@ -575,25 +556,30 @@ impl Cluster {
         let mut touched = HashSet::new();
         for id in lost {
             tracing::warn!(node = id, "worker lost: moving its instances");
-            self.forget_sent(id);
-            // Collect first: a guard in the loop head would live through the body.
-            let placed: Vec<InstanceRow> = self
-                .db()
-                .instances()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|i| i.node == Some(id) && !ENDED.contains(&i.status.as_str()))
-                .collect();
-            for i in &placed {
-                let _ = self
-                    .db()
-                    .place(&i.service, i.number, None, "CLUSTER_SCHEDULED", None);
-                self.directory.touch(&i.service);
-            }
-            touched.insert(id);
+            touched.extend(self.move_instances_off(id));
             touched.extend(self.place_pending());
         }
         touched
+    }
+
+    /// Take a worker's instances back (to be placed elsewhere); the workers touched.
+    fn move_instances_off(&self, id: u32) -> HashSet<u32> {
+        self.forget_sent(id);
+        // Collect first: a guard in the loop head would live through the body.
+        let placed: Vec<InstanceRow> = self
+            .db()
+            .instances()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| i.node == Some(id) && !ENDED.contains(&i.status.as_str()))
+            .collect();
+        for i in &placed {
+            let _ = self
+                .db()
+                .place(&i.service, i.number, None, "CLUSTER_SCHEDULED", None);
+            self.directory.touch(&i.service);
+        }
+        HashSet::from([id])
     }
 
     fn capacity(&self) -> Vec<Capacity> {
@@ -778,14 +764,8 @@ async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {
         Err(e) => return Response::error(Code::SERVICE_UNAVAILABLE, &e.to_string()),
     };
     *cl.nodes_cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    let _ = std::fs::remove_file(cl.dir.join("oscore").join(format!("node-{}.seq", row.id)));
-    match node_context(&cl.dir, row.id, &secret, &salt) {
-        Ok(ctx) => {
-            if let Some(h) = cl.coap.get() {
-                h.add_context(ctx).await;
-            }
-        }
-        Err(e) => return Response::error(Code::INTERNAL_SERVER_ERROR, &e),
+    if let Err(e) = cl.joined(row.id, &secret, &salt).await {
+        return Response::error(Code::INTERNAL_SERVER_ERROR, &e);
     }
     cl.live().insert(row.id, Live::fresh());
     let (subnet_v4, subnet_v6) = subnets_of(
@@ -805,7 +785,7 @@ async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {
         credentials: Some(msg::Credentials {
             master_secret: secret.to_vec(),
             master_salt: salt.to_vec(),
-            sender_id: row.id.to_be_bytes().to_vec(),
+            sender_id: grove_proto::util::peer_kid(row.id, 0),
             recipient_id: Vec::new(),
         }),
     };
@@ -824,6 +804,7 @@ async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
         Ok(h) => h,
         Err(e) => return Response::error(Code::BAD_REQUEST, &e.to_string()),
     };
+    cl.heard(id, &inc);
     let came_back = {
         let mut live = cl.live();
         let l = live.entry(id).or_insert_with(Live::fresh);
@@ -902,11 +883,16 @@ pub async fn start(
         published_peers: Mutex::default(),
         published_services: Mutex::default(),
         nodes_cache: Mutex::default(),
+        keys: Mutex::default(),
     });
     let (c1, c2, c3, c4, c5) = (cl.clone(), cl.clone(), cl.clone(), cl.clone(), cl.clone());
+    let c6 = cl.clone();
     let router = Router::new()
         .route(Method::Post, paths::NODES, move |inc| {
             register_node(c1.clone(), inc)
+        })
+        .route(Method::Post, "/v1/nodes/{id}/rekey", move |inc| {
+            keys::rekey(c6.clone(), inc)
         })
         .route(Method::Post, "/v1/nodes/{id}/status", move |inc| {
             node_status(c2.clone(), inc)
@@ -915,7 +901,10 @@ pub async fn start(
             let cl = c3.clone();
             async move {
                 match speaks_for(&inc, "node") {
-                    Ok(id) => Response::cbor(msg::to_cbor(&cl.commands_for(id))),
+                    Ok(id) => {
+                        cl.heard(id, &inc);
+                        Response::cbor(msg::to_cbor(&cl.commands_for(id)))
+                    }
                     Err(r) => r,
                 }
             }
@@ -934,23 +923,7 @@ pub async fn start(
     // the contexts of workers registered before a restart (which get a grace period of
     // one loss timeout) and the join tokens made so far.
     let mut endpoint = Endpoint::new(cfg);
-    let known = cl.db().nodes().unwrap_or_default();
-    for n in known {
-        cl.live().insert(n.id, Live::fresh());
-        match node_context(&cl.dir, n.id, &n.secret, &n.salt) {
-            Ok(ctx) => {
-                endpoint.add_context(ctx);
-            }
-            Err(e) => tracing::error!(node = n.id, error = %e, "cannot load a worker's context"),
-        }
-    }
-    let mut tokens_known = HashSet::new();
-    for (id, secret) in cl.db().live_worker_tokens(now_secs()).unwrap_or_default() {
-        if let Some(raw) = unhex(&id) {
-            endpoint.add_join_token(raw, secret);
-            tokens_known.insert(id);
-        }
-    }
+    keys::load(&cl, &mut endpoint);
     let (coap, _) = driver::spawn(socket, endpoint, router).map_err(|e| e.to_string())?;
     let _ = cl.coap.set(coap.clone());
     // Instances on their way to RUNNING before a restart are watched from now on.
@@ -958,21 +931,15 @@ pub async fn start(
     for i in &unfinished {
         cl.track(&i.service, i.number, &i.status);
     }
-    // Worker join tokens made by `grove-cluster token` while running.
+    // Join tokens, evictions and re-keys asked by `grove-cluster` while running (the
+    // first round before any datagram is read: tokens made so far).
+    cl.sync_keys().await;
     let ct = cl.clone();
     tokio::spawn(async move {
-        let mut known = tokens_known;
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut tick = tokio::time::interval(keys::SYNC_EVERY);
         loop {
             tick.tick().await;
-            let tokens = ct.db().live_worker_tokens(now_secs()).unwrap_or_default();
-            for (id, secret) in tokens {
-                if known.insert(id.clone()) {
-                    if let (Some(raw), Some(h)) = (unhex(&id), ct.coap.get()) {
-                        h.add_join_token(raw, secret);
-                    }
-                }
-            }
+            ct.sync_keys().await;
         }
     });
     // Directory entries no worker observes any more.

@@ -58,8 +58,11 @@ pub struct Args {
 /// Subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Print a worker join token for `grove-agent --join-token`.
+    /// Print a worker join token for `grove-agent --join-token` (or list, revoke).
     Token {
+        /// List or revoke instead.
+        #[command(subcommand)]
+        action: Option<TokenAction>,
         /// Seconds it stays valid.
         #[arg(long, default_value_t = 3600)]
         expires_in_secs: i64,
@@ -67,6 +70,134 @@ pub enum Command {
         #[arg(long)]
         reusable: bool,
     },
+    /// The registered workers: list, evict, re-key.
+    Node {
+        /// What to do.
+        #[command(subcommand)]
+        action: NodeAction,
+    },
+}
+
+/// `grove-cluster token …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenAction {
+    /// The join tokens that may still be used, and those used or expired within a day
+    /// (never their secrets).
+    Ls,
+    /// Revoke a join token by its id (the part before the dot): no worker joins with
+    /// it from now on.
+    Revoke {
+        /// The token's id.
+        id: String,
+    },
+}
+
+/// `grove-cluster node …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeAction {
+    /// Every registered worker.
+    Ls,
+    /// Evict a worker: its key stops working at once (the running cluster drops it
+    /// within half a second), its instances move to other workers, and it can join
+    /// again only with a new token.
+    Evict {
+        /// Name or id.
+        node: String,
+    },
+    /// Give a worker a new key without downtime: it switches with its next heartbeat,
+    /// and its old key stops working.
+    Rekey {
+        /// Name or id.
+        node: String,
+    },
+}
+
+fn subcommand(cmd: Command, store: &mut store::Store) -> Result<(), String> {
+    let now = store::now_secs();
+    match cmd {
+        Command::Token {
+            action: None,
+            expires_in_secs,
+            reusable,
+        } => {
+            if expires_in_secs <= 0 {
+                return Err("--expires-in-secs must be positive".into());
+            }
+            println!(
+                "{}",
+                daemon::make_worker_token(store, expires_in_secs, !reusable)?
+            );
+        }
+        Command::Token {
+            action: Some(TokenAction::Ls),
+            ..
+        } => {
+            println!(
+                "{:<18} {:<8} {:<6} {:<6} EXPIRES",
+                "ID", "USABLE", "SINGLE", "USED"
+            );
+            for t in store.worker_tokens(now).map_err(|e| e.to_string())? {
+                let usable = t.expires_at > now && !(t.single_use && t.used);
+                let left = t.expires_at - now;
+                let expires = if left > 0 {
+                    format!("in {left} s")
+                } else {
+                    format!("{} s ago", -left)
+                };
+                println!(
+                    "{:<18} {:<8} {:<6} {:<6} {expires}",
+                    t.id, usable, t.single_use, t.used
+                );
+            }
+        }
+        Command::Token {
+            action: Some(TokenAction::Revoke { id }),
+            ..
+        } => {
+            let id = id.split('.').next().unwrap_or_default().to_owned();
+            store
+                .revoke_worker_token(&id)
+                .map_err(|e| format!("token {id}: {e}"))?;
+            println!("revoked {id}");
+        }
+        Command::Node { action } => {
+            let find = |store: &store::Store, n: &str| {
+                store
+                    .node_named(n)
+                    .map_err(|e| format!("worker {n:?}: {e}"))
+            };
+            match action {
+                NodeAction::Ls => {
+                    println!(
+                        "{:<6} {:<24} {:<8} {:<5} {:<8} KEY",
+                        "ID", "NAME", "ARCH", "CPUS", "MEM_MIB"
+                    );
+                    for n in store.nodes().map_err(|e| e.to_string())? {
+                        let key = match (&n.pending, n.rekey) {
+                            (Some(_), _) => format!("{} (next handed out)", n.key_gen),
+                            (None, true) => format!("{} (re-key asked)", n.key_gen),
+                            (None, false) => n.key_gen.to_string(),
+                        };
+                        println!(
+                            "{:<6} {:<24} {:<8} {:<5} {:<8} {key}",
+                            n.id, n.name, n.arch, n.cpus, n.memory_mib
+                        );
+                    }
+                }
+                NodeAction::Evict { node } => {
+                    let id = find(store, &node)?;
+                    store.evict_node(id).map_err(|e| e.to_string())?;
+                    println!("evicted worker {id} ({node})");
+                }
+                NodeAction::Rekey { node } => {
+                    let id = find(store, &node)?;
+                    store.request_rekey(id).map_err(|e| e.to_string())?;
+                    println!("worker {id} ({node}) gets a new key with its next heartbeat");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Run the cluster (or a subcommand).
@@ -75,19 +206,8 @@ pub fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", args.data_dir.display()))?;
     let db = args.data_dir.join("cluster.db");
     let mut store = store::Store::open(&db).map_err(|e| format!("{}: {e}", db.display()))?;
-    if let Some(Command::Token {
-        expires_in_secs,
-        reusable,
-    }) = args.command
-    {
-        if expires_in_secs <= 0 {
-            return Err("--expires-in-secs must be positive".into());
-        }
-        println!(
-            "{}",
-            daemon::make_worker_token(&mut store, expires_in_secs, !reusable)?
-        );
-        return Ok(());
+    if let Some(cmd) = args.command {
+        return subcommand(cmd, &mut store);
     }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(

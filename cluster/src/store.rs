@@ -65,6 +65,15 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE nodes ADD COLUMN subnet_size INTEGER NOT NULL DEFAULT 1;
 "#,
+    // Re-keying (the key in use is generation key_gen; a new one waits in pending_*
+    // until the worker speaks with it) and eviction (done by the running daemon).
+    r#"
+    ALTER TABLE nodes ADD COLUMN key_gen INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE nodes ADD COLUMN pending_secret BLOB;
+    ALTER TABLE nodes ADD COLUMN pending_salt BLOB;
+    ALTER TABLE nodes ADD COLUMN rekey INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE nodes ADD COLUMN evicted INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// A registered worker.
@@ -92,6 +101,28 @@ pub struct NodeRow {
     pub subnet: u32,
     /// How many /26s its subnet spans (a power of two; its first index a multiple).
     pub subnet_size: u32,
+    /// The generation of the key in use (0: the one given at the join).
+    pub key_gen: u32,
+    /// The next key (secret, salt), handed out and not yet used by the worker.
+    pub pending: Option<Key>,
+    /// The operator asked for a new key (`grove-cluster node rekey`).
+    pub rekey: bool,
+}
+
+/// An OSCORE master secret and salt.
+pub type Key = (Vec<u8>, Vec<u8>);
+
+/// A join token as listed (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// Id (16 hex digits).
+    pub id: String,
+    /// Expiry, Unix seconds.
+    pub expires_at: i64,
+    /// One join uses it up.
+    pub single_use: bool,
+    /// A join used it.
+    pub used: bool,
 }
 
 /// A worker registering.
@@ -162,7 +193,7 @@ pub fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-const NODE_COLS: &str = "id, name, arch, cpus, memory_mib, virtualizations, lat, lon, secret, salt, subnet, subnet_size";
+const NODE_COLS: &str = "id, name, arch, cpus, memory_mib, virtualizations, lat, lon, secret, salt, subnet, subnet_size, key_gen, pending_secret, pending_salt, rekey";
 
 fn node(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRow> {
     let v: String = r.get(5)?;
@@ -183,6 +214,12 @@ fn node(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRow> {
         salt: r.get(9)?,
         subnet: r.get(10)?,
         subnet_size: r.get(11)?,
+        key_gen: r.get(12)?,
+        pending: {
+            let (secret, salt): (Option<Vec<u8>>, Option<Vec<u8>>) = (r.get(13)?, r.get(14)?);
+            secret.zip(salt)
+        },
+        rekey: r.get(15)?,
     })
 }
 
@@ -269,7 +306,8 @@ impl Store {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (name) DO UPDATE SET arch = excluded.arch, cpus = excluded.cpus,
                memory_mib = excluded.memory_mib, virtualizations = excluded.virtualizations,
-               lat = excluded.lat, lon = excluded.lon, secret = excluded.secret, salt = excluded.salt",
+               lat = excluded.lat, lon = excluded.lon, secret = excluded.secret, salt = excluded.salt,
+               key_gen = 0, pending_secret = NULL, pending_salt = NULL, rekey = 0, evicted = 0",
             params![name, arch, cpus, memory_mib, virtualizations.join(","), lat, lon, secret, salt, subnet, size],
         )?;
         let row = tx.query_row(
@@ -290,11 +328,11 @@ impl Store {
         )?)
     }
 
-    /// Every worker, by id.
+    /// Every worker, by id (not those evicted).
     pub fn nodes(&self) -> Result<Vec<NodeRow>> {
-        let mut st = self
-            .conn
-            .prepare(&format!("SELECT {NODE_COLS} FROM nodes ORDER BY id"))?;
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {NODE_COLS} FROM nodes WHERE NOT evicted ORDER BY id"
+        ))?;
         let rows = st.query_map([], node)?.collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
@@ -409,6 +447,128 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Every join token that may still be used, and those expired or used within a day.
+    pub fn worker_tokens(&self, now: i64) -> Result<Vec<TokenRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, expires_at, single_use, used FROM worker_tokens
+             WHERE expires_at > ?1 ORDER BY expires_at DESC",
+        )?;
+        let rows = st
+            .query_map([now - 86400], |r| {
+                Ok(TokenRow {
+                    id: r.get(0)?,
+                    expires_at: r.get(1)?,
+                    single_use: r.get(2)?,
+                    used: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Revoke a join token.
+    pub fn revoke_worker_token(&mut self, id: &str) -> Result<()> {
+        match self
+            .conn
+            .execute("DELETE FROM worker_tokens WHERE id = ?1", [id])?
+        {
+            0 => Err(StoreError::NotFound("token")),
+            _ => Ok(()),
+        }
+    }
+
+    /// The id of a worker named `name` (or numbered so).
+    pub fn node_named(&self, name: &str) -> Result<u32> {
+        self.conn
+            .query_row(
+                "SELECT id FROM nodes WHERE name = ?1 OR CAST(id AS TEXT) = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound("worker"))
+    }
+
+    /// Mark a worker evicted: the running daemon drops its key at once, moves its
+    /// instances elsewhere and deletes it ([`Self::delete_node`]).
+    pub fn evict_node(&mut self, id: u32) -> Result<()> {
+        self.conn
+            .execute("UPDATE nodes SET evicted = 1 WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Workers marked evicted: (id, key generation).
+    pub fn evicted_nodes(&self) -> Result<Vec<(u32, u32)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, key_gen FROM nodes WHERE evicted ORDER BY id")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Delete a worker (its instances become unplaced).
+    pub fn delete_node(&mut self, id: u32) -> Result<()> {
+        self.conn.execute("DELETE FROM nodes WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Ask for a new key for a worker (told with its next heartbeat answer).
+    pub fn request_rekey(&mut self, id: u32) -> Result<()> {
+        self.conn
+            .execute("UPDATE nodes SET rekey = 1 WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// The next key for worker `id`, kept as pending next to the one in use:
+    /// (generation, secret, salt, whether it is new). While one is pending, asking
+    /// again gives the same one (a worker whose answer was lost asks again, and must
+    /// not be handed a key other than the one it may already use).
+    pub fn begin_rekey(
+        &mut self,
+        id: u32,
+        secret: &[u8],
+        salt: &[u8],
+    ) -> Result<(u32, Vec<u8>, Vec<u8>, bool)> {
+        let tx = self.conn.transaction()?;
+        let (gen_now, pending): (u32, Option<Key>) = tx
+            .query_row(
+                "SELECT key_gen, pending_secret, pending_salt FROM nodes WHERE id = ?1 AND NOT evicted",
+                [id],
+                |r| {
+                    let (a, b): (Option<Vec<u8>>, Option<Vec<u8>>) = (r.get(1)?, r.get(2)?);
+                    Ok((r.get(0)?, a.zip(b)))
+                },
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound("worker"))?;
+        if let Some((secret, salt)) = pending {
+            return Ok((gen_now + 1, secret, salt, false));
+        }
+        if gen_now >= grove_proto::util::MAX_KEY_GENERATION {
+            return Err(StoreError::Exhausted("key generations"));
+        }
+        tx.execute(
+            "UPDATE nodes SET pending_secret = ?2, pending_salt = ?3 WHERE id = ?1",
+            params![id, secret, salt],
+        )?;
+        tx.commit()?;
+        Ok((gen_now + 1, secret.to_vec(), salt.to_vec(), true))
+    }
+
+    /// The worker spoke with its pending key of generation `generation`: it becomes
+    /// the key in use. False when there was no such pending key.
+    pub fn commit_rekey(&mut self, id: u32, generation: u32) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE nodes SET secret = pending_secret, salt = pending_salt, key_gen = ?2,
+               pending_secret = NULL, pending_salt = NULL, rekey = 0
+             WHERE id = ?1 AND key_gen + 1 = ?2 AND pending_secret IS NOT NULL",
+            params![id, generation],
+        )?;
+        Ok(n > 0)
+    }
+
     /// A value of the root link (credentials, cluster id).
     pub fn root_value(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self
@@ -516,6 +676,56 @@ mod tests {
         assert_eq!(s.instances().unwrap()[0].status, "RUNNING");
         assert_eq!(s.remove_instance("svc", 0).unwrap(), Some(b.id));
         assert!(s.instances().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_new_key_waits_until_used_and_eviction_hides_the_worker() {
+        let mut s = Store::in_memory().unwrap();
+        let n = NewNode {
+            name: "w1",
+            arch: "x86_64",
+            cpus: 2,
+            memory_mib: 1024,
+            virtualizations: &[],
+            location: None,
+            secret: b"old",
+            salt: b"s0",
+            subnet_size: 1,
+        };
+        let row = s.register_node(&n, 64).unwrap();
+        assert_eq!((row.key_gen, row.pending.clone()), (0, None));
+        s.request_rekey(row.id).unwrap();
+        assert!(s.node(row.id).unwrap().rekey);
+        let (g, secret, _, fresh) = s.begin_rekey(row.id, b"new", b"s1").unwrap();
+        assert_eq!((g, secret.as_slice(), fresh), (1, &b"new"[..], true));
+        let again = s.begin_rekey(row.id, b"other", b"s2").unwrap();
+        assert_eq!(
+            again,
+            (1, b"new".to_vec(), b"s1".to_vec(), false),
+            "the same pending key"
+        );
+        let r = s.node(row.id).unwrap();
+        assert_eq!(
+            (r.secret.as_slice(), r.key_gen),
+            (&b"old"[..], 0),
+            "the old key stays in use"
+        );
+        assert_eq!(r.pending, Some((b"new".to_vec(), b"s1".to_vec())));
+        assert!(!s.commit_rekey(row.id, 2).unwrap(), "no such generation");
+        assert!(s.commit_rekey(row.id, 1).unwrap());
+        let r = s.node(row.id).unwrap();
+        assert_eq!(
+            (r.secret.as_slice(), r.key_gen, r.pending, r.rekey),
+            (&b"new"[..], 1, None, false)
+        );
+        assert!(!s.commit_rekey(row.id, 1).unwrap(), "once");
+        assert_eq!(s.node_named("w1").unwrap(), row.id);
+        s.evict_node(row.id).unwrap();
+        assert!(s.nodes().unwrap().is_empty());
+        assert_eq!(s.evicted_nodes().unwrap(), [(row.id, 1)]);
+        s.delete_node(row.id).unwrap();
+        assert!(s.evicted_nodes().unwrap().is_empty());
+        assert!(s.node_named("w1").is_err());
     }
 
     #[test]

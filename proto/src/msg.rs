@@ -597,6 +597,10 @@ pub struct HeartbeatAck {
     /// missed a notification, and observes afresh.
     #[n(0)]
     pub generation: Option<u64>,
+    /// The cluster asks for a new key: the worker POSTs to its rekey resource.
+    #[n(1)]
+    #[cbor(default)]
+    pub rekey: bool,
 }
 
 /// A worker of the cluster as the data plane needs it.

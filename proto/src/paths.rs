@@ -16,6 +16,12 @@ pub fn node_commands(node: crate::msg::NodeId) -> String {
     format!("/v1/nodes/{}/commands", node.0)
 }
 
+/// Cluster: a new key for the worker (POST under its current key; the answer is
+/// [`crate::msg::Credentials`]).
+pub fn node_rekey(node: crate::msg::NodeId) -> String {
+    format!("/v1/nodes/{}/rekey", node.0)
+}
+
 /// Root: register a cluster (POST, [`crate::msg::RegisterCluster`]).
 pub const CLUSTERS: &str = "/v1/clusters";
 
@@ -27,6 +33,12 @@ pub fn cluster_status(cluster: crate::msg::ClusterId) -> String {
 /// Root: the commands a cluster observes (GET + Observe, [`crate::msg::ClusterCommands`]).
 pub fn cluster_commands(cluster: crate::msg::ClusterId) -> String {
     format!("/v1/clusters/{}/commands", cluster.0)
+}
+
+/// Root: a new key for the cluster (POST under its current key; the answer is
+/// [`crate::msg::Credentials`]).
+pub fn cluster_rekey(cluster: crate::msg::ClusterId) -> String {
+    format!("/v1/clusters/{}/rekey", cluster.0)
 }
 
 /// Cluster: log chunks a worker sends up on request (POST, [`crate::msg::LogChunk`]).

@@ -99,6 +99,35 @@ impl Stats {
     }
 }
 
+/// A datagram the relay passed on, as an eavesdropper on the link records it.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    /// Client → target.
+    pub up: bool,
+    /// The client it came from or went to.
+    pub client: SocketAddr,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// What the tap keeps at most (the oldest go first).
+const TAP_MAX: usize = 10_000;
+
+type Tap = Arc<Mutex<Option<std::collections::VecDeque<Captured>>>>;
+
+fn record(tap: &Tap, up: bool, client: SocketAddr, data: &[u8]) {
+    if let Some(q) = tap.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if q.len() == TAP_MAX {
+            q.pop_front();
+        }
+        q.push_back(Captured {
+            up,
+            client,
+            data: data.to_vec(),
+        });
+    }
+}
+
 /// A running relay; it stops when dropped.
 #[derive(Debug)]
 pub struct Relay {
@@ -107,6 +136,8 @@ pub struct Relay {
     /// Counters.
     pub stats: Arc<Stats>,
     link: Arc<Mutex<Link>>,
+    tap: Tap,
+    front: Arc<UdpSocket>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -114,6 +145,28 @@ impl Relay {
     /// Change the link's shape from now on.
     pub fn set(&self, link: Link) {
         *self.link.lock().unwrap_or_else(|p| p.into_inner()) = link;
+    }
+
+    /// Record every datagram passed on from now on (an eavesdropper), or stop.
+    pub fn capture(&self, on: bool) {
+        *self.tap.lock().unwrap_or_else(|p| p.into_inner()) =
+            on.then(std::collections::VecDeque::new);
+    }
+
+    /// What was recorded so far.
+    pub fn captured(&self) -> Vec<Captured> {
+        self.tap
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Send `data` to `client` as if the target had sent it (an attacker on the link
+    /// replaying what it recorded).
+    pub async fn inject_down(&self, client: SocketAddr, data: &[u8]) -> std::io::Result<()> {
+        self.front.send_to(data, client).await.map(|_| ())
     }
 }
 
@@ -175,7 +228,8 @@ pub async fn start(
     let addr = front.local_addr()?;
     let stats = Arc::new(Stats::default());
     let link = Arc::new(Mutex::new(link));
-    let (s, l) = (stats.clone(), link.clone());
+    let tap: Tap = Arc::default();
+    let (s, l, front_task, tap_task) = (stats.clone(), link.clone(), front.clone(), tap.clone());
     let task = tokio::spawn(async move {
         let dice = Arc::new(Mutex::new(Dice(seed | 1)));
         let shape = |up: bool| {
@@ -186,7 +240,7 @@ pub async fn start(
         let mut returns = tokio::task::JoinSet::new();
         let mut buf = vec![0u8; 65_536];
         loop {
-            let Ok((n, client)) = front.recv_from(&mut buf).await else {
+            let Ok((n, client)) = front_task.recv_from(&mut buf).await else {
                 continue;
             };
             let back = match backs.get(&client) {
@@ -203,8 +257,8 @@ pub async fn start(
                     let b = Arc::new(b);
                     backs.insert(client, b.clone());
                     // The way back for this client.
-                    let (b2, f2, s2, d2) = (b.clone(), front.clone(), s.clone(), dice.clone());
-                    let l2 = l.clone();
+                    let (b2, f2, s2, d2) = (b.clone(), front_task.clone(), s.clone(), dice.clone());
+                    let (l2, t2) = (l.clone(), tap_task.clone());
                     returns.spawn(async move {
                         let mut buf = vec![0u8; 65_536];
                         loop {
@@ -217,6 +271,9 @@ pub async fn start(
                             let down = l2.lock().unwrap_or_else(|p| p.into_inner()).down;
                             let f = fate(down, &mut d2.lock().unwrap_or_else(|p| p.into_inner()));
                             s2.down.count(f.is_some());
+                            if f.is_some() {
+                                record(&t2, false, client, &buf[..n]);
+                            }
                             if let Some(after) = f {
                                 forward(f2.clone(), buf[..n].to_vec(), client, after);
                             }
@@ -230,6 +287,9 @@ pub async fn start(
                 &mut dice.lock().unwrap_or_else(|p| p.into_inner()),
             );
             s.up.count(f.is_some());
+            if f.is_some() {
+                record(&tap_task, true, client, &buf[..n]);
+            }
             if let Some(after) = f {
                 forward(back, buf[..n].to_vec(), target, after);
             }
@@ -239,6 +299,8 @@ pub async fn start(
         addr,
         stats,
         link,
+        tap,
+        front,
         task,
     })
 }

@@ -327,6 +327,7 @@ impl Cluster {
     pub(super) fn heartbeat_ack(&self, node: u32) -> Response {
         let ack = HeartbeatAck {
             generation: self.sent().get(&node).map(|s| s.generation),
+            rekey: self.rekey_asked(node),
         };
         Response {
             code: grove_proto::coap::Code::CHANGED,
