@@ -107,6 +107,8 @@ pub struct NativeRuntime {
     overlay: Option<(Overlay<Kernel>, Cidr<Ipv4Addr>)>,
     /// This worker's underlay address.
     local: Option<Ipv4Addr>,
+    /// The cluster's control address: instances may not reach it.
+    cluster: Option<std::net::SocketAddr>,
     /// The service IP rules last applied.
     nat: String,
     /// The cluster's service table, as last pushed.
@@ -184,6 +186,7 @@ impl NativeRuntime {
             wired: false,
             overlay: None,
             local: None,
+            cluster: None,
             nat: String::new(),
             services: Vec::new(),
             agent: String::new(),
@@ -233,7 +236,12 @@ impl NativeRuntime {
             .flatten()
             .collect();
         let looked_up = self.interest.entries();
+        let bridge = crate::net::Names::of(&self.agent).bridge();
         let rules = crate::net::nat::ruleset(&crate::net::nat::Tables {
+            guard: Some(crate::net::nat::Guard {
+                bridge: &bridge,
+                cluster: self.cluster,
+            }),
             table: &table,
             subnet: *subnet,
             me: self.coord,
@@ -528,6 +536,7 @@ impl Runtime for NativeRuntime {
             return;
         }
         self.agent = agent.to_owned();
+        self.cluster = Some(cluster);
         // The address this worker reaches its cluster from: its VXLAN endpoint.
         self.local = std::net::UdpSocket::bind("0.0.0.0:0")
             .and_then(|s| s.connect(cluster).and_then(|()| s.local_addr()))

@@ -59,6 +59,7 @@ pub fn run(dir: &Path, name: &str) -> Result<(), String> {
         looked_up: &[],
         mappings: &[],
         group: None,
+        guard: None,
     }))?;
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

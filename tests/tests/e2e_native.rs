@@ -75,7 +75,7 @@ fn grove_agent_run_isolates_limits_and_returns_the_exit_code() {
         ],
     );
     assert!(
-        out.contains("00000000a80425fb") && out.contains("NoNewPrivs:\t1"),
+        out.contains("00000000a00425fb") && out.contains("NoNewPrivs:\t1"),
         "{out}"
     );
 
@@ -102,6 +102,120 @@ fn grove_agent_run_isolates_limits_and_returns_the_exit_code() {
     assert!(left.is_empty(), "left behind: {left:?}");
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     assert!(!mounts.contains(state.to_str().unwrap()), "{mounts}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The PID of a process with exactly this command line on the machine.
+fn process_running(cmdline: &str) -> Option<i32> {
+    let want = cmdline.replace(' ', "\0") + "\0";
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let c = std::fs::read(e.path().join("cmdline")).ok()?;
+        (c == want.as_bytes()).then(|| e.file_name().to_str()?.parse().ok())?
+    })
+}
+
+#[test]
+fn workloads_are_kept_apart_within_their_limits_and_without_new_capabilities() {
+    if !grove_tests::have_root("containers") {
+        return;
+    }
+    let dir = scratch("isolation");
+    let Some(layout) = make_images(&dir.join("layout")) else {
+        return;
+    };
+    let image = format!("oci:{}:latest", layout.display());
+
+    // B: a workload with a secret file, its process marked by its command line.
+    let mut b = Command::new(bin("grove-agent"))
+        .arg("--state-dir")
+        .arg(dir.join("b"))
+        .arg("run")
+        .arg(&image)
+        .args([
+            "sh",
+            "-c",
+            "echo s3cr3t > /tmp/secret-of-b; exec sleep 1001",
+        ])
+        .spawn()
+        .unwrap();
+    wait_until(30, "workload B running", || {
+        process_running("sleep 1001").is_some()
+    });
+    let marker = dir.join("host-marker");
+    std::fs::write(&marker, "host-file\n").unwrap();
+    // A looks for B's process and file and for a file of the host's.
+    let look = format!(
+        // (The names are put together, so that the command line itself holds neither.)
+        "ps -o pid,args; n=secret-of; find / -xdev -name \"$n-b\" 2>/dev/null; grep -rs \"s3c\"\"r3t\" /tmp /proc/*/root/tmp; cat {} 2>&1; echo done",
+        marker.display()
+    );
+    let (code, out, err) = run(&dir.join("a"), &[&image, "sh", "-c", &look]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.ends_with("done\n"), "{out}{err}");
+    assert!(!out.contains("1001"), "A sees B's process:\n{out}");
+    assert!(
+        !out.contains("secret-of-b") && !out.contains("s3cr3t"),
+        "A sees B's file:\n{out}"
+    );
+    assert!(
+        !out.contains("host-file"),
+        "A sees the host's files:\n{out}"
+    );
+    // B's container outlives a killed `grove-agent run` (as a container outlives its
+    // agent): end it by its process.
+    if let Some(pid) = process_running("sleep 1001") {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = b.wait();
+
+    // Its cgroup holds: it cannot write its limits, mount a cgroup file system to
+    // move out, or start more processes than its pids limit (1024: the fork bomb's
+    // shell dies of it; counted after by a glob, which needs no new process).
+    let escape = "echo $$ > /sys/fs/cgroup/cgroup.procs 2>/dev/null; echo write=$?; \
+        mount -t cgroup2 none /mnt 2>/dev/null; echo cgroup2=$?; \
+        mount -t cgroup -o memory none /mnt 2>/dev/null; echo cgroup1=$?; \
+        ( i=0; while [ $i -lt 1100 ]; do sleep 30 & i=$((i+1)); done ) 2>/dev/null; \
+        set -- /proc/[0-9]*; echo procs=$#";
+    let (_, out, err) = run(&dir.join("a"), &[&image, "sh", "-c", escape]);
+    for denied in ["write", "cgroup2", "cgroup1"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("{denied}=")) && !l.ends_with("=0")),
+            "{denied} was allowed:\n{out}{err}"
+        );
+    }
+    let procs: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("procs="))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count:\n{out}{err}"));
+    assert!(
+        (900..=1024).contains(&procs),
+        "{procs} processes under a limit of 1024"
+    );
+
+    // No capability beyond those given: no network administration, no device nodes,
+    // no host name change, and a set-user-id binary gains nothing (no_new_privs).
+    let caps = "ip link add d0 type dummy 2>/dev/null; echo netadmin=$?; \
+        mknod /tmp/disk b 254 0 2>/dev/null; echo mknod=$?; \
+        hostname other 2>/dev/null; echo sysadmin=$?; \
+        cp /bin/busybox /tmp/busybox && chmod 4755 /tmp/busybox && \
+        su nobody -s /bin/sh -c '/tmp/busybox id -u' && echo suid-done";
+    let (_, out, err) = run(&dir.join("a"), &[&image, "sh", "-c", caps]);
+    for denied in ["netadmin", "mknod", "sysadmin"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("{denied}=")) && !l.ends_with("=0")),
+            "{denied} was allowed:\n{out}{err}"
+        );
+    }
+    assert!(
+        out.contains("65534\nsuid-done"),
+        "a set-user-id root binary raised its user:\n{out}{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

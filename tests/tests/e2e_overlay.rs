@@ -656,3 +656,135 @@ fn a_client_in_one_cluster_reaches_a_service_that_runs_only_in_another() {
     let _ = std::fs::remove_dir_all(&dir);
     drop(bed);
 }
+
+/// `coap-client-notls` GET of the discovery resource at `addr`, run in the network
+/// namespace at `netns`; whether it got an answer.
+fn coap_discovery_from(netns: &str, addr: SocketAddr) -> bool {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args(["coap-client-notls", "-m", "get", "-B", "3"])
+        .arg(format!(
+            "coap://{}:{}/.well-known/core",
+            addr.ip(),
+            addr.port()
+        ))
+        .output()
+        .expect("coap-client-notls");
+    String::from_utf8_lossy(&out.stdout).contains("</")
+}
+
+/// A TCP connection from the network namespace at `netns` to `ip:port` (busybox nc,
+/// 3 s); whether it was made.
+fn tcp_from(netns: &str, ip: &str, port: u16) -> bool {
+    Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args([
+            "timeout",
+            "4",
+            "busybox",
+            "nc",
+            "-w",
+            "3",
+            ip,
+            &port.to_string(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn instances_cannot_reach_their_worker_or_the_cluster_s_control_port() {
+    let Some((bed, dir, registry)) = bed_with_busybox("iso", "isolation-net") else {
+        return;
+    };
+    grove_tests::tool("coap-client-notls").expect("coap-client-notls");
+    let flags = support::native_flags(registry.addr);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (root, cluster, agents) = support::control_and_workers(&bed, &dir, &flags);
+    let ids = root.deploy_seed(|sla| {
+        let ms = &mut sla["applications"][0]["microservices"];
+        ms[1]["code"] = json!("docker.io/library/busybox:latest");
+        ms[1]["cmd"] = json!(["sleep", "100000"]);
+        ms[1]["port"] = json!("");
+    });
+    root.add_instance(&ids[1]);
+    wait_until(60, "the instance RUNNING", || {
+        root.instances(&ids[1])
+            .iter()
+            .any(|i| i["status"] == "RUNNING")
+            && agents.iter().any(|a| netns_of(a).len() == 1)
+    });
+    let (agent, host) = agents
+        .iter()
+        .zip(&bed.hosts[1..])
+        .find(|(a, _)| netns_of(a).len() == 1)
+        .unwrap();
+    let container = netns_of(agent).remove(0).display().to_string();
+    let worker = host.path().display().to_string();
+
+    // The cluster's CoAP port answers the worker itself, not its instance.
+    assert!(
+        coap_discovery_from(&worker, cluster.addr),
+        "the probe works from the worker"
+    );
+    assert!(
+        !coap_discovery_from(&container, cluster.addr),
+        "an instance reached the cluster's control port"
+    );
+
+    // Something listening on the worker (its underlay address, or the instances'
+    // gateway): the instance cannot connect, another host can.
+    let gateway = {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={container}"))
+            .args(["ip", "-4", "route", "show", "default"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace()
+            .skip_while(|w| *w != "via")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no default route: {text}"))
+            .to_owned()
+    };
+    for (target, port) in [(host.ip.to_string(), 7781), (gateway.clone(), 7782)] {
+        let mut listener = host
+            .command(&grove_tests::tool("busybox").unwrap())
+            .args(["nc", "-l", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let listening = || {
+            let (_, out) = host.run(&["ss", "-ltn"]);
+            out.contains(&format!(":{port} "))
+        };
+        wait_until(10, "the listener on the worker", listening);
+        assert!(
+            !tcp_from(&container, &target, port),
+            "an instance connected to its worker at {target}:{port}"
+        );
+        assert!(listening(), "the listener took a connection");
+        // The control: host 0 (this thread's) connects to the worker's address.
+        if target == host.ip.to_string() {
+            assert!(tcp_from(
+                &bed.hosts[0].path().display().to_string(),
+                &target,
+                port
+            ));
+        }
+        let _ = listener.kill();
+        let _ = listener.wait();
+    }
+    // The instance still reaches what it should: ICMP to its gateway answers.
+    let ping = Command::new("nsenter")
+        .arg(format!("--net={container}"))
+        .args(["ping", "-c", "1", "-W", "2", &gateway])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+}

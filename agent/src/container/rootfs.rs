@@ -193,7 +193,11 @@ pub fn enter(
         dirs.work.display()
     );
     let root = &dirs.merged;
-    sys.mount("overlay", root, "overlay", f(), &data)?;
+    // No device node in the root or /dev opens: the container's devices are the six
+    // bind-mounted below (there is no device controller on cgroup v2 to stop a node
+    // made of the host's disk).
+    let nodev = Flags { nodev: true, ..f() };
+    sys.mount("overlay", root, "overlay", nodev, &data)?;
     let quiet = Flags {
         nosuid: true,
         nodev: true,
@@ -210,6 +214,7 @@ pub fn enter(
         Flags {
             nosuid: true,
             noexec: true,
+            nodev: true,
             ..f()
         },
         "mode=755,size=65536k",

@@ -45,6 +45,46 @@ pub struct Tables<'a> {
     pub mappings: &'a [(PortMapping, Target)],
     /// The log group misses and uses go to; `None`: no lookups.
     pub group: Option<u16>,
+    /// What instances may not reach; `None` with no instances' bridge.
+    pub guard: Option<Guard<'a>>,
+}
+
+/// The worker's and the cluster's control ports, out of the instances' reach: nothing
+/// from the instances' bridge opens a connection to the worker itself (its
+/// supervisor, sshd, anything listening; ICMP still answers, and IPv6 neighbour
+/// discovery needs it), and nothing from it reaches the cluster's CoAP port.
+#[derive(Debug, Clone, Copy)]
+pub struct Guard<'a> {
+    /// The instances' bridge.
+    pub bridge: &'a str,
+    /// The cluster's address.
+    pub cluster: Option<std::net::SocketAddr>,
+}
+
+impl Guard<'_> {
+    fn chains(&self) -> String {
+        let br = self.bridge;
+        let cluster = match self.cluster {
+            Some(std::net::SocketAddr::V4(a)) => {
+                format!(
+                    "    iifname \"{br}\" ip daddr {} udp dport {} drop\n",
+                    a.ip(),
+                    a.port()
+                )
+            }
+            Some(std::net::SocketAddr::V6(a)) => {
+                format!(
+                    "    iifname \"{br}\" ip6 daddr {} udp dport {} drop\n",
+                    a.ip(),
+                    a.port()
+                )
+            }
+            None => String::new(),
+        };
+        format!(
+            "  chain guard_in {{\n    type filter hook input priority filter; policy accept;\n    iifname \"{br}\" meta l4proto {{ icmp, ipv6-icmp }} accept\n    iifname \"{br}\" ct state new drop\n{cluster}  }}\n  chain guard_fwd {{\n    type filter hook forward priority filter; policy accept;\n{cluster}  }}\n"
+        )
+    }
 }
 
 /// The rules being written, and the addresses they translate.
@@ -216,7 +256,7 @@ pub fn ruleset(t: &Tables<'_>) -> String {
     let table = t.table;
     // Declaring the table first makes the delete succeed whether it existed or not.
     let mut script = format!("table inet {table}\ndelete table inet {table}\n");
-    if r.text.is_empty() && t.group.is_none() {
+    if r.text.is_empty() && t.group.is_none() && t.guard.is_none() {
         return script;
     }
     let rules = &r.text;
@@ -241,6 +281,9 @@ pub fn ruleset(t: &Tables<'_>) -> String {
             script,
             "  chain miss_pre {{\n    type filter hook prerouting priority raw; policy accept;\n{miss}  }}\n  chain miss_out {{\n    type filter hook output priority raw; policy accept;\n{miss}  }}\n"
         );
+    }
+    if let Some(g) = t.guard {
+        script.push_str(&g.chains());
     }
     script.push_str("}\n");
     script
@@ -334,6 +377,7 @@ mod tests {
             looked_up: &[],
             mappings: &[(web, to)],
             group: None,
+            guard: None,
         });
         for want in [
             "meta nfproto ipv4 fib daddr type local tcp dport 6080 dnat ip to 10.18.0.66:60",
@@ -368,6 +412,7 @@ mod tests {
                 looked_up: &[],
                 mappings: &[],
                 group: None,
+                guard: None,
             }),
             "table inet grove_t\ndelete table inet grove_t\n"
         );
@@ -403,6 +448,7 @@ mod tests {
                 looked_up: &[],
                 mappings: &[],
                 group: None,
+                guard: None,
             });
             r.lines()
                 .find(|l| l.contains("ip daddr 10.30.40.40"))
@@ -464,6 +510,7 @@ mod tests {
             looked_up: &[foreign, own_seen],
             mappings: &[],
             group: Some(77),
+            guard: None,
         });
         for want in [
             "ip daddr 10.30.30.30 log group 77 dnat ip to 10.18.64.2",
@@ -478,6 +525,41 @@ mod tests {
         assert!(
             !r.contains("10.30.1.1 dnat") && !r.contains("10.30.1.1 log group 77 dnat"),
             "nothing to translate to: {r}"
+        );
+    }
+
+    #[test]
+    fn instances_are_kept_from_the_worker_and_the_cluster_s_port() {
+        let r = ruleset(&Tables {
+            table: "g",
+            subnet: Cidr {
+                addr: Ipv4Addr::new(10, 18, 0, 0),
+                len: 26,
+            },
+            me: None,
+            services: &[],
+            looked_up: &[],
+            mappings: &[],
+            group: None,
+            guard: Some(Guard {
+                bridge: "gabcdeb",
+                cluster: Some("10.31.0.1:10100".parse().unwrap()),
+            }),
+        });
+        // Even with no service to translate the table stays, with both chains.
+        assert!(
+            r.contains("chain guard_in {\n    type filter hook input"),
+            "{r}"
+        );
+        assert!(r.contains("iifname \"gabcdeb\" ct state new drop"), "{r}");
+        assert!(
+            r.contains("iifname \"gabcdeb\" meta l4proto { icmp, ipv6-icmp } accept"),
+            "{r}"
+        );
+        let fwd = &r[r.find("chain guard_fwd").unwrap()..];
+        assert!(
+            fwd.contains("iifname \"gabcdeb\" ip daddr 10.31.0.1 udp dport 10100 drop"),
+            "{r}"
         );
     }
 }
