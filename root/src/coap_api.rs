@@ -105,9 +105,12 @@ pub fn cbor_to_json(bytes: &[u8]) -> Result<Value, String> {
                 let n = d.map().map_err(e)?;
                 let mut m = Map::new();
                 let mut entry = |d: &mut minicbor::Decoder<'_>| -> Result<(), String> {
+                    // A number stands for its text; a map or array as a key has no
+                    // JSON form (as text, each level of them doubles its escapes).
                     let k = match get(d, depth + 1)? {
                         Value::String(s) => s,
-                        other => other.to_string(),
+                        n @ (Value::Number(_) | Value::Bool(_) | Value::Null) => n.to_string(),
+                        _ => return Err("a map key must be text or a number".into()),
                     };
                     let v = get(d, depth + 1)?;
                     m.insert(k, v);
@@ -254,5 +257,12 @@ mod tests {
             "unterminated indefinite array"
         );
         assert!(cbor_to_json(&[0xff]).is_err());
+        // Maps as keys of maps as keys…: refused, not turned into text that doubles
+        // with each level (the SLA fuzzer's out-of-memory input).
+        let mut nested = vec![0xa1u8; 40];
+        nested.extend_from_slice(&[0x00; 41]);
+        assert!(cbor_to_json(&nested).is_err());
+        let bomb = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/sla/oom-nested-map-keys")).unwrap();
+        assert!(cbor_to_json(&bomb).is_err());
     }
 }
