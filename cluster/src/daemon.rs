@@ -65,6 +65,10 @@ pub struct Settings {
     pub max_workers: Option<u32>,
 }
 
+/// How often refused datagrams (malformed, or refused by OSCORE) are counted in the
+/// log, when there were any.
+const REFUSED_EVERY: Duration = Duration::from_secs(10);
+
 /// Default of [`Settings::directory_idle`].
 pub const DIRECTORY_IDLE: Duration = Duration::from_secs(60);
 
@@ -940,6 +944,33 @@ pub async fn start(
         loop {
             tick.tick().await;
             ct.sync_keys().await;
+        }
+    });
+    // What the endpoint refused, said when it refused anything (a flood shows here).
+    let cs = cl.clone();
+    tokio::spawn(async move {
+        let mut last = grove_proto::coap::Stats::default();
+        let mut tick = tokio::time::interval(REFUSED_EVERY);
+        loop {
+            tick.tick().await;
+            let Some(h) = cs.coap.get() else { continue };
+            let s = h.stats().await;
+            let (malformed, rejected) = (
+                s.malformed.saturating_sub(last.malformed),
+                s.oscore_rejected.saturating_sub(last.oscore_rejected),
+            );
+            if malformed + rejected > 0 {
+                tracing::warn!(
+                    malformed,
+                    oscore_rejected = rejected,
+                    total_malformed = s.malformed,
+                    total_rejected = s.oscore_rejected,
+                    datagrams_in = s.datagrams_in,
+                    "datagrams refused in the last {} s",
+                    REFUSED_EVERY.as_secs()
+                );
+            }
+            last = s;
         }
     });
     // Directory entries no worker observes any more.
