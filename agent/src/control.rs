@@ -194,17 +194,8 @@ fn digest(instances: &[(InstanceRef, msg::InstanceState)]) -> [u8; 8] {
 /// The cluster answered 4.01 to a heartbeat: it no longer accepts this worker's key.
 /// Said at most once a minute.
 fn refused_key() {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let last = LAST.load(Ordering::Relaxed);
-    if (last == 0 || now >= last + 60)
-        && LAST
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if grove_proto::util::now_and_then(&LAST, 60) {
         tracing::error!(
             "the cluster refuses this worker's key (evicted?): it keeps its instances but hears no commands; join again with a new token (remove node.cbor from the state directory)"
         );

@@ -1057,6 +1057,11 @@ pub async fn start(
         let (obs_tx, mut obs_rx) = mpsc::channel::<Option<Observation>>(1);
         let (ack_tx, mut ack_rx) = mpsc::channel::<(usize, bool)>(1);
         let (mut observing, mut reporting) = (false, false);
+        // The root asks for a new key in its answers to reports; one exchange at once.
+        let (asked_tx, mut asked_rx) = mpsc::channel::<()>(1);
+        let (rekey_tx, mut rekey_rx) = mpsc::channel::<Result<msg::Credentials, String>>(1);
+        let mut rekeying = false;
+        let data_dir = cr.dir.clone();
         // Register again now and then: a root that restarted forgot its observers.
         let mut refresh = tokio::time::interval(OBSERVE_REFRESH);
         refresh.tick().await;
@@ -1125,10 +1130,46 @@ pub async fn start(
                     }
                     let rep = ClusterReport { cluster: ClusterId(cluster_id), seq, capacity, changes: vec![], workers };
                     let req = Request::post_cbor(&paths::cluster_status(ClusterId(cluster_id)), msg::to_cbor(&rep));
-                    let (rc2, rk2) = (rc.clone(), rk.clone());
+                    let (rc2, rk2, asked) = (rc.clone(), rk.clone(), asked_tx.clone());
                     tokio::spawn(async move {
-                        let _ = rc2.request(root, req, SendOptions { non_confirmable: true, security: Some(rk2) }).await;
+                        let r = rc2.request(root, req, SendOptions { non_confirmable: true, security: Some(rk2) }).await;
+                        static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                        if r.as_ref().is_ok_and(|r| r.code == Code::UNAUTHORIZED) && grove_proto::util::now_and_then(&LAST, 60) {
+                            tracing::error!("the root refuses this cluster's key (evicted?): its workers keep running, the root hears nothing; join again with a new join token");
+                        }
+                        let ack = r.ok().filter(|r| r.code.is_success()).and_then(|r| msg::from_cbor::<msg::ReportAck>(&r.payload).ok());
+                        if ack.is_some_and(|a| a.rekey) {
+                            let _ = asked.try_send(());
+                        }
                     });
+                }
+                Some(()) = asked_rx.recv() => {
+                    if !rekeying {
+                        rekeying = true;
+                        let (rc2, rk2, tx) = (rc.clone(), rk.clone(), rekey_tx.clone());
+                        tokio::spawn(async move {
+                            let req = Request::post_cbor(&paths::cluster_rekey(ClusterId(cluster_id)), Vec::new());
+                            let r = match rc2.request(root, req, SendOptions::secure(rk2)).await {
+                                Ok(r) if r.code.is_success() => msg::from_cbor::<msg::Credentials>(&r.payload).map_err(|e| e.to_string()),
+                                Ok(r) => Err(format!("{} {}", r.code, String::from_utf8_lossy(&r.payload))),
+                                Err(e) => Err(e.to_string()),
+                            };
+                            let _ = tx.send(r).await;
+                        });
+                    }
+                }
+                Some(r) = rekey_rx.recv() => {
+                    rekeying = false;
+                    match r.and_then(|creds| cr.take_root_key(&data_dir, creds)) {
+                        Ok(ctx) => {
+                            // The same key slot: the old context is replaced; the
+                            // observation was made under the old key.
+                            rc.add_context(ctx).await;
+                            obs = None;
+                            tracing::info!("took the new key the root handed out");
+                        }
+                        Err(e) => tracing::warn!(error = %e, "re-key with the root failed; trying again after a later report"),
+                    }
                 }
                 Some(change) = rx.recv() => {
                     pending.push(change);
@@ -1148,6 +1189,34 @@ pub async fn start(
         }
     });
     Ok(cl)
+}
+
+impl Cluster {
+    /// Keep the root's new key (stored before it is used: killed now, the cluster
+    /// comes back with the old key, still good until the root hears the new one, or
+    /// with the new one) and make its context.
+    fn take_root_key(
+        &self,
+        dir: &std::path::Path,
+        creds: msg::Credentials,
+    ) -> Result<SecurityContext, String> {
+        let stored = self
+            .db()
+            .root_value("registered")
+            .map_err(|e| e.to_string())?;
+        let mut reg: ClusterRegistered = stored
+            .and_then(|b| msg::from_cbor(&b).ok())
+            .ok_or("no registration stored")?;
+        reg.credentials = Some(creds.clone());
+        self.db()
+            .set_root_value("registered", &msg::to_cbor(&reg))
+            .map_err(|e| e.to_string())?;
+        SecurityContext::new(
+            &ContextParams::from(creds),
+            Box::new(FileContextStore::new(dir.join("root.oscore-seq"))),
+        )
+        .map_err(|e| e.to_string())
+    }
 }
 
 async fn root_join(

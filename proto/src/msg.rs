@@ -693,6 +693,15 @@ pub struct Capacity {
     pub max_free_vgpus: Option<u32>,
 }
 
+/// Root → cluster: the answer to a [`ClusterReport`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub struct ReportAck {
+    /// The root asks for a new key: the cluster POSTs to its rekey resource.
+    #[n(0)]
+    #[cbor(default)]
+    pub rekey: bool,
+}
+
 /// Cluster → root, non-confirmable `POST /v1/clusters/{id}/status` every 5 s.
 #[derive(Debug, Clone, PartialEq, Encode, Decode)]
 pub struct ClusterReport {

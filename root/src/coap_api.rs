@@ -262,7 +262,11 @@ mod tests {
         let mut nested = vec![0xa1u8; 40];
         nested.extend_from_slice(&[0x00; 41]);
         assert!(cbor_to_json(&nested).is_err());
-        let bomb = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/sla/oom-nested-map-keys")).unwrap();
+        let bomb = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/corpus/sla/oom-nested-map-keys"
+        ))
+        .unwrap();
         assert!(cbor_to_json(&bomb).is_err());
     }
 }

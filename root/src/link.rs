@@ -21,10 +21,10 @@ use grove_proto::msg::{
 };
 use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext};
 use grove_proto::paths;
-use grove_proto::util::{hex, speaks_for, unhex};
+use grove_proto::util::{hex, peer_kid, speaks_for, unhex};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -120,6 +120,7 @@ pub struct LinkHandle {
     changed: mpsc::UnboundedSender<u32>,
     directory: mpsc::UnboundedSender<DirectoryUpdate>,
     dir: PathBuf,
+    keys: Arc<Mutex<HashMap<u32, KeyState>>>,
 }
 
 impl LinkHandle {
@@ -162,6 +163,125 @@ impl LinkHandle {
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.coap.local_addr()
     }
+
+    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<u32, KeyState>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An evicted cluster: every key of its stops working now.
+    pub fn evicted(&self, cluster: u32) {
+        if let Some(k) = self.keys().remove(&cluster) {
+            for g in std::iter::once(k.current).chain(k.pending) {
+                self.coap.remove_context(cluster_key(cluster, g));
+                let _ = std::fs::remove_file(seq_file(&self.dir, cluster, g));
+            }
+        }
+        tracing::warn!(
+            cluster,
+            "cluster evicted: its key no longer works, its instances move"
+        );
+    }
+
+    /// An Admin asked for a new key for `cluster`.
+    pub fn rekey_asked(&self, cluster: u32) {
+        self.keys().entry(cluster).or_default().asked = true;
+    }
+
+    /// A cluster (re-)joined under a key of generation 0: what it had is gone.
+    async fn joined(&self, cluster: u32, ctx: SecurityContext) {
+        let old = self.keys().insert(cluster, KeyState::default());
+        for g in old
+            .into_iter()
+            .flat_map(|k| std::iter::once(k.current).chain(k.pending))
+        {
+            if g > 0 {
+                self.coap.remove_context(cluster_key(cluster, g));
+            }
+        }
+        self.coap.add_context(ctx).await;
+    }
+
+    /// A request of `cluster` arrived: under its pending key, that key is now the one
+    /// in use (stored first), and the old one is removed.
+    fn heard(&self, st: &AppState, cluster: u32, inc: &Incoming) {
+        let generation = grove_proto::util::key_generation(inc);
+        let pending = self.keys().get(&cluster).and_then(|k| k.pending);
+        if pending != Some(generation) {
+            return;
+        }
+        match st.db().commit_cluster_rekey(cluster, generation) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::error!(cluster, error = %e, "cannot store the cluster's new key");
+                return;
+            }
+        }
+        let old = self.keys().insert(
+            cluster,
+            KeyState {
+                current: generation,
+                pending: None,
+                asked: false,
+            },
+        );
+        if let Some(old) = old {
+            self.coap.remove_context(cluster_key(cluster, old.current));
+            let _ = std::fs::remove_file(seq_file(&self.dir, cluster, old.current));
+        }
+        tracing::info!(
+            cluster,
+            generation,
+            "cluster re-keyed: its old key no longer works"
+        );
+    }
+
+    /// Whether the answers to `cluster`'s reports ask for a new key.
+    fn asks_rekey(&self, cluster: u32) -> bool {
+        self.keys().get(&cluster).is_some_and(|k| k.asked)
+    }
+}
+
+/// `POST /v1/clusters/{id}/rekey`: the cluster's next key, answered under its current
+/// one (stored as pending before it is handed out).
+async fn rekey(st: Shared, inc: Incoming) -> Response {
+    let id = match speaks_for(&inc, "cluster") {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let Some(link) = st.link.get() else {
+        return Response::error(Code::SERVICE_UNAVAILABLE, "starting");
+    };
+    link.heard(&st, id, &inc);
+    let (secret, salt) = (random::<32>(), random::<8>());
+    let (generation, secret, salt, fresh) = match st.db().begin_cluster_rekey(id, &secret, &salt) {
+        Ok(k) => k,
+        Err(e) => return Response::error(Code::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    let known = link.keys().get(&id).and_then(|k| k.pending) == Some(generation);
+    if fresh || !known {
+        if fresh {
+            let _ = std::fs::remove_file(seq_file(&link.dir, id, generation));
+        }
+        match cluster_context(&link.dir, id, generation, &secret, &salt) {
+            Ok(ctx) => {
+                link.coap.add_context(ctx).await;
+            }
+            Err(e) => return Response::error(Code::INTERNAL_SERVER_ERROR, &e),
+        }
+        link.keys().entry(id).or_default().pending = Some(generation);
+        tracing::info!(cluster = id, generation, "new key handed to the cluster");
+    }
+    let creds = Credentials {
+        master_secret: secret,
+        master_salt: salt,
+        sender_id: peer_kid(id, generation),
+        recipient_id: Vec::new(),
+    };
+    Response {
+        code: Code::CHANGED,
+        ..Response::cbor(msg::to_cbor(&creds))
+    }
 }
 
 fn random<const N: usize>() -> [u8; N] {
@@ -178,8 +298,46 @@ fn v6_block(block: u32) -> [u8; 16] {
     a
 }
 
-fn seq_file(dir: &std::path::Path, cluster: u32) -> PathBuf {
-    dir.join("oscore").join(format!("cluster-{cluster}.seq"))
+fn seq_file(dir: &std::path::Path, cluster: u32, generation: u32) -> PathBuf {
+    let name = if generation == 0 {
+        format!("cluster-{cluster}.seq")
+    } else {
+        format!("cluster-{cluster}-k{generation}.seq")
+    };
+    dir.join("oscore").join(name)
+}
+
+/// A cluster's context under its key of `generation` (sender id [`peer_kid`]).
+fn cluster_context(
+    dir: &std::path::Path,
+    cluster: u32,
+    generation: u32,
+    secret: &[u8],
+    salt: &[u8],
+) -> Result<SecurityContext, String> {
+    SecurityContext::new(
+        &context_params(cluster, generation, secret, salt),
+        Box::new(FileContextStore::new(seq_file(dir, cluster, generation))),
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn cluster_key(cluster: u32, generation: u32) -> grove_proto::coap::ContextKey {
+    grove_proto::coap::ContextKey {
+        id_context: None,
+        recipient_id: peer_kid(cluster, generation),
+    }
+}
+
+/// What the link knows of a cluster's keys.
+#[derive(Debug, Clone, Copy, Default)]
+struct KeyState {
+    /// The generation in use.
+    current: u32,
+    /// A generation handed out and not yet used.
+    pending: Option<u32>,
+    /// An Admin asked for a new key.
+    asked: bool,
 }
 
 fn user_context(
@@ -199,12 +357,12 @@ fn user_context(
     SecurityContext::new(&params, Box::new(FileContextStore::new(file))).map_err(|e| e.to_string())
 }
 
-fn context_params(cluster: u32, secret: &[u8], salt: &[u8]) -> ContextParams {
+fn context_params(cluster: u32, generation: u32, secret: &[u8], salt: &[u8]) -> ContextParams {
     ContextParams {
         master_secret: secret.to_vec(),
         master_salt: salt.to_vec(),
         sender_id: Vec::new(),
-        recipient_id: cluster.to_be_bytes().to_vec(),
+        recipient_id: peer_kid(cluster, generation),
         id_context: None,
     }
 }
@@ -347,17 +505,18 @@ async fn register(
         Err(e) => return Response::error(Code::SERVICE_UNAVAILABLE, &e.to_string()),
     };
     let bits = u8::try_from(count.trailing_zeros()).unwrap_or(0);
-    let file = seq_file(&dir, row.id);
-    let _ = std::fs::remove_file(&file);
-    let ctx = match SecurityContext::new(
-        &context_params(row.id, &secret, &salt),
-        Box::new(FileContextStore::new(&file)),
-    ) {
+    let _ = std::fs::remove_file(seq_file(&dir, row.id, 0));
+    let ctx = match cluster_context(&dir, row.id, 0, &secret, &salt) {
         Ok(c) => c,
-        Err(e) => return Response::error(Code::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => return Response::error(Code::INTERNAL_SERVER_ERROR, &e),
     };
-    if let Some(h) = coap.get() {
-        h.add_context(ctx).await;
+    match st.link.get() {
+        Some(link) => link.joined(row.id, ctx).await,
+        None => {
+            if let Some(h) = coap.get() {
+                h.add_context(ctx).await;
+            }
+        }
     }
     let answer = ClusterRegistered {
         version: msg::PROTOCOL_VERSION,
@@ -377,7 +536,7 @@ async fn register(
         credentials: Some(Credentials {
             master_secret: secret,
             master_salt: salt,
-            sender_id: row.id.to_be_bytes().to_vec(),
+            sender_id: peer_kid(row.id, 0),
             recipient_id: Vec::new(),
         }),
     };
@@ -470,6 +629,10 @@ fn report(st: &Shared, inc: &Incoming) -> Response {
         Ok(r) => r,
         Err(e) => return Response::error(Code::BAD_REQUEST, &e.to_string()),
     };
+    let link = st.link.get();
+    if let Some(l) = link {
+        l.heard(st, id, inc);
+    }
     let mut db = st.db();
     let aggregate = rep.capacity.as_ref().map(msg::to_cbor);
     if let Err(e) = db.record_report(id, aggregate.as_deref(), now_secs()) {
@@ -511,12 +674,18 @@ fn report(st: &Shared, inc: &Incoming) -> Response {
     if workers_changed || !services.is_empty() {
         refresh_reach(st);
     }
-    if let Some(link) = st.link.get() {
+    if let Some(link) = link {
         for s in services {
             link.directory_changed(DirectoryUpdate::Service(s));
         }
     }
-    Response::new(Code::CHANGED)
+    let ack = msg::ReportAck {
+        rekey: link.is_some_and(|l| l.asks_rekey(id)),
+    };
+    Response {
+        code: Code::CHANGED,
+        ..Response::cbor(msg::to_cbor(&ack))
+    }
 }
 
 /// Start the link on `socket`; runs until the runtime stops.
@@ -563,10 +732,19 @@ pub async fn start(
             let st = s3.clone();
             async move {
                 match speaks_for(&inc, "cluster") {
-                    Ok(id) => Response::cbor(msg::to_cbor(&commands_for(&st, id, generation()))),
+                    Ok(id) => {
+                        if let Some(l) = st.link.get() {
+                            l.heard(&st, id, &inc);
+                        }
+                        Response::cbor(msg::to_cbor(&commands_for(&st, id, generation())))
+                    }
                     Err(r) => r,
                 }
             }
+        })
+        .route(Method::Post, "/v1/clusters/{id}/rekey", {
+            let st = st.clone();
+            move |inc| rekey(st.clone(), inc)
         });
     let cfg = Config {
         seed: u64::from_le_bytes(random::<8>()),
@@ -590,12 +768,14 @@ pub async fn start(
             let _ = db.record_report(c.id, None, now_secs());
         }
     }
-    for c in clusters {
-        if let Some((secret, salt)) = &c.credentials {
-            match SecurityContext::new(
-                &context_params(c.id, secret, salt),
-                Box::new(FileContextStore::new(seq_file(&dir, c.id))),
-            ) {
+    let mut keys = HashMap::new();
+    for c in clusters.iter().filter(|c| !c.evicted) {
+        let Some((secret, salt)) = &c.credentials else {
+            continue;
+        };
+        let next = c.pending.as_ref().map(|(s, salt)| (c.key_gen + 1, s, salt));
+        for (g, secret, salt) in std::iter::once((c.key_gen, secret, salt)).chain(next) {
+            match cluster_context(&dir, c.id, g, secret, salt) {
                 Ok(ctx) => {
                     coap.add_context(ctx).await;
                 }
@@ -604,6 +784,14 @@ pub async fn start(
                 }
             }
         }
+        keys.insert(
+            c.id,
+            KeyState {
+                current: c.key_gen,
+                pending: c.pending.as_ref().map(|_| c.key_gen + 1),
+                asked: c.rekey,
+            },
+        );
     }
     for (id, secret) in tokens {
         if let Some(raw) = unhex(&id) {
@@ -626,6 +814,7 @@ pub async fn start(
         changed: tx,
         directory: dtx,
         dir: dir.clone(),
+        keys: Arc::new(Mutex::new(keys)),
     };
     // Push directory entries to the clusters observing them.
     let (st_dir, coap_dir) = (st.clone(), coap.clone());

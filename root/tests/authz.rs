@@ -68,6 +68,8 @@ const EXPECTED: &[(&str, &str, Rule)] = &[
     ),
     ("get", "/api/clusters/", Rule::AnyUser),
     ("get", "/api/clusters/active", Rule::AnyUser),
+    ("delete", "/api/clusters/{id}", Rule::Admin),
+    ("post", "/api/clusters/{id}/rekey", Rule::Admin),
     ("get", "/api/clusters/token", Rule::Admin),
     ("post", "/api/clusters/token", Rule::Admin),
     ("delete", "/api/clusters/token/{id}", Rule::Admin),

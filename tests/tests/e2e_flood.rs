@@ -3,6 +3,13 @@
 //! deployment goes on through it. The deployment completes, the cluster's memory
 //! stays bounded, and its log counts what it refused.
 
+// Noise is made by truncating random words, and the rate by rounding a product.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss,
+    clippy::cast_sign_loss
+)]
+
 mod support;
 
 use serde_json::json;

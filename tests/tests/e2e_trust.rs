@@ -449,3 +449,152 @@ fn replayed_commands_and_requests_are_rejected() {
         "a replayed request was not answered 4.01: {answer:02x?}"
     );
 }
+
+/// A cluster's stored registration at its root (its key), read from its database.
+fn cluster_registration(cluster: &Cluster) -> msg::ClusterRegistered {
+    let db = rusqlite::Connection::open(cluster.dir.join("cluster.db")).unwrap();
+    let b: Vec<u8> = db
+        .query_row(
+            "SELECT value FROM root_link WHERE key = 'registered'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    msg::from_cbor(&b).unwrap()
+}
+
+/// As [`probe`], for a cluster's key at its root.
+fn probe_root(root: SocketAddr, reg: &msg::ClusterRegistered) -> Code {
+    let node = NodeRegistered {
+        version: reg.version,
+        node: msg::NodeId(reg.cluster.0),
+        subnet_v4: reg.subnets,
+        subnet_v6: reg.subnets_v6.unwrap_or(msg::Ipv6Prefix {
+            addr: [0; 16],
+            len: 0,
+        }),
+        timing: reg.timing,
+        credentials: reg.credentials.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (h, _) = driver::spawn(sock, Endpoint::new(Config::default()), Router::new()).unwrap();
+        let high = PersistedState {
+            seq_ceiling: 1 << 30,
+            window_used: false,
+        };
+        let params = ContextParams::from(node.credentials.clone().unwrap());
+        let ctx = SecurityContext::new(&params, Box::new(MemoryContextStore(Some(high)))).unwrap();
+        let key = h.add_context(ctx).await.unwrap();
+        let path = paths::cluster_commands(reg.cluster);
+        h.request(root, Request::get(&path), SendOptions::secure(key))
+            .await
+            .expect("an answer")
+            .code
+    })
+}
+
+#[test]
+fn clusters_are_rekeyed_without_downtime_and_evicted_at_once() {
+    let dir = scratch("trust-clusters");
+    let root = Root::start(&dir, &[]);
+    let room = ["--cpus", "8", "--memory-mib", "8192"];
+    let c1 = Cluster::start(&dir, "c1", &root, &[]);
+    let c2 = Cluster::start(&dir, "c2", &root, &[]);
+    let _w1 = Agent::start(&dir, "w1", c1.addr, &c1.worker_token, &room);
+    let _w2 = Agent::start(&dir, "w2", c2.addr, &c2.worker_token, &room);
+    wait_until(40, "both clusters with a worker", || {
+        root.active_workers() == 2
+    });
+    let id_of = |name: &str| {
+        root.api("GET", "/api/clusters/", None)
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cluster_name"] == name)
+            .and_then(|c| c["cluster_id"].as_u64())
+            .unwrap()
+    };
+    let (id1, id2) = (id_of("c1"), id_of("c2"));
+    // Instances name their cluster as text.
+    let (in1, in2) = (json!(id1.to_string()), json!(id2.to_string()));
+
+    // Re-key c1: it takes the new key with a report, the old one stops working, and
+    // the cluster keeps deploying.
+    let old = cluster_registration(&c1);
+    root.api("POST", &format!("/api/clusters/{id1}/rekey"), None);
+    let generation = |id: u64| {
+        root.api("GET", "/api/clusters/", None)
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cluster_id"] == id)
+            .and_then(|c| c["key_generation"].as_u64())
+    };
+    wait_until(20, "c1 on its new key", || generation(id1) == Some(1));
+    assert_ne!(cluster_registration(&c1).credentials, old.credentials);
+    assert_eq!(
+        probe_root(root.coap, &old),
+        Code::UNAUTHORIZED,
+        "the old key still works"
+    );
+    let ids = root.deploy_seed(|sla| {
+        let ms = &mut sla["applications"][0]["microservices"];
+        ms[1]["port"] = json!("");
+        ms[1]["constraints"] = json!([{"type": "direct", "cluster": "c2"}]);
+    });
+    root.add_instance(&ids[1]);
+    wait_until(20, "an instance RUNNING in c2", || {
+        root.instances(&ids[1])
+            .iter()
+            .any(|i| i["status"] == "RUNNING" && i["cluster_id"] == in2)
+    });
+    let dropped = root.instances(&ids[1]);
+    assert_eq!(dropped.len(), 1);
+
+    // Evict c2: its key stops working at once, and its instance moves to c1 (the
+    // constraint named c2: it is placed by the root's scheduler elsewhere, or fails).
+    let key2 = cluster_registration(&c2);
+    assert_eq!(
+        probe_root(root.coap, &key2),
+        Code::CONTENT,
+        "the probe works with a good key"
+    );
+    root.api("DELETE", &format!("/api/clusters/{id2}"), None);
+    assert_eq!(
+        probe_root(root.coap, &key2),
+        Code::UNAUTHORIZED,
+        "the evicted key still works"
+    );
+    wait_until(10, "the evicted cluster told its key is refused", || {
+        c2.daemon.log().contains("refuses this cluster's key")
+    });
+    let cl = root.api("GET", "/api/clusters/", None);
+    let c2_doc = cl
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cluster_id"] == id2)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (c2_doc["evicted"].clone(), c2_doc["active"].clone()),
+        (json!(true), json!(false))
+    );
+    wait_until(10, "the instance no longer in c2", || {
+        root.instances(&ids[1])
+            .iter()
+            .all(|i| i["cluster_id"] != in2)
+    });
+    // c1, re-keyed, still serves: an instance without constraint runs there.
+    root.add_instance(&ids[0]);
+    wait_until(20, "an instance RUNNING in c1", || {
+        root.instances(&ids[0])
+            .iter()
+            .any(|i| i["status"] == "RUNNING" && i["cluster_id"] == in1)
+    });
+}

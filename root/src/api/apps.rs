@@ -589,6 +589,8 @@ fn cluster_doc(v: &ClusterView, row: &ClusterRow) -> Value {
         "cluster_name": row.name,
         "cluster_location": row.location.map(|(a, b)| format!("{a},{b}")),
         "active": v.active,
+        "evicted": row.evicted,
+        "key_generation": row.key_gen,
         "last_modified_timestamp": row.last_report,
         "aggregation_per_architecture": v.capacity.iter().map(|c| json!({
             "arch": c.arch, "virtualization": c.virtualization, "active_nodes": c.nodes,
@@ -685,6 +687,44 @@ pub async fn list_cluster_tokens(State(st): State<Shared>, _caller: Caller) -> A
             })
             .collect(),
     )))
+}
+
+fn cluster_id(id: &str) -> ApiResult<u32> {
+    id.parse()
+        .map_err(|_| ApiError::NotFound(format!("cluster {id:?} not found")))
+}
+
+/// `DELETE /api/clusters/{id}` (Admin): evict a cluster. Its key stops working at
+/// once, its instances move to other clusters within a second, and it can join again
+/// only with a new join token.
+pub async fn evict_cluster(
+    State(st): State<Shared>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let id = cluster_id(&id)?;
+    st.db().evict_cluster(id)?;
+    if let Some(link) = st.link.get() {
+        link.evicted(id);
+    }
+    Ok(Json(json!({ "message": "Cluster evicted" })))
+}
+
+/// `POST /api/clusters/{id}/rekey` (Admin): give a cluster a new key without
+/// downtime (it takes it with its next report; its old key then stops working).
+pub async fn rekey_cluster(
+    State(st): State<Shared>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let id = cluster_id(&id)?;
+    st.db().request_cluster_rekey(id)?;
+    if let Some(link) = st.link.get() {
+        link.rekey_asked(id);
+    }
+    Ok(Json(
+        json!({ "message": "The cluster gets a new key with its next report" }),
+    ))
 }
 
 /// `DELETE /api/clusters/token/{id}` (Admin).

@@ -20,10 +20,17 @@ pub struct ClusterRow {
     pub registered: i64,
     /// Long-term OSCORE master secret and salt handed to the cluster.
     pub credentials: Option<(Vec<u8>, Vec<u8>)>,
+    /// The generation of that key (0: the one given at the join).
+    pub key_gen: u32,
+    /// The next key, handed out and not yet used by the cluster.
+    pub pending: Option<(Vec<u8>, Vec<u8>)>,
+    /// An Admin asked for a new key.
+    pub rekey: bool,
+    /// Evicted: no key works (it may join again with a new token).
+    pub evicted: bool,
 }
 
-const COLS: &str =
-    "id, name, lat, lon, aggregate, last_report, registered, oscore_secret, oscore_salt";
+const COLS: &str = "id, name, lat, lon, aggregate, last_report, registered, oscore_secret, oscore_salt, key_gen, pending_secret, pending_salt, rekey, evicted";
 
 fn cluster(r: &Row<'_>) -> rusqlite::Result<ClusterRow> {
     let (lat, lon): (Option<f64>, Option<f64>) = (r.get(2)?, r.get(3)?);
@@ -38,6 +45,13 @@ fn cluster(r: &Row<'_>) -> rusqlite::Result<ClusterRow> {
             let (secret, salt): (Option<Vec<u8>>, Option<Vec<u8>>) = (r.get(7)?, r.get(8)?);
             secret.zip(salt)
         },
+        key_gen: r.get(9)?,
+        pending: {
+            let (secret, salt): (Option<Vec<u8>>, Option<Vec<u8>>) = (r.get(10)?, r.get(11)?);
+            secret.zip(salt)
+        },
+        rekey: r.get(12)?,
+        evicted: r.get(13)?,
     })
 }
 
@@ -68,7 +82,8 @@ impl Store {
         let (lat, lon) = location.unzip();
         tx.execute(
             "INSERT INTO clusters (name, lat, lon, registered) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (name) DO UPDATE SET lat = excluded.lat, lon = excluded.lon",
+             ON CONFLICT (name) DO UPDATE SET lat = excluded.lat, lon = excluded.lon,
+               key_gen = 0, pending_secret = NULL, pending_salt = NULL, rekey = 0, evicted = 0",
             params![name, lat, lon, now_secs()],
         )?;
         let row = tx.query_row(
@@ -91,6 +106,78 @@ impl Store {
         } else {
             Ok(())
         }
+    }
+
+    /// Evict a cluster: its key is gone (the link drops it at once), it reports no
+    /// more, so its instances move to other clusters.
+    pub fn evict_cluster(&mut self, id: u32) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE clusters SET oscore_secret = NULL, oscore_salt = NULL, pending_secret = NULL,
+               pending_salt = NULL, rekey = 0, evicted = 1, last_report = NULL WHERE id = ?1",
+            [id],
+        )?;
+        if n == 0 {
+            Err(StoreError::NotFound("cluster"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Ask for a new key for a cluster (told in the answers to its reports).
+    pub fn request_cluster_rekey(&mut self, id: u32) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE clusters SET rekey = 1 WHERE id = ?1 AND NOT evicted",
+            [id],
+        )?;
+        if n == 0 {
+            Err(StoreError::NotFound("cluster"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The next key for cluster `id`, kept as pending beside the one in use:
+    /// (generation, secret, salt, whether it is new). While one is pending, asking
+    /// again gives the same one.
+    pub fn begin_cluster_rekey(
+        &mut self,
+        id: u32,
+        secret: &[u8],
+        salt: &[u8],
+    ) -> Result<(u32, Vec<u8>, Vec<u8>, bool)> {
+        let tx = self.conn.transaction()?;
+        let row = tx
+            .query_row(
+                &format!("SELECT {COLS} FROM clusters WHERE id = ?1 AND NOT evicted"),
+                [id],
+                cluster,
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound("cluster"))?;
+        if let Some((secret, salt)) = row.pending {
+            return Ok((row.key_gen + 1, secret, salt, false));
+        }
+        if row.key_gen >= grove_proto::util::MAX_KEY_GENERATION {
+            return Err(StoreError::Exhausted("key generations"));
+        }
+        tx.execute(
+            "UPDATE clusters SET pending_secret = ?2, pending_salt = ?3 WHERE id = ?1",
+            params![id, secret, salt],
+        )?;
+        tx.commit()?;
+        Ok((row.key_gen + 1, secret.to_vec(), salt.to_vec(), true))
+    }
+
+    /// The cluster spoke with its pending key of `generation`: it becomes the key in
+    /// use. False when there was no such pending key.
+    pub fn commit_cluster_rekey(&mut self, id: u32, generation: u32) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE clusters SET oscore_secret = pending_secret, oscore_salt = pending_salt,
+               key_gen = ?2, pending_secret = NULL, pending_salt = NULL, rekey = 0
+             WHERE id = ?1 AND key_gen + 1 = ?2 AND pending_secret IS NOT NULL",
+            params![id, generation],
+        )?;
+        Ok(n > 0)
     }
 
     /// Join tokens that may still be used: (id, secret).

@@ -183,6 +183,16 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     );
     "#,
+    // 9: clusters' keys over time: the key in use is generation key_gen, a new one
+    //    waits in pending_* until the cluster speaks with it; an evicted cluster has
+    //    no key at all.
+    r#"
+    ALTER TABLE clusters ADD COLUMN key_gen INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE clusters ADD COLUMN pending_secret BLOB;
+    ALTER TABLE clusters ADD COLUMN pending_salt BLOB;
+    ALTER TABLE clusters ADD COLUMN rekey INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE clusters ADD COLUMN evicted INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The root's database.
