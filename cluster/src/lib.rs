@@ -202,7 +202,7 @@ fn subcommand(cmd: Command, store: &mut store::Store) -> Result<(), String> {
 
 /// Run the cluster (or a subcommand).
 pub fn run(args: Args) -> Result<(), String> {
-    std::fs::create_dir_all(&args.data_dir)
+    grove_proto::util::private_dir(&args.data_dir)
         .map_err(|e| format!("{}: {e}", args.data_dir.display()))?;
     let db = args.data_dir.join("cluster.db");
     let mut store = store::Store::open(&db).map_err(|e| format!("{}: {e}", db.display()))?;

@@ -238,7 +238,11 @@ fn instance(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
 impl Store {
     /// Open and migrate.
     pub fn open(path: &Path) -> Result<Self> {
-        Self::setup(Connection::open(path)?)
+        let conn = Connection::open(path)?;
+        // It holds the workers' keys and the cluster's own.
+        grove_proto::util::private_database(path)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Self::setup(conn)
     }
 
     /// In memory (tests).

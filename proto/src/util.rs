@@ -61,6 +61,31 @@ pub fn speaks_for(inc: &Incoming, what: &str) -> Result<u32, Response> {
     }
 }
 
+/// Make `dir` (and its missing parents) and keep it to its owner (0700): a daemon's
+/// state directory holds its keys.
+pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Keep a database file holding keys, and its WAL and shared-memory files, to its
+/// owner (0600); SQLite makes the latter two with the database's mode, so this is
+/// called right after the database is opened, before its first write.
+pub fn private_database(db: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut all = vec![db.to_path_buf()];
+    for suffix in ["-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        all.push(p.into());
+    }
+    for p in all.iter().filter(|p| p.exists()) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 /// Whether something said at most once every `secs` seconds may be said now (`last`
 /// holds when it was said, Unix seconds; 0 never).
 pub fn now_and_then(last: &std::sync::atomic::AtomicU64, secs: u64) -> bool {

@@ -55,7 +55,7 @@ pub struct Args {
 
 /// Open the data directory: the database, the token key and the first Admin.
 pub fn open_state(args: &Args) -> Result<api::Shared, String> {
-    std::fs::create_dir_all(&args.data_dir)
+    grove_proto::util::private_dir(&args.data_dir)
         .map_err(|e| format!("{}: {e}", args.data_dir.display()))?;
     let mut store =
         store::Store::open(&args.data_dir.join("root.db")).map_err(|e| e.to_string())?;

@@ -779,7 +779,7 @@ fn instances_cannot_reach_their_worker_or_the_cluster_s_control_port() {
     // The instance still reaches what it should: ICMP to its gateway answers.
     let ping = Command::new("nsenter")
         .arg(format!("--net={container}"))
-        .args(["ping", "-c", "1", "-W", "2", &gateway])
+        .args(["busybox", "ping", "-c", "1", "-W", "2", &gateway])
         .output()
         .unwrap();
     assert!(

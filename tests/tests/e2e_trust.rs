@@ -162,6 +162,35 @@ fn registration_without_a_live_token_is_refused_and_creates_nothing() {
         "{said}"
     );
     assert!(node_id(&cluster, "first").is_some() && node_id(&cluster, "second").is_none());
+
+    // Key material stays private to its daemon, and no log holds any of it.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+    for (file, want) in [
+        (dir.join("root"), 0o700),
+        (dir.join("root/jwt.key"), 0o600),
+        (dir.join("root/root.db"), 0o600),
+        (dir.join("root/root.db-wal"), 0o600),
+        (cluster.dir.clone(), 0o700),
+        (cluster.dir.join("cluster.db"), 0o600),
+        (cluster.dir.join("cluster.db-wal"), 0o600),
+        (dir.join("first/node.cbor"), 0o600),
+    ] {
+        assert_eq!(mode(&file).ok(), Some(want), "{}", file.display());
+    }
+    let reg = registration(&dir, "first");
+    let creds = reg.credentials.expect("credentials");
+    let secrets = [
+        grove_proto::util::hex(&creds.master_secret),
+        once.split('.').nth(1).unwrap().to_owned(),
+        revoked.split('.').nth(1).unwrap().to_owned(),
+    ];
+    for log in ["root.log", "edge.log"] {
+        let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "{log} holds a secret");
+        }
+    }
 }
 
 /// Worker `name`'s stored registration (its key).

@@ -229,6 +229,9 @@ impl Store {
             source,
         };
         let conn = Connection::open(path).map_err(wrap)?;
+        // It holds password hashes and the clusters' keys.
+        grove_proto::util::private_database(path)
+            .map_err(|e| wrap(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         Self::setup(conn).map_err(|e| match e {
             StoreError::Sql(source) => wrap(source),
             other => other,
