@@ -6,7 +6,6 @@ use crate::container::spec::LaunchSpec;
 use crate::image::layer::{self, Limits};
 use crate::image::oci::{self, AnyManifest, ImageConfig};
 use crate::image::{Image, Reference};
-use grove_proto::msg::{InstanceRef, InstanceSpec};
 use std::path::Path;
 
 /// A registry's answer as a manifest, an index and an image configuration, the
@@ -33,38 +32,13 @@ pub fn image_documents(data: &[u8]) -> usize {
             config,
             layers: Vec::new(),
         };
-        accepted += usize::from(LaunchSpec::resolve("fuzz-0", &spec(), &image).is_ok());
+        let spec = crate::oneshot::spec("fuzz", &["a".into()], Some(64), Some(100));
+        accepted += usize::from(LaunchSpec::resolve("fuzz-0", &spec, &image).is_ok());
     }
     if let Ok(s) = std::str::from_utf8(data) {
         accepted += usize::from(s.parse::<Reference>().is_ok());
     }
     accepted
-}
-
-fn spec() -> InstanceSpec {
-    InstanceSpec {
-        instance: InstanceRef {
-            service: "0123456789abcdef01234567".into(),
-            instance: 0,
-        },
-        name: "app.fuzz.svc.test".into(),
-        image: "fuzz".into(),
-        cmd: Vec::new(),
-        env: vec!["A=b".into()],
-        memory_mib: 64,
-        millicpus: 100,
-        ports: None,
-        one_shot: false,
-        ip: None,
-        nodes: None,
-        geo: None,
-        latency: None,
-        rr_ip: None,
-        closest_ip: None,
-        ip6: None,
-        rr_ip6: None,
-        closest_ip6: None,
-    }
 }
 
 /// The limits a fuzzed layer is unpacked within (small, so a run stays fast).

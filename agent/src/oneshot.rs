@@ -9,8 +9,8 @@ use crate::image::ImageStore;
 use grove_proto::msg::{InstanceRef, InstanceSpec};
 use nix::sys::wait::{WaitStatus, waitpid};
 
-/// The instance spec `run` stands for.
-fn spec(
+/// The instance spec `run` stands for (the fuzz target's too).
+pub(crate) fn spec(
     image: &str,
     cmd: &[String],
     memory_mib: Option<u32>,

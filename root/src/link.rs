@@ -316,7 +316,7 @@ fn cluster_context(
     salt: &[u8],
 ) -> Result<SecurityContext, String> {
     SecurityContext::new(
-        &context_params(cluster, generation, secret, salt),
+        &ContextParams::for_peer(cluster, generation, secret, salt),
         Box::new(FileContextStore::new(seq_file(dir, cluster, generation))),
     )
     .map_err(|e| e.to_string())
@@ -355,16 +355,6 @@ fn user_context(
     };
     let file = dir.join("oscore").join(format!("user-{}.seq", hex(kid)));
     SecurityContext::new(&params, Box::new(FileContextStore::new(file))).map_err(|e| e.to_string())
-}
-
-fn context_params(cluster: u32, generation: u32, secret: &[u8], salt: &[u8]) -> ContextParams {
-    ContextParams {
-        master_secret: secret.to_vec(),
-        master_salt: salt.to_vec(),
-        sender_id: Vec::new(),
-        recipient_id: peer_kid(cluster, generation),
-        id_context: None,
-    }
 }
 
 /// The full set of instances a cluster should run.

@@ -1,5 +1,9 @@
 //! The HTTP API driven by a real HTTP client over loopback.
 
+mod support;
+
+use support::call;
+
 use clap::Parser;
 use grove_root::api::{self, Shared};
 use serde_json::{Value, json};
@@ -39,34 +43,6 @@ fn start(name: &str) -> Root {
     let base = format!("http://{}", listener.local_addr().unwrap());
     rt.spawn(api::serve(listener, state, std::future::pending()));
     Root { base, _rt: rt, dir }
-}
-
-fn call(
-    base: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = ureq::request(method, &format!("{base}{path}")).timeout(Duration::from_secs(20));
-    if let Some(t) = token {
-        req = req.set("Authorization", &format!("Bearer {t}"));
-    }
-    let res = match body {
-        Some(b) => req.send_json(b),
-        None => req.call(),
-    };
-    let resp = match res {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {path}: {e}"),
-    };
-    let status = resp.status();
-    let text = resp.into_string().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 impl Root {

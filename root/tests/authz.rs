@@ -3,13 +3,15 @@
 //! foreign one, against the rule this test expects for it. A route added without a
 //! rule here fails; a rule taken off a route fails (second test).
 
+mod support;
+
 use axum::Router;
 use grove_root::api::{self, Shared, routes};
 use grove_root::auth::TokenKind;
 use grove_root::store::{UserRow, now_secs};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::time::Duration;
+use support::call;
 
 /// Who may call a route, as this test expects it (written apart from the router's
 /// table on purpose: the two must agree).
@@ -218,35 +220,6 @@ fn start(name: &str, table: &'static [routes::Route]) -> Server {
     }
 }
 
-fn call(
-    base: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let mut req = ureq::request(&method.to_uppercase(), &format!("{base}{path}"))
-        .timeout(Duration::from_secs(20));
-    if let Some(t) = token {
-        req = req.set("Authorization", &format!("Bearer {t}"));
-    }
-    let res = match body {
-        Some(b) => req.send_json(b.clone()),
-        None => req.call(),
-    };
-    let resp = match res {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {path}: {e}"),
-    };
-    let status = resp.status();
-    let text = resp.into_string().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
 fn sla(app: &str, app_id: &str) -> Value {
     json!({
         "sla_version": "v2.0",
@@ -300,10 +273,10 @@ impl Server {
             let app_name = format!("app{key}{n}");
             let (s, v) = call(
                 &self.base,
-                "post",
+                "POST",
                 "/api/application/",
                 Some(&access),
-                Some(&sla(&app_name, "")),
+                Some(sla(&app_name, "")),
             );
             assert_eq!(s, 200, "{v}");
             let app = v
@@ -316,7 +289,7 @@ impl Server {
             let service = app["microservices"][0].as_str().unwrap().to_owned();
             let (s, v) = call(
                 &self.base,
-                "post",
+                "POST",
                 &format!("/api/service/{service}/instance"),
                 Some(&access),
                 None,
@@ -450,7 +423,7 @@ fn matrix(server: &Server, table: &[routes::Route], only: &[&str]) -> (usize, Ve
                 });
                 let path = fill(r.path, &w, &t);
                 let body = body_of(r.method, r.path, n, cases, &t);
-                let (status, v) = call(&server.base, r.method, &path, token, body.as_ref());
+                let (status, v) = call(&server.base, &r.method.to_uppercase(), &path, token, body);
                 let got = match status {
                     401 => Outcome::Unauthenticated,
                     403 => Outcome::Forbidden,

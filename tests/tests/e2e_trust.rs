@@ -199,17 +199,19 @@ fn registration(dir: &Path, name: &str) -> NodeRegistered {
         .expect("a registration")
 }
 
-/// Ask the cluster for worker `reg`'s commands with `reg`'s key, from a client of our
-/// own whose sequence numbers start far above any the worker used (so only a missing
-/// key, not the replay window, can refuse it). The answer's code.
+/// Ask the cluster for worker `reg`'s commands with `reg`'s key (see [`probe_key`]).
 fn probe(cluster: SocketAddr, reg: &NodeRegistered) -> Code {
     let t = Instant::now();
-    let code = probe_once(cluster, reg);
+    let creds = reg.credentials.clone().expect("credentials");
+    let code = probe_key(cluster, creds, &paths::node_commands(reg.node));
     eprintln!("probe answered {code} in {:?}", t.elapsed());
     code
 }
 
-fn probe_once(cluster: SocketAddr, reg: &NodeRegistered) -> Code {
+/// GET `path` at `server` under `creds`, from a client of our own whose sequence
+/// numbers start far above any the key's holder used (so only a missing key, not the
+/// replay window, can refuse it). The answer's code.
+fn probe_key(server: SocketAddr, creds: msg::Credentials, path: &str) -> Code {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -221,18 +223,13 @@ fn probe_once(cluster: SocketAddr, reg: &NodeRegistered) -> Code {
             seq_ceiling: 1 << 30,
             window_used: false,
         };
-        let params = ContextParams::from(reg.credentials.clone().expect("credentials"));
+        let params = ContextParams::from(creds);
         let ctx = SecurityContext::new(&params, Box::new(MemoryContextStore(Some(high)))).unwrap();
         let key = h.add_context(ctx).await.unwrap();
-        let r = h
-            .request(
-                cluster,
-                Request::get(&paths::node_commands(reg.node)),
-                SendOptions::secure(key),
-            )
+        h.request(server, Request::get(path), SendOptions::secure(key))
             .await
-            .expect("an answer");
-        r.code
+            .expect("an answer")
+            .code
     })
 }
 
@@ -494,37 +491,8 @@ fn cluster_registration(cluster: &Cluster) -> msg::ClusterRegistered {
 
 /// As [`probe`], for a cluster's key at its root.
 fn probe_root(root: SocketAddr, reg: &msg::ClusterRegistered) -> Code {
-    let node = NodeRegistered {
-        version: reg.version,
-        node: msg::NodeId(reg.cluster.0),
-        subnet_v4: reg.subnets,
-        subnet_v6: reg.subnets_v6.unwrap_or(msg::Ipv6Prefix {
-            addr: [0; 16],
-            len: 0,
-        }),
-        timing: reg.timing,
-        credentials: reg.credentials.clone(),
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let (h, _) = driver::spawn(sock, Endpoint::new(Config::default()), Router::new()).unwrap();
-        let high = PersistedState {
-            seq_ceiling: 1 << 30,
-            window_used: false,
-        };
-        let params = ContextParams::from(node.credentials.clone().unwrap());
-        let ctx = SecurityContext::new(&params, Box::new(MemoryContextStore(Some(high)))).unwrap();
-        let key = h.add_context(ctx).await.unwrap();
-        let path = paths::cluster_commands(reg.cluster);
-        h.request(root, Request::get(&path), SendOptions::secure(key))
-            .await
-            .expect("an answer")
-            .code
-    })
+    let creds = reg.credentials.clone().expect("credentials");
+    probe_key(root, creds, &paths::cluster_commands(reg.cluster))
 }
 
 #[test]

@@ -47,13 +47,7 @@ pub fn node_context(
     secret: &[u8],
     salt: &[u8],
 ) -> Result<SecurityContext, String> {
-    let params = ContextParams {
-        master_secret: secret.to_vec(),
-        master_salt: salt.to_vec(),
-        sender_id: Vec::new(),
-        recipient_id: peer_kid(id, generation),
-        id_context: None,
-    };
+    let params = ContextParams::for_peer(id, generation, secret, salt);
     SecurityContext::new(
         &params,
         Box::new(FileContextStore::new(seq_file(dir, id, generation))),

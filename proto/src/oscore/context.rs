@@ -34,6 +34,21 @@ pub struct ContextParams {
     pub id_context: Option<Vec<u8>>,
 }
 
+impl ContextParams {
+    /// The upper tier's side of a lower-tier peer's key of `generation` (worker at its
+    /// cluster, cluster at its root): its sender id [`crate::util::peer_kid`], ours
+    /// empty.
+    pub fn for_peer(id: u32, generation: u32, secret: &[u8], salt: &[u8]) -> Self {
+        Self {
+            master_secret: secret.to_vec(),
+            master_salt: salt.to_vec(),
+            sender_id: Vec::new(),
+            recipient_id: crate::util::peer_kid(id, generation),
+            id_context: None,
+        }
+    }
+}
+
 impl From<crate::msg::Credentials> for ContextParams {
     /// The receiver's side of credentials handed out at a join: its sender and
     /// recipient ids as given.
