@@ -144,6 +144,12 @@ impl LinkHandle {
         self.coap.remove_join_token(id);
     }
 
+    /// Wait until the tokens and keys added or removed so far are in effect (an API
+    /// answer says so only then).
+    pub async fn settled(&self) {
+        self.coap.settled().await;
+    }
+
     /// Install the OSCORE context of a CoAP API user.
     pub async fn add_user_context(
         &self,

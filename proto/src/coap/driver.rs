@@ -242,6 +242,7 @@ enum Command {
     RemoveJoinToken(Vec<u8>),
     SetLink(SocketAddr, LinkParams),
     Stats(Reply<Stats>),
+    Settled(Reply<()>),
 }
 
 /// A cloneable handle to a running driver.
@@ -326,6 +327,12 @@ impl Handle {
     /// Stop accepting joins with a token.
     pub fn remove_join_token(&self, id: Vec<u8>) {
         let _ = self.tx.send(Command::RemoveJoinToken(id));
+    }
+
+    /// Wait until every command sent before (a context or join token added or
+    /// removed) is in effect: datagrams read from then on meet them.
+    pub async fn settled(&self) {
+        let _ = self.call(Command::Settled).await;
     }
 
     /// Per-peer transmission parameters.
@@ -518,6 +525,9 @@ async fn run(
                     Command::SetLink(peer, p) => ep.set_link(peer, p),
                     Command::Stats(reply) => {
                         let _ = reply.send(ep.stats());
+                    }
+                    Command::Settled(reply) => {
+                        let _ = reply.send(());
                     }
                 }
             }

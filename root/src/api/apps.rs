@@ -659,6 +659,8 @@ pub async fn create_cluster_token(
         .create_cluster_token(&hex(&id), &secret, expires_at, single_use, &caller.0.sub)?;
     if let Some(link) = st.link.get() {
         link.add_join_token(id.to_vec(), secret.to_vec());
+        // A cluster given the token at once may join at once.
+        link.settled().await;
     }
     Ok(Json(json!({
         "id": hex(&id),
@@ -706,6 +708,8 @@ pub async fn evict_cluster(
     st.db().evict_cluster(id)?;
     if let Some(link) = st.link.get() {
         link.evicted(id);
+        // "At once": the answer comes when the keys are gone.
+        link.settled().await;
     }
     Ok(Json(json!({ "message": "Cluster evicted" })))
 }
@@ -736,6 +740,7 @@ pub async fn revoke_cluster_token(
     st.db().revoke_cluster_token(&id)?;
     if let Some(link) = st.link.get() {
         link.remove_join_token(grove_proto::util::unhex(&id).unwrap_or_default());
+        link.settled().await;
     }
     Ok(Json(json!({ "message": "Token revoked" })))
 }
