@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Grove's test suite needs on Debian 12, idempotently:
 #   - libcoap3-bin (coap-client-notls, the libcoap interop peer),
-#   - python3-venv and a venv at .venv with aiocoap[oscore] (the OSCORE interop peer),
+#   - python3-venv and a venv at .venv with aiocoap[oscore] (the OSCORE interop peer)
+#     and prometheus_client (its parser reads /metrics),
 #   - cargo-nextest (the test runner),
 #   - a C compiler for the crates that build C (SQLite, ring),
 #   - for images and containers: busybox-static (the test images' content), umoci
@@ -14,6 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 AIOCOAP='aiocoap[oscore]==0.4.17'
+# Prometheus' own Python client: its OpenMetrics parser reads the daemons' /metrics.
+PROMETHEUS='prometheus_client==0.21.1'
 
 missing=()
 # A C compiler: SQLite (rusqlite, bundled) and ring are built from C sources.
@@ -48,6 +51,10 @@ if ! .venv/bin/python -c 'import aiocoap.oscore, cbor2, cryptography' >/dev/null
   rm -rf .venv
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check "$AIOCOAP"
+fi
+if ! .venv/bin/python -c 'import prometheus_client.openmetrics.parser' >/dev/null 2>&1; then
+  echo "test-deps: adding $PROMETHEUS to .venv"
+  .venv/bin/pip install -q --disable-pip-version-check "$PROMETHEUS"
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

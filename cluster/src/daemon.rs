@@ -154,6 +154,8 @@ pub struct Cluster {
     nodes_cache: Mutex<Option<Arc<Vec<crate::store::NodeRow>>>>,
     /// The workers' keys, join tokens, re-keys and evictions.
     keys: Mutex<keys::Keys>,
+    /// What `/metrics` says.
+    metrics: crate::metrics::Metrics,
 }
 
 /// How the cluster talks to its root.
@@ -560,6 +562,7 @@ impl Cluster {
         let mut touched = HashSet::new();
         for id in lost {
             tracing::warn!(node = id, "worker lost: moving its instances");
+            self.metrics.lost(id);
             touched.extend(self.move_instances_off(id));
             touched.extend(self.place_pending());
         }
@@ -809,6 +812,7 @@ async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
         Err(e) => return Response::error(Code::BAD_REQUEST, &e.to_string()),
     };
     cl.heard(id, &inc);
+    cl.metrics.heartbeat(id, &hb);
     let came_back = {
         let mut live = cl.live();
         let l = live.entry(id).or_insert_with(Live::fresh);
@@ -888,6 +892,7 @@ pub async fn start(
         published_services: Mutex::default(),
         nodes_cache: Mutex::default(),
         keys: Mutex::default(),
+        metrics: crate::metrics::Metrics::default(),
     });
     let (c1, c2, c3, c4, c5) = (cl.clone(), cl.clone(), cl.clone(), cl.clone(), cl.clone());
     let c6 = cl.clone();
@@ -1189,6 +1194,39 @@ pub async fn start(
         }
     });
     Ok(cl)
+}
+
+/// Serve `/metrics` on `listener` (the `--metrics` port).
+pub async fn serve_metrics(cl: Arc<Cluster>, listener: tokio::net::TcpListener) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let cl = cl.clone();
+            async move {
+                let statuses: Vec<String> = cl
+                    .db()
+                    .instances()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|i| i.status)
+                    .collect();
+                let stats = match cl.coap.get() {
+                    Some(h) => h.stats().await,
+                    None => grove_proto::coap::Stats::default(),
+                };
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    cl.metrics.render(&statuses, stats),
+                )
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "the metrics port stopped");
+    }
 }
 
 impl Cluster {

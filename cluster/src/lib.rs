@@ -5,6 +5,7 @@
 //! [`daemon`]; the scheduler in [`scheduler`]; SQLite in [`store`].
 
 pub mod daemon;
+pub mod metrics;
 pub mod scheduler;
 pub mod store;
 
@@ -53,6 +54,10 @@ pub struct Args {
     /// subnets to hold them (256 per /18, up to 4,096).
     #[arg(long, env = "GROVE_MAX_WORKERS")]
     pub max_workers: Option<u32>,
+    /// Serve Prometheus metrics over HTTP at ADDR:PORT (`/metrics`; best kept on a
+    /// local or management address). Off by default.
+    #[arg(long, env = "GROVE_METRICS")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Subcommands.
@@ -261,7 +266,18 @@ pub fn run(args: Args) -> Result<(), String> {
             &socket,
             grove_proto::coap::driver::SERVER_BUFFERS,
         );
-        daemon::start(settings, store, socket).await?;
+        let metrics = match args.metrics {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .map_err(|e| format!("--metrics {a}: {e}"))?,
+            ),
+            None => None,
+        };
+        let cluster = daemon::start(settings, store, socket).await?;
+        if let Some(l) = metrics {
+            tokio::spawn(daemon::serve_metrics(cluster, l));
+        }
         // Serving its workers (the root link goes on in the background).
         grove_proto::service::ready();
         grove_proto::service::spawn_watchdog();

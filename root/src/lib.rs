@@ -12,6 +12,7 @@ pub mod coap_api;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod link;
+pub mod metrics;
 pub mod scheduler;
 pub mod sla;
 pub mod store;
@@ -75,6 +76,7 @@ pub fn open_state(args: &Args) -> Result<api::Shared, String> {
         link: std::sync::OnceLock::new(),
         reach: std::sync::Mutex::default(),
         logins: std::sync::Mutex::default(),
+        metrics: metrics::Metrics::default(),
     }))
 }
 

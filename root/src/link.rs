@@ -144,6 +144,11 @@ impl LinkHandle {
         self.coap.remove_join_token(id);
     }
 
+    /// The link's CoAP counters.
+    pub async fn stats(&self) -> grove_proto::coap::Stats {
+        self.coap.stats().await
+    }
+
     /// Wait until the tokens and keys added or removed so far are in effect (an API
     /// answer says so only then).
     pub async fn settled(&self) {
@@ -629,6 +634,7 @@ fn report(st: &Shared, inc: &Incoming) -> Response {
     if let Some(l) = link {
         l.heard(st, id, inc);
     }
+    st.metrics.report(id);
     let mut db = st.db();
     let aggregate = rep.capacity.as_ref().map(msg::to_cbor);
     if let Err(e) = db.record_report(id, aggregate.as_deref(), now_secs()) {
@@ -660,6 +666,9 @@ fn report(st: &Shared, inc: &Incoming) -> Response {
                 addr6.as_deref(),
             );
             services.insert(c.instance.service.clone());
+            if c.state == msg::InstanceState::Running {
+                st.metrics.running(&c.instance.service, c.instance.instance);
+            }
         }
     }
     drop(db);

@@ -75,6 +75,7 @@ const EXPECTED: &[(&str, &str, Rule)] = &[
     ("get", "/api/clusters/token", Rule::Admin),
     ("post", "/api/clusters/token", Rule::Admin),
     ("delete", "/api/clusters/token/{id}", Rule::Admin),
+    ("get", "/metrics", Rule::Public),
     ("get", "/api/docs/", Rule::Public),
     ("get", "/api/docs/openapi.json", Rule::Public),
 ];

@@ -407,3 +407,17 @@ pub struct Stats {
     /// Notifications dropped as older than one already delivered.
     pub stale_notifications: u64,
 }
+
+impl Stats {
+    /// The datagram counters by kind, as metrics name them.
+    pub fn by_kind(&self) -> [(&'static str, u64); 6] {
+        [
+            ("in", self.datagrams_in),
+            ("out", self.datagrams_out),
+            ("retransmitted", self.retransmissions),
+            ("malformed", self.malformed),
+            ("oscore_rejected", self.oscore_rejected),
+            ("duplicate", self.duplicates),
+        ]
+    }
+}

@@ -412,8 +412,12 @@ pub fn place_new_instance(st: &AppState, app: &AppRow, s: &ServiceRow) -> ApiRes
         .ok_or_else(|| ApiError::Internal("stored spec does not parse".into()))?;
     let mut db = st.db();
     let inst = db.add_instance(&s.id)?;
+    st.metrics.asked(&s.id, inst.number);
     let views = cluster_views(&db.clusters()?, now_secs());
-    Ok(match scheduler::schedule(&views, &demand_of(&ms)) {
+    let started = std::time::Instant::now();
+    let chosen = scheduler::schedule(&views, &demand_of(&ms));
+    st.metrics.scheduled(started.elapsed());
+    Ok(match chosen {
         Ok(cluster) => db.move_instance(&s.id, inst.number, Some(cluster.0), None)?,
         Err(reason) => db.move_instance(&s.id, inst.number, None, Some(reason.as_str()))?,
     })
@@ -610,6 +614,19 @@ fn clusters_json(st: &Shared, only_active: bool) -> ApiResult<Value> {
             .map(|(v, r)| cluster_doc(v, r))
             .collect(),
     ))
+}
+
+/// `GET /metrics`: Prometheus' text format.
+pub async fn metrics(State(st): State<Shared>) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let counts = st.db().instance_counts()?;
+    let stats = match st.link.get() {
+        Some(l) => Some(l.stats().await),
+        None => None,
+    };
+    let text = st.metrics.render(&counts, stats);
+    let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(([(axum::http::header::CONTENT_TYPE, kind)], text).into_response())
 }
 
 /// `GET /api/clusters/`: every registered cluster.

@@ -36,6 +36,8 @@ pub struct AppState {
     pub reach: Mutex<crate::link::Reach>,
     /// Failed logins per user and per address.
     pub logins: Mutex<limit::LoginLimit>,
+    /// What `/metrics` says.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Shared state of the router.

@@ -158,6 +158,9 @@ pub const ROUTES: &[Route] = &[
         apps::create_cluster_token),
     route!(delete "/api/clusters/token/{id}", Admin,
         "Revoke a cluster join token", apps::revoke_cluster_token),
+    route!(get "/metrics", Public,
+        "Prometheus metrics: instances by status, deploy and scheduling latency, cluster reports, CoAP counters",
+        apps::metrics),
     route!(get "/api/docs/", Public, "This documentation", docs::page),
     route!(get "/api/docs/openapi.json", Public, "The OpenAPI description", docs::openapi),
 ];

@@ -701,6 +701,17 @@ impl Store {
         Ok(row)
     }
 
+    /// How many instances there are in each status.
+    pub fn instance_counts(&self) -> Result<Vec<(String, u64)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT status, COUNT(*) FROM instances GROUP BY status ORDER BY status")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
     /// Record a status change (and where the instance is).
     pub fn set_instance_status(
         &mut self,
