@@ -157,6 +157,11 @@ pub async fn join(c: &Handle, s: &Settings) -> Result<NodeRegistered, ControlErr
                 tracing::info!("the cluster does not know the join token yet; retrying");
                 backoff_sleep(&mut attempt).await;
             }
+            // A cluster that has not joined its root yet asks to be asked again.
+            Ok(r) if r.code == Code::SERVICE_UNAVAILABLE => {
+                tracing::info!("the cluster is not ready for workers yet; retrying");
+                backoff_sleep(&mut attempt).await;
+            }
             Ok(r) if r.code == Code::UNAUTHORIZED => {
                 return Err(ControlError::Refused(format!(
                     "{} {}: the cluster does not know this join token (expired, revoked, or made by another cluster)",

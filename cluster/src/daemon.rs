@@ -65,6 +65,9 @@ pub struct Settings {
     pub max_workers: Option<u32>,
 }
 
+/// How long a worker's registration waits for the cluster to join its root.
+const JOIN_WAITS_FOR_ROOT: Duration = Duration::from_secs(20);
+
 /// How often refused datagrams (malformed, or refused by OSCORE) are counted in the
 /// log, when there were any.
 const REFUSED_EVERY: Duration = Duration::from_secs(10);
@@ -156,6 +159,9 @@ pub struct Cluster {
     keys: Mutex<keys::Keys>,
     /// What `/metrics` says.
     metrics: crate::metrics::Metrics,
+    /// Whether `block` is the root's (joined, or resumed from the store): a worker
+    /// joining before would get a subnet of another cluster's block.
+    block_known: tokio::sync::watch::Sender<bool>,
 }
 
 /// How the cluster talks to its root.
@@ -742,6 +748,18 @@ async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {
     if let Err(diag) = msg::check_version(reg.version) {
         return Response::error(Code::NOT_ACCEPTABLE, &diag);
     }
+    // A cluster that has not joined its root yet does not know its block of worker
+    // subnets: the registration waits for it (as a separate response).
+    let mut known = cl.block_known.subscribe();
+    if tokio::time::timeout(JOIN_WAITS_FOR_ROOT, known.wait_for(|k| *k))
+        .await
+        .is_err()
+    {
+        return Response::error(
+            Code::SERVICE_UNAVAILABLE,
+            "the cluster has not joined its root yet: try again",
+        );
+    }
     let token = hex(&ctx_id[..8.min(ctx_id.len())]);
     if !cl
         .db()
@@ -893,6 +911,7 @@ pub async fn start(
         nodes_cache: Mutex::default(),
         keys: Mutex::default(),
         metrics: crate::metrics::Metrics::default(),
+        block_known: tokio::sync::watch::Sender::new(false),
     });
     let (c1, c2, c3, c4, c5) = (cl.clone(), cl.clone(), cl.clone(), cl.clone(), cl.clone());
     let c6 = cl.clone();
@@ -1333,6 +1352,8 @@ async fn root_join(
             Ordering::Relaxed,
         );
     }
+    // Workers waiting to join may have their subnets now.
+    cl.block_known.send_replace(true);
     let ctx = SecurityContext::new(
         &ContextParams::from(creds),
         Box::new(FileContextStore::new(s.data_dir.join("root.oscore-seq"))),
