@@ -1,5 +1,9 @@
 //! The cluster link with test clusters that speak the real protocol through `proto/`.
 
+mod support;
+
+use support::call as http;
+
 use clap::Parser;
 use grove_proto::coap::driver::{self, Handle, Observation, Router};
 use grove_proto::coap::{Code, Config, ContextKey, Endpoint, Request, SendOptions};
@@ -56,30 +60,6 @@ fn start(name: &str, lost_after: i64) -> Root {
         rt,
         dir,
     }
-}
-
-fn http(
-    base: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = ureq::request(method, &format!("{base}{path}")).timeout(Duration::from_secs(20));
-    if let Some(t) = token {
-        req = req.set("Authorization", &format!("Bearer {t}"));
-    }
-    let res = match body {
-        Some(b) => req.send_json(b),
-        None => req.call(),
-    };
-    let r = match res {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {path}: {e}"),
-    };
-    let s = r.status();
-    (s, r.into_json().unwrap_or(Value::Null))
 }
 
 fn admin(base: &str) -> String {
