@@ -445,8 +445,54 @@ fn registration_refuses_other_major_versions_and_unknown_tokens() {
     );
     assert_eq!(s, 200);
     let revoked = revoke_me["token"].as_str().unwrap().to_owned();
+    let (_, short) = http(
+        &root.base,
+        "POST",
+        "/api/clusters/token",
+        Some(&t),
+        Some(json!({"expires_in_secs": 1})),
+    );
+    let short_id = short["id"].as_str().unwrap().to_owned();
+    let expired = short["token"].as_str().unwrap().to_owned();
+    // The listing says when it is no longer usable (and never shows a secret).
+    let usable = |id: &str| {
+        let (_, list) = http(&root.base, "GET", "/api/clusters/token", Some(&t), None);
+        assert!(
+            !list
+                .to_string()
+                .contains(expired.split('.').nth(1).unwrap())
+        );
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == id)
+            .map(|x| x["usable"] == true)
+    };
+    assert_eq!(usable(&short_id), Some(true));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while usable(&short_id) != Some(false) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the token never expired"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let coap_addr = root.coap;
+    let base = root.base.clone();
+    let t2 = t.clone();
     root.rt.block_on(async move {
+        // An expired token's registration is refused and registers nothing.
+        let err = join(coap_addr, &expired, "late")
+            .await
+            .err()
+            .expect("expired token refused");
+        assert_eq!(err.0, Code::FORBIDDEN, "{}", err.1);
+        let (_, clusters) = tokio::task::spawn_blocking(move || {
+            http(&base, "GET", "/api/clusters/", Some(&t2), None)
+        })
+        .await
+        .unwrap();
+        assert!(!clusters.to_string().contains("\"late\""), "{clusters}");
         let (id, secret) = token.split_once('.').unwrap();
         let coap = client().await;
         let jk = coap
