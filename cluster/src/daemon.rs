@@ -959,8 +959,7 @@ pub async fn start(
     for i in &unfinished {
         cl.track(&i.service, i.number, &i.status);
     }
-    // Join tokens, evictions and re-keys asked by `grove-cluster` while running (the
-    // first round before any datagram is read: tokens made so far).
+    // Join tokens, evictions and re-keys asked by `grove-cluster` while running.
     cl.sync_keys().await;
     let ct = cl.clone();
     tokio::spawn(async move {

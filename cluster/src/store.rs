@@ -525,6 +525,17 @@ impl Store {
         Ok(())
     }
 
+    /// Workers the operator asked to re-key (not evicted).
+    pub fn rekey_requested(&self) -> Result<Vec<u32>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id FROM nodes WHERE rekey AND NOT evicted ORDER BY id")?;
+        let rows = st
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
     /// The next key for worker `id`, kept as pending next to the one in use:
     /// (generation, secret, salt, whether it is new). While one is pending, asking
     /// again gives the same one (a worker whose answer was lost asks again, and must
@@ -700,6 +711,7 @@ mod tests {
         assert_eq!((row.key_gen, row.pending.clone()), (0, None));
         s.request_rekey(row.id).unwrap();
         assert!(s.node(row.id).unwrap().rekey);
+        assert_eq!(s.rekey_requested().unwrap(), [row.id]);
         let (g, secret, _, fresh) = s.begin_rekey(row.id, b"new", b"s1").unwrap();
         assert_eq!((g, secret.as_slice(), fresh), (1, &b"new"[..], true));
         let again = s.begin_rekey(row.id, b"other", b"s2").unwrap();

@@ -62,8 +62,8 @@ fn key_of(id: u32, generation: u32) -> ContextKey {
     }
 }
 
-/// Every key a registered worker may speak with (its key, and a pending one), into
-/// an endpoint that is not running yet.
+/// Every key a registered worker may speak with (its key, and a pending one), and the
+/// live join tokens, into an endpoint that is not running yet.
 pub fn load(cl: &Cluster, endpoint: &mut Endpoint) {
     for n in cl.db().nodes().unwrap_or_default() {
         cl.live().insert(n.id, Live::fresh());
@@ -89,6 +89,17 @@ pub fn load(cl: &Cluster, endpoint: &mut Endpoint) {
         cl.keys().current.insert(n.id, n.key_gen);
         if n.rekey {
             cl.keys().asked.insert(n.id);
+        }
+    }
+    // The join tokens made so far, before the first datagram is read.
+    let tokens = cl
+        .db()
+        .live_worker_tokens(crate::store::now_secs())
+        .unwrap_or_default();
+    for (id, secret) in tokens {
+        if let Some(raw) = unhex(&id) {
+            endpoint.add_join_token(raw, secret);
+            cl.keys().tokens.insert(id);
         }
     }
 }
@@ -196,14 +207,7 @@ impl Cluster {
                 }
             }
         }
-        let asked: Vec<u32> = self
-            .db()
-            .nodes()
-            .unwrap_or_default()
-            .iter()
-            .filter(|n| n.rekey)
-            .map(|n| n.id)
-            .collect();
+        let asked = self.db().rekey_requested().unwrap_or_default();
         self.keys().asked.extend(asked);
         let evicted = self.db().evicted_nodes().unwrap_or_default();
         for (id, generation) in evicted {
