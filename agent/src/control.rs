@@ -600,11 +600,7 @@ pub async fn run(
                     rekeying = true;
                     let (c2, key2, to, tx) = (c.clone(), key.clone(), s.cluster, rekey_tx.clone());
                     tokio::spawn(async move {
-                        let r = match c2.request(to, Request::post_cbor(&paths::node_rekey(node), Vec::new()), SendOptions::secure(key2)).await {
-                            Ok(r) if r.code.is_success() => msg::from_cbor::<msg::Credentials>(&r.payload).map_err(|e| e.to_string()),
-                            Ok(r) => Err(format!("{} {}", r.code, String::from_utf8_lossy(&r.payload))),
-                            Err(e) => Err(e.to_string()),
-                        };
+                        let r = grove_proto::util::ask_new_key(&c2, to, &paths::node_rekey(node), key2).await;
                         let _ = tx.send(r).await;
                     });
                 }

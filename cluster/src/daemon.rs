@@ -1171,12 +1171,8 @@ pub async fn start(
                         rekeying = true;
                         let (rc2, rk2, tx) = (rc.clone(), rk.clone(), rekey_tx.clone());
                         tokio::spawn(async move {
-                            let req = Request::post_cbor(&paths::cluster_rekey(ClusterId(cluster_id)), Vec::new());
-                            let r = match rc2.request(root, req, SendOptions::secure(rk2)).await {
-                                Ok(r) if r.code.is_success() => msg::from_cbor::<msg::Credentials>(&r.payload).map_err(|e| e.to_string()),
-                                Ok(r) => Err(format!("{} {}", r.code, String::from_utf8_lossy(&r.payload))),
-                                Err(e) => Err(e.to_string()),
-                            };
+                            let path = paths::cluster_rekey(ClusterId(cluster_id));
+                            let r = grove_proto::util::ask_new_key(&rc2, root, &path, rk2).await;
                             let _ = tx.send(r).await;
                         });
                     }
