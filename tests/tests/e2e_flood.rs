@@ -142,6 +142,7 @@ fn a_flooded_cluster_completes_a_deployment_with_bounded_memory_and_counts_the_f
                     let _ = socks[(i % 4) as usize].send_to(&d, target);
                     i += 1;
                 }
+                sent.store(i, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(2));
             }
             sent.store(i, Ordering::Relaxed);
@@ -157,8 +158,11 @@ fn a_flooded_cluster_completes_a_deployment_with_bounded_memory_and_counts_the_f
             }
         })
     };
-    // The deployment, a few seconds into the flood: six instances, all RUNNING.
-    std::thread::sleep(Duration::from_secs(3));
+    // The deployment, once the cluster has had 3 s of the flood: six instances, all
+    // RUNNING.
+    wait_until(10, "3 s of the flood sent", || {
+        sent.load(Ordering::Relaxed) >= RATE * 3
+    });
     let asked = Instant::now();
     for _ in 0..6 {
         root.add_instance(&ids[1]);
