@@ -407,7 +407,13 @@ pub async fn run(
         seed: u64::from_le_bytes(seed),
         ..Config::default()
     };
-    let (c, _task) = driver::spawn(socket, Endpoint::new(cfg), Router::new())
+    // The cluster asks for logs over the link this agent opened (its only context).
+    let containers = s.state_dir.join("containers");
+    let router = Router::new().route(grove_proto::coap::Method::Post, paths::LOGS, move |inc| {
+        let r = crate::logs::answer(&containers, &inc.request.payload);
+        async move { r }
+    });
+    let (c, _task) = driver::spawn(socket, Endpoint::new(cfg), router)
         .map_err(|e| ControlError::Io(e.to_string()))?;
 
     // Credentials: stored from an earlier join, or a join with the token now.

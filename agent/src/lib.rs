@@ -10,6 +10,7 @@ pub mod control;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod image;
+pub mod logs;
 pub mod native;
 pub mod net;
 pub mod oneshot;

@@ -54,7 +54,7 @@ fn ended(s: InstanceState) -> bool {
 }
 
 /// The container id of an instance.
-fn container_id(i: &InstanceRef) -> String {
+pub(crate) fn container_id(i: &InstanceRef) -> String {
     let s: String = i
         .service
         .chars()

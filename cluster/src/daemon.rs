@@ -2,6 +2,7 @@
 //! commands), the root link (join, observe the cluster's commands, report), placement
 //! with the cluster scheduler, and the loss watcher.
 
+mod asked;
 mod directory;
 mod keys;
 mod push;
@@ -99,6 +100,10 @@ struct Live {
     since: Instant,
     /// Where its heartbeats come from: its VXLAN endpoint.
     underlay: Option<std::net::IpAddr>,
+    /// The socket its heartbeats come from (where the cluster asks it for logs).
+    peer: Option<SocketAddr>,
+    /// CPU (hundredths of a percent) and memory (MiB) in use, by its last heartbeat.
+    usage: Option<(u16, u32)>,
 }
 
 impl Live {
@@ -109,6 +114,8 @@ impl Live {
             coord: None,
             since: Instant::now(),
             underlay: None,
+            peer: None,
+            usage: None,
         }
     }
 
@@ -839,6 +846,8 @@ async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
         l.lost = false;
         let moved = l.underlay != Some(inc.peer.ip());
         l.underlay = Some(inc.peer.ip());
+        l.peer = Some(inc.peer);
+        l.usage = Some((hb.cpu_centi_pct, hb.mem_used_mib));
         if hb.coord.0 != [0.0; 3] {
             l.coord = Some(hb.coord);
         }
@@ -1053,7 +1062,9 @@ pub async fn start(
             seed: u64::from_le_bytes(random::<8>()),
             ..Config::default()
         };
-        driver::spawn(sock, Endpoint::new(cfg), Router::new())
+        // What the root asks of this cluster (its workers, their tokens, logs) comes
+        // over the link the cluster opened.
+        driver::spawn(sock, Endpoint::new(cfg), asked::router(&cl))
             .map_err(|e| e.to_string())?
             .0
     };

@@ -45,6 +45,10 @@ fn decode_all(body: &[u8]) {
     let _ = msg::from_cbor::<msg::ClusterReport>(body);
     let _ = msg::from_cbor::<msg::ClusterCommands>(body);
     let _ = msg::from_cbor::<msg::LogChunk>(body);
+    let _ = msg::from_cbor::<msg::LogAsk>(body);
+    let _ = msg::from_cbor::<Vec<msg::NodeInfo>>(body);
+    let _ = msg::from_cbor::<msg::WorkerTokenAsk>(body);
+    let _ = msg::from_cbor::<Vec<msg::WorkerTokenInfo>>(body);
     let _ = msg::from_cbor::<msg::ServiceEntry>(body);
 }
 

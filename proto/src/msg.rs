@@ -741,23 +741,118 @@ pub struct ClusterCommands {
     pub peers: Option<Vec<NodePeer>>,
 }
 
-/// Worker → cluster, `POST /v1/nodes/{id}/logs`: a piece of an instance's log, sent
-/// only while a user asked for it.
+/// Upper tier → lower tier, `POST /v1/logs` ([`crate::paths::LOGS`]): a piece of an
+/// instance's log. The root asks the cluster hosting the instance, which asks the
+/// worker hosting it with the same body; the answer is a [`LogChunk`].
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct LogAsk {
+    /// Whose log.
+    #[n(0)]
+    pub instance: InstanceRef,
+    /// From this byte offset of the log on (following it); `None`: its last `tail`
+    /// bytes.
+    #[n(1)]
+    pub from: Option<u64>,
+    /// How many bytes at most.
+    #[n(2)]
+    pub max: u32,
+}
+
+/// The answer to a [`LogAsk`]: a piece of an instance's log, read by its worker.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct LogChunk {
     /// Whose log.
     #[n(0)]
     pub instance: InstanceRef,
-    /// Byte offset of `data` in the log.
+    /// Byte offset of `data` in the log (the log restarts at 0 when its older half is
+    /// cut off, past 1 MiB).
     #[n(1)]
     pub offset: u64,
-    /// Log bytes (at most one block's worth per chunk is typical, not required).
+    /// Log bytes.
     #[n(2)]
     #[cbor(with = "minicbor::bytes")]
     pub data: Vec<u8>,
-    /// No more data follows (the instance ended or the request was satisfied).
+    /// `data` reaches the end of the log as it is now.
     #[n(3)]
     pub eof: bool,
+}
+
+/// Root → cluster, the answer of `GET /v1/cluster/nodes`: the cluster's workers as a
+/// user lists them.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct NodeInfo {
+    /// Its id.
+    #[n(0)]
+    pub id: NodeId,
+    /// Its name.
+    #[n(1)]
+    pub name: String,
+    /// CPU architecture.
+    #[n(2)]
+    pub arch: String,
+    /// Logical CPUs.
+    #[n(3)]
+    pub cpus: u32,
+    /// Memory, MiB.
+    #[n(4)]
+    pub memory_mib: u32,
+    /// Heard from within the loss timeout.
+    #[n(5)]
+    pub active: bool,
+    /// Milliseconds since its last heartbeat (`None`: not heard since the cluster
+    /// started).
+    #[n(6)]
+    pub last_seen_ms: Option<u64>,
+    /// CPU in use by its last heartbeat, hundredths of a percent of the whole machine.
+    #[n(7)]
+    pub cpu_centi_pct: Option<u16>,
+    /// Memory in use by its last heartbeat, MiB.
+    #[n(8)]
+    pub mem_used_mib: Option<u32>,
+    /// Instances placed on it and not ended.
+    #[n(9)]
+    pub instances: u32,
+    /// Where its heartbeats come from.
+    #[n(10)]
+    pub underlay: Option<String>,
+    /// The generation of its key.
+    #[n(11)]
+    pub key_generation: u32,
+    /// Its virtualizations.
+    #[n(12)]
+    pub virtualizations: Vec<String>,
+}
+
+/// Root → cluster, `POST /v1/cluster/tokens`: a worker join token.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct WorkerTokenAsk {
+    /// Valid for this long.
+    #[n(0)]
+    pub expires_in_secs: u32,
+    /// Good for one join only.
+    #[n(1)]
+    pub single_use: bool,
+}
+
+/// A worker join token as the cluster lists it (`GET /v1/cluster/tokens`), or as it
+/// made it (`POST`, the only answer that carries the token itself).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct WorkerTokenInfo {
+    /// Its id (hex).
+    #[n(0)]
+    pub id: String,
+    /// `id.secret`, for `grove-agent --join-token`: only when it was just made.
+    #[n(1)]
+    pub token: Option<String>,
+    /// Unix seconds.
+    #[n(2)]
+    pub expires_at: i64,
+    /// Good for one join only.
+    #[n(3)]
+    pub single_use: bool,
+    /// A worker joined with it.
+    #[n(4)]
+    pub used: bool,
 }
 
 /// Where one instance of a service can be reached.
@@ -1029,6 +1124,15 @@ mod tests {
             closest_ip6: None,
         };
         assert_eq!(from_cbor::<ServiceEntry>(&to_cbor(&e)).unwrap(), e);
+        let a = LogAsk {
+            instance: InstanceRef {
+                service: "s".into(),
+                instance: 1,
+            },
+            from: Some(7),
+            max: 100,
+        };
+        assert_eq!(from_cbor::<LogAsk>(&to_cbor(&a)).unwrap(), a);
         let l = LogChunk {
             instance: e.instances[0].instance.clone(),
             offset: 7,

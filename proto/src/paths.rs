@@ -41,9 +41,22 @@ pub fn cluster_rekey(cluster: crate::msg::ClusterId) -> String {
     format!("/v1/clusters/{}/rekey", cluster.0)
 }
 
-/// Cluster: log chunks a worker sends up on request (POST, [`crate::msg::LogChunk`]).
-pub fn node_logs(node: crate::msg::NodeId) -> String {
-    format!("/v1/nodes/{}/logs", node.0)
+/// Cluster (on its root link's socket) and worker: a piece of an instance's log (POST
+/// [`crate::msg::LogAsk`], answered with [`crate::msg::LogChunk`]). The root asks the
+/// cluster, the cluster its worker: each lower tier answers what its upper tier asks
+/// over the socket the lower tier opened, like a notification.
+pub const LOGS: &str = "/v1/logs";
+
+/// Cluster (root link): its workers (GET, a list of [`crate::msg::NodeInfo`]).
+pub const CLUSTER_NODES: &str = "/v1/cluster/nodes";
+
+/// Cluster (root link): worker join tokens (GET: a list of
+/// [`crate::msg::WorkerTokenInfo`]; POST [`crate::msg::WorkerTokenAsk`]: a new one).
+pub const CLUSTER_TOKENS: &str = "/v1/cluster/tokens";
+
+/// Cluster (root link): revoke a worker join token (DELETE).
+pub fn cluster_token(id: &str) -> String {
+    format!("/v1/cluster/tokens/{id}")
 }
 
 /// Cluster and root: the directory entry of a service (GET + Observe,

@@ -14,7 +14,7 @@ use crate::api::{AppState, Shared, microservice_of, place_new_instance, spec_mic
 use crate::scheduler;
 use crate::store::now_secs;
 use grove_proto::coap::driver::{self, Handle, Incoming, Router};
-use grove_proto::coap::{Code, Config, Endpoint, Method, Response};
+use grove_proto::coap::{Code, Config, Endpoint, Method, Request, Response, SendOptions};
 use grove_proto::msg::{
     self, ClusterCommands, ClusterId, ClusterRegistered, ClusterReport, Credentials, InstanceRef,
     InstanceSpec, NodeCommand, RegisterCluster,
@@ -121,6 +121,8 @@ pub struct LinkHandle {
     directory: mpsc::UnboundedSender<DirectoryUpdate>,
     dir: PathBuf,
     keys: Arc<Mutex<HashMap<u32, KeyState>>>,
+    /// Where each cluster's requests come from: where the root asks it.
+    addrs: Arc<Mutex<HashMap<u32, std::net::SocketAddr>>>,
 }
 
 impl LinkHandle {
@@ -215,6 +217,10 @@ impl LinkHandle {
     /// A request of `cluster` arrived: under its pending key, that key is now the one
     /// in use (stored first), and the old one is removed.
     fn heard(&self, st: &AppState, cluster: u32, inc: &Incoming) {
+        self.addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cluster, inc.peer);
         let generation = grove_proto::util::key_generation(inc);
         let pending = self.keys().get(&cluster).and_then(|k| k.pending);
         if pending != Some(generation) {
@@ -245,6 +251,32 @@ impl LinkHandle {
             generation,
             "cluster re-keyed: its old key no longer works"
         );
+    }
+
+    /// Ask `cluster` over the link it opened (its workers, their tokens, a log): its
+    /// answer, or why there is none.
+    pub async fn ask(&self, cluster: u32, req: Request) -> Result<Response, AskError> {
+        let addr = self
+            .addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cluster)
+            .copied()
+            .ok_or(AskError::NotHeard)?;
+        let generation = self.keys().get(&cluster).map_or(0, |k| k.current);
+        let sent = self.coap.request(
+            addr,
+            req,
+            SendOptions::secure(cluster_key(cluster, generation)),
+        );
+        match tokio::time::timeout(ASK_WAIT, sent).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(AskError::NoAnswer(e.to_string())),
+            Err(_) => Err(AskError::NoAnswer(format!(
+                "no answer within {} s",
+                ASK_WAIT.as_secs()
+            ))),
+        }
     }
 
     /// Whether the answers to `cluster`'s reports ask for a new key.
@@ -338,6 +370,21 @@ fn cluster_key(cluster: u32, generation: u32) -> grove_proto::coap::ContextKey {
         id_context: None,
         recipient_id: peer_kid(cluster, generation),
     }
+}
+
+/// How long the root waits for a cluster's answer (the cluster may wait 8 s for its
+/// worker's).
+const ASK_WAIT: Duration = Duration::from_secs(12);
+
+/// Why a cluster was not asked, or gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    /// No request of the cluster arrived since the root started.
+    #[error("the cluster was not heard from since the root started; it reports every 5 s")]
+    NotHeard,
+    /// It did not answer.
+    #[error("the cluster did not answer: {0}")]
+    NoAnswer(String),
 }
 
 /// What the link knows of a cluster's keys.
@@ -820,6 +867,7 @@ pub async fn start(
         directory: dtx,
         dir: dir.clone(),
         keys: Arc::new(Mutex::new(keys)),
+        addrs: Arc::default(),
     };
     // Push directory entries to the clusters observing them.
     let (st_dir, coap_dir) = (st.clone(), coap.clone());

@@ -55,7 +55,7 @@ pub fn node_context(
     .map_err(|e| e.to_string())
 }
 
-fn key_of(id: u32, generation: u32) -> ContextKey {
+pub(super) fn key_of(id: u32, generation: u32) -> ContextKey {
     ContextKey {
         id_context: None,
         recipient_id: peer_kid(id, generation),
@@ -118,7 +118,7 @@ pub struct Keys {
 }
 
 impl Cluster {
-    fn keys(&self) -> std::sync::MutexGuard<'_, Keys> {
+    pub(super) fn keys(&self) -> std::sync::MutexGuard<'_, Keys> {
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -43,6 +43,8 @@ impl Code {
     pub const INTERNAL_SERVER_ERROR: Code = Code(0xA0);
     /// 5.03 Service Unavailable.
     pub const SERVICE_UNAVAILABLE: Code = Code(0xA3);
+    /// 5.04 Gateway Timeout.
+    pub const GATEWAY_TIMEOUT: Code = Code(0xA4);
 
     /// The class digit (2 for success, 4 client error, 5 server error).
     pub fn class(self) -> u8 {

@@ -708,7 +708,7 @@ pub async fn list_cluster_tokens(State(st): State<Shared>, _caller: Caller) -> A
     )))
 }
 
-fn cluster_id(id: &str) -> ApiResult<u32> {
+pub(super) fn cluster_id(id: &str) -> ApiResult<u32> {
     id.parse()
         .map_err(|_| ApiError::NotFound(format!("cluster {id:?} not found")))
 }

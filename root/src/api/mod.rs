@@ -8,9 +8,11 @@ mod apps;
 
 pub use apps::{cluster_views, demand_of, microservice_of, place_new_instance, spec_microservice};
 mod docs;
+mod forward;
 pub mod limit;
 pub mod routes;
 pub mod tls;
+mod ui;
 mod users;
 
 use crate::auth::{AuthKeys, Claims, Role, TokenKind};
@@ -99,6 +101,10 @@ pub enum ApiError {
     TooMany(String, std::time::Duration),
     /// 500.
     Internal(String),
+    /// 503: what the answer needs is not reachable now (a cluster, a worker).
+    Unavailable(String),
+    /// 504: a cluster or worker asked gave no answer in time.
+    Timeout(String),
 }
 
 impl IntoResponse for ApiError {
@@ -120,6 +126,8 @@ impl IntoResponse for ApiError {
             Self::Forbidden(m) => (StatusCode::FORBIDDEN, json!({ "message": m })),
             Self::NotFound(m) => (StatusCode::NOT_FOUND, json!({ "message": m })),
             Self::Conflict(m) => (StatusCode::CONFLICT, json!({ "message": m })),
+            Self::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, json!({ "message": m })),
+            Self::Timeout(m) => (StatusCode::GATEWAY_TIMEOUT, json!({ "message": m })),
             Self::TooMany(m, wait) => {
                 let secs = wait.as_secs().max(1);
                 return (

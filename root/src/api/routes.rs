@@ -4,7 +4,7 @@
 //! description; a route cannot be added without saying who may call it. The handlers
 //! check only what a path cannot say (an application named in a request body).
 
-use super::{ApiError, Caller, Refresher, Shared, apps, docs, users};
+use super::{ApiError, Caller, Refresher, Shared, apps, docs, forward, ui, users};
 use crate::auth::{Claims, Role, TokenKind};
 use axum::extract::{FromRequestParts, RawPathParams, Request, State};
 use axum::http::request::Parts;
@@ -145,6 +145,8 @@ pub const ROUTES: &[Route] = &[
         "Add an instance", apps::add_instance),
     route!(delete "/api/service/{serviceid}/instance/{number}", Owner(Service),
         "Remove an instance", apps::remove_instance),
+    route!(get "/api/service/{serviceid}/instance/{number}/logs", Owner(Service),
+        "A piece of an instance's log ?from=&max=, read by its worker on request", forward::logs),
     route!(get "/api/clusters/", AnyUser, "All clusters", apps::clusters),
     route!(get "/api/clusters/active", AnyUser, "The active clusters", apps::active_clusters),
     route!(delete "/api/clusters/{id}", Admin,
@@ -158,9 +160,20 @@ pub const ROUTES: &[Route] = &[
         apps::create_cluster_token),
     route!(delete "/api/clusters/token/{id}", Admin,
         "Revoke a cluster join token", apps::revoke_cluster_token),
+    route!(get "/api/clusters/{id}/nodes", AnyUser,
+        "A cluster's workers with their usage, asked of the cluster", forward::nodes),
+    route!(get "/api/clusters/{id}/tokens", Admin,
+        "A cluster's worker join tokens (never the secrets), asked of the cluster", forward::tokens),
+    route!(post "/api/clusters/{id}/tokens", Admin,
+        "A worker join token {expires_in_secs?, single_use?} of the cluster, for grove-agent --join-token",
+        forward::create_token),
+    route!(delete "/api/clusters/{id}/tokens/{token}", Admin,
+        "Revoke a worker join token of the cluster", forward::revoke_token),
     route!(get "/metrics", Public,
         "Prometheus metrics: instances by status, deploy and scheduling latency, cluster reports, CoAP counters",
         apps::metrics),
+    route!(get "/", Public, "The web dashboard", ui::index),
+    route!(get "/ui/{file}", Public, "The web dashboard's script and style", ui::asset),
     route!(get "/api/docs/", Public, "This documentation", docs::page),
     route!(get "/api/docs/openapi.json", Public, "The OpenAPI description", docs::openapi),
 ];
