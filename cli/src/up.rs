@@ -349,32 +349,6 @@ impl Drop for Run {
     }
 }
 
-/// The root's API, as a user calls it.
-struct Api {
-    base: String,
-    token: String,
-}
-
-impl Api {
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
-        let req = ureq::request(method, &format!("{}{path}", self.base))
-            .timeout(Duration::from_secs(10))
-            .set("Authorization", &format!("Bearer {}", self.token));
-        let r = match body {
-            Some(b) => req.send_json(b),
-            None => req.call(),
-        };
-        match r {
-            Ok(r) => r.into_json().or_else(|_| Ok(Value::Null)),
-            Err(ureq::Error::Status(code, r)) => Err(format!(
-                "{method} {path}: {code} {}",
-                r.into_string().unwrap_or_default()
-            )),
-            Err(e) => Err(format!("{method} {path}: {e}")),
-        }
-    }
-}
-
 fn wait_for<T>(
     secs: u64,
     stop: &AtomicBool,
@@ -537,25 +511,20 @@ async fn bring_up(
     )?;
     run.tiers.push(d);
     let base = format!("http://{}", args.api);
-    let token = wait_for(30, stop, "the root's API", || {
-        ureq::post(&format!("{base}/api/auth/login"))
-            .timeout(Duration::from_secs(2))
-            .send_json(json!({"username": "Admin", "password": args.admin_password}))
-            .ok()?
-            .into_json::<Value>()
-            .ok()?["token"]
-            .as_str()
-            .map(str::to_owned)
+    let mut api = crate::client::Api::new(Default::default(), Some(base), None)?;
+    wait_for(30, stop, "the root's API", || {
+        api.login("Admin", &args.admin_password, None).ok()
     })?;
-    let api = Api { base, token };
-    say!("{} root: API on {}", t(), api.base);
+    say!("{} root: API on {}", t(), api.base());
     let cluster_dir = run.dir.join("cluster").to_string_lossy().into_owned();
     let worker_token = run.once(
         "cluster",
         None,
         &["--data-dir", &cluster_dir, "token", "--reusable"],
     )?;
-    let cluster_token = api.call("POST", "/api/clusters/token", Some(json!({})))?["token"]
+    let cluster_token = api
+        .call("POST", "/api/clusters/token", Some(json!({})))
+        .map_err(|e| e.to_string())?["token"]
         .as_str()
         .ok_or("no cluster token from the root")?
         .to_owned();
@@ -623,7 +592,9 @@ async fn bring_up(
 
     // The seed's application, unchanged, and one instance of each service.
     let sla: Value = serde_json::from_str(SEED).map_err(|e| e.to_string())?;
-    let apps = api.call("POST", "/api/application/", Some(sla))?;
+    let apps = api
+        .call("POST", "/api/application/", Some(sla))
+        .map_err(|e| e.to_string())?;
     let services: Vec<String> = apps[0]["microservices"]
         .as_array()
         .ok_or("the root returned no services")?
@@ -632,51 +603,34 @@ async fn bring_up(
         .collect();
     let mut names = BTreeMap::new();
     for id in &services {
-        let doc = api.call("GET", &format!("/api/service/{id}"), None)?;
+        let doc = api
+            .call("GET", &format!("/api/service/{id}"), None)
+            .map_err(|e| e.to_string())?;
         names.insert(
             id.clone(),
             doc["microservice_name"].as_str().unwrap_or(id).to_owned(),
         );
-        api.call("POST", &format!("/api/service/{id}/instance"), None)?;
+        api.call("POST", &format!("/api/service/{id}/instance"), None)
+            .map_err(|e| e.to_string())?;
     }
     say!(
         "{} deployed the seed's application `clientsrvr` ({} services)",
         t(),
         services.len()
     );
-    let mut last: BTreeMap<String, String> = BTreeMap::new();
-    let mut failed = None;
-    wait_for(180, stop, "every instance RUNNING", || {
-        let mut all = true;
-        for id in &services {
-            let doc = api.call("GET", &format!("/api/service/{id}"), None).ok()?;
-            let list = doc["instance_list"].as_array().cloned().unwrap_or_default();
-            all &= !list.is_empty();
-            for i in list {
-                let key = format!("{}.{}", names[id], i["instance_number"]);
-                let status = i["status"].as_str().unwrap_or("?").to_owned();
-                let line = match (i["worker_id"].as_str(), i["status_detail"].as_str()) {
-                    (Some(w), Some(d)) => format!("{status} on {w} ({d})"),
-                    (Some(w), None) => format!("{status} on {w}"),
-                    (None, Some(d)) => format!("{status} ({d})"),
-                    (None, None) => status.clone(),
-                };
-                if last.get(&key) != Some(&line) {
-                    say!("{}   {key:<8} {line}", t());
-                    last.insert(key.clone(), line);
-                }
-                all &= status == "RUNNING";
-                if status == "FAILED" {
-                    failed = Some(format!(
-                        "{key} FAILED: {}",
-                        i["status_detail"].as_str().unwrap_or("no reason given")
-                    ));
-                }
-            }
+    let mut watch = crate::progress::Watch::new(
+        services
+            .iter()
+            .map(|id| (id.clone(), names[id].clone()))
+            .collect(),
+    );
+    let outcome = wait_for(180, stop, "every instance RUNNING", || {
+        match watch.look(&mut api, |line| say!("{}   {line}", t())) {
+            Ok(crate::progress::Outcome::Pending) | Err(_) => None,
+            Ok(o) => Some(o),
         }
-        (all || failed.is_some()).then_some(())
     })?;
-    if let Some(f) = failed {
+    if let crate::progress::Outcome::Failed(f) = outcome {
         return Err(f);
     }
 
@@ -717,10 +671,10 @@ async fn bring_up(
     );
     say!(
         "  API       {}  (user Admin, password {})",
-        api.base,
+        api.base(),
         args.admin_password
     );
-    say!("  API docs  {}/api/docs", api.base);
+    say!("  API docs  {}/api/docs", api.base());
     say!(
         "  workers   namespaces {} (ip netns exec gu-w1 ...)",
         WORKERS.map(worker_ns).join(", ")

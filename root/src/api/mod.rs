@@ -306,7 +306,7 @@ pub fn body(bytes: &[u8]) -> ApiResult<Value> {
 /// Add a route under `path` and, for paths ending in `/`, under the same path without
 /// it (Oakestra's clients use both spellings).
 fn both(r: Router<Shared>, path: &str, m: axum::routing::MethodRouter<Shared>) -> Router<Shared> {
-    match path.strip_suffix('/') {
+    match path.strip_suffix('/').filter(|b| !b.is_empty()) {
         Some(bare) => r.route(path, m.clone()).route(bare, m),
         None => r.route(path, m),
     }

@@ -1,0 +1,955 @@
+//! The client commands of `grove`: each one calls the root's API and prints a table or
+//! the API's JSON (`--output json`).
+
+use crate::client::{Api, ApiError, Config, config_path};
+use crate::progress::{Outcome, Watch};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// The API's JSON, pretty-printed.
+    Json,
+}
+
+/// Options every client command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The root's API (default: the one `grove login` saved).
+    #[arg(long, global = true, env = "GROVE_ROOT")]
+    pub root: Option<String>,
+    /// How to print results.
+    #[arg(
+        long,
+        short,
+        global = true,
+        value_enum,
+        default_value = "table",
+        env = "GROVE_OUTPUT"
+    )]
+    pub output: Output,
+}
+
+/// `grove app …`.
+#[derive(Debug, Subcommand)]
+pub enum AppCmd {
+    /// Deploy an SLA (Oakestra's v2.0 descriptor): create its applications and
+    /// services, start instances, and show each instance's progress until every one
+    /// is RUNNING or one failed.
+    Deploy {
+        /// The SLA file (`-`: standard input).
+        sla: String,
+        /// Instances to start per service.
+        #[arg(long, default_value_t = 1)]
+        instances: u32,
+        /// Return once the instances are asked for.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Your applications (every user's with --all, for Admin).
+    Ls {
+        /// Every user's (Admin).
+        #[arg(long)]
+        all: bool,
+    },
+    /// An application and its services.
+    Show {
+        /// Name, name.namespace, or id.
+        app: String,
+    },
+    /// Delete an application, its services and instances.
+    Rm {
+        /// Name, name.namespace, or id.
+        app: String,
+    },
+}
+
+/// `grove service …`.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCmd {
+    /// Your services.
+    Ls {
+        /// Only this application's.
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// A service and its instances.
+    Show {
+        /// Name, app.name, or id.
+        service: String,
+    },
+    /// Add or remove instances until the service has this many.
+    Scale {
+        /// Name, app.name, or id.
+        service: String,
+        /// How many instances.
+        instances: u32,
+    },
+    /// Delete a service and its instances.
+    Rm {
+        /// Name, app.name, or id.
+        service: String,
+    },
+}
+
+/// `grove instance …`.
+#[derive(Debug, Subcommand)]
+pub enum InstanceCmd {
+    /// Start one more instance of a service.
+    Add {
+        /// Name, app.name, or id.
+        service: String,
+    },
+    /// Remove an instance.
+    Rm {
+        /// Name, app.name, or id.
+        service: String,
+        /// Its number.
+        number: u32,
+    },
+}
+
+/// `grove cluster …`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Every cluster, with its aggregate capacity.
+    Ls,
+}
+
+/// `grove node …`.
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Workers with their usage, asked of their clusters.
+    Ls {
+        /// Only this cluster's (name or id).
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+}
+
+/// `grove token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// A join token: for `grove-cluster --join-token`, or with --cluster for that
+    /// cluster's `grove-agent --join-token`. Prints the token.
+    Create {
+        /// A worker token of this cluster (name or id).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Valid for this long.
+        #[arg(long, default_value_t = 3600)]
+        expires_in_secs: u64,
+        /// Good for many joins (default: one).
+        #[arg(long)]
+        reusable: bool,
+    },
+    /// Join tokens (never their secrets).
+    Ls {
+        /// This cluster's worker tokens (name or id).
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+    /// Revoke a join token.
+    Revoke {
+        /// Its id (or the whole token).
+        id: String,
+        /// A worker token of this cluster (name or id).
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+}
+
+/// `grove logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Name, app.name, or id.
+    pub service: String,
+    /// Which instance.
+    #[arg(long, short, default_value_t = 0)]
+    pub instance: u32,
+    /// Keep printing what is written.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// How many bytes of the end to print first.
+    #[arg(long, default_value_t = 16384)]
+    pub tail: u32,
+}
+
+/// `grove login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// User name.
+    #[arg(long, short, default_value = "Admin")]
+    pub username: String,
+    /// Organization to log in to.
+    #[arg(long)]
+    pub organization: Option<String>,
+    /// Read the password from standard input (else `GROVE_PASSWORD`, else a prompt).
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// The CA certificate (PEM) that signed the root's HTTPS certificate.
+    #[arg(long)]
+    pub ca_cert: Option<std::path::PathBuf>,
+}
+
+/// Why a command failed.
+pub type CmdResult = Result<(), String>;
+
+fn err(e: ApiError) -> String {
+    e.to_string()
+}
+
+/// A client of the configured root.
+pub fn api(g: &Global) -> Result<Api, String> {
+    let path = config_path();
+    Api::new(Config::load(&path)?, g.root.clone(), Some(path))
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Print rows under headers, each column as wide as its widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut width: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&width).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(headers.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(t) => t.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn looks_like_id(s: &str) -> bool {
+    s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The caller's applications (every user's with `all`).
+fn applications(api: &mut Api, all: bool) -> Result<Vec<Value>, String> {
+    let path = if all {
+        "/api/applications/".to_owned()
+    } else {
+        let id = api
+            .config
+            .user_id
+            .clone()
+            .ok_or("not logged in: run `grove login`")?;
+        format!("/api/applications/{id}")
+    };
+    let v = api.call("GET", &path, None).map_err(err)?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+fn find_app(api: &mut Api, name: &str) -> Result<Value, String> {
+    if looks_like_id(name) {
+        return api
+            .call("GET", &format!("/api/application/{name}"), None)
+            .map_err(err);
+    }
+    let apps = applications(api, false)?;
+    let found: Vec<&Value> = apps
+        .iter()
+        .filter(|a| {
+            let (n, ns) = (s(&a["application_name"]), s(&a["application_namespace"]));
+            n == name || format!("{n}.{ns}") == name
+        })
+        .collect();
+    match found.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(format!("no application named {name:?}")),
+        _ => Err(format!(
+            "{name:?} names several applications: give name.namespace or the id"
+        )),
+    }
+}
+
+fn services_of(api: &mut Api, app: &Value) -> Result<Vec<Value>, String> {
+    let id = s(&app["applicationID"]);
+    let v = api
+        .call("GET", &format!("/api/services/{id}"), None)
+        .map_err(err)?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+fn find_service(api: &mut Api, name: &str) -> Result<Value, String> {
+    if looks_like_id(name) {
+        return api
+            .call("GET", &format!("/api/service/{name}"), None)
+            .map_err(err);
+    }
+    let mut found = Vec::new();
+    for app in applications(api, false)? {
+        for svc in services_of(api, &app)? {
+            let (a, n) = (s(&svc["app_name"]), s(&svc["microservice_name"]));
+            if n == name || format!("{a}.{n}") == name || s(&svc["job_name"]) == name {
+                found.push(svc);
+            }
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(format!("no service named {name:?}")),
+        _ => Err(format!(
+            "{name:?} names several services: give app.service or the id"
+        )),
+    }
+}
+
+fn find_cluster(api: &mut Api, name: &str) -> Result<Value, String> {
+    let list = api.call("GET", "/api/clusters/", None).map_err(err)?;
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| s(&c["cluster_name"]) == name || s(&c["cluster_id"]) == name)
+        .cloned()
+        .ok_or_else(|| format!("no cluster named {name:?}"))
+}
+
+fn instances(svc: &Value) -> Vec<Value> {
+    svc["instance_list"].as_array().cloned().unwrap_or_default()
+}
+
+/// `grove login`.
+pub fn login(g: &Global, a: &LoginArgs) -> CmdResult {
+    let path = config_path();
+    let mut config = Config::load(&path)?;
+    if a.ca_cert.is_some() {
+        config.ca_cert.clone_from(&a.ca_cert);
+    }
+    let mut api = Api::new(config, g.root.clone(), Some(path.clone()))?;
+    let password = match std::env::var("GROVE_PASSWORD") {
+        Ok(p) if !a.password_stdin => p,
+        _ => read_password(a.password_stdin)?,
+    };
+    api.login(&a.username, &password, a.organization.as_deref())?;
+    eprintln!(
+        "logged in to {} as {} (saved in {})",
+        api.base(),
+        a.username,
+        path.display()
+    );
+    Ok(())
+}
+
+fn read_password(from_stdin: bool) -> Result<String, String> {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    let tty = !from_stdin && stdin.is_terminal();
+    let saved = if tty {
+        eprint!("password: ");
+        let _ = std::io::stderr().flush();
+        echo(false)
+    } else {
+        None
+    };
+    let mut line = String::new();
+    let r = stdin.read_line(&mut line);
+    if let Some(t) = saved {
+        let _ =
+            nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &t);
+        eprintln!();
+    }
+    r.map_err(|e| format!("reading the password: {e}"))?;
+    let p = line.trim_end_matches(['\n', '\r']).to_owned();
+    if p.is_empty() {
+        return Err("no password given".into());
+    }
+    Ok(p)
+}
+
+/// Turn the terminal's echo off; the settings to restore.
+fn echo(on: bool) -> Option<nix::sys::termios::Termios> {
+    use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+    let saved = tcgetattr(std::io::stdin()).ok()?;
+    let mut t = saved.clone();
+    t.local_flags.set(LocalFlags::ECHO, on);
+    tcsetattr(std::io::stdin(), SetArg::TCSANOW, &t).ok()?;
+    Some(saved)
+}
+
+/// `grove logout`.
+pub fn logout(g: &Global) -> CmdResult {
+    let mut api = api(g)?;
+    let refresh = api.config.refresh_token.clone();
+    let body = refresh.map(|r| json!({ "refresh_token": r }));
+    if let Err(e) = api.call("POST", "/api/auth/logout", body) {
+        eprintln!("the root did not revoke the token: {e}");
+    }
+    let path = config_path();
+    let mut c = api.config.clone();
+    c.token = None;
+    c.refresh_token = None;
+    c.save(&path)?;
+    eprintln!("logged out");
+    Ok(())
+}
+
+fn read_sla(path: &str) -> Result<Value, String> {
+    let text = if path == "-" {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+            .map_err(|e| format!("standard input: {e}"))?;
+        t
+    } else {
+        std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?
+    };
+    serde_json::from_str(&text).map_err(|e| format!("{path}: not JSON: {e}"))
+}
+
+/// `grove app …`.
+pub fn app(g: &Global, cmd: &AppCmd) -> CmdResult {
+    let mut api = api(g)?;
+    match cmd {
+        AppCmd::Deploy {
+            sla,
+            instances,
+            no_wait,
+            timeout,
+        } => deploy(&mut api, g, sla, *instances, *no_wait, *timeout),
+        AppCmd::Ls { all } => {
+            let apps = applications(&mut api, *all)?;
+            if g.output == Output::Json {
+                print_json(&Value::Array(apps));
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = apps
+                .iter()
+                .map(|a| {
+                    vec![
+                        s(&a["applicationID"]),
+                        s(&a["application_name"]),
+                        s(&a["application_namespace"]),
+                        a["microservices"]
+                            .as_array()
+                            .map_or(0, Vec::len)
+                            .to_string(),
+                        s(&a["application_desc"]),
+                    ]
+                })
+                .collect();
+            table(
+                &["ID", "NAME", "NAMESPACE", "SERVICES", "DESCRIPTION"],
+                &rows,
+            );
+            Ok(())
+        }
+        AppCmd::Show { app } => {
+            let a = find_app(&mut api, app)?;
+            let services = services_of(&mut api, &a)?;
+            if g.output == Output::Json {
+                let mut a = a;
+                a["services"] = Value::Array(services);
+                print_json(&a);
+                return Ok(());
+            }
+            println!(
+                "application {}.{} ({})",
+                s(&a["application_name"]),
+                s(&a["application_namespace"]),
+                s(&a["applicationID"])
+            );
+            print_services(&services);
+            Ok(())
+        }
+        AppCmd::Rm { app } => {
+            let a = find_app(&mut api, app)?;
+            let id = s(&a["applicationID"]);
+            api.call("DELETE", &format!("/api/application/{id}"), None)
+                .map_err(err)?;
+            eprintln!("deleted application {} ({id})", s(&a["application_name"]));
+            Ok(())
+        }
+    }
+}
+
+fn print_services(services: &[Value]) {
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|v| {
+            let list = instances(v);
+            let running = list.iter().filter(|i| i["status"] == "RUNNING").count();
+            vec![
+                s(&v["microserviceID"]),
+                format!("{}.{}", s(&v["app_name"]), s(&v["microservice_name"])),
+                s(&v["status"]),
+                format!("{running}/{}", list.len()),
+                s(&v["RR_ip"]),
+                s(&v["code"]),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "SERVICE", "STATUS", "RUNNING", "SERVICE_IP", "IMAGE"],
+        &rows,
+    );
+}
+
+fn deploy(
+    api: &mut Api,
+    g: &Global,
+    path: &str,
+    count: u32,
+    no_wait: bool,
+    timeout: u64,
+) -> CmdResult {
+    let sla = read_sla(path)?;
+    let wanted: Vec<(String, String)> = sla["applications"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| (s(&a["application_name"]), s(&a["application_namespace"])))
+        .collect();
+    let apps = api
+        .call("POST", "/api/application/", Some(sla))
+        .map_err(|e| format!("{path}: {e}"))?;
+    let mut services = Vec::new();
+    for a in apps.as_array().into_iter().flatten() {
+        let key = (s(&a["application_name"]), s(&a["application_namespace"]));
+        if !wanted.contains(&key) {
+            continue;
+        }
+        for id in a["microservices"].as_array().into_iter().flatten() {
+            let id = s(id);
+            let doc = api
+                .call("GET", &format!("/api/service/{id}"), None)
+                .map_err(err)?;
+            services.push((id, format!("{}.{}", key.0, s(&doc["microservice_name"]))));
+        }
+    }
+    let start = Instant::now();
+    let say = |line: &str| eprintln!("{:>7.2}s  {line}", start.elapsed().as_secs_f64());
+    for (id, name) in &services {
+        for _ in 0..count {
+            api.call("POST", &format!("/api/service/{id}/instance"), None)
+                .map_err(|e| format!("{name}: {e}"))?;
+        }
+    }
+    say(&format!(
+        "deployed {} service(s), {count} instance(s) each",
+        services.len()
+    ));
+    let ids: Vec<String> = services.iter().map(|(id, _)| id.clone()).collect();
+    let mut outcome = Outcome::Pending;
+    if !no_wait {
+        let mut watch = Watch::new(services.clone());
+        let deadline = start + Duration::from_secs(timeout);
+        loop {
+            outcome = watch.look(api, say)?;
+            if outcome != Outcome::Pending || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    if g.output == Output::Json {
+        let mut docs = Vec::new();
+        for id in &ids {
+            docs.push(
+                api.call("GET", &format!("/api/service/{id}"), None)
+                    .map_err(err)?,
+            );
+        }
+        print_json(&Value::Array(docs));
+    } else {
+        for (id, name) in &services {
+            println!("{id}  {name}");
+        }
+    }
+    match outcome {
+        Outcome::Done => {
+            say("every instance is up");
+            Ok(())
+        }
+        Outcome::Failed(why) => Err(why),
+        Outcome::Pending if no_wait => Ok(()),
+        Outcome::Pending => Err(format!("not every instance was up within {timeout} s")),
+    }
+}
+
+/// `grove service …`.
+pub fn service(g: &Global, cmd: &ServiceCmd) -> CmdResult {
+    let mut api = api(g)?;
+    match cmd {
+        ServiceCmd::Ls { app } => {
+            let apps = match app {
+                Some(a) => vec![find_app(&mut api, a)?],
+                None => applications(&mut api, false)?,
+            };
+            let mut all = Vec::new();
+            for a in &apps {
+                all.extend(services_of(&mut api, a)?);
+            }
+            if g.output == Output::Json {
+                print_json(&Value::Array(all));
+            } else {
+                print_services(&all);
+            }
+            Ok(())
+        }
+        ServiceCmd::Show { service } => {
+            let v = find_service(&mut api, service)?;
+            if g.output == Output::Json {
+                print_json(&v);
+                return Ok(());
+            }
+            println!(
+                "service {}.{} ({}), {}, service IP {}",
+                s(&v["app_name"]),
+                s(&v["microservice_name"]),
+                s(&v["microserviceID"]),
+                s(&v["status"]),
+                s(&v["RR_ip"])
+            );
+            let rows: Vec<Vec<String>> = instances(&v)
+                .iter()
+                .map(|i| {
+                    vec![
+                        s(&i["instance_number"]),
+                        s(&i["status"]),
+                        s(&i["cluster_id"]),
+                        s(&i["worker_id"]),
+                        s(&i["instance_ip"]),
+                        s(&i["status_detail"]),
+                    ]
+                })
+                .collect();
+            table(
+                &["INSTANCE", "STATUS", "CLUSTER", "WORKER", "IP", "DETAIL"],
+                &rows,
+            );
+            Ok(())
+        }
+        ServiceCmd::Scale {
+            service,
+            instances: want,
+        } => {
+            let v = find_service(&mut api, service)?;
+            let id = s(&v["microserviceID"]);
+            let mut have: Vec<u64> = instances(&v)
+                .iter()
+                .filter_map(|i| i["instance_number"].as_u64())
+                .collect();
+            have.sort_unstable();
+            let want = *want as usize;
+            while have.len() < want {
+                let i = api
+                    .call("POST", &format!("/api/service/{id}/instance"), None)
+                    .map_err(err)?;
+                have.push(i["instance_number"].as_u64().unwrap_or_default());
+            }
+            while have.len() > want {
+                let n = have.pop().unwrap_or_default();
+                api.call("DELETE", &format!("/api/service/{id}/instance/{n}"), None)
+                    .map_err(err)?;
+            }
+            let after = api
+                .call("GET", &format!("/api/service/{id}"), None)
+                .map_err(err)?;
+            if g.output == Output::Json {
+                print_json(&after);
+            } else {
+                eprintln!("{} has {want} instance(s)", s(&v["microservice_name"]));
+            }
+            Ok(())
+        }
+        ServiceCmd::Rm { service } => {
+            let v = find_service(&mut api, service)?;
+            let id = s(&v["microserviceID"]);
+            api.call("DELETE", &format!("/api/service/{id}"), None)
+                .map_err(err)?;
+            eprintln!("deleted service {} ({id})", s(&v["microservice_name"]));
+            Ok(())
+        }
+    }
+}
+
+/// `grove instance …`.
+pub fn instance(g: &Global, cmd: &InstanceCmd) -> CmdResult {
+    let mut api = api(g)?;
+    let (service, number) = match cmd {
+        InstanceCmd::Add { service } => (service, None),
+        InstanceCmd::Rm { service, number } => (service, Some(*number)),
+    };
+    let v = find_service(&mut api, service)?;
+    let id = s(&v["microserviceID"]);
+    let r = match number {
+        None => api.call("POST", &format!("/api/service/{id}/instance"), None),
+        Some(n) => api.call("DELETE", &format!("/api/service/{id}/instance/{n}"), None),
+    }
+    .map_err(err)?;
+    match (g.output, number) {
+        (Output::Json, _) => print_json(&r),
+        (Output::Table, None) => println!("{}", s(&r["instance_number"])),
+        (Output::Table, Some(n)) => eprintln!("removed instance {n}"),
+    }
+    Ok(())
+}
+
+/// `grove logs`.
+pub fn logs(g: &Global, a: &LogsArgs) -> CmdResult {
+    let mut api = api(g)?;
+    let v = find_service(&mut api, &a.service)?;
+    let id = s(&v["microserviceID"]);
+    let base = format!("/api/service/{id}/instance/{}/logs", a.instance);
+    let mut path = format!("{base}?max={}", a.tail);
+    let mut out = std::io::stdout();
+    loop {
+        match api.call("GET", &path, None) {
+            Ok(chunk) => {
+                if g.output == Output::Json {
+                    println!("{chunk}");
+                } else {
+                    let _ = out.write_all(s(&chunk["data"]).as_bytes());
+                    let _ = out.flush();
+                }
+                if !a.follow {
+                    return Ok(());
+                }
+                let next = chunk["next"].as_u64().unwrap_or_default();
+                path = format!("{base}?from={next}&max=65536");
+                if chunk["eof"] == true {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            // A worker or cluster away for a moment: following goes on.
+            Err(e) if a.follow && matches!(e.status, 0 | 502 | 503 | 504) => {
+                eprintln!("grove logs: {e} (retrying)");
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// `grove cluster …`.
+pub fn cluster(g: &Global, cmd: &ClusterCmd) -> CmdResult {
+    let ClusterCmd::Ls = cmd;
+    let mut api = api(g)?;
+    let list = api.call("GET", "/api/clusters/", None).map_err(err)?;
+    if g.output == Output::Json {
+        print_json(&list);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let agg = c["aggregation_per_architecture"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let sum = |k: &str| {
+                agg.iter()
+                    .filter_map(|a| a[k].as_u64())
+                    .sum::<u64>()
+                    .to_string()
+            };
+            vec![
+                s(&c["cluster_id"]),
+                s(&c["cluster_name"]),
+                if c["evicted"] == true {
+                    "evicted".into()
+                } else {
+                    s(&c["active"])
+                },
+                sum("active_nodes"),
+                sum("free_millicpus"),
+                sum("free_memory_mib"),
+                s(&c["cluster_location"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "NAME",
+            "ACTIVE",
+            "NODES",
+            "FREE_MCPU",
+            "FREE_MIB",
+            "LOCATION",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+/// `grove node …`.
+pub fn node(g: &Global, cmd: &NodeCmd) -> CmdResult {
+    let NodeCmd::Ls { cluster } = cmd;
+    let mut api = api(g)?;
+    let clusters = match cluster {
+        Some(c) => vec![find_cluster(&mut api, c)?],
+        None => api
+            .call("GET", "/api/clusters/", None)
+            .map_err(err)?
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c["evicted"] != true)
+            .collect(),
+    };
+    let mut all = Vec::new();
+    for c in &clusters {
+        let id = s(&c["cluster_id"]);
+        match api.call("GET", &format!("/api/clusters/{id}/nodes"), None) {
+            Ok(list) => {
+                for mut n in list.as_array().cloned().unwrap_or_default() {
+                    n["cluster"] = c["cluster_name"].clone();
+                    all.push(n);
+                }
+            }
+            Err(e) if cluster.is_none() => eprintln!("cluster {}: {e}", s(&c["cluster_name"])),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if g.output == Output::Json {
+        print_json(&Value::Array(all));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|n| {
+            let cpu = n["cpu_percent"]
+                .as_f64()
+                .map_or("-".into(), |c| format!("{c:.1}%"));
+            let seen = n["last_seen_ms"]
+                .as_u64()
+                .map_or("-".into(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0));
+            vec![
+                s(&n["cluster"]),
+                s(&n["name"]),
+                s(&n["id"]),
+                s(&n["arch"]),
+                s(&n["cpus"]),
+                cpu,
+                format!("{}/{}", s(&n["memory_used_mib"]), s(&n["memory_mib"])),
+                s(&n["instances"]),
+                if n["active"] == true {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                seen,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "CLUSTER",
+            "NAME",
+            "ID",
+            "ARCH",
+            "CPUS",
+            "CPU",
+            "MEM_MIB",
+            "INSTANCES",
+            "ACTIVE",
+            "SEEN",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+/// `grove token …`.
+pub fn token(g: &Global, cmd: &TokenCmd) -> CmdResult {
+    let mut api = api(g)?;
+    let base = |api: &mut Api, cluster: &Option<String>| -> Result<String, String> {
+        Ok(match cluster {
+            Some(c) => format!(
+                "/api/clusters/{}/tokens",
+                s(&find_cluster(api, c)?["cluster_id"])
+            ),
+            None => "/api/clusters/token".into(),
+        })
+    };
+    match cmd {
+        TokenCmd::Create {
+            cluster,
+            expires_in_secs,
+            reusable,
+        } => {
+            let path = base(&mut api, cluster)?;
+            let body = json!({ "expires_in_secs": expires_in_secs, "single_use": !reusable });
+            let t = api.call("POST", &path, Some(body)).map_err(err)?;
+            match g.output {
+                Output::Json => print_json(&t),
+                Output::Table => println!("{}", s(&t["token"])),
+            }
+            Ok(())
+        }
+        TokenCmd::Ls { cluster } => {
+            let path = base(&mut api, cluster)?;
+            let list = api.call("GET", &path, None).map_err(err)?;
+            if g.output == Output::Json {
+                print_json(&list);
+                return Ok(());
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+            let rows: Vec<Vec<String>> = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    let left = t["expires_at"].as_i64().unwrap_or_default() - now;
+                    vec![
+                        s(&t["id"]),
+                        s(&t["usable"]),
+                        s(&t["single_use"]),
+                        s(&t["used"]),
+                        if left > 0 {
+                            format!("in {left} s")
+                        } else {
+                            format!("{} s ago", -left)
+                        },
+                    ]
+                })
+                .collect();
+            table(&["ID", "USABLE", "SINGLE_USE", "USED", "EXPIRES"], &rows);
+            Ok(())
+        }
+        TokenCmd::Revoke { id, cluster } => {
+            let path = base(&mut api, cluster)?;
+            let id = id.split('.').next().unwrap_or_default();
+            api.call("DELETE", &format!("{path}/{id}"), None)
+                .map_err(err)?;
+            eprintln!("revoked {id}");
+            Ok(())
+        }
+    }
+}

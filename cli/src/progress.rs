@@ -1,0 +1,77 @@
+//! Watching instances until each is RUNNING (or COMPLETED, for a one-shot service) or
+//! has failed, saying every change: `grove app deploy` and `grove up`.
+
+use crate::client::Api;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// What a watch saw at one look.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Some instance is still on its way.
+    Pending,
+    /// Every instance is RUNNING or COMPLETED.
+    Done,
+    /// An instance failed: which, and why.
+    Failed(String),
+}
+
+/// The instances of some services, and what was said of each.
+#[derive(Debug)]
+pub struct Watch {
+    services: Vec<(String, String)>,
+    last: BTreeMap<String, String>,
+}
+
+impl Watch {
+    /// Watch the instances of `services` (id, name).
+    pub fn new(services: Vec<(String, String)>) -> Self {
+        Self {
+            services,
+            last: BTreeMap::new(),
+        }
+    }
+
+    /// Look once; `say` gets one line per instance whose status changed.
+    pub fn look(&mut self, api: &mut Api, mut say: impl FnMut(&str)) -> Result<Outcome, String> {
+        let mut all = true;
+        let mut failed = None;
+        for (id, name) in &self.services {
+            let doc = api
+                .call("GET", &format!("/api/service/{id}"), None)
+                .map_err(|e| e.to_string())?;
+            let list = doc["instance_list"].as_array().cloned().unwrap_or_default();
+            all &= !list.is_empty();
+            for i in &list {
+                let key = format!("{name}.{}", i["instance_number"]);
+                let status = i["status"].as_str().unwrap_or("?");
+                let line = describe(i);
+                if self.last.get(&key) != Some(&line) {
+                    say(&format!("{key:<16} {line}"));
+                    self.last.insert(key.clone(), line);
+                }
+                all &= matches!(status, "RUNNING" | "COMPLETED");
+                if matches!(status, "FAILED" | "DEAD") && failed.is_none() {
+                    let why = i["status_detail"].as_str().unwrap_or("no reason given");
+                    failed = Some(format!("{key} {status}: {why}"));
+                }
+            }
+        }
+        Ok(match (failed, all) {
+            (Some(f), _) => Outcome::Failed(f),
+            (None, true) => Outcome::Done,
+            (None, false) => Outcome::Pending,
+        })
+    }
+}
+
+/// An instance's status as one line: status, where, why.
+pub fn describe(i: &Value) -> String {
+    let status = i["status"].as_str().unwrap_or("?");
+    match (i["worker_id"].as_str(), i["status_detail"].as_str()) {
+        (Some(w), Some(d)) => format!("{status} on {w} ({d})"),
+        (Some(w), None) => format!("{status} on {w}"),
+        (None, Some(d)) => format!("{status} ({d})"),
+        (None, None) => status.to_owned(),
+    }
+}
