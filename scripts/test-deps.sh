@@ -9,7 +9,9 @@
 #     (builds them), skopeo (pushes them), docker-registry (a real registry on
 #     loopback), apache2-utils (htpasswd) and openssl (a test CA),
 #   - for the data plane: iproute2, nftables, util-linux (nsenter), procps (kill),
-#   - systemd (systemd-analyze verifies the units).
+#   - systemd (systemd-analyze verifies the units),
+#   - for the dashboard's browser test: chromium (headless), Node.js with npm, and
+#     playwright-core (pinned in tests/browser/package-lock.json) in tests/browser.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +38,9 @@ command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
 command -v kill >/dev/null 2>&1 || missing+=(procps)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if ((${#missing[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "test-deps: need root to install: ${missing[*]}" >&2
@@ -57,8 +62,13 @@ if ! .venv/bin/python -c 'import prometheus_client.openmetrics.parser' >/dev/nul
   .venv/bin/pip install -q --disable-pip-version-check "$PROMETHEUS"
 fi
 
+if [ ! -f tests/browser/node_modules/playwright-core/package.json ]; then
+  echo "test-deps: installing playwright-core into tests/browser (npm ci)"
+  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test-deps: installing cargo-nextest"
   cargo install cargo-nextest --locked
 fi
-echo "test-deps: ready (coap-client-notls, .venv with aiocoap, cargo-nextest, busybox, umoci, skopeo, docker-registry, htpasswd, openssl)"
+echo "test-deps: ready (coap-client-notls, .venv with aiocoap, cargo-nextest, busybox, umoci, skopeo, docker-registry, htpasswd, openssl, chromium, playwright-core)"

@@ -150,7 +150,7 @@ async function refreshClusters() {
       out.push(h("table", { class: "nodes", "data-cluster": c.cluster_name },
         h("thead", {}, h("tr", {}, ["Worker", "Arch", "CPU", "Memory", "Instances", "State", "Last heartbeat"].map((t) => h("th", {}, t)))),
         h("tbody", {}, nodes.map((n) => h("tr", { "data-node": n.name },
-          h("td", {}, n.name),
+          h("td", {}, n.name, " ", h("span", { class: "muted" }, `node-${n.id}`)),
           h("td", {}, n.arch),
           h("td", { class: "num" }, bar(n.cpu_percent || 0, 100), `${(n.cpu_percent || 0).toFixed(1)}% of ${n.cpus}`),
           h("td", { class: "num" }, bar(n.memory_used_mib || 0, n.memory_mib), `${n.memory_used_mib ?? "-"} / ${n.memory_mib} MiB`),
@@ -313,7 +313,13 @@ function showFieldErrors(sla, errors) {
     const row = rows.find((r) => r.p === e.field)
       || rows.find((r) => r.p.startsWith(e.field + "[") || r.p.startsWith(e.field + "."));
     if (row) row.reason = row.reason ? `${row.reason}; ${e.reason}` : e.reason;
-    else rows.push({ p: e.field, v: "(missing)", reason: e.reason });
+    else {
+      // Absent: shown after the last field of the object it belongs in.
+      const parent = e.field.replace(/(\.[^.[\]]+|\[\d+\])$/, "");
+      let at = -1;
+      rows.forEach((r, i) => { if (r.p.startsWith(parent)) at = i; });
+      rows.splice(at + 1 || rows.length, 0, { p: e.field, v: "(missing)", reason: e.reason });
+    }
   }
   $("sla-fields").querySelector("tbody").replaceChildren(...rows.map((r) =>
     h("tr", { class: r.reason ? "field-error" : "", "data-field": r.p },
