@@ -562,3 +562,69 @@ pub fn native_flags(registry: SocketAddr) -> Vec<String> {
         "2048".into(),
     ]
 }
+
+/// Run an agent that joins with `token` (none when `None`) until it gives up (at
+/// most 60 s): whether it stayed (joined) and what it said.
+pub fn join_attempt(
+    dir: &Path,
+    name: &str,
+    cluster: SocketAddr,
+    token: Option<&str>,
+) -> (bool, String) {
+    let state = dir.join(name);
+    let mut c = Command::new(bin("grove-agent"));
+    c.args([
+        "--runtime",
+        "sim",
+        "--cluster",
+        &cluster.to_string(),
+        "--name",
+        name,
+    ])
+    .arg("--state-dir")
+    .arg(&state)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    if let Some(t) = token {
+        c.args(["--join-token", t]);
+    }
+    let mut child = c.spawn().expect("grove-agent");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stayed = loop {
+        if let Some(_status) = child.try_wait().expect("wait") {
+            break false;
+        }
+        if Instant::now() > deadline || state.join("node.cbor").exists() {
+            let _ = child.kill();
+            break true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().expect("output");
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    (stayed, said)
+}
+
+/// A test bed of 3 hosts whose host 0 this thread entered, with a registry there
+/// serving busybox as docker.io's `library/busybox:latest` (`None`: a tool is missing).
+pub fn bed_with_busybox(
+    tag: &str,
+    test: &str,
+) -> Option<(crate::testbed::TestBed, PathBuf, crate::registry::Registry)> {
+    let bed = crate::testbed::TestBed::new(tag, 3)?;
+    for t in ["nsenter", "busybox"] {
+        crate::tool(t)?;
+    }
+    let dir = scratch(test);
+    let layout = crate::registry::make_images(&dir.join("layout"))?;
+    // Everything this thread starts from now on runs on host 0.
+    bed.enter(0);
+    let registry = crate::registry::Registry::start_at(
+        &dir.join("registry"),
+        bed.hosts[0].ip,
+        &crate::registry::Protection::default(),
+    )?;
+    registry.push(&layout, "latest", "library/busybox:latest", None);
+    Some((bed, dir, registry))
+}

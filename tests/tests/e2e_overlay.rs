@@ -6,13 +6,11 @@
 
 mod support;
 
-use grove_tests::registry::{Protection, Registry, make_images};
-use grove_tests::testbed::TestBed;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::{Agent, Cluster, Root, scratch, wait_for, wait_until};
+use support::{Agent, Cluster, Root, wait_for, wait_until};
 
 /// The IPv4 address of `eth0` inside the namespace held at `netns`.
 fn address_in(netns: &Path) -> Option<String> {
@@ -74,27 +72,9 @@ fn fetch_from(pid: &str, file: &Path, url: &str) -> String {
 /// A test bed of three hosts (this thread in host 0), a scratch folder, and a registry
 /// on host 0 with busybox as `docker.io/library/busybox:latest`; `None` (after saying
 /// what is missing) without root or tools.
-fn bed_with_busybox(tag: &str, test: &str) -> Option<(TestBed, PathBuf, Registry)> {
-    let bed = TestBed::new(tag, 3)?;
-    for t in ["nsenter", "busybox"] {
-        grove_tests::tool(t)?;
-    }
-    let dir = scratch(test);
-    let layout = make_images(&dir.join("layout"))?;
-    // Everything this thread starts from now on runs on host 0.
-    bed.enter(0);
-    let registry = Registry::start_at(
-        &dir.join("registry"),
-        bed.hosts[0].ip,
-        &Protection::default(),
-    )?;
-    registry.push(&layout, "latest", "library/busybox:latest", None);
-    Some((bed, dir, registry))
-}
-
 #[test]
 fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
-    let Some((bed, dir, registry)) = bed_with_busybox("ov", "overlay") else {
+    let Some((bed, dir, registry)) = support::bed_with_busybox("ov", "overlay") else {
         return;
     };
     let flags = support::native_flags(registry.addr);
@@ -490,7 +470,7 @@ fn instances_on_two_worker_hosts_reach_each_other_over_the_overlay() {
 
 #[test]
 fn a_client_in_one_cluster_reaches_a_service_that_runs_only_in_another() {
-    let Some((bed, dir, registry)) = bed_with_busybox("xc", "cross-cluster") else {
+    let Some((bed, dir, registry)) = support::bed_with_busybox("xc", "cross-cluster") else {
         return;
     };
     let control = bed.hosts[0].ip;
@@ -695,7 +675,7 @@ fn tcp_from(netns: &str, ip: &str, port: u16) -> bool {
 
 #[test]
 fn instances_cannot_reach_their_worker_or_the_cluster_s_control_port() {
-    let Some((bed, dir, registry)) = bed_with_busybox("iso", "isolation-net") else {
+    let Some((bed, dir, registry)) = support::bed_with_busybox("iso", "isolation-net") else {
         return;
     };
     grove_tests::tool("coap-client-notls").expect("coap-client-notls");

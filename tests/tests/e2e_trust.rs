@@ -13,7 +13,7 @@ use grove_tests::relay::{self, Link};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{Agent, Cluster, Root, bin, scratch, wait_until};
 
@@ -52,49 +52,6 @@ fn key_of(cluster: &Cluster, name: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Run an agent that joins with `token` (none when `None`) until it gives up (at
-/// most 60 s): whether it stayed (joined) and what it said.
-fn join_attempt(
-    dir: &Path,
-    name: &str,
-    cluster: SocketAddr,
-    token: Option<&str>,
-) -> (bool, String) {
-    let state = dir.join(name);
-    let mut c = Command::new(bin("grove-agent"));
-    c.args([
-        "--runtime",
-        "sim",
-        "--cluster",
-        &cluster.to_string(),
-        "--name",
-        name,
-    ])
-    .arg("--state-dir")
-    .arg(&state)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    if let Some(t) = token {
-        c.args(["--join-token", t]);
-    }
-    let mut child = c.spawn().expect("grove-agent");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let stayed = loop {
-        if let Some(_status) = child.try_wait().expect("wait") {
-            break false;
-        }
-        if Instant::now() > deadline || state.join("node.cbor").exists() {
-            let _ = child.kill();
-            break true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = child.wait_with_output().expect("output");
-    let said =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    (stayed, said)
-}
-
 #[test]
 fn registration_without_a_live_token_is_refused_and_creates_nothing() {
     let dir = scratch("trust-tokens");
@@ -131,7 +88,7 @@ fn registration_without_a_live_token_is_refused_and_creates_nothing() {
             .iter()
             .map(|(name, token, _)| {
                 let d = dir.clone();
-                s.spawn(move || join_attempt(&d, name, cluster.addr, *token))
+                s.spawn(move || support::join_attempt(&d, name, cluster.addr, *token))
             })
             .collect();
         for ((name, _, why), t) in cases.iter().zip(tries) {
@@ -154,9 +111,9 @@ fn registration_without_a_live_token_is_refused_and_creates_nothing() {
     assert_eq!(root.active_workers(), 0);
     // A single-use token joins one worker, then no other.
     let once = cli(&cluster, &["token"]).trim().to_owned();
-    let (stayed, said) = join_attempt(&dir, "first", cluster.addr, Some(&once));
+    let (stayed, said) = support::join_attempt(&dir, "first", cluster.addr, Some(&once));
     assert!(stayed, "a live token was refused:\n{said}");
-    let (stayed, said) = join_attempt(&dir, "second", cluster.addr, Some(&once));
+    let (stayed, said) = support::join_attempt(&dir, "second", cluster.addr, Some(&once));
     assert!(
         !stayed && said.contains("expired, used or revoked"),
         "{said}"
