@@ -28,7 +28,7 @@ pub struct Config {
 /// Where the configuration lives: `$GROVE_CLI_CONFIG`, else
 /// `$XDG_CONFIG_HOME/grove/config.toml`, else `~/.config/grove/config.toml`.
 pub fn config_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("GROVE_CLI_CONFIG") {
+    if let Some(p) = std::env::var_os("GROVE_CLI_CONFIG").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
     let base = std::env::var_os("XDG_CONFIG_HOME")
