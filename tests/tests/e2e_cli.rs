@@ -369,3 +369,43 @@ fn every_cli_command_works_against_root_cluster_and_agents_on_the_test_bed() {
     assert!(!text.contains("token = "), "{text}");
     assert!(g.fails(&["app", "ls"]).contains("grove login"));
 }
+
+#[test]
+fn the_cli_logs_in_over_https_trusting_the_ca_it_is_given_and_only_then() {
+    let dir = support::scratch("cli-tls");
+    let Some((ca, cert, key)) = grove_tests::registry::make_certs(&dir.join("certs")) else {
+        return;
+    };
+    let http = support::free_tcp();
+    let args: Vec<std::ffi::OsString> = vec![
+        "--data-dir".into(),
+        dir.join("root").into(),
+        "--admin-password".into(),
+        "Admin".into(),
+        "--http".into(),
+        http.to_string().into(),
+        "--coap".into(),
+        support::free_udp().to_string().into(),
+        "--tls-cert".into(),
+        cert.into(),
+        "--tls-key".into(),
+        key.into(),
+    ];
+    let root = support::Daemon::start(bin("grove-root"), args, dir.join("root.log"));
+    let g = Grove {
+        home: dir.join("home"),
+    };
+    let base = format!("https://{http}");
+    let ca = ca.to_str().unwrap().to_owned();
+    let login = ["--root", &base, "login", "--password-stdin", "--ca-cert", &ca];
+    wait_until(30, "a login over HTTPS", || g.run_with(&login, "Admin\n").0);
+    // The CA is kept with the root: later commands trust it too.
+    assert_eq!(g.json(&["cluster", "ls"]), json!([]));
+    // A client that was not given the CA refuses the root's certificate, saying so.
+    let other = Grove {
+        home: dir.join("other"),
+    };
+    let (ok, _, err) = other.run_with(&["--root", &base, "login", "--password-stdin"], "Admin\n");
+    assert!(!ok && err.contains("cannot reach the root") && err.contains("certificate"), "{err}");
+    drop(root);
+}
