@@ -292,3 +292,62 @@ impl Api {
         self.save().is_ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_configuration_round_trips_privately_and_a_missing_one_is_empty() {
+        let dir = std::env::temp_dir().join(format!("grove-cli-config-{}", std::process::id()));
+        let path = dir.join("grove/config.toml");
+        assert!(Config::load(&path).unwrap().token.is_none());
+        let c = Config {
+            root: Some("https://root:10000".into()),
+            token: Some("t\"ok\"en".into()),
+            ..Config::default()
+        };
+        c.save(&path).unwrap();
+        let back = Config::load(&path).unwrap();
+        assert_eq!((back.root, back.token), (c.root, c.token));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::write(&path, "root = 3").unwrap();
+        assert!(Config::load(&path).unwrap_err().contains("config.toml"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_invalid_sla_is_told_field_by_field() {
+        let e = ApiError {
+            status: 400,
+            message: "invalid SLA: …".into(),
+            fields: vec![
+                (
+                    "applications[0].microservices[0].memory".into(),
+                    "-5 is out of range".into(),
+                ),
+                (
+                    "applications[0].microservices[1].code".into(),
+                    "is required".into(),
+                ),
+            ],
+        };
+        assert_eq!(
+            e.to_string(),
+            "the SLA is invalid:\n  applications[0].microservices[0].memory: -5 is out of range\n  \
+             applications[0].microservices[1].code: is required"
+        );
+        assert!(
+            Api::new(Config::default(), Some("root:1".into()), None)
+                .unwrap_err()
+                .contains("http://")
+        );
+        assert!(
+            Api::new(Config::default(), None, None)
+                .unwrap_err()
+                .contains("grove login")
+        );
+    }
+}

@@ -675,6 +675,11 @@ async fn bring_up(
         args.admin_password
     );
     say!("  API docs  {}/api/docs", api.base());
+    say!("  dashboard {}/", api.base());
+    say!(
+        "  CLI       grove login --root {}; grove app ls",
+        api.base()
+    );
     say!(
         "  workers   namespaces {} (ip netns exec gu-w1 ...)",
         WORKERS.map(worker_ns).join(", ")

@@ -397,7 +397,14 @@ fn the_cli_logs_in_over_https_trusting_the_ca_it_is_given_and_only_then() {
     };
     let base = format!("https://{http}");
     let ca = ca.to_str().unwrap().to_owned();
-    let login = ["--root", &base, "login", "--password-stdin", "--ca-cert", &ca];
+    let login = [
+        "--root",
+        &base,
+        "login",
+        "--password-stdin",
+        "--ca-cert",
+        &ca,
+    ];
     wait_until(30, "a login over HTTPS", || g.run_with(&login, "Admin\n").0);
     // The CA is kept with the root: later commands trust it too.
     assert_eq!(g.json(&["cluster", "ls"]), json!([]));
@@ -406,6 +413,9 @@ fn the_cli_logs_in_over_https_trusting_the_ca_it_is_given_and_only_then() {
         home: dir.join("other"),
     };
     let (ok, _, err) = other.run_with(&["--root", &base, "login", "--password-stdin"], "Admin\n");
-    assert!(!ok && err.contains("cannot reach the root") && err.contains("certificate"), "{err}");
+    assert!(
+        !ok && err.contains("cannot reach the root") && err.contains("certificate"),
+        "{err}"
+    );
     drop(root);
 }
