@@ -211,27 +211,8 @@ fn refused_key() {
 /// written to a temporary file, synced, renamed over the old one and the directory
 /// synced, so a worker killed at any moment finds the old key or the new one whole.
 pub fn store_registration(file: &Path, reg: &NodeRegistered) -> Result<(), ControlError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = file.with_extension("tmp");
-    let err = |e: std::io::Error| ControlError::Io(format!("{}: {e}", file.display()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(&msg::to_cbor(reg))
-        .and_then(|()| f.sync_all())
-        .map_err(err)?;
-    std::fs::rename(&tmp, file).map_err(err)?;
-    if let Some(dir) = file.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
-    }
-    Ok(())
+    grove_proto::util::replace_private(file, &msg::to_cbor(reg))
+        .map_err(|e| ControlError::Io(format!("{}: {e}", file.display())))
 }
 
 /// The worker's long-term OSCORE context with its cluster, from the registration's

@@ -646,26 +646,7 @@ pub async fn create_cluster_token(
     caller: Caller,
     raw: Bytes,
 ) -> ApiResult {
-    let v = if raw.is_empty() {
-        json!({})
-    } else {
-        body(&raw)?
-    };
-    let ttl = v
-        .get("expires_in_secs")
-        .map_or(Some(3600), Value::as_i64)
-        .filter(|t| *t > 0 && *t <= 365 * 86400);
-    let Some(ttl) = ttl else {
-        return Err(ApiError::BadRequest(
-            "expires_in_secs: must be 1 to 31536000".into(),
-        ));
-    };
-    let single_use = v.get("single_use").map_or(Some(true), Value::as_bool);
-    let Some(single_use) = single_use else {
-        return Err(ApiError::BadRequest(
-            "single_use: must be true or false".into(),
-        ));
-    };
+    let (ttl, single_use) = token_terms(&raw)?;
     let mut id = [0u8; 8];
     let mut secret = [0u8; 16];
     getrandom::getrandom(&mut id).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -685,6 +666,26 @@ pub async fn create_cluster_token(
         "expires_at": expires_at,
         "single_use": single_use,
     })))
+}
+
+/// The terms of a join token asked for: `{expires_in_secs?: 3600, single_use?: true}`
+/// (an empty body takes both defaults).
+pub(super) fn token_terms(raw: &[u8]) -> ApiResult<(i64, bool)> {
+    let v = if raw.is_empty() {
+        json!({})
+    } else {
+        body(raw)?
+    };
+    let ttl = v
+        .get("expires_in_secs")
+        .map_or(Some(3600), Value::as_i64)
+        .filter(|t| *t > 0 && *t <= 365 * 86400)
+        .ok_or_else(|| ApiError::BadRequest("expires_in_secs: must be 1 to 31536000".into()))?;
+    let single_use = v
+        .get("single_use")
+        .map_or(Some(true), Value::as_bool)
+        .ok_or_else(|| ApiError::BadRequest("single_use: must be true or false".into()))?;
+    Ok((ttl, single_use))
 }
 
 /// `GET /api/clusters/token` (Admin): every join token that may still be used, and

@@ -2,8 +2,8 @@
 //! opened: the cluster's workers, its worker join tokens, and instance logs (which the
 //! cluster asks of the worker hosting the instance).
 
-use super::apps::cluster_id;
-use super::{ApiError, ApiResult, Caller, Shared, body};
+use super::apps::{cluster_id, token_terms};
+use super::{ApiError, ApiResult, Caller, Shared};
 use crate::link::AskError;
 use axum::Json;
 use axum::body::Bytes;
@@ -118,20 +118,7 @@ pub async fn create_token(
     raw: Bytes,
 ) -> ApiResult {
     let id = cluster_id(&id)?;
-    let v = if raw.is_empty() {
-        json!({})
-    } else {
-        body(&raw)?
-    };
-    let ttl = v
-        .get("expires_in_secs")
-        .map_or(Some(3600), Value::as_u64)
-        .filter(|t| (1..=365 * 86400).contains(t))
-        .ok_or_else(|| ApiError::BadRequest("expires_in_secs: must be 1 to 31536000".into()))?;
-    let single_use = v
-        .get("single_use")
-        .map_or(Some(true), Value::as_bool)
-        .ok_or_else(|| ApiError::BadRequest("single_use: must be true or false".into()))?;
+    let (ttl, single_use) = token_terms(&raw)?;
     let ask_body = msg::to_cbor(&WorkerTokenAsk {
         expires_in_secs: u32::try_from(ttl).unwrap_or(u32::MAX),
         single_use,
