@@ -855,7 +855,8 @@ pub fn node(g: &Global, cmd: &NodeCmd) -> CmdResult {
                 s(&n["arch"]),
                 s(&n["cpus"]),
                 cpu,
-                format!("{}/{}", s(&n["memory_used_mib"]), s(&n["memory_mib"])),
+                format!("{}/{}", s(&n["memory_used_mib"]), s(&n["memory_total_mib"])),
+                s(&n["memory_mib"]),
                 s(&n["instances"]),
                 if n["active"] == true {
                     "yes".into()
@@ -875,6 +876,7 @@ pub fn node(g: &Global, cmd: &NodeCmd) -> CmdResult {
             "CPUS",
             "CPU",
             "MEM_MIB",
+            "OFFERS_MIB",
             "INSTANCES",
             "ACTIVE",
             "SEEN",

@@ -102,8 +102,9 @@ struct Live {
     underlay: Option<std::net::IpAddr>,
     /// The socket its heartbeats come from (where the cluster asks it for logs).
     peer: Option<SocketAddr>,
-    /// CPU (hundredths of a percent) and memory (MiB) in use, by its last heartbeat.
-    usage: Option<(u16, u32)>,
+    /// CPU (hundredths of a percent), memory in use and the machine's memory (MiB), by
+    /// its last heartbeat that carried them.
+    usage: Option<(u16, u32, u32)>,
 }
 
 impl Live {
@@ -847,7 +848,10 @@ async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
         let moved = l.underlay != Some(inc.peer.ip());
         l.underlay = Some(inc.peer.ip());
         l.peer = Some(inc.peer);
-        l.usage = Some((hb.cpu_centi_pct, hb.mem_used_mib));
+        // (A heartbeat sent early with status changes carries no usage.)
+        if hb.mem_total_mib > 0 {
+            l.usage = Some((hb.cpu_centi_pct, hb.mem_used_mib, hb.mem_total_mib));
+        }
         if hb.coord.0 != [0.0; 3] {
             l.coord = Some(hb.coord);
         }

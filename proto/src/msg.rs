@@ -806,7 +806,8 @@ pub struct NodeInfo {
     /// CPU in use by its last heartbeat, hundredths of a percent of the whole machine.
     #[n(7)]
     pub cpu_centi_pct: Option<u16>,
-    /// Memory in use by its last heartbeat, MiB.
+    /// The machine's memory in use by its last heartbeat, MiB (of `mem_total_mib`;
+    /// `memory_mib` is what the worker offers).
     #[n(8)]
     pub mem_used_mib: Option<u32>,
     /// Instances placed on it and not ended.
@@ -821,6 +822,9 @@ pub struct NodeInfo {
     /// Its virtualizations.
     #[n(12)]
     pub virtualizations: Vec<String>,
+    /// The machine's memory by its last heartbeat, MiB.
+    #[n(13)]
+    pub mem_total_mib: Option<u32>,
 }
 
 /// Root → cluster, `POST /v1/cluster/tokens`: a worker join token.

@@ -1,7 +1,8 @@
 // Drives Debian's Chromium (headless) through the root's web dashboard as a user
 // would: log in, see the cluster's workers, deploy an invalid SLA and see the field
-// errors beside the fields, deploy the seed's SLA and see its instances reach RUNNING,
-// scale a service, open an instance's log, delete the application. Screenshots go to
+// errors beside the fields, upload the seed's SLA and see its instances reach RUNNING,
+// scale a service, follow an instance's log ($LOG_SERVICE's, until it shows
+// $LOG_EXPECT), delete the application. Screenshots go to
 // $SHOTS. Run by tests/tests/e2e_dashboard.rs, which starts the system; prints one
 // line per step and exits non-zero at the first step that fails.
 import { chromium } from "playwright-core";
@@ -79,11 +80,12 @@ try {
   step(`field errors shown beside the fields: "${memText.trim()}"`);
   await page.screenshot({ path: `${shots}/dashboard-field-errors.png`, fullPage: true });
 
-  // The seed's SLA, unchanged: every instance reaches RUNNING, live.
-  await page.fill("#sla", JSON.stringify(seed, null, 2));
+  // The seed's SLA file, uploaded unchanged: every instance reaches RUNNING, live.
+  await page.setInputFiles("#sla-file", env("SEED_SLA"));
+  await page.waitForFunction(() => document.getElementById("sla").value.includes("clientsrvr"));
   await page.click("#deploy-form button[type=submit]");
   await page.waitForSelector("#deploy-ok:has-text('Deployed')", { timeout: WAIT });
-  step("seed SLA deployed");
+  step("seed SLA uploaded and deployed");
   const app = seed.applications[0].application_name;
   const services = seed.applications[0].microservices.map((m) => m.microservice_name);
   for (const s of services) {
@@ -100,17 +102,16 @@ try {
   await page.waitForSelector(`${first} tr[data-instance="1"] .status.RUNNING`, { timeout: WAIT });
   step(`${services[0]} scaled to 2, both RUNNING`);
 
-  // An instance's log, asked of its worker through the cluster: the worker's answer
-  // (its log, or why it has none) is shown.
-  await page.click(`${first} tr[data-instance="0"] button[data-action=log]`);
+  // An instance's log, asked of its worker through the cluster, followed live.
+  const logService = env("LOG_SERVICE");
+  const expect = env("LOG_EXPECT");
+  await page.click(`[data-app="${app}"] [data-service="${logService}"] tr[data-instance="0"] button[data-action=log]`);
   await page.waitForSelector("#log-view", { state: "visible" });
-  await page.waitForFunction(() => {
-    const log = document.getElementById("log").textContent;
-    const err = document.getElementById("log-error").textContent;
-    return log.length > 0 || /on this worker/.test(err);
-  }, null, { timeout: WAIT });
-  const logText = (await page.textContent("#log")) || (await page.textContent("#log-error"));
-  step(`log view: ${JSON.stringify(logText.slice(0, 80))}`);
+  await page.waitForFunction((want) => document.getElementById("log").textContent.includes(want),
+    expect, { timeout: WAIT });
+  const logText = await page.textContent("#log");
+  step(`log of ${logService} #0: ${JSON.stringify(logText.trim().slice(0, 100))}`);
+  await page.screenshot({ path: `${shots}/dashboard-log.png`, fullPage: true });
   await page.click("#log-close");
 
   await page.click(`[data-app="${app}"] button[data-action=delete-app]`);

@@ -176,6 +176,13 @@ fn every_cli_command_works_against_root_cluster_and_agents_on_the_test_bed() {
     assert_eq!(names(&clusters, "cluster_name"), ["edge"]);
     assert_eq!(clusters[0]["active"], true, "{clusters}");
     assert!(g.ok(&["cluster", "ls"]).contains("edge"));
+    // (Usage comes with each worker's next heartbeat, within 2 s.)
+    wait_until(10, "both workers' usage", || {
+        let nodes = g.json(&["node", "ls"]);
+        nodes.as_array().is_some_and(|l| {
+            l.len() == 2 && l.iter().all(|n| n["memory_total_mib"].as_u64() > Some(0))
+        })
+    });
     let nodes = g.json(&["node", "ls"]);
     assert_eq!(names(&nodes, "name"), ["w1", "w2"], "{nodes}");
     for n in nodes.as_array().unwrap() {
@@ -190,6 +197,17 @@ fn every_cli_command_works_against_root_cluster_and_agents_on_the_test_bed() {
             "{n}"
         );
         assert_eq!(n["cluster"], "edge");
+        let (used, total) = (
+            n["memory_used_mib"].as_u64(),
+            n["memory_total_mib"].as_u64(),
+        );
+        assert!(used > Some(0) && used <= total, "the machine's memory: {n}");
+        assert!(
+            n["cpu_percent"]
+                .as_f64()
+                .is_some_and(|c| (0.0..=100.0).contains(&c)),
+            "{n}"
+        );
     }
     let table = g.ok(&["node", "ls", "--cluster", "edge"]);
     assert!(

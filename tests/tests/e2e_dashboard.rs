@@ -1,21 +1,23 @@
 //! The web dashboard in a real browser: Debian's Chromium, headless, driven by
-//! Playwright (`tests/browser/dashboard.mjs`) against a running root, cluster and two
-//! sim workers. It logs in, sees the workers, gets field errors for a bad SLA,
-//! deploys the seed's SLA and sees its instances reach RUNNING, scales a service,
-//! opens a log and deletes the application. Screenshots are left in
-//! `target/test-output/`.
+//! Playwright (`tests/browser/dashboard.mjs`) against root, cluster and two
+//! `grove-agent --runtime native` workers on the test bed, which run the seed's
+//! application from `grove up`'s stand-in images in a loopback registry. It logs in,
+//! sees the workers, gets field errors for a bad SLA, uploads the seed's SLA and sees
+//! its instances reach RUNNING, scales a service, follows a container's log and
+//! deletes the application. Screenshots are left in `target/test-output/`. Needs root
+//! (fails under CI without it, or without Chromium or playwright-core).
 
+#[path = "support/seed.rs"]
+mod seed;
 mod support;
 
 use std::process::Command;
-use support::{Agent, Cluster, Root, scratch, wait_until};
+use support::scratch;
 
 #[test]
-fn the_dashboard_logs_in_deploys_the_seed_and_sees_it_running_in_chromium() {
-    let Some(node) = grove_tests::tool("node") else {
-        return;
-    };
-    let Some(chromium) = grove_tests::tool("chromium") else {
+fn the_dashboard_deploys_the_seed_sees_it_running_and_follows_a_log_in_chromium() {
+    let (Some(node), Some(chromium)) = (grove_tests::tool("node"), grove_tests::tool("chromium"))
+    else {
         return;
     };
     let browser = grove_tests::repo_root().join("tests/browser");
@@ -23,19 +25,31 @@ fn the_dashboard_logs_in_deploys_the_seed_and_sees_it_running_in_chromium() {
         grove_tests::missing("playwright-core in tests/browser/node_modules");
         return;
     }
+    let Some(bed) = grove_tests::testbed::TestBed::new("db", 3) else {
+        return;
+    };
+    if grove_tests::tool("nsenter").is_none() {
+        return;
+    }
     let dir = scratch("dashboard");
-    let root = Root::start(&dir, &[]);
-    let cluster = Cluster::start(&dir, "edge", &root, &[]);
-    let room = ["--cpus", "8", "--memory-mib", "8192"];
-    let _w: Vec<Agent> = ["w1", "w2"]
-        .iter()
-        .map(|n| Agent::start(&dir, n, cluster.addr, &cluster.worker_token, &room))
-        .collect();
-    wait_until(30, "both workers", || root.active_workers() == 2);
+    // Everything this thread starts from now on runs on host 0, the browser too.
+    bed.enter(0);
+    let Some(registry) = seed::seed_registry(&bed, &dir) else {
+        return;
+    };
+    let flags = support::native_flags(registry.addr);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (root, _cluster, _agents) = support::control_and_workers(&bed, &dir, &flags);
 
     let shots = grove_tests::repo_root().join("target/test-output");
     std::fs::create_dir_all(&shots).unwrap();
-    let _ = std::fs::remove_file(shots.join("dashboard.png"));
+    for f in [
+        "dashboard.png",
+        "dashboard-log.png",
+        "dashboard-failure.png",
+    ] {
+        let _ = std::fs::remove_file(shots.join(f));
+    }
     let out = Command::new(node)
         .arg(browser.join("dashboard.mjs"))
         .current_dir(&browser)
@@ -46,6 +60,8 @@ fn the_dashboard_logs_in_deploys_the_seed_and_sees_it_running_in_chromium() {
             grove_tests::repo_root().join("root/tests/seed_sla.json"),
         )
         .env("WORKERS", "w1,w2")
+        .env("LOG_SERVICE", "nginx")
+        .env("LOG_EXPECT", "nginx stand-in serving /www")
         .env("SHOTS", &shots)
         .env("CHROMIUM", chromium)
         .output()
@@ -64,8 +80,10 @@ fn the_dashboard_logs_in_deploys_the_seed_and_sees_it_running_in_chromium() {
     // What the browser saw is what the API says: the application is gone.
     let apps = root.api("GET", "/api/applications/", None);
     assert_eq!(apps.as_array().map(Vec::len), Some(0), "{apps}");
-    let shot = shots.join("dashboard.png");
-    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
-    assert!(size > 10_000, "no screenshot at {}", shot.display());
-    println!("screenshot: {} ({size} bytes)", shot.display());
+    for f in ["dashboard.png", "dashboard-log.png"] {
+        let shot = shots.join(f);
+        let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+        assert!(size > 10_000, "no screenshot at {}", shot.display());
+        println!("screenshot: {} ({size} bytes)", shot.display());
+    }
 }

@@ -4,42 +4,18 @@
 //! stand-ins, served by a real `docker-registry` as the workers' `docker.io` mirror.
 //! Needs root (fails under CI without it).
 
+#[path = "support/seed.rs"]
+mod seed;
 mod support;
 
-use grove_tests::registry::{Protection, Registry};
 use grove_tests::relay::{self, Link, Shape};
 use grove_tests::testbed::TestBed;
 use serde_json::json;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{Agent, Cluster, Root, scratch, wait_until};
-
-/// The seed's images (busybox stand-ins) in a registry on host 0 of `bed`.
-fn seed_registry(bed: &TestBed, dir: &Path) -> Option<Registry> {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| grove_cli::up::images::is_static(p));
-    let Some(busybox) = busybox else {
-        grove_tests::missing("a static busybox (Debian: busybox-static)");
-        return None;
-    };
-    let layout = dir.join("layout");
-    grove_cli::up::images::Images::stand_ins(&busybox)
-        .expect("stand-ins")
-        .write_layout(&layout)
-        .expect("layout");
-    let registry = Registry::start_at(
-        &dir.join("registry"),
-        bed.hosts[0].ip,
-        &Protection::default(),
-    )?;
-    registry.push(&layout, "nginx", "library/nginx:latest", None);
-    registry.push(&layout, "curl", "curlimages/curl:7.82.0", None);
-    Some(registry)
-}
 
 /// The worker (index into `agents`) whose state holds a container of `service`, and
 /// that container's PID.
@@ -95,7 +71,7 @@ fn the_seed_unchanged_through_the_api_and_a_worker_host_killed() {
     }
     let dir = scratch("seed");
     bed.enter(0);
-    let Some(registry) = seed_registry(&bed, &dir) else {
+    let Some(registry) = seed::seed_registry(&bed, &dir) else {
         return;
     };
     let flags = support::native_flags(registry.addr);
@@ -201,7 +177,7 @@ fn the_seed_deploys_over_a_bad_link_between_cluster_and_worker() {
     };
     let dir = scratch("bad-link");
     bed.enter(0);
-    let Some(registry) = seed_registry(&bed, &dir) else {
+    let Some(registry) = seed::seed_registry(&bed, &dir) else {
         return;
     };
     let root = Root::start(&dir, &[]);
@@ -413,7 +389,7 @@ fn daemons_sigkilled_and_the_root_away_for_a_minute_lose_nothing_and_run_nothing
     };
     let dir = scratch("drills");
     bed.enter(0);
-    let Some(registry) = seed_registry(&bed, &dir) else {
+    let Some(registry) = seed::seed_registry(&bed, &dir) else {
         return;
     };
     let flags = support::native_flags(registry.addr);

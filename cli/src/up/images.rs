@@ -38,6 +38,7 @@ const NGINX: &str = r#"#!/bin/sh
 mkdir -p /www
 echo "Welcome to $(hostname), a stand-in for nginx served by busybox httpd" >/www/index.html
 httpd -p 60 -h /www
+echo "$(hostname): nginx stand-in serving /www on ports 80 and 60"
 exec httpd -f -p 80 -h /www
 "#;
 

@@ -62,6 +62,7 @@ impl Cluster {
                     }),
                     cpu_centi_pct: l.and_then(|l| l.usage).map(|u| u.0),
                     mem_used_mib: l.and_then(|l| l.usage).map(|u| u.1),
+                    mem_total_mib: l.and_then(|l| l.usage).map(|u| u.2),
                     instances: u32::try_from(
                         placed
                             .iter()

@@ -74,6 +74,7 @@ pub async fn nodes(State(st): State<Shared>, _c: Caller, Path(id): Path<String>)
                     "last_seen_ms": n.last_seen_ms,
                     "cpu_percent": n.cpu_centi_pct.map(|c| f64::from(c) / 100.0),
                     "memory_used_mib": n.mem_used_mib,
+                    "memory_total_mib": n.mem_total_mib,
                     "instances": n.instances,
                     "underlay": n.underlay,
                     "key_generation": n.key_generation,
