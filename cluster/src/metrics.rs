@@ -1,5 +1,5 @@
 //! The cluster's `/metrics` (Prometheus text format, on the optional `--metrics` HTTP
-//! port; the agents stay without one): heartbeats received, workers lost, each
+//! port; the agents stay without one): heartbeats received and missed, workers lost, each
 //! worker's and each instance's CPU and memory from the heartbeats, instances by
 //! status, the worker link's CoAP counters.
 
@@ -19,6 +19,9 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 pub struct Metrics {
     registry: Registry,
     heartbeats: Family<Labels, Counter>,
+    missed: Family<Labels, Counter>,
+    /// Each worker's last heartbeat sequence number (gaps are heartbeats missed).
+    seqs: Mutex<std::collections::HashMap<u32, u32>>,
     lost: Counter,
     node_cpu: Family<Labels, FloatGauge>,
     node_mem: Family<Labels, Gauge>,
@@ -39,6 +42,12 @@ impl Default for Metrics {
             "Heartbeats received from each worker",
             heartbeats.clone(),
         );
+        let missed = Family::<Labels, Counter>::default();
+        r.register(
+            "heartbeats_missed",
+            "Heartbeats of each worker that never arrived (gaps in their sequence numbers)",
+            missed.clone(),
+        );
         let lost = Counter::default();
         r.register(
             "workers_lost",
@@ -48,7 +57,7 @@ impl Default for Metrics {
         let node_cpu = Family::<Labels, FloatGauge>::default();
         r.register(
             "node_cpu_percent",
-            "A worker's CPU use (100: one CPU)",
+            "A worker's CPU use, percent of all its CPUs",
             node_cpu.clone(),
         );
         let node_mem = Family::<Labels, Gauge>::default();
@@ -90,6 +99,8 @@ impl Default for Metrics {
         Self {
             registry: r,
             heartbeats,
+            missed,
+            seqs: Mutex::default(),
             lost,
             node_cpu,
             node_mem,
@@ -114,6 +125,19 @@ impl Metrics {
     pub fn heartbeat(&self, node: u32, hb: &grove_proto::msg::Heartbeat) {
         let l = node_label(node);
         self.heartbeats.get_or_create(&l).inc();
+        // A status report sent between heartbeats repeats the last number; a
+        // restarted worker counts from 0 again.
+        let before = self
+            .seqs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node, hb.seq);
+        if let Some(gap) = before
+            .and_then(|b| hb.seq.checked_sub(b))
+            .filter(|g| *g > 1)
+        {
+            self.missed.get_or_create(&l).inc_by(u64::from(gap - 1));
+        }
         if hb.mem_total_mib == 0 {
             return;
         }
@@ -144,6 +168,10 @@ impl Metrics {
     /// A worker was found lost (or evicted): its figures go.
     pub fn lost(&self, node: u32) {
         self.lost.inc();
+        self.seqs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&node);
         let l = node_label(node);
         for f in [&self.node_mem, &self.node_mem_total] {
             f.remove(&l);
@@ -171,5 +199,50 @@ impl Metrics {
         // Writing to a String does not fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grove_proto::msg::{Heartbeat, NetCoord, NodeId};
+
+    fn hb(seq: u32) -> Heartbeat {
+        Heartbeat {
+            node: NodeId(1),
+            seq,
+            cpu_centi_pct: 2500,
+            mem_used_mib: 100,
+            mem_total_mib: 1000,
+            disk_used_mib: 0,
+            disk_total_mib: 0,
+            running: 0,
+            coord: NetCoord([0.0; 3]),
+            digest: [0; 8],
+            changes: Vec::new(),
+            instances: None,
+        }
+    }
+
+    #[test]
+    fn gaps_in_a_workers_heartbeats_count_as_missed() {
+        let m = Metrics::default();
+        // 1, 2, then 5 (3 and 4 lost), 5 again (a status report), then 1 (restarted).
+        for seq in [1, 2, 5, 5, 1, 2] {
+            m.heartbeat(1, &hb(seq));
+        }
+        let text = m.render(&[], grove_proto::coap::Stats::default());
+        assert!(
+            text.contains("grove_cluster_heartbeats_missed_total{node=\"node-1\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("grove_cluster_heartbeats_total{node=\"node-1\"} 6\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("grove_cluster_node_cpu_percent{node=\"node-1\"} 25.0\n"),
+            "{text}"
+        );
     }
 }
