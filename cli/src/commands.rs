@@ -86,6 +86,21 @@ pub enum ServiceCmd {
         /// Name, app.name, or id.
         service: String,
     },
+    /// Replace a service's spec (a microservice of the SLA, as JSON): its instances are
+    /// replaced one at a time, never fewer running than before; shows the progress
+    /// until every instance runs the new spec.
+    Update {
+        /// Name, app.name, or id.
+        service: String,
+        /// The new spec (`-`: standard input).
+        spec: String,
+        /// Return once the update is asked for.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
     /// Add or remove instances until the service has this many.
     Scale {
         /// Name, app.name, or id.
@@ -414,7 +429,7 @@ pub fn logout(g: &Global) -> CmdResult {
     Ok(())
 }
 
-fn read_sla(path: &str) -> Result<Value, String> {
+fn read_json(path: &str) -> Result<Value, String> {
     let text = if path == "-" {
         let mut t = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
@@ -522,7 +537,7 @@ fn deploy(
     no_wait: bool,
     timeout: u64,
 ) -> CmdResult {
-    let sla = read_sla(path)?;
+    let sla = read_json(path)?;
     let wanted: Vec<(String, String)> = sla["applications"]
         .as_array()
         .into_iter()
@@ -649,6 +664,12 @@ pub fn service(g: &Global, cmd: &ServiceCmd) -> CmdResult {
             );
             Ok(())
         }
+        ServiceCmd::Update {
+            service,
+            spec,
+            no_wait,
+            timeout,
+        } => update(&mut api, g, service, spec, *no_wait, *timeout),
         ServiceCmd::Scale {
             service,
             instances: want,
@@ -691,6 +712,79 @@ pub fn service(g: &Global, cmd: &ServiceCmd) -> CmdResult {
             Ok(())
         }
     }
+}
+
+/// `grove service update`: the new spec, then its rollout watched.
+fn update(
+    api: &mut Api,
+    g: &Global,
+    name: &str,
+    path: &str,
+    no_wait: bool,
+    timeout: u64,
+) -> CmdResult {
+    let v = find_service(api, name)?;
+    let id = s(&v["microserviceID"]);
+    let spec = read_json(path)?;
+    let after = api
+        .call("PUT", &format!("/api/service/{id}"), Some(spec))
+        .map_err(|e| format!("{path}: {e}"))?;
+    let generation = after["generation"].as_i64().unwrap_or_default();
+    let start = Instant::now();
+    let say = |line: &str| eprintln!("{:>7.2}s  {line}", start.elapsed().as_secs_f64());
+    say(&format!("{name}: spec generation {generation} asked for"));
+    let mut last = std::collections::BTreeMap::new();
+    let deadline = start + Duration::from_secs(timeout);
+    let mut doc = after;
+    if !no_wait {
+        loop {
+            let list = instances(&doc);
+            for i in &list {
+                let key = format!(
+                    "{}.{} (gen {})",
+                    s(&v["microservice_name"]),
+                    i["instance_number"],
+                    s(&i["generation"])
+                );
+                let line = crate::progress::describe(i);
+                if last.get(&key) != Some(&line) {
+                    say(&format!("{key:<20} {line}"));
+                    last.insert(key, line);
+                }
+            }
+            let done = !list.is_empty()
+                && list.iter().all(|i| {
+                    i["generation"].as_i64() == Some(generation) && i["status"] == "RUNNING"
+                });
+            if done {
+                say("every instance runs the new spec");
+                break;
+            }
+            if let Some(f) = list.iter().find(|i| {
+                i["generation"].as_i64() == Some(generation)
+                    && matches!(i["status"].as_str(), Some("FAILED" | "DEAD"))
+            }) {
+                return Err(format!(
+                    "{name}.{}: {}",
+                    f["instance_number"],
+                    crate::progress::describe(f)
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "not every instance ran the new spec within {timeout} s"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            doc = api
+                .call("GET", &format!("/api/service/{id}"), None)
+                .map_err(err)?;
+        }
+    }
+    if g.output == Output::Json {
+        print_json(&doc);
+    }
+    Ok(())
 }
 
 /// `grove instance …`.

@@ -54,7 +54,7 @@ pub fn bin(name: &str) -> PathBuf {
     });
     let path = dir.join(name);
     // The test build makes a package's binaries only when it has integration tests:
-    // every daemon's package has some.
+    // every package with a binary has some (`grove`: cli/tests/cli.rs).
     assert!(
         path.is_file(),
         "{} was not built by `cargo test --no-run --workspace`",

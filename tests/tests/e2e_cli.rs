@@ -351,6 +351,26 @@ fn every_cli_command_works_against_root_cluster_and_agents_on_the_test_bed() {
     g.ok(&["service", "scale", "curl", "1"]);
     assert_eq!(numbers(&g), [0]);
 
+    // update: a rolling replacement to a new spec, watched until it runs everywhere.
+    let mut spec = support::seed()["applications"][0]["microservices"][0].clone();
+    spec["code"] = json!("docker.io/library/busybox:latest");
+    spec["cmd"] = json!(["sh", "-c", "while :; do echo tock; sleep 0.2; done"]);
+    let spec_file = dir.join("curl-v2.json");
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    let (ok, _, err) = g.run(&["service", "update", "curl", spec_file.to_str().unwrap()]);
+    assert!(
+        ok && err.contains("every instance runs the new spec"),
+        "{err}"
+    );
+    let v = g.json(&["service", "show", "curl"]);
+    let n = v["instance_list"][0]["instance_number"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    wait_until(10, "the new spec's output in the log", || {
+        g.ok(&["logs", "curl", "--instance", &n]).contains("tock")
+    });
+
     // An invalid SLA names the failing field; a file that is not JSON says so.
     let mut bad = support::seed();
     bad["applications"][0]["application_name"] = json!("broken");
