@@ -391,8 +391,9 @@ pub async fn run(
     // The cluster asks for logs over the link this agent opened (its only context).
     let containers = s.state_dir.join("containers");
     let router = Router::new().route(grove_proto::coap::Method::Post, paths::LOGS, move |inc| {
-        let r = crate::logs::answer(&containers, &inc.request.payload);
-        async move { r }
+        let containers = containers.clone();
+        // Read in the handler's task, not in the driver's loop.
+        async move { crate::logs::answer(&containers, &inc.request.payload) }
     });
     let (c, _task) = driver::spawn(socket, Endpoint::new(cfg), router)
         .map_err(|e| ControlError::Io(e.to_string()))?;

@@ -18,13 +18,14 @@ pub fn router(cl: &Arc<Cluster>) -> Router {
     let (a, b, c, d) = (cl.clone(), cl.clone(), cl.clone(), cl.clone());
     let e = cl.clone();
     Router::new()
+        // Each answer is made in its handler's task, not in the driver's loop.
         .route(Method::Get, paths::CLUSTER_NODES, move |_| {
-            let r = Response::cbor(msg::to_cbor(&a.node_infos()));
-            async move { r }
+            let cl = a.clone();
+            async move { Response::cbor(msg::to_cbor(&cl.node_infos())) }
         })
         .route(Method::Get, paths::CLUSTER_TOKENS, move |_| {
-            let r = b.token_infos();
-            async move { r }
+            let cl = b.clone();
+            async move { cl.token_infos() }
         })
         .route(Method::Post, paths::CLUSTER_TOKENS, move |inc| {
             let cl = c.clone();
