@@ -95,45 +95,38 @@ impl Store {
         Ok(row)
     }
 
+    /// Run an UPDATE of one cluster's row; `NotFound` when no row matched.
+    fn update_cluster(&mut self, sql: &str, params: impl rusqlite::Params) -> Result<()> {
+        match self.conn.execute(sql, params)? {
+            0 => Err(StoreError::NotFound("cluster")),
+            _ => Ok(()),
+        }
+    }
+
     /// Store the OSCORE credentials handed to a cluster.
     pub fn set_cluster_credentials(&mut self, id: u32, secret: &[u8], salt: &[u8]) -> Result<()> {
-        let n = self.conn.execute(
+        self.update_cluster(
             "UPDATE clusters SET oscore_secret = ?2, oscore_salt = ?3 WHERE id = ?1",
             params![id, secret, salt],
-        )?;
-        if n == 0 {
-            Err(StoreError::NotFound("cluster"))
-        } else {
-            Ok(())
-        }
+        )
     }
 
     /// Evict a cluster: its key is gone (the link drops it at once), it reports no
     /// more, so its instances move to other clusters.
     pub fn evict_cluster(&mut self, id: u32) -> Result<()> {
-        let n = self.conn.execute(
+        self.update_cluster(
             "UPDATE clusters SET oscore_secret = NULL, oscore_salt = NULL, pending_secret = NULL,
                pending_salt = NULL, rekey = 0, evicted = 1, last_report = NULL WHERE id = ?1",
             [id],
-        )?;
-        if n == 0 {
-            Err(StoreError::NotFound("cluster"))
-        } else {
-            Ok(())
-        }
+        )
     }
 
     /// Ask for a new key for a cluster (told in the answers to its reports).
     pub fn request_cluster_rekey(&mut self, id: u32) -> Result<()> {
-        let n = self.conn.execute(
+        self.update_cluster(
             "UPDATE clusters SET rekey = 1 WHERE id = ?1 AND NOT evicted",
             [id],
-        )?;
-        if n == 0 {
-            Err(StoreError::NotFound("cluster"))
-        } else {
-            Ok(())
-        }
+        )
     }
 
     /// The next key for cluster `id`, kept as pending beside the one in use:
@@ -252,15 +245,10 @@ impl Store {
 
     /// Record a report: its time always, its aggregate when it carries one.
     pub fn record_report(&mut self, id: u32, aggregate: Option<&[u8]>, at: i64) -> Result<()> {
-        let n = self.conn.execute(
+        self.update_cluster(
             "UPDATE clusters SET last_report = ?2, aggregate = COALESCE(?3, aggregate) WHERE id = ?1",
             params![id, at, aggregate],
-        )?;
-        if n == 0 {
-            Err(StoreError::NotFound("cluster"))
-        } else {
-            Ok(())
-        }
+        )
     }
 
     /// Clusters that reported within `within_secs` of `now`.
