@@ -64,6 +64,8 @@ pub struct Settings {
     pub directory_idle: Duration,
     /// Workers expected at most (sizes the block of worker subnets asked of the root).
     pub max_workers: Option<u32>,
+    /// Whether `/metrics` is served (else heartbeats cost no metric work).
+    pub metrics: bool,
 }
 
 /// How long a worker's registration waits for the cluster to join its root.
@@ -165,8 +167,8 @@ pub struct Cluster {
     nodes_cache: Mutex<Option<Arc<Vec<crate::store::NodeRow>>>>,
     /// The workers' keys, join tokens, re-keys and evictions.
     keys: Mutex<keys::Keys>,
-    /// What `/metrics` says.
-    metrics: crate::metrics::Metrics,
+    /// What `/metrics` says, when it is served.
+    metrics: Option<crate::metrics::Metrics>,
     /// Whether `block` is the root's (joined, or resumed from the store): a worker
     /// joining before would get a subnet of another cluster's block.
     block_known: tokio::sync::watch::Sender<bool>,
@@ -576,7 +578,9 @@ impl Cluster {
         let mut touched = HashSet::new();
         for id in lost {
             tracing::warn!(node = id, "worker lost: moving its instances");
-            self.metrics.lost(id);
+            if let Some(m) = &self.metrics {
+                m.lost(id);
+            }
             touched.extend(self.move_instances_off(id));
             touched.extend(self.place_pending());
         }
@@ -838,7 +842,9 @@ async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
         Err(e) => return Response::error(Code::BAD_REQUEST, &e.to_string()),
     };
     cl.heard(id, &inc);
-    cl.metrics.heartbeat(id, &hb);
+    if let Some(m) = &cl.metrics {
+        m.heartbeat(id, &hb);
+    }
     let came_back = {
         let mut live = cl.live();
         let l = live.entry(id).or_insert_with(Live::fresh);
@@ -923,7 +929,7 @@ pub async fn start(
         published_services: Mutex::default(),
         nodes_cache: Mutex::default(),
         keys: Mutex::default(),
-        metrics: crate::metrics::Metrics::default(),
+        metrics: s.metrics.then(crate::metrics::Metrics::default),
         block_known: tokio::sync::watch::Sender::new(false),
     });
     let (c1, c2, c3, c4, c5) = (cl.clone(), cl.clone(), cl.clone(), cl.clone(), cl.clone());
@@ -1248,7 +1254,10 @@ pub async fn serve_metrics(cl: Arc<Cluster>, listener: tokio::net::TcpListener) 
                         axum::http::header::CONTENT_TYPE,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    cl.metrics.render(&statuses, stats),
+                    cl.metrics
+                        .as_ref()
+                        .map(|m| m.render(&statuses, stats))
+                        .unwrap_or_default(),
                 )
             }
         }),

@@ -252,6 +252,7 @@ pub fn run(args: Args) -> Result<(), String> {
         create_timeout: std::time::Duration::from_secs(args.create_timeout_secs.max(1)),
         directory_idle: std::time::Duration::from_secs(args.directory_idle_secs),
         max_workers: args.max_workers,
+        metrics: args.metrics.is_some(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

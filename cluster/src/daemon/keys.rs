@@ -228,7 +228,9 @@ impl Cluster {
                 let _ = std::fs::remove_file(seq_file(&self.dir, id, g));
             }
         }
-        self.metrics.lost(id);
+        if let Some(m) = &self.metrics {
+            m.lost(id);
+        }
         let mut touched = self.move_instances_off(id);
         if let Err(e) = self.db().delete_node(id) {
             tracing::error!(node = id, error = %e, "cannot delete the evicted worker");
