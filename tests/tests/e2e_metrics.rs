@@ -96,75 +96,63 @@ fn metrics_of_root_and_cluster_parse_and_count_a_deploy() {
         "{r}"
     );
     assert_eq!(r["grove_deploy_latency_seconds"]["type"], "histogram");
-    assert!(
-        sum(
-            &r,
-            "grove_deploy_latency_seconds",
-            "grove_deploy_latency_seconds_count",
-            &none
-        ) >= 1.0,
-        "{r}"
-    );
-    assert!(
-        sum(
-            &r,
-            "grove_deploy_latency_seconds",
-            "grove_deploy_latency_seconds_sum",
-            &none
-        ) > 0.0
-    );
-    assert!(
-        sum(
-            &r,
-            "grove_schedule_latency_seconds",
-            "grove_schedule_latency_seconds_count",
-            &none
-        ) >= 1.0
-    );
-    assert!(
-        sum(
-            &r,
-            "grove_cluster_reports",
-            "grove_cluster_reports_total",
-            &none
-        ) > 0.0,
-        "{r}"
-    );
-    assert!(
-        sum(
-            &r,
-            "grove_coap_datagrams",
-            "grove_coap_datagrams_total",
-            &json!({"kind": "in"})
-        ) > 0.0
+    // What a deploy must have counted: (family, sample, labels, at least).
+    let at_least = |m: &Value, counted: &[(&str, &str, Value, f64)]| {
+        for (family, sample, labels, min) in counted {
+            let got = sum(m, family, sample, labels);
+            assert!(
+                got >= *min,
+                "{sample} {labels} is {got}, expected at least {min}:\n{m}"
+            );
+        }
+    };
+    let some = f64::MIN_POSITIVE;
+    let d = "grove_deploy_latency_seconds";
+    let s = "grove_schedule_latency_seconds";
+    at_least(
+        &r,
+        &[
+            (d, "grove_deploy_latency_seconds_count", none.clone(), 1.0),
+            (d, "grove_deploy_latency_seconds_sum", none.clone(), some),
+            (s, "grove_schedule_latency_seconds_count", none.clone(), 1.0),
+            (
+                "grove_cluster_reports",
+                "grove_cluster_reports_total",
+                none.clone(),
+                some,
+            ),
+            (
+                "grove_coap_datagrams",
+                "grove_coap_datagrams_total",
+                json!({"kind": "in"}),
+                some,
+            ),
+        ],
     );
 
     let c = scrape(&cluster_url);
-    assert!(
-        sum(
-            &c,
-            "grove_cluster_heartbeats",
-            "grove_cluster_heartbeats_total",
-            &none
-        ) > 0.0,
-        "{c}"
+    let (used, total) = (
+        "grove_cluster_node_memory_used_bytes",
+        "grove_cluster_node_memory_bytes",
     );
-    assert!(
-        sum(
-            &c,
-            "grove_cluster_node_memory_used_bytes",
-            "grove_cluster_node_memory_used_bytes",
-            &none
-        ) > 0.0,
-        "{c}"
-    );
-    assert!(
-        sum(
-            &c,
-            "grove_cluster_node_memory_bytes",
-            "grove_cluster_node_memory_bytes",
-            &none
-        ) > 0.0
+    at_least(
+        &c,
+        &[
+            (
+                "grove_cluster_heartbeats",
+                "grove_cluster_heartbeats_total",
+                none.clone(),
+                some,
+            ),
+            (used, used, none.clone(), some),
+            (total, total, none.clone(), some),
+            (
+                "grove_cluster_coap_datagrams",
+                "grove_cluster_coap_datagrams_total",
+                json!({"kind": "in"}),
+                some,
+            ),
+        ],
     );
     assert_eq!(
         sum(
@@ -174,14 +162,6 @@ fn metrics_of_root_and_cluster_parse_and_count_a_deploy() {
             &json!({"status": "RUNNING"})
         ),
         1.0
-    );
-    assert!(
-        sum(
-            &c,
-            "grove_cluster_coap_datagrams",
-            "grove_cluster_coap_datagrams_total",
-            &json!({"kind": "in"})
-        ) > 0.0
     );
 }
 
