@@ -469,14 +469,9 @@ fn registration_refuses_other_major_versions_and_unknown_tokens() {
             .map(|x| x["usable"] == true)
     };
     assert_eq!(usable(&short_id), Some(true));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while usable(&short_id) != Some(false) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the token never expired"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    grove_tests::daemons::wait_until(10, "the token to expire", || {
+        usable(&short_id) == Some(false)
+    });
     let coap_addr = root.coap;
     let base = root.base.clone();
     let t2 = t.clone();
