@@ -383,7 +383,7 @@ fn read_password(from_stdin: bool) -> Result<String, String> {
     let saved = if tty {
         eprint!("password: ");
         let _ = std::io::stderr().flush();
-        echo(false)
+        echo_off()
     } else {
         None
     };
@@ -403,11 +403,11 @@ fn read_password(from_stdin: bool) -> Result<String, String> {
 }
 
 /// Turn the terminal's echo off; the settings to restore.
-fn echo(on: bool) -> Option<nix::sys::termios::Termios> {
+fn echo_off() -> Option<nix::sys::termios::Termios> {
     use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
     let saved = tcgetattr(std::io::stdin()).ok()?;
     let mut t = saved.clone();
-    t.local_flags.set(LocalFlags::ECHO, on);
+    t.local_flags.remove(LocalFlags::ECHO);
     tcsetattr(std::io::stdin(), SetArg::TCSANOW, &t).ok()?;
     Some(saved)
 }
@@ -574,18 +574,12 @@ fn deploy(
         services.len()
     ));
     let ids: Vec<String> = services.iter().map(|(id, _)| id.clone()).collect();
-    let mut outcome = Outcome::Pending;
-    if !no_wait {
-        let mut watch = Watch::new(services.clone());
+    let outcome = if no_wait {
+        Outcome::Pending
+    } else {
         let deadline = start + Duration::from_secs(timeout);
-        loop {
-            outcome = watch.look(api, say)?;
-            if outcome != Outcome::Pending || Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+        Watch::new(services.clone()).until(api, deadline, say)?
+    };
     if g.output == Output::Json {
         let mut docs = Vec::new();
         for id in &ids {
@@ -733,54 +727,28 @@ fn update(
     let start = Instant::now();
     let say = |line: &str| eprintln!("{:>7.2}s  {line}", start.elapsed().as_secs_f64());
     say(&format!("{name}: spec generation {generation} asked for"));
-    let mut last = std::collections::BTreeMap::new();
     let deadline = start + Duration::from_secs(timeout);
-    let mut doc = after;
-    if !no_wait {
-        loop {
-            let list = instances(&doc);
-            for i in &list {
-                let key = format!(
-                    "{}.{} (gen {})",
-                    s(&v["microservice_name"]),
-                    i["instance_number"],
-                    s(&i["generation"])
-                );
-                let line = crate::progress::describe(i);
-                if last.get(&key) != Some(&line) {
-                    say(&format!("{key:<20} {line}"));
-                    last.insert(key, line);
-                }
-            }
-            let done = !list.is_empty()
-                && list.iter().all(|i| {
-                    i["generation"].as_i64() == Some(generation) && i["status"] == "RUNNING"
-                });
-            if done {
-                say("every instance runs the new spec");
-                break;
-            }
-            if let Some(f) = list.iter().find(|i| {
-                i["generation"].as_i64() == Some(generation)
-                    && matches!(i["status"].as_str(), Some("FAILED" | "DEAD"))
-            }) {
-                return Err(format!(
-                    "{name}.{}: {}",
-                    f["instance_number"],
-                    crate::progress::describe(f)
-                ));
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "not every instance ran the new spec within {timeout} s"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-            doc = api
-                .call("GET", &format!("/api/service/{id}"), None)
-                .map_err(err)?;
+    let outcome = if no_wait {
+        Outcome::Done
+    } else {
+        let service = vec![(id.clone(), s(&v["microservice_name"]))];
+        Watch::new(service)
+            .of_generation(generation)
+            .until(api, deadline, say)?
+    };
+    match outcome {
+        Outcome::Done if !no_wait => say("every instance runs the new spec"),
+        Outcome::Done => {}
+        Outcome::Failed(why) => return Err(why),
+        Outcome::Pending => {
+            return Err(format!(
+                "not every instance ran the new spec within {timeout} s"
+            ));
         }
     }
+    let doc = api
+        .call("GET", &format!("/api/service/{id}"), None)
+        .map_err(err)?;
     if g.output == Output::Json {
         print_json(&doc);
     }

@@ -21,6 +21,7 @@ pub enum Outcome {
 pub struct Watch {
     services: Vec<(String, String)>,
     last: BTreeMap<String, String>,
+    generation: Option<i64>,
 }
 
 impl Watch {
@@ -29,6 +30,30 @@ impl Watch {
         Self {
             services,
             last: BTreeMap::new(),
+            generation: None,
+        }
+    }
+
+    /// Done only when every instance is of spec `generation` (a rolling update);
+    /// failures of older ones do not count.
+    pub fn of_generation(mut self, generation: i64) -> Self {
+        self.generation = Some(generation);
+        self
+    }
+
+    /// Look every 200 ms until the outcome is known or `deadline` passes.
+    pub fn until(
+        &mut self,
+        api: &mut Api,
+        deadline: std::time::Instant,
+        mut say: impl FnMut(&str),
+    ) -> Result<Outcome, String> {
+        loop {
+            let o = self.look(api, &mut say)?;
+            if o != Outcome::Pending || std::time::Instant::now() > deadline {
+                return Ok(o);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }
 
@@ -43,15 +68,22 @@ impl Watch {
             let list = doc["instance_list"].as_array().cloned().unwrap_or_default();
             all &= !list.is_empty();
             for i in &list {
-                let key = format!("{name}.{}", i["instance_number"]);
+                let mut key = format!("{name}.{}", i["instance_number"]);
+                let current = match self.generation {
+                    Some(g) => {
+                        key.push_str(&format!(" (gen {})", i["generation"]));
+                        i["generation"].as_i64() == Some(g)
+                    }
+                    None => true,
+                };
                 let status = i["status"].as_str().unwrap_or("?");
                 let line = describe(i);
                 if self.last.get(&key) != Some(&line) {
                     say(&format!("{key:<16} {line}"));
                     self.last.insert(key.clone(), line);
                 }
-                all &= matches!(status, "RUNNING" | "COMPLETED");
-                if matches!(status, "FAILED" | "DEAD") && failed.is_none() {
+                all &= current && matches!(status, "RUNNING" | "COMPLETED");
+                if current && matches!(status, "FAILED" | "DEAD") && failed.is_none() {
                     let why = i["status_detail"].as_str().unwrap_or("no reason given");
                     failed = Some(format!("{key} {status}: {why}"));
                 }
