@@ -368,6 +368,19 @@ impl Store {
         Ok(node.flatten())
     }
 
+    /// The worker an instance is placed on (`None`: not placed, or no such instance).
+    pub fn instance_node(&self, service: &str, number: u32) -> Result<Option<u32>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT node FROM instances WHERE service = ?1 AND number = ?2",
+                params![service, number],
+                |r| r.get::<_, Option<u32>>(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
     /// Every instance.
     pub fn instances(&self) -> Result<Vec<InstanceRow>> {
         let mut st = self
@@ -689,7 +702,10 @@ mod tests {
                 .unwrap()
         );
         assert_eq!(s.instances().unwrap()[0].status, "RUNNING");
+        assert_eq!(s.instance_node("svc", 0).unwrap(), Some(b.id));
+        assert_eq!(s.instance_node("svc", 1).unwrap(), None);
         assert_eq!(s.remove_instance("svc", 0).unwrap(), Some(b.id));
+        assert_eq!(s.instance_node("svc", 0).unwrap(), None);
         assert!(s.instances().unwrap().is_empty());
     }
 

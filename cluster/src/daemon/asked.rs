@@ -149,13 +149,8 @@ impl Cluster {
             Err(e) => return Response::error(Code::BAD_REQUEST, &e.to_string()),
         };
         let (service, number) = (&ask.instance.service, ask.instance.instance);
-        let node = self
-            .db()
-            .instances()
-            .unwrap_or_default()
-            .into_iter()
-            .find(|i| &i.service == service && i.number == number)
-            .and_then(|i| i.node);
+        // (A follower asks once a second: one row, not the whole table.)
+        let node = self.db().instance_node(service, number).unwrap_or_default();
         let Some(node) = node else {
             return Response::error(
                 Code::NOT_FOUND,
