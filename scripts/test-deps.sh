@@ -62,6 +62,13 @@ if ! .venv/bin/python -c 'import prometheus_client.openmetrics.parser' >/dev/nul
   .venv/bin/pip install -q --disable-pip-version-check "$PROMETHEUS"
 fi
 
+# playwright-core 1.65 needs Node.js 20 or newer (Debian 12's own nodejs is 18; this
+# machine kind ships 20).
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ]; then
+  echo "test-deps: Node.js $(node --version 2>/dev/null || echo missing) is too old for playwright-core (the browser test): 20 or newer is needed" >&2
+  exit 1
+fi
 if [ ! -f tests/browser/node_modules/playwright-core/package.json ]; then
   echo "test-deps: installing playwright-core into tests/browser (npm ci)"
   npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
