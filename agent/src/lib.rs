@@ -5,8 +5,10 @@
 //! ([`runtime::SimRuntime`], `--runtime sim`); the native container runtime and the
 //! overlay come with their issues.
 
+pub mod confined;
 pub mod container;
 pub mod control;
+pub mod defence;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod image;

@@ -69,21 +69,8 @@ pub struct SpecError(pub String);
 /// A small file of a layer, read only when no component of its path is a symlink: the
 /// layer's `/etc/passwd -> /etc/shadow` must not make the agent read its own machine's.
 fn read_in_layer(layer: &std::path::Path, rel: &str) -> Option<String> {
-    use std::io::Read;
-    let mut p = layer.to_path_buf();
-    for c in rel.split('/') {
-        p.push(c);
-        if std::fs::symlink_metadata(&p).ok()?.file_type().is_symlink() {
-            return None;
-        }
-    }
-    let mut s = String::new();
-    std::fs::File::open(&p)
-        .ok()?
-        .take(1 << 20)
-        .read_to_string(&mut s)
-        .ok()?;
-    Some(s)
+    let b = crate::confined::read_small(layer, std::path::Path::new(rel), 1 << 20).ok()?;
+    String::from_utf8(b).ok()
 }
 
 fn lookup_user(layers: &[String], user: &str) -> Result<(u32, u32), SpecError> {

@@ -210,9 +210,8 @@ impl ImageStore {
             Source::Registry(reg, r) if manifest => Ok(reg.manifest(r, &d.digest)?.body),
             Source::Registry(reg, r) => Ok(reg.blob(r, &d.digest)?.body),
             Source::Layout(dir) => {
-                let p = dir.join("blobs/sha256").join(hex_of(&d.digest)?);
-                let f = std::fs::File::open(&p).map_err(|e| io(&p, e))?;
-                Ok(Box::new(f))
+                let rel = Path::new("blobs/sha256").join(hex_of(&d.digest)?);
+                Ok(Box::new(open_in_layout(dir, &rel)?))
             }
         })
     }
@@ -301,7 +300,12 @@ impl ImageStore {
     /// no tag is given).
     fn layout_root(&self, dir: &Path, tag: Option<&str>) -> Result<Descriptor, PullError> {
         let idx_path = dir.join("index.json");
-        let idx: AnyManifest = serde_json::from_slice(&self.read_document(&idx_path)?)
+        let mut body = Vec::new();
+        open_in_layout(dir, Path::new("index.json"))?
+            .take(MAX_DOCUMENT)
+            .read_to_end(&mut body)
+            .map_err(|e| io(&idx_path, e))?;
+        let idx: AnyManifest = serde_json::from_slice(&body)
             .map_err(|e| PullError::Format(format!("{}: {e}", idx_path.display())))?;
         let entries = idx.manifests.unwrap_or_default();
         let name = |d: &Descriptor| {
@@ -370,9 +374,8 @@ impl ImageStore {
                 unpacked = self.scratch("archive");
                 std::fs::create_dir_all(&unpacked).map_err(|e| io(&unpacked, e))?;
                 let f = std::fs::File::open(path).map_err(|e| io(path, e))?;
-                tar::Archive::new(f)
-                    .unpack(&unpacked)
-                    .map_err(|e| io(path, e))?;
+                // A hostile archive is unpacked as carefully as a layer.
+                layer::unpack(f, &unpacked).map_err(|e| io(path, e))?;
                 let root = self.layout_root(&unpacked, tag.as_deref())?;
                 (Source::Layout(unpacked.clone()), root)
             }
@@ -482,6 +485,20 @@ impl ImageStore {
         }
         Ok(removed)
     }
+}
+
+/// A file of an OCI layout, every symlink in the layout resolved inside it: a layout
+/// (or an archive of one) cannot make the agent read a file of its machine as a blob.
+fn open_in_layout(dir: &Path, rel: &Path) -> Result<std::fs::File, PullError> {
+    let root = crate::confined::open_root(dir).map_err(|e| io(dir, e))?;
+    crate::confined::resolve(
+        std::os::fd::AsFd::as_fd(&root),
+        rel,
+        nix::fcntl::OFlag::O_RDONLY,
+        crate::confined::Scope::AnyMount,
+    )
+    .map(std::fs::File::from)
+    .map_err(|e| io(&dir.join(rel), e))
 }
 
 /// A reference as a file name.
