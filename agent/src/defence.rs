@@ -22,9 +22,11 @@ pub enum Defence {
     ProcSys,
     /// The container's own cgroup namespace, its hierarchies read-only.
     CgroupNs,
-    /// No descriptor of the runtime's reaches the workload, and its working directory
-    /// is resolved inside its root without magic links.
+    /// No descriptor of the runtime's reaches the workload, not even while its
+    /// working directory is looked up.
     Fds,
+    /// The working directory resolved inside the container's root, no magic links.
+    Workdir,
     /// Mount targets resolved inside the container's root.
     MountTargets,
     /// Layer entries created, replaced and removed relative to directory handles,
@@ -46,7 +48,7 @@ pub enum Defence {
 
 impl Defence {
     /// Every defence.
-    pub const ALL: [Defence; 15] = [
+    pub const ALL: [Defence; 16] = [
         Self::UserNs,
         Self::Seccomp,
         Self::Caps,
@@ -54,6 +56,7 @@ impl Defence {
         Self::ProcSys,
         Self::CgroupNs,
         Self::Fds,
+        Self::Workdir,
         Self::MountTargets,
         Self::LayerPaths,
         Self::LayerNames,
@@ -74,6 +77,7 @@ impl Defence {
             Self::ProcSys => "proc-sys",
             Self::CgroupNs => "cgroupns",
             Self::Fds => "fds",
+            Self::Workdir => "workdir",
             Self::MountTargets => "mount-targets",
             Self::LayerPaths => "layer-paths",
             Self::LayerNames => "layer-names",

@@ -72,7 +72,7 @@ pub fn run(
         log: None,
         ..Paths::of(&containers, &id)
     };
-    let (pid, group) = container::launch(&launch, &paths)?;
+    let (pid, group) = container::launch(&launch, &paths).map_err(|e| e.to_string())?;
     let status = loop {
         match waitpid(pid, None) {
             Err(nix::errno::Errno::EINTR) => continue,

@@ -300,7 +300,7 @@ impl Supervisor {
                 );
                 Reply::Started(raw)
             }
-            Err(e) => Reply::Error(e),
+            Err(e) => Reply::Error(e.to_string()),
         }
     }
 

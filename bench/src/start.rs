@@ -86,6 +86,8 @@ fn launch_spec(id: &str, rootfs: &Path) -> LaunchSpec {
         },
         privileged: false,
         netns: None,
+        userns: Some(container::userns::IdPool::default()),
+        address: None,
     }
 }
 
@@ -96,7 +98,8 @@ fn grove_once(id: &str, rootfs: &Path, state: &Path) -> Result<(), String> {
         log: None,
         ..Paths::of(&containers, id)
     };
-    let (pid, _group) = container::launch(&launch_spec(id, rootfs), &paths)?;
+    let (pid, _group) =
+        container::launch(&launch_spec(id, rootfs), &paths).map_err(|e| e.to_string())?;
     let status = loop {
         match nix::sys::wait::waitpid(pid, None) {
             Err(nix::errno::Errno::EINTR) => {}

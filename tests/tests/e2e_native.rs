@@ -63,7 +63,8 @@ fn grove_agent_run_isolates_limits_and_returns_the_exit_code() {
     assert_eq!(pids.len(), 1, "processes seen: {out}");
     assert!(pids[0].trim().starts_with("1 "), "{out}");
 
-    // Docker's default capabilities and nothing else; no new privileges.
+    // Docker's default capabilities but NET_RAW and MKNOD, and nothing else; no new
+    // privileges.
     let (_, out, _) = run(
         &state,
         &[
@@ -75,7 +76,7 @@ fn grove_agent_run_isolates_limits_and_returns_the_exit_code() {
         ],
     );
     assert!(
-        out.contains("00000000a00425fb") && out.contains("NoNewPrivs:\t1"),
+        out.contains("00000000a00405fb") && out.contains("NoNewPrivs:\t1"),
         "{out}"
     );
 

@@ -3,10 +3,16 @@
 
 pub mod cgroup;
 pub mod launch;
+pub mod mountapi;
 pub mod rootfs;
+pub mod seccomp;
 pub mod spec;
+pub mod userns;
 
-pub use launch::{Paths, launch};
+pub use launch::{LaunchError, Paths, launch};
+
+/// The file in a container's directory that records its slot of user namespace ids.
+pub const IDS_FILE: &str = "ids";
 pub use spec::{LaunchSpec, Limits};
 
 /// The file that holds a container's network namespace (a bind mount of its nsfs
@@ -28,6 +34,7 @@ pub fn hold_netns(path: &std::path::Path) -> Result<(), String> {
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         nix::unistd::ForkResult::Child => {
             let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_ok()
+                && launch::netns_defaults().is_ok()
                 && nix::mount::mount(
                     Some("/proc/self/ns/net"),
                     path,
@@ -66,6 +73,7 @@ pub fn remove(containers: &std::path::Path, id: &str) -> Result<(), String> {
     let r = g.destroy();
     release_netns(&netns_path(containers, id));
     let dir = containers.join(id);
+    userns::give_back(&dir.join(IDS_FILE));
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }

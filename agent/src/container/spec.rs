@@ -56,6 +56,13 @@ pub struct LaunchSpec {
     /// only loopback.
     #[n(10)]
     pub netns: Option<String>,
+    /// The pool its own user namespace's ids come from (none: no user namespace of
+    /// its own, as `privileged` has).
+    #[n(11)]
+    pub userns: Option<super::userns::IdPool>,
+    /// Its IPv4 address (for its /etc/hosts), host byte order.
+    #[n(12)]
+    pub address: Option<u32>,
 }
 
 /// Docker's default pids limit is unlimited; an edge node wants a bound.
@@ -179,6 +186,8 @@ impl LaunchSpec {
             },
             privileged: false,
             netns: None,
+            userns: Some(super::userns::IdPool::default()),
+            address: spec.ip,
         })
     }
 }
