@@ -50,6 +50,7 @@ Maintainer: Grove developers <grove@localhost>
 Section: admin
 Priority: optional
 Depends: iproute2, nftables
+Recommends: btrfs-progs
 Description: lightweight hierarchical orchestrator for edge computing
  Grove's root and cluster orchestrators and its worker agent (containers on
  namespaces and cgroups, a kernel overlay), as systemd services. Nothing starts

@@ -9,6 +9,7 @@
 #     (builds them), skopeo (pushes them), docker-registry (a real registry on
 #     loopback), apache2-utils (htpasswd) and openssl (a test CA),
 #   - for the data plane: iproute2, nftables, util-linux (nsenter), procps (kill),
+#   - btrfs-progs (the workers' bounded writable layers),
 #   - systemd (systemd-analyze verifies the units),
 #   - for the dashboard's browser test: chromium (headless), Node.js with npm, and
 #     playwright-core (pinned in tests/browser/package-lock.json) in tests/browser.
@@ -36,6 +37,10 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
+# Bounded writable layers: one btrfs file system per worker (agent/src/container/quota.rs).
+command -v mkfs.btrfs >/dev/null 2>&1 || missing+=(btrfs-progs)
+# The escape suite compiles its small static attack programs (tests/fixtures/*.c).
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ "$(uname -m)" != x86_64 ] || missing+=(libc6-dev)
 command -v kill >/dev/null 2>&1 || missing+=(procps)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)

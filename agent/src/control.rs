@@ -41,6 +41,8 @@ pub struct Settings {
     pub cpus: Option<u16>,
     /// Memory offered, MiB (default: the machine's).
     pub memory_mib: Option<u32>,
+    /// Defaults, unenforced limits and host ports, as told to the cluster.
+    pub limits: Option<msg::WorkerLimits>,
     /// How often the loop looks at its runtime when nothing woke it ([`TICK`]).
     pub tick: Duration,
 }
@@ -134,6 +136,7 @@ pub async fn join(c: &Handle, s: &Settings) -> Result<NodeRegistered, ControlErr
         location: s.location,
         max_instances: s.max_instances,
         underlay: None,
+        limits: s.limits.clone(),
     };
     let mut attempt = 0;
     let started = tokio::time::Instant::now();

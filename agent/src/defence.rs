@@ -32,8 +32,13 @@ pub enum Defence {
     /// Layer entries created, replaced and removed relative to directory handles,
     /// every path resolved inside the layer.
     LayerPaths,
-    /// Layer entries named with `..`, and links to absolute or outside paths, refused.
-    LayerNames,
+    /// Layer entries named with `..` and hard links to absolute paths refused; device
+    /// nodes and FIFOs of a layer skipped.
+    LayerEntries,
+    /// The container's own PID namespace: no host process is visible to it.
+    PidNs,
+    /// No device node opens on the container's root (its overlay is `nodev`).
+    NoDev,
     /// Per-port bridge rules: a container sends only with its own IP and MAC.
     Bridge,
     /// Host ports only in the worker's allowed range.
@@ -48,7 +53,7 @@ pub enum Defence {
 
 impl Defence {
     /// Every defence.
-    pub const ALL: [Defence; 16] = [
+    pub const ALL: [Defence; 18] = [
         Self::UserNs,
         Self::Seccomp,
         Self::Caps,
@@ -59,7 +64,9 @@ impl Defence {
         Self::Workdir,
         Self::MountTargets,
         Self::LayerPaths,
-        Self::LayerNames,
+        Self::LayerEntries,
+        Self::PidNs,
+        Self::NoDev,
         Self::Bridge,
         Self::HostPorts,
         Self::Limits,
@@ -80,7 +87,9 @@ impl Defence {
             Self::Workdir => "workdir",
             Self::MountTargets => "mount-targets",
             Self::LayerPaths => "layer-paths",
-            Self::LayerNames => "layer-names",
+            Self::LayerEntries => "layer-entries",
+            Self::PidNs => "pidns",
+            Self::NoDev => "nodev",
             Self::Bridge => "bridge",
             Self::HostPorts => "host-ports",
             Self::Limits => "limits",

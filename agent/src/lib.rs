@@ -12,6 +12,7 @@ pub mod defence;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod image;
+pub mod limits;
 pub mod logs;
 pub mod native;
 pub mod net;
@@ -87,6 +88,74 @@ pub struct Args {
         hide_env_values = true
     )]
     pub registry_auth: Vec<String>,
+    /// Memory of a service that sets none, MiB (0: unbounded).
+    #[arg(
+        long,
+        env = "GROVE_DEFAULT_MEMORY_MIB",
+        default_value_t = 512,
+        global = true
+    )]
+    pub default_memory_mib: u32,
+    /// CPUs of a service that sets none (0: unbounded).
+    #[arg(
+        long,
+        env = "GROVE_DEFAULT_VCPUS",
+        default_value_t = 1.0,
+        global = true
+    )]
+    pub default_vcpus: f32,
+    /// Writable layer of a service that sets no `storage`, MiB (0: unbounded).
+    #[arg(
+        long,
+        env = "GROVE_DEFAULT_STORAGE_MIB",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub default_storage_mib: u32,
+    /// Size of the file system (a sparse image in the state directory) holding every
+    /// bounded writable layer, MiB.
+    #[arg(
+        long,
+        env = "GROVE_STORAGE_POOL_MIB",
+        default_value_t = 16384,
+        global = true
+    )]
+    pub storage_pool_mib: u64,
+    /// Host ports port mappings may use, FIRST-LAST (below 1024 only if FIRST is).
+    #[arg(long, env = "GROVE_HOST_PORTS", default_value = "1024-65535")]
+    pub host_ports: String,
+    /// A directory whose OCI layouts (`oci:`, `oci-archive:`) an SLA may name; may
+    /// repeat (none by default; `grove-agent run` reads any path).
+    #[arg(long = "oci-dir", value_name = "DIR")]
+    pub oci_dirs: Vec<std::path::PathBuf>,
+    /// The only registries an SLA may name, comma-separated (default: any but the
+    /// worker's own loopback and link-local addresses).
+    #[arg(long, value_delimiter = ',', env = "GROVE_ALLOWED_REGISTRIES")]
+    pub allowed_registries: Vec<String>,
+    /// Largest size of the image store, MiB (unused images are collected first; 0:
+    /// unbounded).
+    #[arg(long, env = "GROVE_IMAGE_STORE_MIB", default_value_t = 8192)]
+    pub image_store_mib: u64,
+    /// First host id of the pool containers' user namespaces come from.
+    #[arg(
+        long,
+        env = "GROVE_USERNS_BASE",
+        default_value_t = 524_288,
+        global = true
+    )]
+    pub userns_base: u32,
+    /// Host ids per container (at least 65536).
+    #[arg(
+        long,
+        env = "GROVE_USERNS_IDS",
+        default_value_t = 65_536,
+        global = true
+    )]
+    pub userns_ids: u32,
+    /// Containers the pool holds (default: up to host id 0x6FFFFFFF, systemd's
+    /// container range).
+    #[arg(long, env = "GROVE_USERNS_SLOTS", global = true)]
+    pub userns_slots: Option<u32>,
 }
 
 /// Subcommands.
@@ -131,6 +200,39 @@ impl Args {
             cfg.add_auth(a)?;
         }
         Ok(cfg)
+    }
+}
+
+impl Args {
+    /// The containment settings from the flags.
+    pub fn containment(&self) -> Result<limits::Containment, String> {
+        let slots = self.userns_slots.unwrap_or_else(|| {
+            0x7000_0000u32.saturating_sub(self.userns_base) / self.userns_ids.max(1)
+        });
+        let ids = container::userns::IdPool {
+            base: self.userns_base,
+            size: self.userns_ids,
+            slots,
+        };
+        ids.check()
+            .map_err(|e| format!("--userns-base/--userns-ids/--userns-slots: {e}"))?;
+        if !(0.0..=1024.0).contains(&self.default_vcpus) {
+            return Err(format!("--default-vcpus {}: 0 to 1024", self.default_vcpus));
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let default_millicpus = (self.default_vcpus * 1000.0).round() as u32;
+        Ok(limits::Containment {
+            ids,
+            default_memory_mib: self.default_memory_mib,
+            default_millicpus,
+            default_storage_mib: self.default_storage_mib,
+            storage_pool_mib: self.storage_pool_mib.max(256),
+            host_ports: limits::parse_range(&self.host_ports)
+                .map_err(|e| format!("--host-ports {e}"))?,
+            oci_dirs: self.oci_dirs.clone(),
+            allowed_registries: self.allowed_registries.clone(),
+            image_store_mib: self.image_store_mib,
+        })
     }
 }
 
@@ -197,6 +299,8 @@ pub fn run(args: Args) -> Result<i32, String> {
         .map(grove_proto::util::parse_location)
         .transpose()?;
     let name = agent_name(&args);
+    let containment = args.containment()?;
+    let mut unenforced: Vec<&'static str> = Vec::new();
     let runtime: Box<dyn runtime::Runtime> = match args.runtime.as_str() {
         "sim" => Box::new(runtime::SimRuntime::open(
             args.state_dir.join("sim-instances.cbor"),
@@ -207,9 +311,14 @@ pub fn run(args: Args) -> Result<i32, String> {
                 "none" => false,
                 other => return Err(format!("--data-plane {other}: use kernel or none")),
             };
+            let rt = native::NativeRuntime::open(
+                &args.state_dir,
+                args.registry_config()?,
+                containment.clone(),
+            )?;
+            unenforced = rt.unenforced().to_vec();
             Box::new(
-                native::NativeRuntime::open(&args.state_dir, args.registry_config()?)?
-                    .wired(wired)
+                rt.wired(wired)
                     .lookup_idle(std::time::Duration::from_secs(args.lookup_idle_secs))
                     .image_keep(std::time::Duration::from_secs(args.image_keep_secs)),
             )
@@ -227,6 +336,7 @@ pub fn run(args: Args) -> Result<i32, String> {
         max_instances: args.max_instances,
         cpus: args.cpus,
         memory_mib: args.memory_mib,
+        limits: Some(containment.advertise(&unenforced)),
         tick: control::TICK,
     };
     let rt = tokio::runtime::Builder::new_current_thread()

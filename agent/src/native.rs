@@ -5,6 +5,7 @@
 //! in a file, so a restarted agent re-adopts what runs.
 
 use crate::image::{Image, ImageStore, RegistryConfig};
+use crate::limits::Containment;
 use crate::net::nat::Target;
 use crate::net::netlink::Kernel;
 use crate::net::{Cidr, Overlay, Peer};
@@ -82,8 +83,9 @@ type PullDone = (InstanceRef, Result<Image, String>);
 /// Work for the puller thread.
 #[derive(Debug)]
 enum Job {
-    /// Pull the image of an instance.
-    Pull(InstanceRef, String),
+    /// Pull the image of an instance (with the images in use, kept should the store
+    /// be over its size).
+    Pull(InstanceRef, String, Vec<String>),
     /// Remove every image not named here (the images of the instances kept).
     Collect(Vec<String>),
 }
@@ -129,45 +131,113 @@ pub struct NativeRuntime {
     sweep_at: Instant,
     /// Told when a pull is done.
     wake: std::sync::Arc<tokio::sync::Notify>,
+    /// What this worker gives and holds its containers to.
+    containment: Containment,
+    /// Limits it cannot enforce here.
+    unenforced: Vec<&'static str>,
+}
+
+/// The puller thread: pulls what an SLA may name, keeping the store within its size.
+fn puller(
+    store: ImageStore,
+    jobs: mpsc::Receiver<Job>,
+    done: mpsc::Sender<PullDone>,
+    woken: std::sync::Arc<tokio::sync::Notify>,
+    containment: Containment,
+    registries: RegistryConfig,
+) {
+    for job in jobs {
+        match job {
+            Job::Pull(who, image, in_use) => {
+                let r = match containment.refuses_image(&image, &registries) {
+                    Some(why) => Err(why),
+                    None => store
+                        .pull(&image)
+                        .map_err(|e| e.to_string())
+                        .and_then(|img| {
+                            within_size(&store, &containment, &image, in_use).map(|()| img)
+                        }),
+                };
+                if done.send((who, r)).is_err() {
+                    break;
+                }
+                woken.notify_one();
+            }
+            Job::Collect(keep) => {
+                let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
+                match store.gc(&keep) {
+                    Ok(n) if n > 0 => tracing::info!(removed = n, "unused images collected"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "image collection"),
+                }
+            }
+        }
+    }
+}
+
+/// Keep the image store within `--image-store-mib` after pulling `image`: images no
+/// instance uses go first; if that is not enough, the new image goes and its pull
+/// fails, saying so.
+fn within_size(
+    store: &ImageStore,
+    c: &Containment,
+    image: &str,
+    mut in_use: Vec<String>,
+) -> Result<(), String> {
+    if c.image_store_mib == 0 || !crate::defence::on(crate::defence::Defence::Limits) {
+        return Ok(());
+    }
+    let limit = c.image_store_mib << 20;
+    if store.disk_bytes() <= limit {
+        return Ok(());
+    }
+    in_use.push(image.to_owned());
+    let keep: Vec<&str> = in_use.iter().map(String::as_str).collect();
+    let _ = store.gc(&keep);
+    let size = store.disk_bytes();
+    if size <= limit {
+        return Ok(());
+    }
+    keep_only_others(store, &in_use, image);
+    Err(format!(
+        "the image store is full: {} MiB with this image, and the worker allows {} MiB \
+         (--image-store-mib); the images in use stay",
+        size >> 20,
+        c.image_store_mib
+    ))
+}
+
+fn keep_only_others(store: &ImageStore, in_use: &[String], image: &str) {
+    let keep: Vec<&str> = in_use
+        .iter()
+        .map(String::as_str)
+        .filter(|i| *i != image)
+        .collect();
+    let _ = store.gc(&keep);
 }
 
 impl NativeRuntime {
     /// Open the runtime with its state under `dir`, starting the supervisor if none
     /// runs, and the puller thread.
-    pub fn open(dir: &Path, registries: RegistryConfig) -> Result<Self, String> {
+    pub fn open(
+        dir: &Path,
+        registries: RegistryConfig,
+        containment: Containment,
+    ) -> Result<Self, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         crate::container::cgroup::scope_to(dir);
+        let unenforced = unenforced_here(dir, &containment);
         supervisor::ensure(dir)?;
-        let store = ImageStore::open(&dir.join("images"), registries).map_err(|e| e.to_string())?;
+        let store =
+            ImageStore::open(&dir.join("images"), registries.clone()).map_err(|e| e.to_string())?;
         let (pulls, jobs) = mpsc::channel::<Job>();
         let (done, pulled) = mpsc::channel::<PullDone>();
         let wake = std::sync::Arc::new(tokio::sync::Notify::new());
         let woken = wake.clone();
+        let policy = containment.clone();
         std::thread::Builder::new()
             .name("puller".into())
-            .spawn(move || {
-                for job in jobs {
-                    match job {
-                        Job::Pull(who, image) => {
-                            let r = store.pull(&image).map_err(|e| e.to_string());
-                            if done.send((who, r)).is_err() {
-                                break;
-                            }
-                            woken.notify_one();
-                        }
-                        Job::Collect(keep) => {
-                            let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
-                            match store.gc(&keep) {
-                                Ok(n) if n > 0 => {
-                                    tracing::info!(removed = n, "unused images collected")
-                                }
-                                Ok(_) => {}
-                                Err(e) => tracing::warn!(error = %e, "image collection"),
-                            }
-                        }
-                    }
-                }
-            })
+            .spawn(move || puller(store, jobs, done, woken, policy, registries))
             .map_err(|e| e.to_string())?;
         let records: Vec<Record> = std::fs::read(dir.join("native-instances.cbor"))
             .ok()
@@ -197,6 +267,8 @@ impl NativeRuntime {
             released: HashMap::new(),
             sweep_at: Instant::now() + IMAGE_KEEP,
             wake,
+            containment,
+            unenforced,
         };
         // What was on its way when the agent stopped goes on.
         for r in rt
@@ -204,11 +276,23 @@ impl NativeRuntime {
             .iter()
             .filter(|r| r.state == InstanceState::Creating)
         {
-            let _ = rt
-                .pulls
-                .send(Job::Pull(r.spec.instance.clone(), r.spec.image.clone()));
+            let _ = rt.pulls.send(Job::Pull(
+                r.spec.instance.clone(),
+                r.spec.image.clone(),
+                rt.images_in_use(),
+            ));
         }
         Ok(rt)
+    }
+
+    /// The limits this worker cannot enforce (told to the cluster at registration).
+    pub fn unenforced(&self) -> &[&'static str] {
+        &self.unenforced
+    }
+
+    /// The images of the instances here.
+    fn images_in_use(&self) -> Vec<String> {
+        self.records.iter().map(|r| r.spec.image.clone()).collect()
     }
 
     /// Make the service IP and port mapping rules match the last service table and
@@ -378,6 +462,13 @@ impl NativeRuntime {
             Ok(l) => l,
             Err(e) => return self.set(who, InstanceState::Failed, Some(e.to_string())),
         };
+        if let Some(why) = self.containment.refuses_ports(&spec) {
+            return self.set(who, InstanceState::Failed, Some(why));
+        }
+        self.containment.apply(&mut launch, &spec);
+        if self.unenforced.contains(&"storage") {
+            launch.storage_bytes = 0;
+        }
         // Its network namespace comes first, so it can be wired before anything runs.
         match supervisor::call(&self.dir, &Request::Prepare(id.clone())) {
             Ok(Reply::Prepared(path)) => {
@@ -415,7 +506,7 @@ impl NativeRuntime {
                 );
             }
         }
-        match supervisor::call(&self.dir, &Request::Start(launch)) {
+        match supervisor::call(&self.dir, &Request::Start(Box::new(launch))) {
             Ok(Reply::Started(pid)) => {
                 tracing::info!(instance = %container_id(who), pid, "container running");
                 self.set(who, InstanceState::Running, None);
@@ -648,9 +739,11 @@ impl Runtime for NativeRuntime {
             addr: None,
         });
         self.set(&spec.instance, InstanceState::Creating, None);
-        let _ = self
-            .pulls
-            .send(Job::Pull(spec.instance.clone(), spec.image.clone()));
+        let _ = self.pulls.send(Job::Pull(
+            spec.instance.clone(),
+            spec.image.clone(),
+            self.images_in_use(),
+        ));
     }
 
     fn stop(&mut self, instance: &InstanceRef) {
@@ -722,9 +815,10 @@ impl Runtime for NativeRuntime {
             self.detach(&who);
             let _ = supervisor::call(&self.dir, &Request::Remove(container_id(&who)));
             if let Some(r) = self.records.iter().find(|r| r.spec.instance == who) {
+                let in_use = self.images_in_use();
                 let _ = self
                     .pulls
-                    .send(Job::Pull(who.clone(), r.spec.image.clone()));
+                    .send(Job::Pull(who.clone(), r.spec.image.clone(), in_use));
             }
         }
         self.collect_images();
@@ -797,4 +891,33 @@ impl Runtime for NativeRuntime {
             disk_used_mib: u32::try_from(disk).unwrap_or(u32::MAX),
         }
     }
+}
+
+/// The limits this worker cannot enforce, each said once in its log with what to do:
+/// cgroup controllers its kernel lacks, and bounded writable layers when their file
+/// system cannot be made or mounted.
+pub fn unenforced_here(dir: &Path, c: &Containment) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for m in crate::container::cgroup::missing_controllers() {
+        tracing::warn!(
+            controller = m,
+            fix = crate::container::cgroup::fix_for(m),
+            "this kernel has no {m} cgroup controller: {m} limits cannot be enforced here, \
+             and the cluster will place no service that sets one on this worker"
+        );
+        out.push(match m {
+            "memory" => "memory",
+            "cpu" => "cpu",
+            _ => "pids",
+        });
+    }
+    if let Err(e) = crate::container::quota::ensure(dir, c.storage_pool_mib) {
+        tracing::warn!(
+            error = %e,
+            "no bounded writable layers: storage limits cannot be enforced here (a kernel \
+             with btrfs and loop devices, and btrfs-progs, are needed)"
+        );
+        out.push("storage");
+    }
+    out
 }

@@ -38,6 +38,7 @@ pub(crate) fn spec(
         ip6: None,
         rr_ip6: None,
         closest_ip6: None,
+        storage_mib: None,
     }
 }
 
@@ -65,8 +66,18 @@ pub fn run(
     let img = store.pull(image).map_err(|e| e.to_string())?;
     container::cgroup::scope_to(&args.state_dir);
     let id = format!("run-{}", std::process::id());
-    let launch = LaunchSpec::resolve(&id, &spec(image, cmd, memory_mib, millicpus), &img)
-        .map_err(|e| e.to_string())?;
+    let instance = spec(image, cmd, memory_mib, millicpus);
+    let mut launch = LaunchSpec::resolve(&id, &instance, &img).map_err(|e| e.to_string())?;
+    let containment = args.containment()?;
+    containment.apply(&mut launch, &instance);
+    // Bounded writable layers: their file system is mounted for this run when no
+    // agent of this state directory holds it already, and let go afterwards.
+    let bounds = container::quota::mount_point(&args.state_dir);
+    let held = is_mounted(&bounds);
+    if launch.storage_bytes > 0 {
+        container::quota::ensure(&args.state_dir, containment.storage_pool_mib)
+            .map_err(|e| format!("{e} (or run with --default-storage-mib 0)"))?;
+    }
     let containers = args.state_dir.join("containers");
     let paths = Paths {
         log: None,
@@ -86,5 +97,14 @@ pub fn run(
         );
     }
     container::remove(&containers, &id)?;
+    if !held && crate::supervisor::call(&args.state_dir, &crate::supervisor::Request::List).is_err()
+    {
+        container::quota::release(&args.state_dir);
+    }
     Ok(code)
+}
+
+fn is_mounted(point: &std::path::Path) -> bool {
+    let p = format!(" {} ", point.display());
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| m.contains(&p))
 }

@@ -45,6 +45,7 @@ pub fn run(dir: &Path, name: &str) -> Result<(), String> {
             }
         }
     }
+    crate::container::quota::release(dir);
     let names = Names::of(name);
     crate::net::remove_agent(&mut Kernel, &names)?;
     // An empty rule set deletes the table (whether it exists or not).

@@ -259,6 +259,7 @@ mod tests {
             ip6: None,
             rr_ip6: None,
             closest_ip6: None,
+            storage_mib: None,
         }
     }
 

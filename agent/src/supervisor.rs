@@ -51,7 +51,7 @@ pub struct Entry {
 pub enum Request {
     /// Start a container.
     #[n(0)]
-    Start(#[n(0)] LaunchSpec),
+    Start(#[n(0)] Box<LaunchSpec>),
     /// SIGTERM, then SIGKILL after the grace period (ms).
     #[n(1)]
     Stop(#[n(0)] String, #[n(1)] u32),

@@ -166,6 +166,7 @@ fn spec(n: u32, cmd: &[&str]) -> NodeCommand {
         ip6: None,
         rr_ip6: None,
         closest_ip6: None,
+        storage_mib: None,
     })
 }
 

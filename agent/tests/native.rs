@@ -28,7 +28,12 @@ fn an_instance_runs_reports_its_usage_and_is_removed_without_a_trace() {
     // SAFETY: set before any thread of this test process starts.
     unsafe { std::env::set_var("GROVE_AGENT_EXE", env!("CARGO_BIN_EXE_grove-agent")) };
     let state = dir.join("state");
-    let mut rt = NativeRuntime::open(&state, Default::default())
+    // The layout's directory is one an SLA may name on this worker.
+    let containment = grove_agent::limits::Containment {
+        oci_dirs: vec![dir.clone()],
+        ..Default::default()
+    };
+    let mut rt = NativeRuntime::open(&state, Default::default(), containment)
         .unwrap()
         .image_keep(Duration::from_secs(2));
     let who = InstanceRef {
@@ -58,6 +63,7 @@ fn an_instance_runs_reports_its_usage_and_is_removed_without_a_trace() {
         ip6: None,
         rr_ip6: None,
         closest_ip6: None,
+        storage_mib: Some(32),
     });
     let mut seen = Vec::new();
     wait(&mut rt, "RUNNING", |rt| {
@@ -100,6 +106,11 @@ fn an_instance_runs_reports_its_usage_and_is_removed_without_a_trace() {
         .map(|e| e.file_name())
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+    // Its bounded writable layer too.
+    assert!(
+        !state.join("upper/busy-0").exists(),
+        "its writable layer stays"
+    );
     // Its group (in this agent's scope) went with it.
     grove_agent::container::cgroup::scope_to(&state);
     let group = grove_agent::container::cgroup::Group::name_of("busy-0");
@@ -115,5 +126,6 @@ fn an_instance_runs_reports_its_usage_and_is_removed_without_a_trace() {
             nix::sys::signal::Signal::SIGTERM,
         );
     }
+    grove_agent::container::quota::release(&state);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -86,6 +86,7 @@ pub fn workers_process(args: &[String]) -> i32 {
                 memory_mib: Some(4096),
                 // Housekeeping once a second: simulated instances need no more, and
                 // status changes go out at once whatever the tick.
+                limits: None,
                 tick: Duration::from_secs(1),
             };
             let runtime = Box::new(grove_agent::runtime::SimRuntime::open(dir.join("sim.cbor")));

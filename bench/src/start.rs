@@ -88,6 +88,7 @@ fn launch_spec(id: &str, rootfs: &Path) -> LaunchSpec {
         netns: None,
         userns: Some(container::userns::IdPool::default()),
         address: None,
+        storage_bytes: 0,
     }
 }
 

@@ -133,6 +133,8 @@ fn prerequisites(real_images: bool) -> Result<(), String> {
         ("ip", "iproute2"),
         ("nft", "nftables"),
         ("nsenter", "util-linux"),
+        // Bounded writable layers (the workers' storage limits).
+        ("mkfs.btrfs", "btrfs-progs"),
     ] {
         if !have(program) {
             missing.push(package);

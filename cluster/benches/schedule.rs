@@ -34,6 +34,7 @@ fn fleet(n: u32) -> Vec<NodeView> {
             },
             same_service: i % 3,
             ports: vec![],
+            limits: None,
         })
         .collect()
 }
@@ -49,6 +50,7 @@ fn main() {
         arch: vec![],
         constraints: vec![],
         ports: vec![],
+        storage_mib: 0,
     };
     println!(
         "{:>7} {:>12} {:>12} {:>6}",

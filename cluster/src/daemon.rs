@@ -394,8 +394,16 @@ impl Cluster {
                     .filter(|i| i.node == Some(n.id) && !ENDED.contains(&i.status.as_str()))
                 {
                     if let Some(s) = spec_of(i) {
-                        reserved.millicpus += s.millicpus;
-                        reserved.memory_mib += s.memory_mib;
+                        let takes = scheduler::on_worker(
+                            n.limits.as_ref(),
+                            Resources {
+                                millicpus: s.millicpus,
+                                memory_mib: s.memory_mib,
+                                vgpus: 0,
+                            },
+                        );
+                        reserved.millicpus += takes.millicpus;
+                        reserved.memory_mib += takes.memory_mib;
                         ports.extend(host_ports(&s));
                     }
                 }
@@ -418,6 +426,7 @@ impl Cluster {
                     reserved,
                     same_service: 0,
                     ports,
+                    limits: n.limits.clone(),
                 }
             })
             .collect()
@@ -465,6 +474,7 @@ impl Cluster {
                 arch: vec![],
                 constraints: constraints_of(&spec, &views),
                 ports: host_ports(&spec),
+                storage_mib: spec.storage_mib.unwrap_or(0),
             };
             // Workers it got stuck on come last: tried only when no other one qualifies.
             let elsewhere: Vec<NodeView> = views
@@ -476,7 +486,20 @@ impl Cluster {
                 .or_else(|_| scheduler::schedule(&views, &demand));
             let (node, state, reason) = match placed {
                 Ok(n) => (Some(n.0), InstanceState::NodeScheduled, None),
-                Err(f) => (None, InstanceState::Failed, Some(f.as_str().to_owned())),
+                Err(f) => {
+                    // A limit or host port no worker can honour is named.
+                    let why = match f {
+                        scheduler::Failure::NoQualifiedWorkerFound => {
+                            scheduler::why_unqualified(&views, &demand)
+                        }
+                        _ => None,
+                    };
+                    let reason = match why {
+                        Some(w) => format!("{}: {w}", f.as_str()),
+                        None => f.as_str().to_owned(),
+                    };
+                    (None, InstanceState::Failed, Some(reason))
+                }
             };
             if self
                 .db()
@@ -794,6 +817,7 @@ async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {
         secret: &secret,
         salt: &salt,
         subnet_size: crate::store::subnet_size(reg.max_instances),
+        limits: reg.limits.as_ref(),
     };
     let subnets = cl.subnets.load(Ordering::Relaxed);
     let row = match cl.db().register_node(&node, subnets) {

@@ -13,7 +13,7 @@
 //! Among the workers left, replicas of one service spread (fewest instances of the
 //! service first), then best fit on CPU and memory together, then the lower node id.
 
-use grove_proto::msg::{GeoPoint, NetCoord, NodeId};
+use grove_proto::msg::{GeoPoint, NetCoord, NodeId, WorkerLimits};
 use grove_proto::ports::Protocol;
 pub use grove_proto::util::distance_km;
 use grove_proto::vivaldi;
@@ -43,6 +43,9 @@ pub struct NodeView {
     pub same_service: u32,
     /// Host ports its instances have mapped.
     pub ports: Vec<(u16, Protocol)>,
+    /// Its defaults, the limits it cannot enforce and the host ports it maps (none
+    /// from older agents: no defaults, everything enforced, any port).
+    pub limits: Option<WorkerLimits>,
 }
 
 /// CPU, memory and GPUs.
@@ -92,6 +95,8 @@ pub struct Demand {
     pub constraints: Vec<Constraint>,
     /// Host ports it maps (a worker's resource: one user each).
     pub ports: Vec<(u16, Protocol)>,
+    /// Its writable layer, MiB (0: the worker's default).
+    pub storage_mib: u32,
 }
 
 /// Why no worker was chosen: Oakestra's reasons, kept verbatim.
@@ -116,7 +121,53 @@ impl Failure {
     }
 }
 
+/// What an instance of `want` takes on worker `n`: where the SLA sets no CPU or
+/// memory, the worker's defaults (its container runs within them).
+pub fn on_worker(n: Option<&WorkerLimits>, want: Resources) -> Resources {
+    let or = |v: u32, d: Option<u32>| if v == 0 { d.unwrap_or(0) } else { v };
+    Resources {
+        millicpus: or(want.millicpus, n.map(|l| l.default_millicpus)),
+        memory_mib: or(want.memory_mib, n.map(|l| l.default_memory_mib)),
+        vgpus: want.vgpus,
+    }
+}
+
+/// Why worker `n` cannot run `d` as asked, if it cannot: a limit `d` sets that the
+/// worker cannot enforce, or a host port it does not map.
+pub fn refusal(n: &NodeView, d: &Demand) -> Option<String> {
+    let l = n.limits.as_ref()?;
+    for (what, set) in [
+        ("memory", d.resources.memory_mib > 0),
+        ("cpu", d.resources.millicpus > 0),
+        ("storage", d.storage_mib > 0),
+    ] {
+        if set && !l.enforces(what) {
+            return Some(format!(
+                "worker {} cannot enforce a {what} limit (its kernel or disk lacks what it takes)",
+                n.name
+            ));
+        }
+    }
+    d.ports
+        .iter()
+        .find_map(|(p, _)| l.refuses_port(*p))
+        .map(|why| format!("worker {}: {why}", n.name))
+}
+
+/// Why no worker qualified for `d` when limits or host ports were the reason: the
+/// first such worker's refusal.
+pub fn why_unqualified(nodes: &[NodeView], d: &Demand) -> Option<String> {
+    nodes
+        .iter()
+        .filter(|n| n.active && base_qualifies(n, d))
+        .find_map(|n| refusal(n, d))
+}
+
 fn qualifies(n: &NodeView, d: &Demand) -> bool {
+    base_qualifies(n, d) && refusal(n, d).is_none()
+}
+
+fn base_qualifies(n: &NodeView, d: &Demand) -> bool {
     n.virtualizations.contains(&d.virtualization)
         && (d.arch.is_empty() || d.arch.contains(&n.arch))
         && d.constraints.iter().all(|c| match c {
@@ -181,7 +232,7 @@ pub fn schedule(nodes: &[NodeView], d: &Demand) -> Result<NodeId, Failure> {
         if d.ports.iter().any(|p| n.ports.contains(p)) {
             continue;
         }
-        let Some(score) = fit(n, d.resources) else {
+        let Some(score) = fit(n, on_worker(n.limits.as_ref(), d.resources)) else {
             continue;
         };
         let key = (n.same_service, score, n.id);
@@ -224,6 +275,7 @@ mod tests {
             reserved: Resources::default(),
             same_service: 0,
             ports: vec![],
+            limits: None,
         }
     }
 
@@ -238,6 +290,7 @@ mod tests {
             arch: vec![],
             constraints: vec![],
             ports: vec![],
+            storage_mib: 0,
         }
     }
 
@@ -430,5 +483,100 @@ mod tests {
             "NO_QUALIFIED_WORKER_FOUND"
         );
         assert_eq!(Failure::NoNodeFound.as_str(), "NO_NODE_FOUND");
+    }
+
+    fn limited(unenforced: &[&str]) -> WorkerLimits {
+        WorkerLimits {
+            default_memory_mib: 512,
+            default_millicpus: 1000,
+            default_storage_mib: 1024,
+            unenforced: unenforced.iter().map(|u| (*u).to_owned()).collect(),
+            ports_first: 1024,
+            ports_last: 65535,
+            ports_reserved: vec![4789, 10000, 10100],
+        }
+    }
+
+    #[test]
+    fn a_limit_a_worker_cannot_enforce_keeps_the_service_off_it_and_says_why() {
+        let mut a = node(1, "pi-no-memcg", "aarch64", 4000, 4000);
+        a.limits = Some(limited(&["memory"]));
+        let mut b = node(2, "pi", "aarch64", 4000, 4000);
+        b.limits = Some(limited(&[]));
+        let d = demand(100, 100);
+        assert_eq!(schedule(&[a.clone(), b.clone()], &d), Ok(NodeId(2)));
+        assert_eq!(
+            schedule(std::slice::from_ref(&a), &d),
+            Err(Failure::NoQualifiedWorkerFound)
+        );
+        let why = why_unqualified(std::slice::from_ref(&a), &d).unwrap();
+        assert!(
+            why.contains("pi-no-memcg") && why.contains("memory"),
+            "{why}"
+        );
+        // A service that sets no memory runs there (within nothing it could hold).
+        assert_eq!(
+            schedule(std::slice::from_ref(&a), &demand(100, 0)),
+            Ok(NodeId(1))
+        );
+        let mut s = demand(100, 0);
+        s.storage_mib = 50;
+        a.limits = Some(limited(&["storage"]));
+        assert_eq!(
+            schedule(std::slice::from_ref(&a), &s),
+            Err(Failure::NoQualifiedWorkerFound)
+        );
+    }
+
+    #[test]
+    fn host_ports_outside_a_workers_range_or_its_own_are_a_placement_constraint() {
+        let mut a = node(1, "a", "x86_64", 4000, 4000);
+        a.limits = Some(limited(&[]));
+        let mut d = demand(100, 100);
+        for (port, word) in [(22, "outside"), (4789, "own"), (10100, "own")] {
+            d.ports = vec![(port, Protocol::Tcp)];
+            assert_eq!(
+                schedule(std::slice::from_ref(&a), &d),
+                Err(Failure::NoQualifiedWorkerFound)
+            );
+            let why = why_unqualified(std::slice::from_ref(&a), &d).unwrap();
+            assert!(
+                why.contains(&port.to_string()) && why.contains(word),
+                "{why}"
+            );
+        }
+        for port in [6080, 9080] {
+            d.ports = vec![(port, Protocol::Tcp)];
+            assert_eq!(
+                schedule(std::slice::from_ref(&a), &d),
+                Ok(NodeId(1)),
+                "{port}"
+            );
+        }
+        // A worker that maps low ports takes 80.
+        let mut low = node(2, "low", "x86_64", 4000, 4000);
+        low.limits = Some(WorkerLimits {
+            ports_first: 1,
+            ..limited(&[])
+        });
+        d.ports = vec![(80, Protocol::Tcp)];
+        assert_eq!(schedule(&[a, low], &d), Ok(NodeId(2)));
+    }
+
+    #[test]
+    fn a_service_without_limits_counts_the_workers_defaults() {
+        let mut a = node(1, "a", "x86_64", 4000, 1000);
+        a.limits = Some(limited(&[]));
+        // 512 MiB by default: one fits in 1000, a second does not.
+        assert_eq!(
+            schedule(std::slice::from_ref(&a), &demand(0, 0)),
+            Ok(NodeId(1))
+        );
+        a.reserved = on_worker(a.limits.as_ref(), Resources::default());
+        assert_eq!(a.reserved.memory_mib, 512);
+        assert_eq!(
+            schedule(std::slice::from_ref(&a), &demand(0, 0)),
+            Err(Failure::NoWorkerCapacity)
+        );
     }
 }

@@ -74,6 +74,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE nodes ADD COLUMN rekey INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE nodes ADD COLUMN evicted INTEGER NOT NULL DEFAULT 0;
 "#,
+    // What a worker gives a service that sets no limits, the limits it cannot enforce
+    // and the host ports it maps (msg::WorkerLimits as CBOR; NULL from older agents).
+    r#"
+    ALTER TABLE nodes ADD COLUMN limits BLOB;
+"#,
 ];
 
 /// A registered worker.
@@ -107,6 +112,8 @@ pub struct NodeRow {
     pub pending: Option<Key>,
     /// The operator asked for a new key (`grove-cluster node rekey`).
     pub rekey: bool,
+    /// Its defaults, unenforced limits and host ports (none from older agents).
+    pub limits: Option<grove_proto::msg::WorkerLimits>,
 }
 
 /// An OSCORE master secret and salt.
@@ -146,6 +153,8 @@ pub struct NewNode<'a> {
     pub salt: &'a [u8],
     /// /26s its subnet should span (see [`subnet_size`]).
     pub subnet_size: u32,
+    /// Its defaults, unenforced limits and host ports.
+    pub limits: Option<&'a grove_proto::msg::WorkerLimits>,
 }
 
 /// How many /26s a worker with room for `max_instances` gets: the smallest power of
@@ -193,7 +202,7 @@ pub fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-const NODE_COLS: &str = "id, name, arch, cpus, memory_mib, virtualizations, lat, lon, secret, salt, subnet, subnet_size, key_gen, pending_secret, pending_salt, rekey";
+const NODE_COLS: &str = "id, name, arch, cpus, memory_mib, virtualizations, lat, lon, secret, salt, subnet, subnet_size, key_gen, pending_secret, pending_salt, rekey, limits";
 
 fn node(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRow> {
     let v: String = r.get(5)?;
@@ -220,6 +229,9 @@ fn node(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRow> {
             secret.zip(salt)
         },
         rekey: r.get(15)?,
+        limits: r
+            .get::<_, Option<Vec<u8>>>(16)?
+            .and_then(|b| grove_proto::msg::from_cbor(&b).ok()),
     })
 }
 
@@ -279,7 +291,9 @@ impl Store {
             secret,
             salt,
             subnet_size,
+            limits,
         } = *n;
+        let limits = limits.map(grove_proto::msg::to_cbor);
         let size = subnet_size.clamp(1, 16).next_power_of_two();
         let tx = self.conn.transaction()?;
         let existing: Option<u32> = tx
@@ -306,13 +320,13 @@ impl Store {
         };
         let (lat, lon) = location.unzip();
         tx.execute(
-            "INSERT INTO nodes (name, arch, cpus, memory_mib, virtualizations, lat, lon, secret, salt, subnet, subnet_size)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-             ON CONFLICT (name) DO UPDATE SET arch = excluded.arch, cpus = excluded.cpus,
+            "INSERT INTO nodes (name, arch, cpus, memory_mib, virtualizations, lat, lon, secret, salt, subnet, subnet_size, limits)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT (name) DO UPDATE SET arch = excluded.arch, cpus = excluded.cpus, limits = excluded.limits,
                memory_mib = excluded.memory_mib, virtualizations = excluded.virtualizations,
                lat = excluded.lat, lon = excluded.lon, secret = excluded.secret, salt = excluded.salt,
                key_gen = 0, pending_secret = NULL, pending_salt = NULL, rekey = 0, evicted = 0",
-            params![name, arch, cpus, memory_mib, virtualizations.join(","), lat, lon, secret, salt, subnet, size],
+            params![name, arch, cpus, memory_mib, virtualizations.join(","), lat, lon, secret, salt, subnet, size, limits],
         )?;
         let row = tx.query_row(
             &format!("SELECT {NODE_COLS} FROM nodes WHERE name = ?1"),
@@ -648,6 +662,7 @@ mod tests {
             secret: b"s",
             salt: b"t",
             subnet_size,
+            limits: None,
         };
         let a = s.register_node(&nn("a", 1), 8).unwrap();
         let big = s.register_node(&nn("big", 2), 8).unwrap();
@@ -675,6 +690,7 @@ mod tests {
             secret: b"s",
             salt: b"t",
             subnet_size: 1,
+            limits: None,
         };
         let a = s.register_node(&nn("a", "x86_64"), 2).unwrap();
         let b = s.register_node(&nn("b", "x86_64"), 2).unwrap();
@@ -722,6 +738,7 @@ mod tests {
             secret: b"old",
             salt: b"s0",
             subnet_size: 1,
+            limits: None,
         };
         let row = s.register_node(&n, 64).unwrap();
         assert_eq!((row.key_gen, row.pending.clone()), (0, None));

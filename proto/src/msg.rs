@@ -172,6 +172,60 @@ pub struct RegisterNode {
     /// The worker's underlay address for VXLAN, as seen by itself.
     #[n(9)]
     pub underlay: Option<String>,
+    /// What it gives a service that sets no limits, which limits it cannot enforce,
+    /// and which host ports it maps (absent from older agents: no defaults, every
+    /// limit enforced, any host port).
+    #[n(10)]
+    pub limits: Option<WorkerLimits>,
+}
+
+/// A worker's resource defaults, the limits its kernel cannot enforce, and the host
+/// ports port mappings may use on it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Encode, Decode)]
+pub struct WorkerLimits {
+    /// Memory of a service that sets none, MiB (0: none).
+    #[n(0)]
+    pub default_memory_mib: u32,
+    /// CPU of a service that sets none, thousandths (0: none).
+    #[n(1)]
+    pub default_millicpus: u32,
+    /// Writable layer of a service that sets no `storage`, MiB (0: none).
+    #[n(2)]
+    pub default_storage_mib: u32,
+    /// Limits this worker cannot enforce (`memory`, `cpu`, `pids`, `storage`): its
+    /// kernel lacks the controller, or it has no quota file system.
+    #[n(3)]
+    pub unenforced: Vec<String>,
+    /// The lowest host port it maps.
+    #[n(4)]
+    pub ports_first: u16,
+    /// The highest host port it maps.
+    #[n(5)]
+    pub ports_last: u16,
+    /// Host ports inside that range it never maps (its own).
+    #[n(6)]
+    pub ports_reserved: Vec<u16>,
+}
+
+impl WorkerLimits {
+    /// Why host port `port` may not be mapped on this worker, if it may not.
+    pub fn refuses_port(&self, port: u16) -> Option<String> {
+        if port < self.ports_first || port > self.ports_last {
+            Some(format!(
+                "host port {port} is outside {}-{}",
+                self.ports_first, self.ports_last
+            ))
+        } else if self.ports_reserved.contains(&port) {
+            Some(format!("host port {port} is one of the worker's own"))
+        } else {
+            None
+        }
+    }
+
+    /// Whether limit `what` (`memory`, `cpu`, `pids`, `storage`) is enforced.
+    pub fn enforces(&self, what: &str) -> bool {
+        !self.unenforced.iter().any(|u| u == what)
+    }
 }
 
 /// Cluster → worker: the answer to [`RegisterNode`].
@@ -424,6 +478,10 @@ pub struct InstanceSpec {
     #[n(17)]
     #[cbor(with = "minicbor::bytes")]
     pub closest_ip6: Option<[u8; 16]>,
+    /// Its writable layer's size, MiB (the SLA's `storage`; none: the worker's
+    /// default).
+    #[n(18)]
+    pub storage_mib: Option<u32>,
 }
 
 /// A `geo` placement constraint.
@@ -1242,6 +1300,7 @@ mod tests {
                     ip6: Some([0xfd, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]),
                     rr_ip6: None,
                     closest_ip6: None,
+                    storage_mib: None,
                 }),
                 NodeCommand::Undeploy(InstanceRef {
                     service: "x".into(),

@@ -2,6 +2,10 @@
 //! (`"9080"` alone maps 9080 to 9080). The root validates them, the cluster counts host
 //! ports as a worker's resource, the agent installs them.
 
+/// Grove's own ports, never a host port of a workload: VXLAN (4789/udp), the root's
+/// API and CoAP (10000), the cluster's CoAP (10100).
+pub const GROVE_PORTS: [u16; 3] = [4789, 10000, 10100];
+
 /// Transport of a port mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {

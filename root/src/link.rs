@@ -483,6 +483,7 @@ pub fn commands_for(st: &AppState, cluster: u32, generation: u64) -> ClusterComm
             ip6: v6(i.ip6.as_deref()),
             rr_ip6: v6(s.rr_ip_v6.as_deref()),
             closest_ip6: v6(s.closest_ip_v6.as_deref()),
+            storage_mib: (ms.storage > 0).then(|| u32::try_from(ms.storage).unwrap_or(u32::MAX)),
         }));
     }
     drop(db);

@@ -604,7 +604,22 @@ impl Walk {
             _ => self.string(m, "port", path, false),
         };
         let ports = match port.as_deref().map(parse_ports) {
-            Some(Ok(p)) => p,
+            Some(Ok(p)) => {
+                for own in p
+                    .iter()
+                    .filter(|m| grove_proto::ports::GROVE_PORTS.contains(&m.host))
+                {
+                    self.err(
+                        &join(path, "port"),
+                        format!(
+                            "host port {} is one of Grove's own (4789 VXLAN, 10000 root, \
+                             10100 cluster) and cannot be mapped",
+                            own.host
+                        ),
+                    );
+                }
+                p
+            }
             Some(Err(reason)) => {
                 self.err(&join(path, "port"), reason);
                 Vec::new()
@@ -869,6 +884,16 @@ mod tests {
             ("port", json!("80/sctp"), "port: \"sctp\" is not tcp or udp"),
             ("port", json!("80;80"), "port: host port 80 is mapped twice"),
             ("port", json!("0:80"), "port: \"0\" is not a port"),
+            (
+                "port",
+                json!("4789:80/udp"),
+                "port: host port 4789 is one of Grove's own",
+            ),
+            (
+                "port",
+                json!("10100"),
+                "port: host port 10100 is one of Grove's own",
+            ),
             (
                 "vcpus",
                 json!("two"),

@@ -438,6 +438,7 @@ fn workers_look_services_up_in_their_cluster_and_are_told_of_changes_even_withou
             max_instances: None,
             cpus: Some(1),
             memory_mib: Some(16),
+            limits: None,
             tick: grove_agent::control::TICK,
         };
         let reg = grove_agent::control::join(&c, &probe).await.unwrap();

@@ -61,6 +61,64 @@ fn keyed(p: &PathBuf, key: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
 }
 
+/// The controllers Grove enforces limits with (`memory`, `cpu`, `pids`) that this
+/// machine's kernel does not offer, from `/proc/self/mountinfo` (v1 and hybrid) or
+/// the root's `cgroup.controllers` (v2). Raspberry Pi OS boots some kernels without
+/// the memory controller until `cgroup_enable=memory cgroup_memory=1` is on the
+/// kernel command line.
+pub fn missing_controllers() -> Vec<&'static str> {
+    let mut have: Vec<String> = Vec::new();
+    if v2() {
+        if let Ok(c) = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers") {
+            have.extend(c.split_whitespace().map(str::to_owned));
+        }
+    } else if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for line in m.lines() {
+            let Some((_, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mut r = right.split_whitespace();
+            if r.next() == Some("cgroup") {
+                if let Some(opts) = r.nth(1) {
+                    have.extend(opts.split(',').map(str::to_owned));
+                }
+            }
+        }
+    }
+    let hidden = hidden_for_tests();
+    ["memory", "cpu", "pids"]
+        .into_iter()
+        .filter(|c| !have.iter().any(|h| h == c) || hidden.iter().any(|h| h == c))
+        .collect()
+}
+
+/// Controllers a test build pretends this kernel lacks (`GROVE_TEST_HIDE_CONTROLLERS`).
+#[cfg(feature = "defences-off")]
+fn hidden_for_tests() -> Vec<String> {
+    std::env::var("GROVE_TEST_HIDE_CONTROLLERS")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(not(feature = "defences-off"))]
+fn hidden_for_tests() -> Vec<String> {
+    Vec::new()
+}
+
+/// What the kernel says to do about a missing controller.
+pub fn fix_for(controller: &str) -> &'static str {
+    match controller {
+        "memory" => {
+            "add `cgroup_enable=memory cgroup_memory=1` to the kernel command line \
+             (/boot/firmware/cmdline.txt on Raspberry Pi OS) and reboot"
+        }
+        _ => "use a kernel built with this cgroup controller",
+    }
+}
+
 impl Group {
     /// The group of container `id`.
     pub fn name_of(id: &str) -> String {
@@ -85,6 +143,26 @@ impl Group {
             );
         }
         let mut b = CgroupBuilder::new(&name);
+        // A limit of a controller the kernel lacks is not asked for (the worker says
+        // it cannot enforce it, and the cluster places nothing here that sets it).
+        let missing = missing_controllers();
+        let limits = &Limits {
+            memory_bytes: if missing.contains(&"memory") {
+                0
+            } else {
+                limits.memory_bytes
+            },
+            millicpus: if missing.contains(&"cpu") {
+                0
+            } else {
+                limits.millicpus
+            },
+            pids: if missing.contains(&"pids") {
+                0
+            } else {
+                limits.pids
+            },
+        };
         if limits.memory_bytes > 0 {
             let m = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
             b = b.memory().memory_hard_limit(m).done();

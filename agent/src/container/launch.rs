@@ -59,6 +59,9 @@ pub enum LaunchError {
     /// Its user namespace.
     #[error(transparent)]
     Userns(#[from] UsernsError),
+    /// Its bounded writable layer.
+    #[error("storage: {0}")]
+    Storage(String),
     /// A system call of the parent's.
     #[error("{step}: {source}")]
     Sys {
@@ -90,6 +93,14 @@ pub struct Paths {
     pub dir: PathBuf,
     /// Its log (stdout and stderr); `None`: the caller's stdout and stderr.
     pub log: Option<PathBuf>,
+    /// The file system of bounded writable layers (`quota.rs`), where it is mounted.
+    pub bounded: PathBuf,
+}
+
+/// Where the bounded layers of the containers under `containers` (a state directory's
+/// `containers/`) live: the state directory's `upper/`.
+pub fn bounded_fs(containers: &Path) -> PathBuf {
+    super::quota::mount_point(containers.parent().unwrap_or(containers))
 }
 
 impl Paths {
@@ -99,6 +110,7 @@ impl Paths {
         Self {
             log: Some(dir.join("log")),
             dir,
+            bounded: bounded_fs(containers),
         }
     }
 }
@@ -239,6 +251,8 @@ struct Child<'a> {
     plan: Plan<'a>,
     netns: Option<&'a OwnedFd>,
     userns: Option<&'a OwnedFd>,
+    /// The container's directory on the host.
+    home: &'a Path,
     log: Option<&'a OwnedFd>,
     null: &'a OwnedFd,
     err: &'a OwnedFd,
@@ -263,7 +277,10 @@ fn child_setup(c: &Child<'_>) -> Result<std::convert::Infallible, String> {
             netns_defaults()?;
         }
     }
-    let mut real = RealSys::new(c.userns.map(AsFd::as_fd));
+    // Opened here, in the new mount namespace (a handle from before the clone would
+    // lead into the host's mounts), and held until the workload runs.
+    let home = crate::confined::open_root(c.home).map_err(|e| e.to_string())?;
+    let mut real = RealSys::new(c.userns.map(AsFd::as_fd), home.as_fd());
     rootfs::enter(&mut real, &c.plan).map_err(|e| format!("root file system: {e}"))?;
     drop(real);
     nix::unistd::dup2(c.null.as_raw_fd(), 0).map_err(|e| format!("dup2: {e}"))?;
@@ -437,7 +454,25 @@ fn start(
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(file(Path::new("/proc/self/mountinfo")))?;
     let cgroups = rootfs::hierarchies(&mountinfo);
-    let dirs = Dirs::under(&paths.dir);
+    let mut dirs = Dirs::under(&paths.dir);
+    // A bounded writable layer: upper and work in a subvolume of its own size.
+    if spec.storage_bytes > 0 {
+        let fs = &paths.bounded;
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+            .is_ok_and(|m| m.contains(&format!(" {} ", fs.display())));
+        if !mounted {
+            return Err(LaunchError::Storage(format!(
+                "a writable layer of {} MiB was asked for, and this worker has no file \
+                 system of bounded layers at {}",
+                spec.storage_bytes >> 20,
+                fs.display()
+            )));
+        }
+        let sub = super::quota::bounded_dir(fs, &spec.id, spec.storage_bytes)
+            .map_err(|e| LaunchError::Storage(e.to_string()))?;
+        dirs.upper = sub.join("upper");
+        dirs.work = sub.join("work");
+    }
     let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     let child = Child {
@@ -449,20 +484,22 @@ fn start(
             root_ids: lease.as_ref().map(|l| (l.first, l.first)),
             cgroups: &cgroups,
             mask: contained && defence::on(Defence::ProcSys),
+            nodev: defence::on(Defence::NoDev),
             files: &files,
         },
         netns: netns.as_ref(),
         userns: userns.as_ref(),
+        home: &paths.dir,
         log: log.as_ref(),
         null: &null,
         err: &err_w,
         err_fd: std::cell::Cell::new(err_w.as_raw_fd()),
         contained,
     };
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC;
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    if defence::on(Defence::PidNs) {
+        flags |= CloneFlags::CLONE_NEWPID;
+    }
     if netns.is_none() {
         flags |= CloneFlags::CLONE_NEWNET;
     }

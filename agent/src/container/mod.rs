@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod launch;
 pub mod mountapi;
+pub mod quota;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
@@ -74,6 +75,7 @@ pub fn remove(containers: &std::path::Path, id: &str) -> Result<(), String> {
     release_netns(&netns_path(containers, id));
     let dir = containers.join(id);
     userns::give_back(&dir.join(IDS_FILE));
+    quota::remove(&launch::bounded_fs(containers), id);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }

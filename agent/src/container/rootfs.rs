@@ -43,8 +43,8 @@ pub trait Sys {
     /// Bind layer `layer` read-only at `at`, its ids mapped into the container's user
     /// namespace when `idmap`.
     fn bind_layer(&mut self, layer: &Path, at: &Path, idmap: bool) -> io::Result<()>;
-    /// Mount overlayfs with `data` at `host`, no device nodes.
-    fn overlay(&mut self, data: &str, host: &Path) -> io::Result<()>;
+    /// Mount overlayfs with `data` at `host` (no device nodes when `nodev`).
+    fn overlay(&mut self, data: &str, host: &Path, nodev: bool) -> io::Result<()>;
     /// From now on, targets are resolved inside `host`.
     fn enter_root(&mut self, host: &Path) -> io::Result<()>;
     /// Mount a new `fstype` with `options` on `target` (a directory, made if missing).
@@ -193,6 +193,8 @@ pub struct Plan<'a> {
     pub cgroups: &'a [Hierarchy],
     /// Mask and write-protect /proc and /sys as the OCI runtimes do.
     pub mask: bool,
+    /// No device node opens on the root (its overlay is `nodev`).
+    pub nodev: bool,
     /// Files of the agent's bound onto targets inside (`/etc/hostname`, `/etc/hosts`).
     pub files: &'a [(PathBuf, &'static str)],
 }
@@ -225,7 +227,7 @@ pub fn enter(sys: &mut dyn Sys, plan: &Plan<'_>) -> io::Result<()> {
         dirs.upper.display(),
         dirs.work.display()
     );
-    sys.overlay(&data, &dirs.merged)?;
+    sys.overlay(&data, &dirs.merged, plan.nodev)?;
     sys.enter_root(&dirs.merged)?;
     let quiet = Attrs::QUIET;
     // Owned by the container's root, as it would be without a user namespace.
@@ -322,15 +324,19 @@ fn mount_cgroups(sys: &mut dyn Sys, list: &[Hierarchy]) -> io::Result<()> {
 pub struct RealSys<'a> {
     /// The container's user namespace (for idmapped layers).
     pub userns: Option<BorrowedFd<'a>>,
+    /// A handle of the container's directory on the host (the pivot starts there).
+    home: BorrowedFd<'a>,
     root: Option<OwnedFd>,
     merged: PathBuf,
 }
 
 impl<'a> RealSys<'a> {
-    /// With the container's user namespace, if it has one.
-    pub fn new(userns: Option<BorrowedFd<'a>>) -> Self {
+    /// With the container's user namespace, if it has one, and a handle of its
+    /// directory.
+    pub fn new(userns: Option<BorrowedFd<'a>>, home: BorrowedFd<'a>) -> Self {
         Self {
             userns,
+            home,
             root: None,
             merged: PathBuf::new(),
         }
@@ -501,16 +507,14 @@ impl Sys for RealSys<'_> {
         mountapi::attach_at(m.as_fd(), at)
     }
 
-    fn overlay(&mut self, data: &str, host: &Path) -> io::Result<()> {
+    fn overlay(&mut self, data: &str, host: &Path, nodev: bool) -> io::Result<()> {
         use nix::mount::MsFlags;
-        nix::mount::mount(
-            Some("overlay"),
-            host,
-            Some("overlay"),
-            MsFlags::MS_NODEV,
-            Some(data),
-        )
-        .map_err(|e| {
+        let flags = if nodev {
+            MsFlags::MS_NODEV
+        } else {
+            MsFlags::empty()
+        };
+        nix::mount::mount(Some("overlay"), host, Some("overlay"), flags, Some(data)).map_err(|e| {
             io::Error::new(
                 io::Error::from(e).kind(),
                 format!("overlay on {}: {e}", host.display()),
@@ -609,7 +613,10 @@ impl Sys for RealSys<'_> {
 
     fn pivot(&mut self, host: &Path) -> io::Result<()> {
         self.root = None;
-        nix::unistd::chdir(host).map_err(io::Error::from)?;
+        // Into the root from the container's own directory, by its handle.
+        nix::unistd::fchdir(self.home.as_raw_fd()).map_err(io::Error::from)?;
+        let name = host.file_name().unwrap_or(host.as_os_str());
+        nix::unistd::chdir(name).map_err(io::Error::from)?;
         nix::unistd::pivot_root(".", ".")
             .map_err(|e| io::Error::other(format!("pivot_root: {e}")))?;
         nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH)
@@ -663,8 +670,8 @@ pub(crate) mod tests {
                 at.display()
             ))
         }
-        fn overlay(&mut self, d: &str, p: &Path) -> io::Result<()> {
-            self.note(format!("overlay {} {d}", p.display()))
+        fn overlay(&mut self, d: &str, p: &Path, nodev: bool) -> io::Result<()> {
+            self.note(format!("overlay {} {d} nodev={nodev}", p.display()))
         }
         fn enter_root(&mut self, p: &Path) -> io::Result<()> {
             self.note(format!("root {}", p.display()))
@@ -721,6 +728,7 @@ pub(crate) mod tests {
             root_ids: userns.then_some((524_288, 524_288)),
             cgroups: &cgroups,
             mask: true,
+            nodev: true,
             files: &files,
         };
         let res = enter(&mut r, &plan);

@@ -19,6 +19,15 @@ pub struct Limits {
     pub pids: u32,
 }
 
+impl Limits {
+    /// None at all.
+    pub const NONE: Limits = Limits {
+        memory_bytes: 0,
+        millicpus: 0,
+        pids: 0,
+    };
+}
+
 /// A container, ready to launch.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
 pub struct LaunchSpec {
@@ -63,6 +72,9 @@ pub struct LaunchSpec {
     /// Its IPv4 address (for its /etc/hosts), host byte order.
     #[n(12)]
     pub address: Option<u32>,
+    /// Its writable layer's size in bytes (0: unbounded).
+    #[n(13)]
+    pub storage_bytes: u64,
 }
 
 /// Docker's default pids limit is unlimited; an edge node wants a bound.
@@ -188,6 +200,7 @@ impl LaunchSpec {
             netns: None,
             userns: Some(super::userns::IdPool::default()),
             address: spec.ip,
+            storage_bytes: u64::from(spec.storage_mib.unwrap_or(0)) << 20,
         })
     }
 }

@@ -152,6 +152,14 @@ trait Tree {
     fn hardlink(&mut self, parent: &Path, name: &OsStr, target: &Path) -> std::io::Result<()>;
     fn whiteout(&mut self, parent: &Path, name: &OsStr) -> std::io::Result<()>;
     fn opaque(&mut self, dir: &Path) -> std::io::Result<()>;
+    /// A device node or FIFO (only when entry checks are off: test builds).
+    fn node(
+        &mut self,
+        parent: &Path,
+        name: &OsStr,
+        kind: nix::sys::stat::SFlag,
+        dev: u64,
+    ) -> std::io::Result<()>;
 }
 
 /// The layer's directory through handles: every path resolved inside it.
@@ -342,6 +350,19 @@ impl Tree for Confined {
         nix::sys::stat::mknodat(Some(p), name, SFlag::S_IFCHR, Mode::empty(), 0).map_err(nix_io)
     }
 
+    fn node(
+        &mut self,
+        parent: &Path,
+        name: &OsStr,
+        kind: nix::sys::stat::SFlag,
+        dev: u64,
+    ) -> std::io::Result<()> {
+        self.clear(parent, name, false)?;
+        let p = self.fd_of(parent)?;
+        nix::sys::stat::mknodat(Some(p), name, kind, Mode::from_bits_truncate(0o666), dev)
+            .map_err(nix_io)
+    }
+
     fn opaque(&mut self, dir: &Path) -> std::io::Result<()> {
         let fd = confined::make_dirs(
             self.root.as_fd(),
@@ -404,7 +425,7 @@ pub fn unpack_with(data: impl Read, dir: &Path, limits: Limits) -> Result<(), La
     let reader = reader.chain(std::io::repeat(0).take(3 * 512));
     let mut archive = tar::Archive::new(reader);
     let chown = nix::unistd::geteuid().is_root();
-    let check_names = defence::on(Defence::LayerNames);
+    let check_names = defence::on(Defence::LayerEntries);
     let mut entries = 0u64;
     let too_large = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::FileTooLarge {
@@ -476,6 +497,23 @@ pub fn unpack_with(data: impl Read, dir: &Path, limits: Limits) -> Result<(), La
             return Err(LayerError::Escape(shown));
         }
         if kind.is_block_special() || kind.is_character_special() || kind.is_fifo() {
+            // A container gets its /dev from the runtime; a layer's nodes are dropped.
+            if check_names {
+                continue;
+            }
+            let (major, minor) = (
+                header.device_major()?.unwrap_or(0),
+                header.device_minor()?.unwrap_or(0),
+            );
+            let sflag = if kind.is_block_special() {
+                nix::sys::stat::SFlag::S_IFBLK
+            } else if kind.is_character_special() {
+                nix::sys::stat::SFlag::S_IFCHR
+            } else {
+                nix::sys::stat::SFlag::S_IFIFO
+            };
+            let dev = nix::sys::stat::makedev(u64::from(major), u64::from(minor));
+            tree.node(&parent, &name, sflag, dev).map_err(at)?;
             continue;
         }
         if kind.is_dir() {
@@ -612,6 +650,23 @@ mod naive {
                 nix::sys::stat::SFlag::S_IFCHR,
                 nix::sys::stat::Mode::empty(),
                 0,
+            )
+            .map_err(std::io::Error::from)
+        }
+        fn node(
+            &mut self,
+            parent: &Path,
+            name: &OsStr,
+            kind: nix::sys::stat::SFlag,
+            dev: u64,
+        ) -> std::io::Result<()> {
+            let p = self.at(parent, name)?;
+            clear(&p)?;
+            nix::sys::stat::mknod(
+                &p,
+                kind,
+                nix::sys::stat::Mode::from_bits_truncate(0o666),
+                dev,
             )
             .map_err(std::io::Error::from)
         }

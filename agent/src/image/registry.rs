@@ -43,6 +43,17 @@ impl RegistryConfig {
         Ok(())
     }
 
+    /// Whether `host[:port]` is where one of the configured mirrors answers.
+    pub fn is_mirror_host(&self, host: &str) -> bool {
+        self.mirrors.values().flatten().any(|url| {
+            let rest = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"))
+                .unwrap_or(url);
+            rest.split('/').next() == Some(host)
+        })
+    }
+
     /// Parse `HOST=USER:PASSWORD` credential flags.
     pub fn add_auth(&mut self, flag: &str) -> Result<(), String> {
         let (host, cred) = flag

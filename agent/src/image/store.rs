@@ -432,6 +432,28 @@ impl ImageStore {
         })
     }
 
+    /// The bytes the store takes on disk (blobs and unpacked layers, by allocated
+    /// blocks).
+    pub fn disk_bytes(&self) -> u64 {
+        fn walk(p: &Path, depth: u32) -> u64 {
+            use std::os::unix::fs::MetadataExt;
+            let Ok(m) = std::fs::symlink_metadata(p) else {
+                return 0;
+            };
+            let own = m.blocks() * 512;
+            if !m.is_dir() || depth > 64 {
+                return own;
+            }
+            own + std::fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| walk(&e.path(), depth + 1))
+                .sum::<u64>()
+        }
+        walk(&self.root.join("blobs"), 0) + walk(&self.root.join("layers"), 0)
+    }
+
     /// Remove images not in `keep` (references) and every blob and layer no kept image
     /// uses; returns how many blobs and layers went.
     pub fn gc(&self, keep: &[&str]) -> Result<usize, PullError> {
