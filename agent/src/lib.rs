@@ -8,7 +8,7 @@
 pub mod confined;
 pub mod container;
 pub mod control;
-pub mod defence;
+pub use grove_proto::defence;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod image;

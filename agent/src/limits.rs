@@ -73,6 +73,12 @@ impl Containment {
     /// What the worker tells its cluster, with `unenforced` the limits it cannot hold.
     pub fn advertise(&self, unenforced: &[&str]) -> WorkerLimits {
         let defaults = defence::on(Defence::Limits);
+        // Without the defence (test builds only) every port is a worker's to map.
+        let (first, last, reserved) = if defence::on(Defence::HostPorts) {
+            (self.host_ports.0, self.host_ports.1, OWN_PORTS.to_vec())
+        } else {
+            (1, u16::MAX, Vec::new())
+        };
         WorkerLimits {
             default_memory_mib: if defaults { self.default_memory_mib } else { 0 },
             default_millicpus: if defaults { self.default_millicpus } else { 0 },
@@ -82,9 +88,9 @@ impl Containment {
                 0
             },
             unenforced: unenforced.iter().map(|u| (*u).to_owned()).collect(),
-            ports_first: self.host_ports.0,
-            ports_last: self.host_ports.1,
-            ports_reserved: OWN_PORTS.to_vec(),
+            ports_first: first,
+            ports_last: last,
+            ports_reserved: reserved,
         }
     }
 
@@ -93,6 +99,9 @@ impl Containment {
     /// pool.
     pub fn apply(&self, launch: &mut LaunchSpec, spec: &InstanceSpec) {
         launch.userns = Some(self.ids);
+        if !defence::on(Defence::Pids) {
+            launch.limits.pids = 0;
+        }
         if !defence::on(Defence::Limits) {
             return;
         }

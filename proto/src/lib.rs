@@ -14,6 +14,7 @@
 pub mod coap;
 #[cfg(feature = "config")]
 pub mod config;
+pub mod defence;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod msg;

@@ -605,9 +605,10 @@ impl Walk {
         };
         let ports = match port.as_deref().map(parse_ports) {
             Some(Ok(p)) => {
+                let refused = grove_proto::defence::on(grove_proto::defence::Defence::HostPorts);
                 for own in p
                     .iter()
-                    .filter(|m| grove_proto::ports::GROVE_PORTS.contains(&m.host))
+                    .filter(|m| refused && grove_proto::ports::GROVE_PORTS.contains(&m.host))
                 {
                     self.err(
                         &join(path, "port"),

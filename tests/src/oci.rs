@@ -37,6 +37,21 @@ pub fn tar(entries: &[Entry<'_>]) -> Vec<u8> {
                 h.set_mode(*mode);
                 (n, d)
             }
+            Entry::Symlink(n, t) | Entry::Link(n, t) if t.len() > 100 => {
+                // A long target goes in a GNU long-link entry (the name must be plain).
+                h.set_entry_type(if matches!(e, Entry::Symlink(..)) {
+                    ::tar::EntryType::Symlink
+                } else {
+                    ::tar::EntryType::Link
+                });
+                h.set_mode(0o777);
+                h.set_size(0);
+                h.set_mtime(0);
+                h.set_uid(0);
+                h.set_gid(0);
+                b.append_link(&mut h, n, t).expect("long link");
+                continue;
+            }
             Entry::Symlink(n, t) | Entry::Link(n, t) => {
                 h.set_entry_type(if matches!(e, Entry::Symlink(..)) {
                     ::tar::EntryType::Symlink

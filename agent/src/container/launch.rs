@@ -325,7 +325,12 @@ fn child_setup(c: &Child<'_>) -> Result<std::convert::Infallible, String> {
             }
             c.err_fd.set(3);
         }
-        // SAFETY: closes descriptors only; the ones still needed are 0, 1, 2 and 3.
+        // The handle of the container's directory goes with the rest: forgotten, not
+        // dropped (its descriptor is closed below).
+        std::mem::forget(home);
+        // SAFETY: closes descriptors only; the ones still needed are 0, 1, 2 and 3,
+        // and no owner of a closed one drops it after this (this process execs or
+        // exits).
         if unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) } != 0 {
             return Err(format!("close_range: {}", std::io::Error::last_os_error()));
         }
@@ -512,6 +517,7 @@ fn start(
         if go.read(&mut b).ok() != Some(1) {
             return 126;
         }
+        drop(go);
         let Err(err) = child_setup(&child);
         let fd = child.err_fd.get();
         // SAFETY: a descriptor of the error pipe, owned by this child until it exits.

@@ -1,7 +1,8 @@
 //! The defences that contain a workload, by name, so that the escape suite
 //! (`tests/tests/escape.rs`) can show each of them holding on its own.
 //!
-//! In every shipped binary each defence is always on: [`on`] is a constant `true`.
+//! Every tier consults these (the agent for its containers, layers and bridge; the
+//! root for the host ports it refuses). In every shipped binary each defence is always on: [`on`] is a constant `true`.
 //! Only a build with the `defences-off` feature (which only the test crate enables,
 //! and which `cross/deb.sh check` proves absent from the packages) reads
 //! `GROVE_DEFENCES_OFF` (`all`, or names separated by commas) and switches those off,
