@@ -511,6 +511,7 @@ pub async fn run(
                     changes: Vec::new(),
                     // Per-instance figures every fifth heartbeat (10 s).
                     instances: (seq % 5 == 0).then(|| rt.instance_usage()).filter(|v| !v.is_empty()),
+                    limits: (seq < 3 || seq % 150 == 0).then(|| s.limits.clone()).flatten(),
                 };
                 let req = Request::post_cbor(&paths::node_status(node), msg::to_cbor(&hb));
                 let (c2, key2, to, tx) = (c.clone(), key.clone(), s.cluster, rtt_tx.clone());
@@ -566,7 +567,7 @@ pub async fn run(
                     let hb = Heartbeat {
                         node, seq, cpu_centi_pct: 0, mem_used_mib: 0, mem_total_mib: 0, disk_used_mib: 0,
                         disk_total_mib: 0, running: 0, coord: NetCoord([0.0; 3]), digest: [0; 8],
-                        changes: pending.clone(), instances: None,
+                        changes: pending.clone(), instances: None, limits: None,
                     };
                     let n = pending.len();
                     tracing::debug!(changes = n, "reporting status changes");

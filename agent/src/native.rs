@@ -320,12 +320,32 @@ impl NativeRuntime {
             .flatten()
             .collect();
         let looked_up = self.interest.entries();
-        let bridge = crate::net::Names::of(&self.agent).bridge();
+        let names = crate::net::Names::of(&self.agent);
+        let bridge = names.bridge();
+        // Every wired instance's bridge port, held to its own addresses.
+        let ports: Vec<crate::net::nat::Port> =
+            if crate::defence::on(crate::defence::Defence::Bridge) {
+                self.records
+                    .iter()
+                    .filter_map(|r| {
+                        let v4 = Ipv4Addr::from(r.addr?);
+                        Some(crate::net::nat::Port {
+                            link: names.instance(&container_id(&r.spec.instance)),
+                            mac: crate::net::instance_mac(v4),
+                            v4,
+                            v6: overlay.address6(v4),
+                        })
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
         let rules = crate::net::nat::ruleset(&crate::net::nat::Tables {
             guard: Some(crate::net::nat::Guard {
                 bridge: &bridge,
                 cluster: self.cluster,
             }),
+            ports: &ports,
             table: &table,
             subnet: *subnet,
             me: self.coord,
@@ -492,6 +512,8 @@ impl NativeRuntime {
                             );
                         }
                     }
+                    // Its port is held to its own addresses before anything runs.
+                    self.refresh_nat();
                 }
                 launch.netns = Some(path);
             }

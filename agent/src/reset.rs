@@ -61,6 +61,7 @@ pub fn run(dir: &Path, name: &str) -> Result<(), String> {
         mappings: &[],
         group: None,
         guard: None,
+        ports: &[],
     }))?;
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -184,6 +184,7 @@ fn sample_heartbeat(changes: Vec<InstanceStatus>) -> Heartbeat {
         digest: [0x9a; 8],
         changes,
         instances: None,
+        limits: None,
     }
 }
 

@@ -327,6 +327,23 @@ impl Cluster {
         n
     }
 
+    /// Worker `id` says what its limits are now: stored when they changed (from the
+    /// cached rows, so an unchanged heartbeat costs no query).
+    fn limits_now(&self, id: u32, limits: &msg::WorkerLimits) {
+        let known = self
+            .nodes()
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.limits.clone());
+        if known.as_ref().is_some_and(|l| l.as_ref() == Some(limits)) {
+            return;
+        }
+        if self.db().set_limits(id, limits).is_ok() {
+            *self.nodes_cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            tracing::info!(node = id, ?limits, "the worker's limits changed");
+        }
+    }
+
     /// What directory endpoints need of the workers, read once for a whole table
     /// (not once per instance).
     fn workers(&self) -> Workers {
@@ -868,6 +885,9 @@ async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
     cl.heard(id, &inc);
     if let Some(m) = &cl.metrics {
         m.heartbeat(id, &hb);
+    }
+    if let Some(limits) = &hb.limits {
+        cl.limits_now(id, limits);
     }
     let came_back = {
         let mut live = cl.live();

@@ -221,6 +221,7 @@ mod tests {
             digest: [0; 8],
             changes: Vec::new(),
             instances: None,
+            limits: None,
         }
     }
 

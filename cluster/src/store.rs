@@ -337,6 +337,15 @@ impl Store {
         Ok(row)
     }
 
+    /// Worker `id`'s limits as it says they are now.
+    pub fn set_limits(&self, id: u32, limits: &grove_proto::msg::WorkerLimits) -> Result<()> {
+        self.conn.execute(
+            "UPDATE nodes SET limits = ?2 WHERE id = ?1",
+            params![id, grove_proto::msg::to_cbor(limits)],
+        )?;
+        Ok(())
+    }
+
     /// Worker `id`.
     pub fn node(&self, id: u32) -> Result<NodeRow> {
         Ok(self.conn.query_row(

@@ -402,6 +402,11 @@ pub struct Heartbeat {
     /// them small).
     #[n(11)]
     pub instances: Option<Vec<InstanceUsage>>,
+    /// The worker's limits as its flags and kernel make them now (the first heartbeats
+    /// after a start and one in 150): a restarted agent with other flags, or a kernel
+    /// booted without a controller, is placed by what it is now, not at its join.
+    #[n(12)]
+    pub limits: Option<WorkerLimits>,
 }
 
 /// One instance's use of its worker, from its cgroup.
@@ -1094,6 +1099,7 @@ mod tests {
             digest: [0x9a, 0x11, 0x2c, 0x07, 0xee, 0x41, 0x00, 0xfe],
             changes: Vec::new(),
             instances: None,
+            limits: None,
         }
     }
 

@@ -66,6 +66,7 @@ fn regenerate_seed_corpus() {
         digest: [1; 8],
         changes: vec![],
         instances: None,
+        limits: None,
     };
     let body = grove_proto::msg::to_cbor(&hb);
     for (name, req, secure) in [

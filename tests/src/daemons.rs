@@ -93,6 +93,7 @@ pub struct Daemon {
     args: Vec<OsString>,
     log: PathBuf,
     child: Option<Child>,
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -103,9 +104,16 @@ impl Daemon {
             args,
             log,
             child: None,
+            env: Vec::new(),
         };
         d.restart();
         d
+    }
+
+    /// Set `key` to `value` in its environment from its next start on.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// Start it again (after [`Daemon::kill`]).
@@ -123,6 +131,7 @@ impl Daemon {
                 "RUST_LOG",
                 std::env::var("GROVE_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()

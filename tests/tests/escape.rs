@@ -19,10 +19,11 @@
 mod support;
 
 use grove_tests::oci::{Entry, derive, tar};
+use serde_json::json;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use support::{bin, scratch};
+use support::{Agent, Root, bin, scratch, wait_for, wait_until};
 
 /// Attack → the defences that block it (names of `agent/src/defence.rs`).
 const TABLE: &[(&str, &[&str])] = &[
@@ -56,6 +57,11 @@ const TABLE: &[(&str, &[&str])] = &[
     ("memory_hog_without_limits", &["limits"]),
     ("disk_filler_without_limits", &["limits"]),
     ("fork_bomb", &["pids"]),
+    ("ip_spoofing_on_the_bridge", &["bridge"]),
+    ("mac_spoofing_on_the_bridge", &["bridge"]),
+    ("arp_spoofing_on_the_bridge", &["bridge"]),
+    ("host_port_capture_of_22", &["host-ports"]),
+    ("host_port_capture_of_4789", &["host-ports"]),
 ];
 
 /// How one run of an attack ended.
@@ -717,4 +723,384 @@ fn the_table_names_real_defences_and_every_attack_once() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------
+// The network: instances of a native agent on the test bed, wired to its bridge.
+
+/// `cmd` run as host root inside the network namespace of process `pid`; its output.
+fn in_netns(pid: &str, cmd: &[&str]) -> (bool, String) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("nsenter");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// The containers of `agents` now: (pid, IPv4 address, MAC) of each.
+fn wired(agents: &[Agent]) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for a in agents {
+        for e in std::fs::read_dir(a.dir.join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Some(pid) = std::fs::read_to_string(e.path().join("pid"))
+                .ok()
+                .and_then(|p| p.split_whitespace().next().map(str::to_owned))
+            else {
+                continue;
+            };
+            let (_, addr) = in_netns(&pid, &["ip", "-o", "-4", "addr", "show", "eth0"]);
+            let (_, link) = in_netns(&pid, &["ip", "-o", "link", "show", "eth0"]);
+            let ip = addr.split_whitespace().skip_while(|w| *w != "inet").nth(1);
+            let mac = link
+                .split_whitespace()
+                .skip_while(|w| *w != "link/ether")
+                .nth(1);
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                out.push((
+                    pid,
+                    ip.split('/').next().unwrap_or_default().to_owned(),
+                    mac.to_owned(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Whether an ICMP echo from the namespace of `from` (pinged from source address
+/// `src`) reaches the namespace of `to` with source `seen_ip` and source MAC `seen_mac`:
+/// counted there by an nftables rule (ping answers would go to whoever `src` is).
+fn reaches(from: &str, src: &str, to: &str, to_ip: &str, seen_ip: &str, seen_mac: &str) -> bool {
+    let rules = format!(
+        "table inet grove_probe\ndelete table inet grove_probe\ntable inet grove_probe {{\n  chain input {{\n    type filter hook input priority -300; policy accept;\n    ether saddr {seen_mac} ip saddr {seen_ip} icmp type echo-request counter\n  }}\n}}\n"
+    );
+    let mut nft = Command::new("nsenter")
+        .arg(format!("--net=/proc/{to}/ns/net"))
+        .args(["nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft");
+    use std::io::Write;
+    nft.stdin
+        .take()
+        .expect("stdin")
+        .write_all(rules.as_bytes())
+        .expect("rules");
+    assert!(nft.wait().expect("nft").success(), "probe rules");
+    let _ = in_netns(
+        from,
+        &["busybox", "ping", "-c", "2", "-W", "1", "-I", src, to_ip],
+    );
+    let (_, counted) = in_netns(to, &["nft", "list", "table", "inet", "grove_probe"]);
+    let _ = in_netns(to, &["nft", "delete", "table", "inet", "grove_probe"]);
+    !counted.contains("packets 0 ") && counted.contains("packets ")
+}
+
+/// The three spoofing attacks from instance `a`'s namespace: (IP, MAC, ARP) each
+/// escaped or not.
+fn spoof(
+    a: &(String, String, String),
+    b: &(String, String, String),
+    c: &(String, String, String),
+) -> [Outcome; 3] {
+    let (pa, ip_a, mac_a) = a;
+    let (_, ip_b, mac_b) = b;
+    let (pc, ip_c, _) = c;
+    // Everyone knows everyone's MAC first (so what is sent is the spoofed frame alone).
+    for (x, y) in [(pa, ip_c), (pc, ip_b), (pa, ip_b)] {
+        let _ = in_netns(x, &["busybox", "ping", "-c", "1", "-W", "1", y]);
+    }
+    // IP: a sends as b.
+    let _ = in_netns(
+        pa,
+        &["ip", "addr", "add", &format!("{ip_b}/32"), "dev", "eth0"],
+    );
+    let ip = if reaches(pa, ip_b, pc, ip_c, ip_b, mac_a) {
+        Outcome::Escaped(format!(
+            "{ip_c} got an echo from {ip_b} sent by another instance"
+        ))
+    } else {
+        Outcome::Blocked("nothing arrived".into())
+    };
+    let _ = in_netns(
+        pa,
+        &["ip", "addr", "del", &format!("{ip_b}/32"), "dev", "eth0"],
+    );
+    // MAC: a sends with b's MAC.
+    let _ = in_netns(pa, &["ip", "link", "set", "eth0", "address", mac_b]);
+    let mac = if reaches(pa, ip_a, pc, ip_c, ip_a, mac_b) {
+        Outcome::Escaped(format!(
+            "{ip_c} got a frame from MAC {mac_b} sent by another instance"
+        ))
+    } else {
+        Outcome::Blocked("nothing arrived".into())
+    };
+    let _ = in_netns(pa, &["ip", "link", "set", "eth0", "address", mac_a]);
+    // ARP: a says b's address is at a's MAC; c's cache held b's. (An entry updated
+    // within the last second is not overridden: the claim is repeated a while.)
+    // (arping sends from an address of its own: a holds b's for the attack.)
+    let _ = in_netns(
+        pa,
+        &["ip", "addr", "add", &format!("{ip_b}/32"), "dev", "eth0"],
+    );
+    let mut neigh = String::new();
+    let claimed = wait_for(4, || {
+        let _ = in_netns(
+            pa,
+            &[
+                "busybox", "arping", "-U", "-c", "1", "-w", "1", "-I", "eth0", "-s", ip_b, ip_b,
+            ],
+        );
+        neigh = in_netns(pc, &["ip", "neigh", "show", ip_b]).1;
+        neigh.contains(mac_a.as_str())
+    });
+    let _ = in_netns(
+        pa,
+        &["ip", "addr", "del", &format!("{ip_b}/32"), "dev", "eth0"],
+    );
+    let arp = if claimed {
+        Outcome::Escaped(format!("{ip_c}'s neighbour cache: {neigh}"))
+    } else {
+        Outcome::Blocked(neigh)
+    };
+    // Put c's cache right again for the next round.
+    let _ = in_netns(pc, &["ip", "neigh", "flush", "dev", "eth0"]);
+    [ip, mac, arp]
+}
+
+/// Restart `agents` with `off` switched off, and wait until they run their instances
+/// again with their tables made anew.
+fn restart_agents(agents: &mut [Agent], off: &[&str]) {
+    for a in agents.iter_mut() {
+        a.daemon.kill();
+        a.daemon.set_env("GROVE_DEFENCES_OFF", &off.join(","));
+        a.daemon.restart();
+    }
+    wait_until(30, "the agents joined again", || {
+        agents.iter().all(|a| {
+            let log = a.dir.parent().expect("dir").join(format!("{}.log", a.name));
+            std::fs::read_to_string(&log).is_ok_and(|l| l.matches("worker joined").count() >= 2)
+        })
+    });
+}
+
+/// Assert an outcome as the table says for `name` with `off` switched off.
+fn expect(name: &str, off: &[&str], o: &Outcome) {
+    let row = TABLE
+        .iter()
+        .find(|(n, _)| *n == name)
+        .expect("in the table")
+        .1;
+    let escapes = row.iter().all(|d| off.contains(d));
+    match (o, escapes) {
+        (Outcome::Escaped(e), false) => panic!("{name} with {off:?} off: the attack worked: {e}"),
+        (Outcome::Blocked(b) | Outcome::Absent(b), true) => {
+            panic!(
+                "{name} with {off:?} off: the attack failed, the row is incomplete or the attack not real: {b}"
+            )
+        }
+        _ => println!(
+            "{name} with {off:?} off: {}",
+            if escapes {
+                "succeeds, as it must"
+            } else {
+                "blocked"
+            }
+        ),
+    }
+}
+
+#[test]
+fn ip_mac_and_arp_spoofing_on_the_bridge() {
+    let Some((bed, dir, registry)) = support::bed_with_busybox("esc", "escape-bridge") else {
+        return;
+    };
+    let flags = support::native_flags(registry.addr);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    // One worker: the three instances share its bridge.
+    let (root, _cluster, mut agents) = support::control_and_workers(&bed, &dir, &flags);
+    let ids = root.deploy_seed(|sla| {
+        let ms = &mut sla["applications"][0]["microservices"];
+        ms[1]["code"] = json!("docker.io/library/busybox:latest");
+        ms[1]["cmd"] = json!(["sleep", "100000"]);
+        ms[1]["port"] = json!("");
+    });
+    for _ in 0..6 {
+        root.add_instance(&ids[1]);
+    }
+    wait_until(60, "six instances RUNNING", || {
+        root.instances(&ids[1])
+            .iter()
+            .filter(|i| i["status"] == "RUNNING")
+            .count()
+            == 6
+            && wired(&agents).len() == 6
+    });
+    for off in [&[][..], &["bridge"][..]] {
+        restart_agents(&mut agents, off);
+        // Three instances on one worker.
+        let on_one = agents
+            .iter()
+            .map(|a| wired(std::slice::from_ref(a)))
+            .find(|w| w.len() >= 3)
+            .expect("three instances on one worker");
+        let [ip, mac, arp] = spoof(&on_one[0], &on_one[1], &on_one[2]);
+        expect("ip_spoofing_on_the_bridge", off, &ip);
+        expect("mac_spoofing_on_the_bridge", off, &mac);
+        expect("arp_spoofing_on_the_bridge", off, &arp);
+    }
+    drop(bed);
+}
+
+/// POST an SLA; the body of a refusal, or the service ids.
+fn post_sla(root: &Root, sla: serde_json::Value) -> Result<Vec<String>, String> {
+    let r = ureq::post(&format!("{}/api/application/", root.base))
+        .set("Authorization", &format!("Bearer {}", root.token()))
+        .send_json(sla);
+    match r {
+        Ok(r) => {
+            let v: serde_json::Value = r.into_json().map_err(|e| e.to_string())?;
+            Ok(v[0]["microservices"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect())
+        }
+        Err(ureq::Error::Status(_, r)) => Err(r.into_string().unwrap_or_default()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The seed with its server on host port `port` (to the container's 80), answering
+/// there with `grove-captured`.
+fn seed_on(port: &str) -> serde_json::Value {
+    let mut sla = support::seed();
+    let ms = &mut sla["applications"][0]["microservices"];
+    ms[1]["code"] = json!("docker.io/library/busybox:latest");
+    ms[1]["cmd"] = json!([
+        "sh",
+        "-c",
+        "mkdir -p /www && echo grove-captured > /www/index.html && \
+         (while :; do echo grove-captured | nc -u -l -p 80; done &) && exec httpd -f -p 80 -h /www"
+    ]);
+    ms[1]["port"] = json!(port);
+    ms[0]["microservice_name"] = json!("unused");
+    sla["applications"][0]["microservices"] = json!([ms[1].clone()]);
+    sla
+}
+
+#[test]
+fn host_port_capture_of_22_and_4789() {
+    let Some((bed, dir, registry)) = support::bed_with_busybox("esp", "escape-ports") else {
+        return;
+    };
+    let flags = support::native_flags(registry.addr);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (mut root, _cluster, mut agents) = support::control_and_workers(&bed, &dir, &flags);
+    for off in [&[][..], &["host-ports"][..]] {
+        root.daemon.kill();
+        root.daemon.set_env("GROVE_DEFENCES_OFF", &off.join(","));
+        root.daemon.restart();
+        root.wait_serving();
+        restart_agents(&mut agents, off);
+        for (name, port) in [
+            ("host_port_capture_of_22", "22:80/tcp"),
+            ("host_port_capture_of_4789", "4789:80/tcp"),
+        ] {
+            let o = match post_sla(&root, seed_on(port)) {
+                Err(refusal) => Outcome::Blocked(format!("the root refused it: {refusal}")),
+                Ok(ids) => {
+                    let svc = ids[0].clone();
+                    root.add_instance(&svc);
+                    let mut status = String::new();
+                    wait_until(60, "the instance placed or refused", || {
+                        let i = root.instances(&svc);
+                        status = format!("{} {}", i[0]["status"], i[0]["status_detail"]);
+                        i[0]["status"] == "RUNNING" || i[0]["status"] == "FAILED"
+                    });
+                    let o = if status.contains("RUNNING") {
+                        // Reach the workers' port from host 0 (this thread's), which
+                        // is neither of them.
+                        let got = wait_for(10, || {
+                            bed.hosts[1..].iter().any(|h| {
+                                let w = h.ip.to_string();
+                                let port = port.split(':').next().unwrap_or_default();
+                                // (Debian's busybox 1.35 wget crashes with `-O -` or `-T`.)
+                                let cmd = format!(
+                                    "rm -f /tmp/grove-capture; timeout 3 busybox wget -q -O /tmp/grove-capture http://{w}:{port}/; cat /tmp/grove-capture"
+                                );
+                                Command::new("sh")
+                                    .args(["-c", &cmd])
+                                    .output()
+                                    .is_ok_and(|o| {
+                                        String::from_utf8_lossy(&o.stdout)
+                                            .contains("grove-captured")
+                                    })
+                            })
+                        });
+                        if got {
+                            Outcome::Escaped(format!(
+                                "the worker's {port} answered from the container"
+                            ))
+                        } else {
+                            let rules: Vec<String> = bed.hosts[1..]
+                                .iter()
+                                .map(|h| {
+                                    let o = h
+                                        .command(Path::new("nft"))
+                                        .args(["list", "ruleset"])
+                                        .output();
+                                    let all = o
+                                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                                        .unwrap_or_default();
+                                    let mapped: Vec<&str> =
+                                        all.lines().filter(|l| l.contains("dport")).collect();
+                                    format!("{}: {}", h.ip, mapped.join(" | "))
+                                })
+                                .collect();
+                            Outcome::Blocked(format!(
+                                "placed, but nothing answered: {status}\n{}",
+                                rules.join("\n")
+                            ))
+                        }
+                    } else {
+                        Outcome::Blocked(status)
+                    };
+                    let apps = root.api("GET", "/api/applications/", None);
+                    for a in apps.as_array().into_iter().flatten() {
+                        if let Some(id) = a["applicationID"].as_str() {
+                            root.api("DELETE", &format!("/api/application/{id}"), None);
+                        }
+                    }
+                    o
+                }
+            };
+            if off.is_empty() {
+                match &o {
+                    Outcome::Blocked(why) if port.starts_with("4789") => {
+                        assert!(
+                            why.contains("one of Grove's own"),
+                            "refused, but not as Grove's own: {why}"
+                        )
+                    }
+                    Outcome::Blocked(why) => assert!(
+                        why.contains("NO_QUALIFIED_WORKER_FOUND") && why.contains("22"),
+                        "refused, but not naming the port: {why}"
+                    ),
+                    Outcome::Escaped(_) | Outcome::Absent(_) => {}
+                }
+            }
+            expect(name, off, &o);
+        }
+    }
+    drop(bed);
 }

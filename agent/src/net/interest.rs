@@ -7,6 +7,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+/// Most services of other clusters looked up at once on one worker.
+pub const MAX_WANTED: usize = 256;
+
 /// Directory work the data plane asks of the control loop.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Lookups {
@@ -43,7 +46,9 @@ impl Interest {
         }
     }
 
-    /// A new flow to `ip` at `now`.
+    /// A new flow to `ip` at `now`. Once [`MAX_WANTED`] addresses are wanted, new ones
+    /// are not looked up until some go idle: a workload scanning the service range
+    /// cannot make the table (or the cluster's directory) grow without bound.
     pub fn seen(&mut self, ip: IpAddr, now: Instant) {
         if let Some(w) = self.wanted.get_mut(&ip) {
             w.used = now;
@@ -55,6 +60,9 @@ impl Interest {
                 .is_some_and(|e| e.addresses().contains(&ip))
         }) {
             w.used = now;
+            return;
+        }
+        if self.wanted.len() >= MAX_WANTED {
             return;
         }
         self.wanted.insert(
@@ -183,5 +191,16 @@ mod tests {
         assert!(!i.found(ip, None));
         assert!(i.due(t0 + s).0.ask.is_empty(), "not before the retry time");
         assert_eq!(i.due(t0 + 6 * s).0.ask, [ip]);
+    }
+
+    #[test]
+    fn a_scan_of_the_service_range_wants_a_bounded_number_of_lookups() {
+        let mut i = Interest::new(Duration::from_secs(60), Duration::from_secs(5));
+        let now = Instant::now();
+        for n in 0..10_000u32 {
+            i.seen(IpAddr::V4(std::net::Ipv4Addr::from(0x0a1e_0000 + n)), now);
+        }
+        let (l, _) = i.due(now);
+        assert_eq!(l.ask.len(), MAX_WANTED);
     }
 }

@@ -47,6 +47,89 @@ pub struct Tables<'a> {
     pub group: Option<u16>,
     /// What instances may not reach; `None` with no instances' bridge.
     pub guard: Option<Guard<'a>>,
+    /// This worker's instances' bridge ports: each sends only with its own addresses.
+    pub ports: &'a [Port],
+}
+
+/// One instance's port on the bridge, as its frames must look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    /// The host end of its veth pair.
+    pub link: String,
+    /// Its MAC address.
+    pub mac: [u8; 6],
+    /// Its IPv4 address.
+    pub v4: Ipv4Addr,
+    /// Its IPv6 address.
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl Port {
+    /// Its IPv6 link-local address (EUI-64 from its MAC, as the kernel makes it).
+    fn link_local(&self) -> Ipv6Addr {
+        let m = self.mac;
+        Ipv6Addr::from([
+            0xfe,
+            0x80,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            m[0] ^ 0x02,
+            m[1],
+            m[2],
+            0xff,
+            0xfe,
+            m[3],
+            m[4],
+            m[5],
+        ])
+    }
+}
+
+/// The bridge table: frames from an instance's port that carry another source MAC or
+/// address, ARP that claims another's, or neighbour advertisements for another's
+/// address, are dropped before they reach the bridge (a container cannot take over
+/// another's traffic, nor the gateway's).
+fn bridge_table(table: &str, ports: &[Port]) -> String {
+    let mut out = format!("table bridge {table}\ndelete table bridge {table}\n");
+    if ports.is_empty() {
+        return out;
+    }
+    let mac = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let hex = |a: Ipv6Addr| format!("0x{:032x}", u128::from(a));
+    let mut jumps = String::new();
+    let mut chains = String::new();
+    for (i, p) in ports.iter().enumerate() {
+        let m = mac(p.mac);
+        let ll = p.link_local();
+        let mut own6 = vec![ll.to_string(), "::".to_owned()];
+        let mut targets = vec![hex(ll)];
+        if let Some(v6) = p.v6 {
+            own6.push(v6.to_string());
+            targets.push(hex(v6));
+        }
+        let _ = writeln!(jumps, "    iifname \"{}\" jump p{i}", p.link);
+        let _ = write!(
+            chains,
+            "  chain p{i} {{\n    ether saddr != {m} drop\n    ether type arp arp saddr ether != {m} drop\n    ether type arp arp saddr ip != {v4} drop\n    ether type ip ip saddr != {v4} drop\n    ether type ip6 ip6 saddr != {{ {own6} }} drop\n    ether type ip6 icmpv6 type nd-neighbor-advert @th,64,128 != {{ {targets} }} drop\n  }}\n",
+            v4 = p.v4,
+            own6 = own6.join(", "),
+            targets = targets.join(", "),
+        );
+    }
+    let _ = write!(
+        out,
+        "table bridge {table} {{\n  chain ports {{\n    type filter hook prerouting priority -300; policy accept;\n{jumps}  }}\n{chains}}}\n"
+    );
+    out
 }
 
 /// The worker's and the cluster's control ports, out of the instances' reach: nothing
@@ -255,7 +338,8 @@ pub fn ruleset(t: &Tables<'_>) -> String {
     }
     let table = t.table;
     // Declaring the table first makes the delete succeed whether it existed or not.
-    let mut script = format!("table inet {table}\ndelete table inet {table}\n");
+    let mut script = bridge_table(table, t.ports);
+    let _ = write!(script, "table inet {table}\ndelete table inet {table}\n");
     if r.text.is_empty() && t.group.is_none() && t.guard.is_none() {
         return script;
     }
@@ -272,10 +356,11 @@ pub fn ruleset(t: &Tables<'_>) -> String {
                 format!("{family} daddr != {{ {} }} ", known.join(", "))
             }
         };
+        // Handed over at most 50 a second (a workload scanning the range cannot
+        // flood the agent); dropped all the same beyond that.
+        let (e4, e6) = (except(&r.known4, "ip"), except(&r.known6, "ip6"));
         let miss = format!(
-            "    ip daddr {SERVICE_NET4} {}log group {g} drop\n    ip6 daddr {SERVICE_NET6} {}log group {g} drop\n",
-            except(&r.known4, "ip"),
-            except(&r.known6, "ip6")
+            "    ip daddr {SERVICE_NET4} {e4}limit rate 50/second burst 50 packets log group {g} drop\n    ip daddr {SERVICE_NET4} {e4}drop\n    ip6 daddr {SERVICE_NET6} {e6}limit rate 50/second burst 50 packets log group {g} drop\n    ip6 daddr {SERVICE_NET6} {e6}drop\n"
         );
         let _ = write!(
             script,
@@ -378,6 +463,7 @@ mod tests {
             mappings: &[(web, to)],
             group: None,
             guard: None,
+            ports: &[],
         });
         for want in [
             "meta nfproto ipv4 fib daddr type local tcp dport 6080 dnat ip to 10.18.0.66:60",
@@ -395,7 +481,7 @@ mod tests {
             assert!(r.contains(want), "{want} missing from\n{r}");
         }
         assert!(
-            r.starts_with("table inet grove_t\ndelete table inet grove_t\n"),
+            r.contains("table inet grove_t\ndelete table inet grove_t\n"),
             "{r}"
         );
         assert!(
@@ -413,8 +499,9 @@ mod tests {
                 mappings: &[],
                 group: None,
                 guard: None,
+                ports: &[],
             }),
-            "table inet grove_t\ndelete table inet grove_t\n"
+            "table bridge grove_t\ndelete table bridge grove_t\ntable inet grove_t\ndelete table inet grove_t\n"
         );
     }
 
@@ -449,6 +536,7 @@ mod tests {
                 mappings: &[],
                 group: None,
                 guard: None,
+                ports: &[],
             });
             r.lines()
                 .find(|l| l.contains("ip daddr 10.30.40.40"))
@@ -511,14 +599,16 @@ mod tests {
             mappings: &[],
             group: Some(77),
             guard: None,
+            ports: &[],
         });
         for want in [
             "ip daddr 10.30.30.30 log group 77 dnat ip to 10.18.64.2",
             "type filter hook prerouting priority raw; policy accept;",
             "type filter hook output priority raw; policy accept;",
             // The cluster's own service is known even with nothing running.
-            "ip daddr 10.30.0.0/16 ip daddr != { 10.30.1.1, 10.30.30.30, 10.30.0.2 } log group 77 drop",
-            "ip6 daddr fdff::/17 ip6 daddr != { fdff:2000::7, fdff::2 } log group 77 drop",
+            "ip daddr 10.30.0.0/16 ip daddr != { 10.30.1.1, 10.30.30.30, 10.30.0.2 } limit rate 50/second burst 50 packets log group 77 drop",
+            "ip daddr 10.30.0.0/16 ip daddr != { 10.30.1.1, 10.30.30.30, 10.30.0.2 } drop",
+            "ip6 daddr fdff::/17 ip6 daddr != { fdff:2000::7, fdff::2 } limit rate 50/second burst 50 packets log group 77 drop",
         ] {
             assert!(r.contains(want), "{want} missing from\n{r}");
         }
@@ -545,6 +635,7 @@ mod tests {
                 bridge: "gabcdeb",
                 cluster: Some("10.31.0.1:10100".parse().unwrap()),
             }),
+            ports: &[],
         });
         // Even with no service to translate the table stays, with both chains.
         assert!(
@@ -561,5 +652,61 @@ mod tests {
             fwd.contains("iifname \"gabcdeb\" ip daddr 10.31.0.1 udp dport 10100 drop"),
             "{r}"
         );
+    }
+
+    #[test]
+    fn each_instance_port_sends_only_with_its_own_mac_and_addresses() {
+        let ports = [Port {
+            link: "g12345v0000abcd".into(),
+            mac: [0x02, 0x47, 10, 18, 0, 2],
+            v4: Ipv4Addr::new(10, 18, 0, 2),
+            v6: Some("fc00::2".parse().unwrap()),
+        }];
+        let script = ruleset(&Tables {
+            table: "grove_g12345",
+            subnet: Cidr {
+                addr: Ipv4Addr::new(10, 18, 0, 0),
+                len: 26,
+            },
+            me: None,
+            services: &[],
+            looked_up: &[],
+            mappings: &[],
+            group: None,
+            guard: None,
+            ports: &ports,
+        });
+        for line in [
+            "table bridge grove_g12345 {",
+            "iifname \"g12345v0000abcd\" jump p0",
+            "ether saddr != 02:47:0a:12:00:02 drop",
+            "arp saddr ether != 02:47:0a:12:00:02 drop",
+            "arp saddr ip != 10.18.0.2 drop",
+            "ip saddr != 10.18.0.2 drop",
+            "ip6 saddr != { fe80::47:aff:fe12:2, ::, fc00::2 } drop",
+            "nd-neighbor-advert @th,64,128 != { 0xfe8000000000000000470afffe120002, 0xfc000000000000000000000000000002 } drop",
+        ] {
+            assert!(script.contains(line), "{line:?} not in:\n{script}");
+        }
+        // Without instances the table goes.
+        let none = ruleset(&Tables {
+            ports: &[],
+            ..Tables {
+                table: "grove_g12345",
+                subnet: Cidr {
+                    addr: Ipv4Addr::new(10, 18, 0, 0),
+                    len: 26,
+                },
+                me: None,
+                services: &[],
+                looked_up: &[],
+                mappings: &[],
+                group: None,
+                guard: None,
+                ports: &[],
+            }
+        });
+        assert!(none.starts_with("table bridge grove_g12345\ndelete table bridge grove_g12345\n"));
+        assert!(!none.contains("jump"));
     }
 }
