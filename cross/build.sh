@@ -62,9 +62,17 @@ for t in "${TARGETS[@]}"; do
   done
 done
 if [ "${1:-}" = test ]; then
+  # The proto and agent unit tests as aarch64 binaries, and the agent's seccomp
+  # filter as armv7 compiles it, each run through the filter interpreter (qemu-user
+  # cannot load a filter) with that architecture's call numbers.
   start=$SECONDS
   cargo_x test --locked --target aarch64-unknown-linux-gnu -p grove-proto -p grove-agent --lib 2>&1 |
     tee /tmp/grove-cross-test.log | grep -E '^test result|^running'
   passed=$(grep -Eo '[0-9]+ passed' /tmp/grove-cross-test.log | awk '{s += $1} END {print s + 0}')
   echo "cross: $passed proto and agent unit tests passed as aarch64 binaries under qemu ($((SECONDS - start))s)"
+  start=$SECONDS
+  cargo_x test --locked --target armv7-unknown-linux-gnueabihf -p grove-agent --lib seccomp 2>&1 |
+    tee /tmp/grove-cross-test-arm.log | grep -E '^test result|^running'
+  grep -q 'test result: ok' /tmp/grove-cross-test-arm.log
+  echo "cross: the armv7 seccomp program checked under qemu ($((SECONDS - start))s)"
 fi

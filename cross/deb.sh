@@ -78,6 +78,20 @@ if [ "${1:-}" = check ]; then
   for b in grove-root grove-cluster grove-agent; do
     echo "deb: installed $(/usr/bin/$b --version)"
   done
+  # The test builds' defence switches (feature defences-off) are in no packaged binary:
+  # the variable they read is not even a string there.
+  for p in "$out"/grove_"${version}"_*.deb; do
+    y=$(mktemp -d)
+    dpkg-deb -x "$p" "$y"
+    for b in grove-root grove-cluster grove-agent; do
+      if grep -q GROVE_DEFENCES_OFF "$y/usr/bin/$b"; then
+        echo "deb: $(basename "$p") $b was built with the test-only defence switches" >&2
+        exit 1
+      fi
+    done
+    rm -rf "$y"
+  done
+  echo "deb: no packaged binary can switch a defence off"
   # The units as installed, pointing at the installed binaries.
   systemd-analyze verify --man=no /lib/systemd/system/grove-{root,cluster,agent}.service
   echo "deb: systemd-analyze verify passed on the installed units"

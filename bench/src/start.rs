@@ -1,12 +1,17 @@
-//! Container start against crun: the same busybox root file system, `/bin/true` run
-//! again and again with the same namespaces (mount, PID, UTS, IPC, network) and a
-//! memory cgroup — Grove's runtime path (the agent's launch: overlayfs over the
-//! layer, cgroup, clone, pivot_root, exec; then wait and remove) against `crun run`
-//! (Debian's crun) with an equivalent `config.json` — alternated in one run.
+//! Container start against crun, both with the same defences: the same busybox root
+//! file system, `/bin/true` run again and again in new mount, PID, UTS, IPC, network,
+//! cgroup and user namespaces (container root an unprivileged host uid), a memory
+//! cgroup and a pids limit, Docker's default capabilities minus NET_RAW and MKNOD,
+//! no_new_privs, the OCI runtimes' masked and read-only paths, and Grove's seccomp
+//! allow-list (Docker's default profile) — Grove's runtime path (the agent's launch:
+//! idmapped layer, overlayfs, cgroup, clone, pivot_root, exec; then wait and remove)
+//! against `crun run` (Debian's crun) with the equivalent `config.json` — alternated in
+//! one run. Bounded writable layers (a btrfs subvolume with a quota group each) are
+//! measured apart: their one-time setup and their cost per container.
 
 use crate::Ctx;
 use crate::report::{Row, Section, Stats, Target};
-use grove_agent::container::{self, LaunchSpec, Limits, Paths};
+use grove_agent::container::{self, LaunchSpec, Limits, Paths, seccomp};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,8 +19,8 @@ use std::time::Instant;
 
 const MEMORY: u64 = 64 << 20;
 
-/// Docker's default capabilities, as crun names them (Grove's launch keeps the same).
-const CAPS: [&str; 14] = [
+/// Grove's default capabilities, as crun names them.
+const CAPS: [&str; 12] = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FOWNER",
@@ -25,12 +30,42 @@ const CAPS: [&str; 14] = [
     "CAP_SETUID",
     "CAP_SETPCAP",
     "CAP_NET_BIND_SERVICE",
-    "CAP_NET_RAW",
     "CAP_SYS_CHROOT",
-    "CAP_MKNOD",
     "CAP_AUDIT_WRITE",
     "CAP_SETFCAP",
 ];
+
+/// The host ids crun's container maps its 65536 ids to (away from Grove's pool's
+/// first slots).
+const CRUN_IDS: u32 = 0x4000_0000;
+
+/// Grove's seccomp allow-list as an OCI `linux.seccomp` section (what Docker writes
+/// from its default profile): the same calls, argument rules and errnos.
+fn seccomp_section() -> serde_json::Value {
+    let names: Vec<&str> = seccomp::allowed().map(|(n, _)| n).collect();
+    let masked_zero = |name: &str, mask: u32| {
+        json!({"names": [name], "action": "SCMP_ACT_ALLOW",
+               "args": [{"index": 0, "value": 0, "valueTwo": mask, "op": "SCMP_CMP_MASKED_EQ"}]})
+    };
+    let mut rules = vec![
+        json!({"names": names, "action": "SCMP_ACT_ALLOW"}),
+        masked_zero("clone", seccomp::NAMESPACE_FLAGS),
+        masked_zero("unshare", seccomp::UNSHARE_FLAGS),
+        json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}),
+        json!({"names": ["socket"], "action": "SCMP_ACT_ALLOW",
+               "args": [{"index": 0, "value": seccomp::AF_VSOCK, "op": "SCMP_CMP_NE"}]}),
+    ];
+    for v in seccomp::PERSONALITIES {
+        rules.push(json!({"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+                          "args": [{"index": 0, "value": v, "op": "SCMP_CMP_EQ"}]}));
+    }
+    json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": 1,
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": rules,
+    })
+}
 
 /// crun's bundle configuration equivalent to what Grove's launch does.
 fn crun_config() -> serde_json::Value {
@@ -56,15 +91,22 @@ fn crun_config() -> serde_json::Value {
             {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
             {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-             "options": ["nosuid", "noexec", "nodev", "ro"]}
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
         ],
         "linux": {
             "namespaces": [
                 {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
-                {"type": "uts"}, {"type": "mount"}
+                {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}, {"type": "user"}
             ],
+            "uidMappings": [{"containerID": 0, "hostID": CRUN_IDS, "size": 65536}],
+            "gidMappings": [{"containerID": 0, "hostID": CRUN_IDS, "size": 65536}],
             "resources": {"memory": {"limit": MEMORY, "swap": MEMORY}, "pids": {"limit": 1024}},
-            "cgroupsPath": "/grove-bench-crun"
+            "cgroupsPath": "/grove-bench-crun",
+            "maskedPaths": container::rootfs::MASKED,
+            "readonlyPaths": container::rootfs::READ_ONLY,
+            "seccomp": seccomp_section()
         }
     })
 }
@@ -92,15 +134,22 @@ fn launch_spec(id: &str, rootfs: &Path) -> LaunchSpec {
     }
 }
 
-/// Grove's path once: launch, wait, remove. The caller must be single-threaded.
-fn grove_once(id: &str, rootfs: &Path, state: &Path) -> Result<(), String> {
+/// The size of the bounded writable layer in the runs that have one.
+const BOUNDED: u64 = 64 << 20;
+
+/// Grove's path once: launch, wait, remove; with a bounded writable layer when
+/// `bounded`. The caller must be single-threaded.
+fn grove_once(id: &str, rootfs: &Path, state: &Path, bounded: bool) -> Result<(), String> {
     let containers = state.join("containers");
     let paths = Paths {
         log: None,
         ..Paths::of(&containers, id)
     };
-    let (pid, _group) =
-        container::launch(&launch_spec(id, rootfs), &paths).map_err(|e| e.to_string())?;
+    let mut spec = launch_spec(id, rootfs);
+    if bounded {
+        spec.storage_bytes = BOUNDED;
+    }
+    let (pid, _group) = container::launch(&spec, &paths).map_err(|e| e.to_string())?;
     let status = loop {
         match nix::sys::wait::waitpid(pid, None) {
             Err(nix::errno::Errno::EINTR) => {}
@@ -151,15 +200,23 @@ pub fn ab_process(args: &[String]) -> i32 {
     let Ok(me) = std::env::current_exe() else {
         return 1;
     };
-    let mut t: [Vec<f64>; 3] = Default::default();
+    // The file system of bounded layers, made and mounted once: its own row.
+    let setup = Instant::now();
+    if let Err(e) = container::quota::ensure(state, 4096) {
+        eprintln!("bounded layers: {e}");
+        return 1;
+    }
+    let setup_ms = setup.elapsed().as_secs_f64() * 1000.0;
+    let mut t: [Vec<f64>; 4] = Default::default();
     for i in 0..runs {
-        // A, B and C in turn, the order rotated each round.
-        for k in 0..3 {
-            let which = (i + k) % 3;
+        // A, B, C and D in turn, the order rotated each round.
+        for k in 0..4 {
+            let which = (i + k) % 4;
             let id = format!("bench-{i}-{which}");
             let r = match which {
-                0 => timed(|| grove_once(&id, rootfs, state)),
+                0 => timed(|| grove_once(&id, rootfs, state, false)),
                 1 => timed(|| crun_once(bundle, &id)),
+                3 => timed(|| grove_once(&id, rootfs, state, true)),
                 _ => timed(|| {
                     let ok = Command::new(&me)
                         .args(["--internal", "launch-once", "--internal-args"])
@@ -184,9 +241,10 @@ pub fn ab_process(args: &[String]) -> i32 {
             }
         }
     }
+    container::quota::release(state);
     println!(
         "{}",
-        json!({"grove": t[0], "crun": t[1], "grove_cmd": t[2]})
+        json!({"grove": t[0], "crun": t[1], "grove_cmd": t[2], "grove_bounded": t[3], "bounded_setup": [setup_ms]})
     );
     0
 }
@@ -198,7 +256,7 @@ pub fn launch_once_process(args: &[String]) -> i32 {
         return 2;
     };
     container::cgroup::scope_to(Path::new(state));
-    match grove_once(id, Path::new(rootfs), Path::new(state)) {
+    match grove_once(id, Path::new(rootfs), Path::new(state), false) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("{e}");
@@ -289,6 +347,7 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
         Stats::of(&v).ok_or_else(|| "no runs".into())
     };
     let (g, c, gc) = (series("grove")?, series("crun")?, series("grove_cmd")?);
+    let (gb, setup) = (series("grove_bounded")?, series("bounded_setup")?);
     let crun_fig = c.latency("ms");
     let crun_version = Command::new("crun")
         .arg("--version")
@@ -305,16 +364,22 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
         title: "3. Container start against crun".into(),
         intro: format!(
             "{runs} rounds, each running `/bin/true` once per contender in rotating order, in \
-             one process tree: the busybox root file system unpacked by `umoci unpack`, \
-             new mount, PID, UTS, IPC and network namespaces, a 64 MiB memory cgroup and a \
-             pids limit, Docker's default capabilities, no_new_privs. *In the supervisor*: \
-             the agent's own launch path as its supervisor runs it, in-process (overlayfs \
-             over the layer with an upper dir, /proc, /dev, /sys, cgroup, clone, \
-             pivot_root, exec), then wait and remove (cgroup, files). *As a command*: the \
-             same in a new process each time (`grove-bench` started like `crun run` is). \
-             crun: `crun --cgroup-manager=cgroupfs run` ({crun_version}) with an equivalent \
-             `config.json`; on this hybrid cgroup tree the `hugetlb` controller is mounted \
-             as a v1 hierarchy of its own first, as crun requires."
+             one process tree, both sides with the same defences: the busybox root file \
+             system unpacked by `umoci unpack`; new mount, PID, UTS, IPC, network, cgroup \
+             and user namespaces (container root = an unprivileged host uid; Grove takes \
+             a slot of its id pool under its lock and maps the layer with an idmapped \
+             mount, crun maps a fixed range and leaves the layer's owners unmapped); a 64 \
+             MiB memory cgroup and a pids limit; Docker's default capabilities minus \
+             NET_RAW and MKNOD; no_new_privs; the masked and read-only /proc and /sys \
+             paths; Grove's seccomp allow-list, which crun gets as the `linux.seccomp` of \
+             its `config.json` (Docker's default profile, the same calls and argument \
+             rules). *In the supervisor*: the agent's own launch path as its supervisor \
+             runs it, in-process, then wait and remove (cgroup, id slot, files). *As a \
+             command*: the same in a new process each time (`grove-bench` started like \
+             `crun run` is). *Bounded*: in the supervisor, with a 64 MiB writable layer \
+             (a btrfs subvolume with a quota group). crun: `crun --cgroup-manager=cgroupfs \
+             run` ({crun_version}); on this hybrid cgroup tree the `hugetlb` controller is \
+             mounted as a v1 hierarchy of its own first, as crun requires."
         ),
         rows: vec![
             Row::new(
@@ -331,7 +396,20 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
                 gc.latency("ms"),
                 gc.n,
             )
-            .peer(crun_fig, gc.p50, c.p50),
+            .peer(crun_fig.clone(), gc.p50, c.p50),
+            Row::new(
+                "start.grove.bounded",
+                "Grove, in the supervisor, with a bounded writable layer",
+                gb.latency("ms"),
+                gb.n,
+            )
+            .peer(crun_fig, gb.p50, c.p50),
+            Row::new(
+                "start.bounded.setup",
+                "Bounded layers' file system: made (mkfs.btrfs on a sparse image) and mounted, once per worker",
+                format!("{:.0} ms", setup.p50),
+                1,
+            ),
         ],
         notes: vec!["Ratios are of medians.".into()],
         ..Section::default()
