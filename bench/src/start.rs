@@ -313,6 +313,15 @@ pub fn run(ctx: &Ctx) -> Result<Section, String> {
     }
     std::fs::write(bundle.join("config.json"), crun_config().to_string())
         .map_err(|e| e.to_string())?;
+    // crun's container root (an unprivileged host uid) must reach its root file system:
+    // umoci makes the bundle 0700.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for d in [&dir, &bundle] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| e.to_string())?;
+        }
+    }
     let rootfs = bundle.join("rootfs");
     let state = dir.join("state");
     let aside = hugetlb_aside(&dir)?;
