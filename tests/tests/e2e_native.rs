@@ -481,3 +481,80 @@ fn containers_launch_from_anonymous_basic_auth_over_tls_and_bearer_token_registr
     drop(tokens);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_worker_without_the_memory_controller_gets_no_service_that_sets_a_memory_limit() {
+    if !grove_tests::have_root("containers") {
+        return;
+    }
+    let dir = scratch("no-memcg");
+    let Some(img) = images(&dir) else { return };
+    let host = img.registry.addr.to_string();
+    let root = Root::start(&dir, &[]);
+    let cluster = Cluster::start(&dir, "edge", &root, &[]);
+    let mirror = format!("docker.io=http://{host}");
+    let mut agent = Agent::start(
+        &dir,
+        "pi",
+        cluster.addr,
+        &cluster.worker_token,
+        &[
+            "--runtime",
+            "native",
+            "--data-plane",
+            "none",
+            "--registry-mirror",
+            &mirror,
+            "--insecure-registry",
+            &host,
+        ],
+    );
+    wait_until(30, "the worker", || root.active_workers() == 1);
+    // The kernel of a Raspberry Pi booted without `cgroup_enable=memory`: a test build
+    // hides the controller. The worker, restarted so, says so and tells its cluster.
+    agent.daemon.kill();
+    agent
+        .daemon
+        .set_env("GROVE_TEST_HIDE_CONTROLLERS", "memory");
+    agent.daemon.restart();
+    wait_until(30, "the warning naming the fix", || {
+        agent
+            .daemon
+            .log()
+            .contains("cgroup_enable=memory cgroup_memory=1")
+    });
+    let ids = root.deploy_seed(|sla| {
+        let svc = |name: &str, memory: u32| {
+            json!({
+                "microserviceID": "", "microservice_name": name, "microservice_namespace": "test",
+                "virtualization": "container", "cmd": ["sleep", "1000"], "memory": memory,
+                "vcpus": 1, "vgpus": 0, "vtpus": 0, "bandwidth_in": 0, "bandwidth_out": 0,
+                "storage": 0, "code": "docker.io/library/busybox:latest", "state": "",
+                "port": "", "added_files": []
+            })
+        };
+        sla["applications"][0]["microservices"] = json!([svc("bounded", 64), svc("free", 0)]);
+    });
+    for s in &ids {
+        root.add_instance(s);
+    }
+    let mut why = String::new();
+    wait_until(
+        30,
+        "the memory-bound service refused with the reason",
+        || {
+            let (s, d) = status(&root, &ids[0], 0);
+            why = d.clone();
+            s == "FAILED"
+        },
+    );
+    assert!(
+        why.contains("NO_QUALIFIED_WORKER_FOUND") && why.contains("memory") && why.contains("pi"),
+        "{why}"
+    );
+    wait_until(60, "the service without a memory limit RUNNING", || {
+        status(&root, &ids[1], 0).0 == "RUNNING"
+    });
+    drop((root, cluster, agent));
+    let _ = std::fs::remove_dir_all(&dir);
+}
