@@ -66,13 +66,19 @@ if [ "${1:-}" = test ]; then
   # filter as armv7 compiles it, each run through the filter interpreter (qemu-user
   # cannot load a filter) with that architecture's call numbers.
   start=$SECONDS
-  cargo_x test --locked --target aarch64-unknown-linux-gnu -p grove-proto -p grove-agent --lib 2>&1 |
-    tee /tmp/grove-cross-test.log | grep -E '^test result|^running'
+  # qemu-user 7.2 (Debian 12's) does not emulate openat2(2), which every path the agent
+  # resolves inside an image goes through (Linux 5.6; real Raspberry Pi kernels have
+  # it): those tests run natively on x86_64 in the test suite, not here.
+  cargo_x test --locked --target aarch64-unknown-linux-gnu -p grove-proto -p grove-agent --lib -- \
+    --skip confined::tests::symlinks --skip confined::tests::small_reads --skip image::layer \
+    --skip spec::tests::users_are_looked_up --skip native::tests::a_pull_past \
+    >/tmp/grove-cross-test.log 2>&1 || { tail -40 /tmp/grove-cross-test.log; exit 1; }
+  grep -E '^test result|^running' /tmp/grove-cross-test.log
   passed=$(grep -Eo '[0-9]+ passed' /tmp/grove-cross-test.log | awk '{s += $1} END {print s + 0}')
   echo "cross: $passed proto and agent unit tests passed as aarch64 binaries under qemu ($((SECONDS - start))s)"
   start=$SECONDS
-  cargo_x test --locked --target armv7-unknown-linux-gnueabihf -p grove-agent --lib seccomp 2>&1 |
-    tee /tmp/grove-cross-test-arm.log | grep -E '^test result|^running'
-  grep -q 'test result: ok' /tmp/grove-cross-test-arm.log
+  cargo_x test --locked --target armv7-unknown-linux-gnueabihf -p grove-agent --lib seccomp \
+    >/tmp/grove-cross-test-arm.log 2>&1 || { tail -40 /tmp/grove-cross-test-arm.log; exit 1; }
+  grep -E '^test result|^running' /tmp/grove-cross-test-arm.log
   echo "cross: the armv7 seccomp program checked under qemu ($((SECONDS - start))s)"
 fi

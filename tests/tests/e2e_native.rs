@@ -25,6 +25,30 @@ fn images(dir: &Path) -> Option<Images> {
     Some(Images { layout, registry })
 }
 
+/// A root, a cluster and a native worker `pi` pulling through the registry of `img`
+/// as docker.io's mirror, with `extra` flags.
+fn native_worker(dir: &Path, img: &Images, extra: &[&str]) -> (Root, Cluster, Agent) {
+    let host = img.registry.addr.to_string();
+    let root = Root::start(dir, &[]);
+    let cluster = Cluster::start(dir, "edge", &root, &[]);
+    let mirror = format!("docker.io=http://{host}");
+    let mut flags = vec![
+        "--runtime",
+        "native",
+        // This agent runs in the machine's own namespace: no bridge here (the data
+        // plane is tested inside namespaces of its own).
+        "--data-plane",
+        "none",
+        "--registry-mirror",
+        &mirror,
+        "--insecure-registry",
+        &host,
+    ];
+    flags.extend_from_slice(extra);
+    let agent = Agent::start(dir, "pi", cluster.addr, &cluster.worker_token, &flags);
+    (root, cluster, agent)
+}
+
 /// `grove-agent run` with `args`; (exit code, stdout, stderr).
 fn run(state: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin("grove-agent"))
@@ -238,32 +262,8 @@ fn instances_pulled_through_a_docker_io_mirror_run_exit_and_survive_an_agent_sig
     let dir = scratch("native");
     let Some(img) = images(&dir) else { return };
     let _ = &img.layout;
-    let host = img.registry.addr.to_string();
-    let root = Root::start(&dir, &[]);
-    let cluster = Cluster::start(&dir, "edge", &root, &[]);
-    let mirror = format!("docker.io=http://{host}");
-    let mut agent = Agent::start(
-        &dir,
-        "pi",
-        cluster.addr,
-        &cluster.worker_token,
-        &[
-            "--runtime",
-            "native",
-            // This agent runs in the machine's own namespace: no bridge here (the
-            // data plane is tested inside namespaces of its own).
-            "--data-plane",
-            "none",
-            "--registry-mirror",
-            &mirror,
-            "--insecure-registry",
-            &host,
-            "--cpus",
-            "8",
-            "--memory-mib",
-            "4096",
-        ],
-    );
+    let (root, cluster, mut agent) =
+        native_worker(&dir, &img, &["--cpus", "8", "--memory-mib", "4096"]);
     wait_until(30, "the worker", || root.active_workers() == 1);
 
     // A long-running service writing a line every 0.2 s, and three one-shot jobs.
@@ -489,26 +489,7 @@ fn a_worker_without_the_memory_controller_gets_no_service_that_sets_a_memory_lim
     }
     let dir = scratch("no-memcg");
     let Some(img) = images(&dir) else { return };
-    let host = img.registry.addr.to_string();
-    let root = Root::start(&dir, &[]);
-    let cluster = Cluster::start(&dir, "edge", &root, &[]);
-    let mirror = format!("docker.io=http://{host}");
-    let mut agent = Agent::start(
-        &dir,
-        "pi",
-        cluster.addr,
-        &cluster.worker_token,
-        &[
-            "--runtime",
-            "native",
-            "--data-plane",
-            "none",
-            "--registry-mirror",
-            &mirror,
-            "--insecure-registry",
-            &host,
-        ],
-    );
+    let (root, cluster, mut agent) = native_worker(&dir, &img, &[]);
     wait_until(30, "the worker", || root.active_workers() == 1);
     // The kernel of a Raspberry Pi booted without `cgroup_enable=memory`: a test build
     // hides the controller. The worker, restarted so, says so and tells its cluster.

@@ -179,6 +179,10 @@ impl Scene {
 
 impl Drop for Scene {
     fn drop(&mut self) {
+        // A run that panicked may have left its bounded layers mounted.
+        for n in 0..self.runs.get() {
+            forget(&self.dir.join(format!("state-{n}")));
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

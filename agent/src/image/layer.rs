@@ -124,7 +124,7 @@ struct Meta {
     mode: u32,
     uid: u32,
     gid: u32,
-    mtime: i64,
+    mtime: libc::time_t,
     /// Set the owner (only root can).
     chown: bool,
 }
@@ -463,7 +463,7 @@ pub fn unpack_with(data: impl Read, dir: &Path, limits: Limits) -> Result<(), La
             mode: header.mode()?,
             uid: u32::try_from(header.uid()?).unwrap_or(u32::MAX),
             gid: u32::try_from(header.gid()?).unwrap_or(u32::MAX),
-            mtime: i64::try_from(header.mtime()?).unwrap_or(0),
+            mtime: libc::time_t::try_from(header.mtime()?).unwrap_or(libc::time_t::MAX),
             chown,
         };
         let rel = if check_names {
