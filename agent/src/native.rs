@@ -487,6 +487,14 @@ impl NativeRuntime {
         }
         self.containment.apply(&mut launch, &spec);
         if self.unenforced.contains(&"storage") {
+            // A limit the SLA asks for is never dropped silently; the default is.
+            if spec.storage_mib.unwrap_or(0) > 0 {
+                return self.set(
+                    who,
+                    InstanceState::Failed,
+                    Some("this worker cannot bound a writable layer (no btrfs)".into()),
+                );
+            }
             launch.storage_bytes = 0;
         }
         // Its network namespace comes first, so it can be wired before anything runs.
