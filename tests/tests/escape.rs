@@ -513,86 +513,90 @@ fn touched(v: &Path) -> Option<String> {
     None
 }
 
-/// Pull and run a hostile image, then look at the victim.
-fn hostile(s: &Scene, off: &[&str], v: &Path, layers: &[Vec<u8>]) -> Outcome {
-    let image = s.image(&format!("hostile-{}", s.runs.get()), layers, |_| {});
+/// An image whose top layer `layer` makes against a fresh victim directory (its
+/// path given), pulled and run; escaped when anything in the victim changed.
+fn layer_attack(s: &Scene, off: &[&str], layer: impl FnOnce(&str) -> Vec<u8>) -> Outcome {
+    let v = victim(s, "victim");
+    let image = s.image(
+        &format!("hostile-{}", s.runs.get()),
+        &[layer(&v.display().to_string())],
+        |_| {},
+    );
     let (_, text, state) = s.run(off, &[], &image, &["true"]);
     forget(&state);
-    match touched(v) {
+    match touched(&v) {
         Some(e) => Outcome::Escaped(e),
         None => Outcome::Blocked(text),
     }
 }
 
-attack!(layer_symlinked_parent, |s, off| {
-    let v = victim(&s, "victim");
-    let out = v.display().to_string();
-    hostile(
-        &s,
-        off,
-        &v,
-        &[tar(&[
-            Entry::Symlink("x", &out),
-            Entry::File("x/new", b"x", 0o644),
-        ])],
-    )
-});
+attack!(layer_symlinked_parent, |s, off| layer_attack(
+    &s,
+    off,
+    |v| { tar(&[Entry::Symlink("x", v), Entry::File("x/new", b"x", 0o644)]) }
+));
 
+// The layer of the report: `x -> /somewhere`, then an entry `x/name` replaces (removes)
+// /somewhere/name.
 attack!(layer_replace_through_symlinked_parent, |s, off| {
-    // The layer of the report: `x -> /somewhere`, then an entry `x/name` replaces
-    // (removes) /somewhere/name.
-    let v = victim(&s, "victim");
-    let out = v.display().to_string();
-    hostile(
-        &s,
-        off,
-        &v,
-        &[tar(&[
-            Entry::Symlink("x", &out),
+    layer_attack(&s, off, |v| {
+        tar(&[
+            Entry::Symlink("x", v),
             Entry::File("x/secret", b"pwned", 0o644),
-        ])],
-    )
+        ])
+    })
 });
 
-attack!(layer_relative_symlink_out, |s, off| {
-    let v = victim(&s, "victim");
-    let rel = format!("up{}/new", v.display());
-    hostile(
-        &s,
-        off,
-        &v,
-        &[tar(&[
+attack!(layer_relative_symlink_out, |s, off| layer_attack(
+    &s,
+    off,
+    |v| {
+        tar(&[
             Entry::Symlink("up", "../../../../../../../../../../../.."),
-            Entry::File(&rel, b"x", 0o644),
-        ])],
-    )
-});
+            Entry::File(&format!("up{v}/new"), b"x", 0o644),
+        ])
+    }
+));
 
-attack!(layer_hard_link_out, |s, off| {
-    let v = victim(&s, "victim");
-    let target = v.join("secret").display().to_string();
-    hostile(&s, off, &v, &[tar(&[Entry::Link("h", &target)])])
-});
+attack!(layer_hard_link_out, |s, off| layer_attack(&s, off, |v| {
+    tar(&[Entry::Link("h", &format!("{v}/secret"))])
+}));
 
-attack!(layer_dot_dot_name, |s, off| {
-    let v = victim(&s, "victim");
-    let name = format!("../../../../../../../../../../../..{}/new", v.display());
-    hostile(&s, off, &v, &[tar(&[Entry::File(&name, b"x", 0o644)])])
-});
+attack!(layer_dot_dot_name, |s, off| layer_attack(&s, off, |v| {
+    tar(&[Entry::File(
+        &format!("../../../../../../../../../../../..{v}/new"),
+        b"x",
+        0o644,
+    )])
+}));
 
-attack!(layer_whiteout_outside, |s, off| {
-    let v = victim(&s, "victim");
-    let out = v.display().to_string();
-    hostile(
-        &s,
-        off,
-        &v,
-        &[tar(&[
-            Entry::Symlink("w", &out),
+attack!(layer_whiteout_outside, |s, off| layer_attack(
+    &s,
+    off,
+    |v| {
+        tar(&[
+            Entry::Symlink("w", v),
             Entry::File("w/.wh.secret", b"", 0o644),
-        ])],
-    )
-});
+        ])
+    }
+));
+
+// /etc/hostname and /etc/hosts are mount targets of the runtime's: symlinks out of the
+// root, absolute and relative.
+attack!(mount_target_symlink_out, |s, off| layer_attack(
+    &s,
+    off,
+    |v| {
+        tar(&[
+            Entry::Dir("etc"),
+            Entry::Symlink("etc/hostname", &format!("{v}/pwned")),
+            Entry::Symlink(
+                "etc/hosts",
+                &format!("../../../../../../../../../../..{v}/pwned-hosts"),
+            ),
+        ])
+    }
+));
 
 attack!(layer_device_node, |s, off| {
     let disk = Disk::new(&s);
@@ -610,33 +614,6 @@ attack!(layer_device_node, |s, off| {
             Disk::reads("/disk")
         ),
     )
-});
-
-attack!(mount_target_symlink_out, |s, off| {
-    let v = victim(&s, "victim");
-    let host = v.join("pwned").display().to_string();
-    let hosts = v.join("pwned-hosts").display().to_string();
-    let image = s.image(
-        &format!("targets-{}", s.runs.get()),
-        &[tar(&[
-            Entry::Dir("etc"),
-            Entry::Symlink("etc/hostname", &host),
-            Entry::Symlink(
-                "etc/hosts",
-                &format!("../../../../../../../../../../..{hosts}"),
-            ),
-        ])],
-        |_| {},
-    );
-    let (_, text, state) = s.run(off, &[], &image, &["true"]);
-    forget(&state);
-    let o = match touched(&v) {
-        Some(e) => Outcome::Escaped(e),
-        None => Outcome::Blocked(text),
-    };
-    let _ = std::fs::remove_file(v.join("pwned"));
-    let _ = std::fs::remove_file(v.join("pwned-hosts"));
-    o
 });
 
 attack!(runtime_exe_overwrite_cve_2019_5736, |s, off| {
