@@ -139,10 +139,10 @@ impl Containment {
         match parsed {
             Reference::Layout { path, .. } | Reference::Archive { path, .. } => {
                 let real = std::fs::canonicalize(&path).unwrap_or(path.clone());
-                let listed = self.oci_dirs.iter().any(|d| {
-                    std::fs::canonicalize(d).is_ok_and(|d| real.starts_with(&d) && real != d)
-                        || std::fs::canonicalize(d).is_ok_and(|d| real == d)
-                });
+                let listed = self
+                    .oci_dirs
+                    .iter()
+                    .any(|d| std::fs::canonicalize(d).is_ok_and(|d| real.starts_with(&d)));
                 (!listed).then(|| {
                     format!(
                         "{}: an SLA may read OCI layouts only in the directories the worker \

@@ -7,14 +7,13 @@ mod support;
 
 use grove_tests::registry::{Protection, Registry, make_images};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{Agent, Cluster, Root, bin, scratch, wait_until};
 
-/// The test images in a layout and a registry serving busybox as docker.io's.
+/// The test images in a registry serving busybox as docker.io's.
 struct Images {
-    layout: PathBuf,
     registry: Registry,
 }
 
@@ -22,7 +21,7 @@ fn images(dir: &Path) -> Option<Images> {
     let layout = make_images(&dir.join("layout"))?;
     let registry = Registry::start(&dir.join("registry"), &Protection::default())?;
     registry.push(&layout, "latest", "library/busybox:latest", None);
-    Some(Images { layout, registry })
+    Some(Images { registry })
 }
 
 /// A root, a cluster and a native worker `pi` pulling through the registry of `img`
@@ -261,7 +260,6 @@ fn instances_pulled_through_a_docker_io_mirror_run_exit_and_survive_an_agent_sig
     }
     let dir = scratch("native");
     let Some(img) = images(&dir) else { return };
-    let _ = &img.layout;
     let (root, cluster, mut agent) =
         native_worker(&dir, &img, &["--cpus", "8", "--memory-mib", "4096"]);
     wait_until(30, "the worker", || root.active_workers() == 1);

@@ -19,7 +19,7 @@
 use minicbor::{Decode, Encode};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 /// Where slots are recorded.
@@ -298,7 +298,6 @@ fn parent_side(
     let mut go = std::fs::File::from(go);
     go.write_all(b"g")
         .map_err(|e| UsernsError::Make(format!("the helper: {e}")))?;
-    let _ = ns.as_raw_fd();
     Ok(ns)
 }
 

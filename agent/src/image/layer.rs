@@ -150,14 +150,19 @@ trait Tree {
     ) -> std::io::Result<()>;
     /// A hard link to the entry `target` names (itself, never what it points to).
     fn hardlink(&mut self, parent: &Path, name: &OsStr, target: &Path) -> std::io::Result<()>;
-    fn whiteout(&mut self, parent: &Path, name: &OsStr) -> std::io::Result<()>;
+    /// An overlayfs whiteout: a 0:0 character device with no permissions.
+    fn whiteout(&mut self, parent: &Path, name: &OsStr) -> std::io::Result<()> {
+        self.node(parent, name, nix::sys::stat::SFlag::S_IFCHR, 0, 0)
+    }
     fn opaque(&mut self, dir: &Path) -> std::io::Result<()>;
-    /// A device node or FIFO (only when entry checks are off: test builds).
+    /// A device node or FIFO with `mode` (a layer's own only when entry checks are
+    /// off: test builds).
     fn node(
         &mut self,
         parent: &Path,
         name: &OsStr,
         kind: nix::sys::stat::SFlag,
+        mode: u32,
         dev: u64,
     ) -> std::io::Result<()>;
 }
@@ -343,23 +348,17 @@ impl Tree for Confined {
         .map_err(nix_io)
     }
 
-    fn whiteout(&mut self, parent: &Path, name: &OsStr) -> std::io::Result<()> {
-        use nix::sys::stat::SFlag;
-        self.clear(parent, name, false)?;
-        let p = self.fd_of(parent)?;
-        nix::sys::stat::mknodat(Some(p), name, SFlag::S_IFCHR, Mode::empty(), 0).map_err(nix_io)
-    }
-
     fn node(
         &mut self,
         parent: &Path,
         name: &OsStr,
         kind: nix::sys::stat::SFlag,
+        mode: u32,
         dev: u64,
     ) -> std::io::Result<()> {
         self.clear(parent, name, false)?;
         let p = self.fd_of(parent)?;
-        nix::sys::stat::mknodat(Some(p), name, kind, Mode::from_bits_truncate(0o666), dev)
+        nix::sys::stat::mknodat(Some(p), name, kind, Mode::from_bits_truncate(mode), dev)
             .map_err(nix_io)
     }
 
@@ -513,7 +512,8 @@ pub fn unpack_with(data: impl Read, dir: &Path, limits: Limits) -> Result<(), La
                 nix::sys::stat::SFlag::S_IFIFO
             };
             let dev = nix::sys::stat::makedev(u64::from(major), u64::from(minor));
-            tree.node(&parent, &name, sflag, dev).map_err(at)?;
+            tree.node(&parent, &name, sflag, meta.mode & 0o777, dev)
+                .map_err(at)?;
             continue;
         }
         if kind.is_dir() {
@@ -642,22 +642,12 @@ mod naive {
             clear(&p)?;
             std::fs::hard_link(self.0.join(target), p)
         }
-        fn whiteout(&mut self, parent: &Path, name: &OsStr) -> std::io::Result<()> {
-            let p = self.at(parent, name)?;
-            clear(&p)?;
-            nix::sys::stat::mknod(
-                &p,
-                nix::sys::stat::SFlag::S_IFCHR,
-                nix::sys::stat::Mode::empty(),
-                0,
-            )
-            .map_err(std::io::Error::from)
-        }
         fn node(
             &mut self,
             parent: &Path,
             name: &OsStr,
             kind: nix::sys::stat::SFlag,
+            mode: u32,
             dev: u64,
         ) -> std::io::Result<()> {
             let p = self.at(parent, name)?;
@@ -665,7 +655,7 @@ mod naive {
             nix::sys::stat::mknod(
                 &p,
                 kind,
-                nix::sys::stat::Mode::from_bits_truncate(0o666),
+                nix::sys::stat::Mode::from_bits_truncate(mode),
                 dev,
             )
             .map_err(std::io::Error::from)

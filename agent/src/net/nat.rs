@@ -662,7 +662,7 @@ mod tests {
             v4: Ipv4Addr::new(10, 18, 0, 2),
             v6: Some("fc00::2".parse().unwrap()),
         }];
-        let script = ruleset(&Tables {
+        let with_ports = Tables {
             table: "grove_g12345",
             subnet: Cidr {
                 addr: Ipv4Addr::new(10, 18, 0, 0),
@@ -675,7 +675,8 @@ mod tests {
             group: None,
             guard: None,
             ports: &ports,
-        });
+        };
+        let script = ruleset(&with_ports);
         for line in [
             "table bridge grove_g12345 {",
             "iifname \"g12345v0000abcd\" jump p0",
@@ -691,20 +692,7 @@ mod tests {
         // Without instances the table goes.
         let none = ruleset(&Tables {
             ports: &[],
-            ..Tables {
-                table: "grove_g12345",
-                subnet: Cidr {
-                    addr: Ipv4Addr::new(10, 18, 0, 0),
-                    len: 26,
-                },
-                me: None,
-                services: &[],
-                looked_up: &[],
-                mappings: &[],
-                group: None,
-                guard: None,
-                ports: &[],
-            }
+            ..with_ports
         });
         assert!(none.starts_with("table bridge grove_g12345\ndelete table bridge grove_g12345\n"));
         assert!(!none.contains("jump"));
