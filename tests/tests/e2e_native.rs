@@ -222,12 +222,11 @@ fn workloads_are_kept_apart_within_their_limits_and_without_new_capabilities() {
     );
 
     // No capability beyond those given: no network administration, no device nodes,
-    // no host name change, and a set-user-id binary gains nothing (no_new_privs).
+    // no host name change. (A set-user-id binary gaining nothing is the escape
+    // suite's `setuid_binary_raises_its_user`: busybox drops such privileges itself.)
     let caps = "ip link add d0 type dummy 2>/dev/null; echo netadmin=$?; \
         mknod /tmp/disk b 254 0 2>/dev/null; echo mknod=$?; \
-        hostname other 2>/dev/null; echo sysadmin=$?; \
-        cp /bin/busybox /tmp/busybox && chmod 4755 /tmp/busybox && \
-        su nobody -s /bin/sh -c '/tmp/busybox id -u' && echo suid-done";
+        hostname other 2>/dev/null; echo sysadmin=$?";
     let (_, out, err) = run(&dir.join("a"), &[&image, "sh", "-c", caps]);
     for denied in ["netadmin", "mknod", "sysadmin"] {
         assert!(
@@ -236,10 +235,6 @@ fn workloads_are_kept_apart_within_their_limits_and_without_new_capabilities() {
             "{denied} was allowed:\n{out}{err}"
         );
     }
-    assert!(
-        out.contains("65534\nsuid-done"),
-        "a set-user-id root binary raised its user:\n{out}{err}"
-    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

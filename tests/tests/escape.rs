@@ -57,6 +57,7 @@ const TABLE: &[(&str, &[&str])] = &[
     ("memory_hog_without_limits", &["limits"]),
     ("disk_filler_without_limits", &["limits"]),
     ("fork_bomb", &["pids"]),
+    ("setuid_binary_raises_its_user", &["no-new-privs"]),
     ("ip_spoofing_on_the_bridge", &["bridge"]),
     ("mac_spoofing_on_the_bridge", &["bridge"]),
     ("arp_spoofing_on_the_bridge", &["bridge"]),
@@ -460,6 +461,20 @@ attack!(fork_bomb, |s, off| s.script(
     "( i=0; while [ $i -lt 1500 ]; do sleep 30 & i=$((i+1)); done ) 2>/dev/null; \
      set -- /proc/[0-9]*; if [ $# -gt 1400 ]; then echo ESCAPED; else echo BLOCKED $#; fi"
 ));
+
+attack!(setuid_binary_raises_its_user, |s, off| {
+    let image = s.with_probe();
+    s.script(
+        off,
+        &[],
+        &image,
+        // A set-user-id root copy of the probe (busybox drops such privileges by
+        // itself), run by an unprivileged user of the image.
+        "cp /bin/probe /tmp/suid && chmod 4755 /tmp/suid && \
+         u=$(su nobody -s /bin/sh -c '/tmp/suid euid'); \
+         if [ \"$u\" = 0 ]; then echo ESCAPED; else echo BLOCKED as $u; fi",
+    )
+});
 
 attack!(leaked_directory_as_workdir_cve_2024_21626, |s, off| {
     // The attacker guesses the descriptor, as the CVE's exploit did.

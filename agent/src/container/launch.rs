@@ -2,10 +2,10 @@
 //! namespaces; the child waits until its parent has put it in its cgroup, enters a
 //! cgroup namespace of its own, builds its root (`rootfs.rs`), joins the user
 //! namespace made for it (`userns.rs`) last, so every other namespace stays owned by
-//! the host; then it drops capabilities, becomes the image's user, sets
-//! `no_new_privs`, closes every descriptor the workload must not inherit, enters its
-//! working directory (resolved inside its root, no magic links), installs the seccomp
-//! filter and execs the workload, whose output goes straight to the instance's log
+//! the host; then it installs the seccomp filter, drops capabilities, becomes the
+//! image's user, sets `no_new_privs`, closes every descriptor the workload must not
+//! inherit, enters its working directory (resolved inside its root, no magic links)
+//! and execs the workload, whose output goes straight to the instance's log
 //! file. The caller must be single-threaded (the supervisor, or `grove-agent run`):
 //! the child runs Rust code between clone and exec.
 
@@ -294,6 +294,12 @@ fn child_setup(c: &Child<'_>) -> Result<std::convert::Infallible, String> {
         nix::sched::setns(ns, CloneFlags::CLONE_NEWUSER)
             .map_err(|e| format!("join the user namespace: {e}"))?;
     }
+    // The filter goes on while the process still holds its capabilities (without
+    // `no_new_privs` the kernel asks for CAP_SYS_ADMIN); every call made from here to
+    // the exec is one it allows.
+    if c.contained && defence::on(Defence::Seccomp) {
+        super::seccomp::load().map_err(|e| e.to_string())?;
+    }
     if c.contained && defence::on(Defence::Caps) {
         restrict_caps(&DEFAULT_CAPS)?;
     }
@@ -336,9 +342,6 @@ fn child_setup(c: &Child<'_>) -> Result<std::convert::Infallible, String> {
         }
     }
     enter_workdir(&spec.cwd)?;
-    if c.contained && defence::on(Defence::Seccomp) {
-        super::seccomp::load().map_err(|e| e.to_string())?;
-    }
     let program = resolve(&spec.argv[0], &spec.env)?;
     let argv = spec
         .argv
