@@ -17,6 +17,7 @@ pub mod config;
 pub mod defence;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod link;
 pub mod msg;
 pub mod oscore;
 pub mod paths;

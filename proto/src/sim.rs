@@ -51,6 +51,8 @@ pub struct SimNet {
     pub lost: u64,
     /// Datagrams delivered so far.
     pub delivered: u64,
+    /// Endpoints cut off: what they send and what is sent to them is lost.
+    down: Vec<bool>,
 }
 
 impl SimNet {
@@ -67,6 +69,7 @@ impl SimNet {
             impairment,
             lost: 0,
             delivered: 0,
+            down: Vec::new(),
         }
     }
 
@@ -81,12 +84,25 @@ impl SimNet {
     /// Add an endpoint at `addr`; returns its index.
     pub fn add(&mut self, addr: SocketAddr, ep: Endpoint) -> usize {
         self.nodes.push((addr, ep));
+        self.down.push(false);
         self.nodes.len() - 1
     }
 
     /// The endpoint at index `i`.
     pub fn ep(&mut self, i: usize) -> &mut Endpoint {
         &mut self.nodes[i].1
+    }
+
+    /// Replace endpoint `i` (a process restarted): datagrams on their way to it
+    /// reach the new one.
+    pub fn replace(&mut self, i: usize, ep: Endpoint) -> Endpoint {
+        std::mem::replace(&mut self.nodes[i].1, ep)
+    }
+
+    /// Cut endpoint `i` off (`true`) or connect it again: while it is down, every
+    /// datagram it sends or is sent is lost.
+    pub fn set_down(&mut self, i: usize, down: bool) {
+        self.down[i] = down;
     }
 
     /// The address of endpoint `i`.
@@ -118,6 +134,10 @@ impl SimNet {
                 let Some(to) = self.nodes.iter().position(|(a, _)| *a == t.peer) else {
                     continue;
                 };
+                if self.down[i] || self.down[to] {
+                    self.lost += 1;
+                    continue;
+                }
                 let copies = if self.rand() < self.impairment.duplicate {
                     2
                 } else {
@@ -149,6 +169,17 @@ impl SimNet {
     /// Advance to the next delivery or timer and process it, handing every event to
     /// `handler`. Returns false when nothing is left to do.
     pub fn step(&mut self, handler: &mut dyn FnMut(&mut Endpoint, usize, Instant, Event)) -> bool {
+        self.step_until(None, handler)
+    }
+
+    /// Like [`SimNet::step`], but virtual time goes no further than `limit`: with
+    /// nothing due before it, the clock moves to `limit` (where an application's own
+    /// timer is due) and the step returns true.
+    pub fn step_until(
+        &mut self,
+        limit: Option<Instant>,
+        handler: &mut dyn FnMut(&mut Endpoint, usize, Instant, Event),
+    ) -> bool {
         self.drain(handler);
         self.flush();
         let next_delivery = self.in_flight.peek().map(|Reverse((t, ..))| *t);
@@ -158,8 +189,16 @@ impl SimNet {
             .filter_map(|(_, e)| e.poll_timeout())
             .min();
         let Some(t) = [next_delivery, next_timer].into_iter().flatten().min() else {
+            if let Some(l) = limit {
+                self.now = self.now.max(l);
+                return true;
+            }
             return false;
         };
+        if let Some(l) = limit.filter(|l| *l < t) {
+            self.now = self.now.max(l);
+            return true;
+        }
         self.now = self.now.max(t);
         while let Some(Reverse((t, ..))) = self.in_flight.peek() {
             if *t > self.now {
@@ -168,6 +207,10 @@ impl SimNet {
             let Some(Reverse((_, _, to, from, data))) = self.in_flight.pop() else {
                 break;
             };
+            if self.down[to] {
+                self.lost += 1;
+                continue;
+            }
             self.delivered += 1;
             let now = self.now;
             self.nodes[to].1.handle_datagram(now, from, &data);
