@@ -4,8 +4,8 @@
 
 mod asked;
 mod directory;
-mod keys;
 mod push;
+mod workers_link;
 
 use crate::scheduler::{self, Demand, NodeView, Resources};
 use crate::store::{InstanceRow, NewNode, Store, now_secs};
@@ -165,8 +165,10 @@ pub struct Cluster {
     published_services: Mutex<push::Published<Vec<msg::ServiceEntry>>>,
     /// The registered workers as the store has them (`None` after a registration).
     nodes_cache: Mutex<Option<Arc<Vec<crate::store::NodeRow>>>>,
-    /// The workers' keys, join tokens, re-keys and evictions.
-    keys: Mutex<keys::Keys>,
+    /// The workers' link: keys, join tokens, re-keys and evictions.
+    link: Mutex<grove_proto::link::upper::Upper>,
+    /// Where the workers' contexts keep their sequence numbers.
+    contexts: grove_proto::link::shell::PeerContexts,
     /// What `/metrics` says, when it is served.
     metrics: Option<crate::metrics::Metrics>,
     /// Whether `block` is the root's (joined, or resumed from the store): a worker
@@ -823,7 +825,7 @@ async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {
             "worker join token expired, used or revoked",
         );
     }
-    let (secret, salt) = (random::<32>(), random::<8>());
+    let key = grove_proto::link::PeerKey::fresh(0, &mut grove_proto::link::OsRandom);
     let node = NewNode {
         name: &reg.name,
         arch: &reg.arch,
@@ -831,8 +833,8 @@ async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {
         memory_mib: reg.memory_mib,
         virtualizations: &reg.virtualizations,
         location: reg.location.map(|g| (f64::from(g.lat), f64::from(g.lon))),
-        secret: &secret,
-        salt: &salt,
+        secret: &key.secret,
+        salt: &key.salt,
         subnet_size: crate::store::subnet_size(reg.max_instances),
         limits: reg.limits.as_ref(),
     };
@@ -842,8 +844,8 @@ async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {
         Err(e) => return Response::error(Code::SERVICE_UNAVAILABLE, &e.to_string()),
     };
     *cl.nodes_cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    if let Err(e) = cl.joined(row.id, &secret, &salt).await {
-        return Response::error(Code::INTERNAL_SERVER_ERROR, &e);
+    if let Err(e) = cl.joined(row.id, &key, inc.peer).await {
+        return Response::error(Code::INTERNAL_SERVER_ERROR, &e.to_string());
     }
     cl.live().insert(row.id, Live::fresh());
     let (subnet_v4, subnet_v6) = subnets_of(
@@ -860,12 +862,7 @@ async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {
             heartbeat_ms: HEARTBEAT_MS,
             missed_before_lost: u8::try_from(MISSED).unwrap_or(3),
         },
-        credentials: Some(msg::Credentials {
-            master_secret: secret.to_vec(),
-            master_salt: salt.to_vec(),
-            sender_id: grove_proto::util::peer_kid(row.id, 0),
-            recipient_id: Vec::new(),
-        }),
+        credentials: Some(key.credentials(row.id)),
     };
     Response {
         code: Code::CREATED,
@@ -882,7 +879,7 @@ async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
         Ok(h) => h,
         Err(e) => return Response::error(Code::BAD_REQUEST, &e.to_string()),
     };
-    cl.heard(id, &inc);
+    cl.heard(id, &inc).await;
     if let Some(m) = &cl.metrics {
         m.heartbeat(id, &hb);
     }
@@ -972,7 +969,8 @@ pub async fn start(
         published_peers: Mutex::default(),
         published_services: Mutex::default(),
         nodes_cache: Mutex::default(),
-        keys: Mutex::default(),
+        link: Mutex::default(),
+        contexts: workers_link::contexts(&s.data_dir),
         metrics: s.metrics.then(crate::metrics::Metrics::default),
         block_known: tokio::sync::watch::Sender::new(false),
     });
@@ -983,7 +981,7 @@ pub async fn start(
             register_node(c1.clone(), inc)
         })
         .route(Method::Post, "/v1/nodes/{id}/rekey", move |inc| {
-            keys::rekey(c6.clone(), inc)
+            workers_link::rekey(c6.clone(), inc)
         })
         .route(Method::Post, "/v1/nodes/{id}/status", move |inc| {
             node_status(c2.clone(), inc)
@@ -993,7 +991,7 @@ pub async fn start(
             async move {
                 match speaks_for(&inc, "node") {
                     Ok(id) => {
-                        cl.heard(id, &inc);
+                        cl.heard(id, &inc).await;
                         Response::cbor(msg::to_cbor(&cl.commands_for(id)))
                     }
                     Err(r) => r,
@@ -1014,7 +1012,7 @@ pub async fn start(
     // the contexts of workers registered before a restart (which get a grace period of
     // one loss timeout) and the join tokens made so far.
     let mut endpoint = Endpoint::new(cfg);
-    keys::load(&cl, &mut endpoint);
+    workers_link::load(&cl, &mut endpoint);
     let (coap, _) = driver::spawn(socket, endpoint, router).map_err(|e| e.to_string())?;
     let _ = cl.coap.set(coap.clone());
     // Instances on their way to RUNNING before a restart are watched from now on.
@@ -1026,7 +1024,7 @@ pub async fn start(
     cl.sync_keys().await;
     let ct = cl.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(keys::SYNC_EVERY);
+        let mut tick = tokio::time::interval(workers_link::SYNC_EVERY);
         loop {
             tick.tick().await;
             ct.sync_keys().await;

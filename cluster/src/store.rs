@@ -3,6 +3,8 @@
 //! it is acknowledged, so a cluster killed at any moment resumes with its nodes and
 //! instances.
 
+use grove_proto::link::PeerKey;
+use grove_proto::link::upper::KeyStore;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 
@@ -572,54 +574,6 @@ impl Store {
         Ok(rows)
     }
 
-    /// The next key for worker `id`, kept as pending next to the one in use:
-    /// (generation, secret, salt, whether it is new). While one is pending, asking
-    /// again gives the same one (a worker whose answer was lost asks again, and must
-    /// not be handed a key other than the one it may already use).
-    pub fn begin_rekey(
-        &mut self,
-        id: u32,
-        secret: &[u8],
-        salt: &[u8],
-    ) -> Result<(u32, Vec<u8>, Vec<u8>, bool)> {
-        let tx = self.conn.transaction()?;
-        let (gen_now, pending): (u32, Option<Key>) = tx
-            .query_row(
-                "SELECT key_gen, pending_secret, pending_salt FROM nodes WHERE id = ?1 AND NOT evicted",
-                [id],
-                |r| {
-                    let (a, b): (Option<Vec<u8>>, Option<Vec<u8>>) = (r.get(1)?, r.get(2)?);
-                    Ok((r.get(0)?, a.zip(b)))
-                },
-            )
-            .optional()?
-            .ok_or(StoreError::NotFound("worker"))?;
-        if let Some((secret, salt)) = pending {
-            return Ok((gen_now + 1, secret, salt, false));
-        }
-        if gen_now >= grove_proto::util::MAX_KEY_GENERATION {
-            return Err(StoreError::Exhausted("key generations"));
-        }
-        tx.execute(
-            "UPDATE nodes SET pending_secret = ?2, pending_salt = ?3 WHERE id = ?1",
-            params![id, secret, salt],
-        )?;
-        tx.commit()?;
-        Ok((gen_now + 1, secret.to_vec(), salt.to_vec(), true))
-    }
-
-    /// The worker spoke with its pending key of generation `generation`: it becomes
-    /// the key in use. False when there was no such pending key.
-    pub fn commit_rekey(&mut self, id: u32, generation: u32) -> Result<bool> {
-        let n = self.conn.execute(
-            "UPDATE nodes SET secret = pending_secret, salt = pending_salt, key_gen = ?2,
-               pending_secret = NULL, pending_salt = NULL, rekey = 0
-             WHERE id = ?1 AND key_gen + 1 = ?2 AND pending_secret IS NOT NULL",
-            params![id, generation],
-        )?;
-        Ok(n > 0)
-    }
-
     /// A value of the root link (credentials, cluster id).
     pub fn root_value(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self
@@ -637,6 +591,63 @@ impl Store {
             params![key, value],
         )?;
         Ok(())
+    }
+}
+
+/// The workers' keys over time, for the link's upper half.
+impl KeyStore for Store {
+    type Error = StoreError;
+
+    /// The next key for worker `id`, kept as pending next to the one in use:
+    /// (generation, secret, salt, whether it is new). While one is pending, asking
+    /// again gives the same one (a worker whose answer was lost asks again, and must
+    /// not be handed a key other than the one it may already use).
+    fn begin_rekey(&mut self, id: u32, candidate: &PeerKey) -> Result<(PeerKey, bool)> {
+        let tx = self.conn.transaction()?;
+        let (gen_now, pending): (u32, Option<Key>) = tx
+            .query_row(
+                "SELECT key_gen, pending_secret, pending_salt FROM nodes WHERE id = ?1 AND NOT evicted",
+                [id],
+                |r| {
+                    let (a, b): (Option<Vec<u8>>, Option<Vec<u8>>) = (r.get(1)?, r.get(2)?);
+                    Ok((r.get(0)?, a.zip(b)))
+                },
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound("worker"))?;
+        if let Some((secret, salt)) = pending {
+            let key = PeerKey {
+                generation: gen_now + 1,
+                secret,
+                salt,
+            };
+            return Ok((key, false));
+        }
+        if gen_now >= grove_proto::util::MAX_KEY_GENERATION {
+            return Err(StoreError::Exhausted("key generations"));
+        }
+        tx.execute(
+            "UPDATE nodes SET pending_secret = ?2, pending_salt = ?3 WHERE id = ?1",
+            params![id, candidate.secret, candidate.salt],
+        )?;
+        tx.commit()?;
+        let key = PeerKey {
+            generation: gen_now + 1,
+            ..candidate.clone()
+        };
+        Ok((key, true))
+    }
+
+    /// The worker spoke with its pending key of generation `generation`: it becomes
+    /// the key in use. False when there was no such pending key.
+    fn commit_rekey(&mut self, id: u32, generation: u32) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE nodes SET secret = pending_secret, salt = pending_salt, key_gen = ?2,
+               pending_secret = NULL, pending_salt = NULL, rekey = 0
+             WHERE id = ?1 AND key_gen + 1 = ?2 AND pending_secret IS NOT NULL",
+            params![id, generation],
+        )?;
+        Ok(n > 0)
     }
 }
 
@@ -754,11 +765,19 @@ mod tests {
         s.request_rekey(row.id).unwrap();
         assert!(s.node(row.id).unwrap().rekey);
         assert_eq!(s.rekey_requested().unwrap(), [row.id]);
-        let (g, secret, _, fresh) = s.begin_rekey(row.id, b"new", b"s1").unwrap();
-        assert_eq!((g, secret.as_slice(), fresh), (1, &b"new"[..], true));
-        let again = s.begin_rekey(row.id, b"other", b"s2").unwrap();
+        let candidate = |secret: &[u8], salt: &[u8]| PeerKey {
+            generation: 0,
+            secret: secret.to_vec(),
+            salt: salt.to_vec(),
+        };
+        let (k, fresh) = s.begin_rekey(row.id, &candidate(b"new", b"s1")).unwrap();
         assert_eq!(
-            again,
+            (k.generation, k.secret.as_slice(), fresh),
+            (1, &b"new"[..], true)
+        );
+        let (again, fresh) = s.begin_rekey(row.id, &candidate(b"other", b"s2")).unwrap();
+        assert_eq!(
+            (again.generation, again.secret, again.salt, fresh),
             (1, b"new".to_vec(), b"s1".to_vec(), false),
             "the same pending key"
         );

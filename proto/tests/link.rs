@@ -43,6 +43,7 @@ struct MemStore {
 }
 
 impl KeyStore for MemStore {
+    type Error = StoreError;
     fn begin_rekey(
         &mut self,
         peer: u32,

@@ -15,13 +15,16 @@ use crate::scheduler;
 use crate::store::now_secs;
 use grove_proto::coap::driver::{self, Handle, Incoming, Router};
 use grove_proto::coap::{Code, Config, Endpoint, Method, Request, Response, SendOptions};
+use grove_proto::link::shell::PeerContexts;
+use grove_proto::link::upper::{KeyAction, StoredPeer, Upper};
+use grove_proto::link::{OsRandom, PeerKey};
 use grove_proto::msg::{
-    self, ClusterCommands, ClusterId, ClusterRegistered, ClusterReport, Credentials, InstanceRef,
-    InstanceSpec, NodeCommand, RegisterCluster,
+    self, ClusterCommands, ClusterId, ClusterRegistered, ClusterReport, InstanceRef, InstanceSpec,
+    NodeCommand, RegisterCluster,
 };
 use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext};
 use grove_proto::paths;
-use grove_proto::util::{hex, peer_kid, speaks_for, unhex};
+use grove_proto::util::{hex, speaks_for, unhex};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -120,9 +123,10 @@ pub struct LinkHandle {
     changed: mpsc::UnboundedSender<u32>,
     directory: mpsc::UnboundedSender<DirectoryUpdate>,
     dir: PathBuf,
-    keys: Arc<Mutex<HashMap<u32, KeyState>>>,
-    /// Where each cluster's requests come from: where the root asks it.
-    addrs: Arc<Mutex<HashMap<u32, std::net::SocketAddr>>>,
+    /// The clusters' keys, where each one's requests come from (where the root asks
+    /// it), re-keys and evictions: `proto`'s upper half of the link.
+    link: Arc<Mutex<Upper>>,
+    contexts: PeerContexts,
 }
 
 impl LinkHandle {
@@ -177,17 +181,23 @@ impl LinkHandle {
         self.coap.local_addr()
     }
 
-    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<u32, KeyState>> {
-        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    fn link(&self) -> std::sync::MutexGuard<'_, Upper> {
+        self.link.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn apply(&self, actions: Vec<KeyAction>) -> std::io::Result<()> {
+        self.contexts.apply(&self.coap, actions).await
     }
 
     /// An evicted cluster: every key of its stops working now.
-    pub fn evicted(&self, cluster: u32) {
-        if let Some(k) = self.keys().remove(&cluster) {
-            for g in std::iter::once(k.current).chain(k.pending) {
-                self.coap.remove_context(cluster_key(cluster, g));
-                let _ = std::fs::remove_file(seq_file(&self.dir, cluster, g));
-            }
+    pub async fn evicted(&self, cluster: u32) {
+        let actions = {
+            let mut link = self.link();
+            link.evict(cluster);
+            link.drain_actions()
+        };
+        if let Err(e) = self.apply(actions).await {
+            tracing::error!(cluster, error = %e, "cannot remove the evicted cluster's contexts");
         }
         tracing::warn!(
             cluster,
@@ -197,77 +207,66 @@ impl LinkHandle {
 
     /// An Admin asked for a new key for `cluster`.
     pub fn rekey_asked(&self, cluster: u32) {
-        self.keys().entry(cluster).or_default().asked = true;
+        self.link().ask_rekey(cluster);
     }
 
-    /// A cluster (re-)joined under a key of generation 0: what it had is gone.
-    async fn joined(&self, cluster: u32, ctx: SecurityContext) {
-        let old = self.keys().insert(cluster, KeyState::default());
-        for g in old
-            .into_iter()
-            .flat_map(|k| std::iter::once(k.current).chain(k.pending))
-        {
-            if g > 0 {
-                self.coap.remove_context(cluster_key(cluster, g));
-            }
-        }
-        self.coap.add_context(ctx).await;
+    /// A cluster (re-)joined from `addr` under a key of generation 0: what it had is
+    /// gone.
+    async fn joined(
+        &self,
+        cluster: u32,
+        key: &PeerKey,
+        addr: std::net::SocketAddr,
+    ) -> std::io::Result<()> {
+        let actions = {
+            let mut link = self.link();
+            link.joined(std::time::Instant::now(), cluster, key, addr);
+            link.drain_actions()
+        };
+        self.apply(actions).await
     }
 
     /// A request of `cluster` arrived: under its pending key, that key is now the one
     /// in use (stored first), and the old one is removed.
-    fn heard(&self, st: &AppState, cluster: u32, inc: &Incoming) {
-        self.addrs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(cluster, inc.peer);
+    async fn heard(&self, st: &AppState, cluster: u32, inc: &Incoming) {
         let generation = grove_proto::util::key_generation(inc);
-        let pending = self.keys().get(&cluster).and_then(|k| k.pending);
-        if pending != Some(generation) {
-            return;
+        let (heard, actions) = {
+            let mut link = self.link();
+            let heard = link.heard(
+                std::time::Instant::now(),
+                cluster,
+                generation,
+                inc.peer,
+                &mut *st.db(),
+            );
+            (heard, link.drain_actions())
+        };
+        match heard {
+            Ok(h) if h.rekeyed.is_some() => tracing::info!(
+                cluster,
+                generation,
+                "cluster re-keyed: its old key no longer works"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(cluster, error = %e, "cannot store the cluster's new key"),
         }
-        match st.db().commit_cluster_rekey(cluster, generation) {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                tracing::error!(cluster, error = %e, "cannot store the cluster's new key");
-                return;
-            }
+        if let Err(e) = self.apply(actions).await {
+            tracing::error!(cluster, error = %e, "cannot change the cluster's contexts");
         }
-        let old = self.keys().insert(
-            cluster,
-            KeyState {
-                current: generation,
-                pending: None,
-                asked: false,
-            },
-        );
-        if let Some(old) = old {
-            self.coap.remove_context(cluster_key(cluster, old.current));
-            let _ = std::fs::remove_file(seq_file(&self.dir, cluster, old.current));
-        }
-        tracing::info!(
-            cluster,
-            generation,
-            "cluster re-keyed: its old key no longer works"
-        );
     }
 
     /// Ask `cluster` over the link it opened (its workers, their tokens, a log): its
     /// answer, or why there is none.
     pub async fn ask(&self, cluster: u32, req: Request) -> Result<Response, AskError> {
-        let addr = self
-            .addrs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&cluster)
-            .copied()
-            .ok_or(AskError::NotHeard)?;
-        let generation = self.keys().get(&cluster).map_or(0, |k| k.current);
+        let (addr, generation) = {
+            let link = self.link();
+            (link.addr(cluster), link.generation(cluster).unwrap_or(0))
+        };
+        let addr = addr.ok_or(AskError::NotHeard)?;
         let sent = self.coap.request(
             addr,
             req,
-            SendOptions::secure(cluster_key(cluster, generation)),
+            SendOptions::secure(PeerContexts::key(cluster, generation)),
         );
         match tokio::time::timeout(ASK_WAIT, sent).await {
             Ok(Ok(r)) => Ok(r),
@@ -281,7 +280,7 @@ impl LinkHandle {
 
     /// Whether the answers to `cluster`'s reports ask for a new key.
     fn asks_rekey(&self, cluster: u32) -> bool {
-        self.keys().get(&cluster).is_some_and(|k| k.asked)
+        self.link().rekey_asked(cluster)
     }
 }
 
@@ -295,32 +294,20 @@ async fn rekey(st: Shared, inc: Incoming) -> Response {
     let Some(link) = st.link.get() else {
         return Response::error(Code::SERVICE_UNAVAILABLE, "starting");
     };
-    link.heard(&st, id, &inc);
-    let (secret, salt) = (random::<32>(), random::<8>());
-    let (generation, secret, salt, fresh) = match st.db().begin_cluster_rekey(id, &secret, &salt) {
-        Ok(k) => k,
+    link.heard(&st, id, &inc).await;
+    let (creds, actions) = {
+        let mut l = link.link();
+        let creds = l.rekey(id, &mut *st.db(), &mut OsRandom);
+        (creds, l.drain_actions())
+    };
+    let creds = match creds {
+        Ok(c) => c,
         Err(e) => return Response::error(Code::SERVICE_UNAVAILABLE, &e.to_string()),
     };
-    let known = link.keys().get(&id).and_then(|k| k.pending) == Some(generation);
-    if fresh || !known {
-        if fresh {
-            let _ = std::fs::remove_file(seq_file(&link.dir, id, generation));
-        }
-        match cluster_context(&link.dir, id, generation, &secret, &salt) {
-            Ok(ctx) => {
-                link.coap.add_context(ctx).await;
-            }
-            Err(e) => return Response::error(Code::INTERNAL_SERVER_ERROR, &e),
-        }
-        link.keys().entry(id).or_default().pending = Some(generation);
-        tracing::info!(cluster = id, generation, "new key handed to the cluster");
+    if let Err(e) = link.apply(actions).await {
+        return Response::error(Code::INTERNAL_SERVER_ERROR, &e.to_string());
     }
-    let creds = Credentials {
-        master_secret: secret,
-        master_salt: salt,
-        sender_id: peer_kid(id, generation),
-        recipient_id: Vec::new(),
-    };
+    tracing::info!(cluster = id, "new key handed to the cluster");
     Response {
         code: Code::CHANGED,
         ..Response::cbor(msg::to_cbor(&creds))
@@ -341,37 +328,6 @@ fn v6_block(block: u32) -> [u8; 16] {
     a
 }
 
-fn seq_file(dir: &std::path::Path, cluster: u32, generation: u32) -> PathBuf {
-    let name = if generation == 0 {
-        format!("cluster-{cluster}.seq")
-    } else {
-        format!("cluster-{cluster}-k{generation}.seq")
-    };
-    dir.join("oscore").join(name)
-}
-
-/// A cluster's context under its key of `generation` (sender id [`peer_kid`]).
-fn cluster_context(
-    dir: &std::path::Path,
-    cluster: u32,
-    generation: u32,
-    secret: &[u8],
-    salt: &[u8],
-) -> Result<SecurityContext, String> {
-    SecurityContext::new(
-        &ContextParams::for_peer(cluster, generation, secret, salt),
-        Box::new(FileContextStore::new(seq_file(dir, cluster, generation))),
-    )
-    .map_err(|e| e.to_string())
-}
-
-fn cluster_key(cluster: u32, generation: u32) -> grove_proto::coap::ContextKey {
-    grove_proto::coap::ContextKey {
-        id_context: None,
-        recipient_id: peer_kid(cluster, generation),
-    }
-}
-
 /// How long the root waits for a cluster's answer (the cluster may wait 8 s for its
 /// worker's).
 const ASK_WAIT: Duration = Duration::from_secs(12);
@@ -385,17 +341,6 @@ pub enum AskError {
     /// It did not answer.
     #[error("the cluster did not answer: {0}")]
     NoAnswer(String),
-}
-
-/// What the link knows of a cluster's keys.
-#[derive(Debug, Clone, Copy, Default)]
-struct KeyState {
-    /// The generation in use.
-    current: u32,
-    /// A generation handed out and not yet used.
-    pending: Option<u32>,
-    /// An Admin asked for a new key.
-    asked: bool,
 }
 
 fn user_context(
@@ -503,12 +448,7 @@ fn generation() -> u64 {
     msg::next_generation()
 }
 
-async fn register(
-    st: Shared,
-    coap: Arc<std::sync::OnceLock<Handle>>,
-    dir: PathBuf,
-    inc: Incoming,
-) -> Response {
+async fn register(st: Shared, inc: Incoming) -> Response {
     let Some(ctx_id) = inc.security.as_ref().and_then(|k| k.id_context.clone()) else {
         return Response::error(Code::FORBIDDEN, "registration needs a join token");
     };
@@ -523,7 +463,10 @@ async fn register(
     if reg.name.is_empty() || reg.name.len() > 64 {
         return Response::error(Code::BAD_REQUEST, "cluster name must be 1 to 64 characters");
     }
-    let (secret, salt) = (random::<32>().to_vec(), random::<8>().to_vec());
+    let Some(link) = st.link.get() else {
+        return Response::error(Code::SERVICE_UNAVAILABLE, "starting: try again");
+    };
+    let key = PeerKey::fresh(0, &mut OsRandom);
     let row = {
         let mut db = st.db();
         match db.valid_cluster_token(&token_id, now_secs()) {
@@ -535,7 +478,9 @@ async fn register(
             Ok(r) => r,
             Err(e) => return Response::error(Code::INTERNAL_SERVER_ERROR, &e.to_string()),
         };
-        if db.set_cluster_credentials(row.id, &secret, &salt).is_err()
+        if db
+            .set_cluster_credentials(row.id, &key.secret, &key.salt)
+            .is_err()
             || db.mark_cluster_token_used(&token_id).is_err()
         {
             return Response::error(
@@ -554,18 +499,8 @@ async fn register(
         Err(e) => return Response::error(Code::SERVICE_UNAVAILABLE, &e.to_string()),
     };
     let bits = u8::try_from(count.trailing_zeros()).unwrap_or(0);
-    let _ = std::fs::remove_file(seq_file(&dir, row.id, 0));
-    let ctx = match cluster_context(&dir, row.id, 0, &secret, &salt) {
-        Ok(c) => c,
-        Err(e) => return Response::error(Code::INTERNAL_SERVER_ERROR, &e),
-    };
-    match st.link.get() {
-        Some(link) => link.joined(row.id, ctx).await,
-        None => {
-            if let Some(h) = coap.get() {
-                h.add_context(ctx).await;
-            }
-        }
+    if let Err(e) = link.joined(row.id, &key, inc.peer).await {
+        return Response::error(Code::INTERNAL_SERVER_ERROR, &e.to_string());
     }
     let answer = ClusterRegistered {
         version: msg::PROTOCOL_VERSION,
@@ -582,12 +517,7 @@ async fn register(
             heartbeat_ms: 5000,
             missed_before_lost: 3,
         },
-        credentials: Some(Credentials {
-            master_secret: secret,
-            master_salt: salt,
-            sender_id: peer_kid(row.id, 0),
-            recipient_id: Vec::new(),
-        }),
+        credentials: Some(key.credentials(row.id)),
     };
     Response {
         code: Code::CREATED,
@@ -669,7 +599,7 @@ fn directory_lookup(st: &AppState, inc: &Incoming) -> Response {
     Response::cbor(msg::to_cbor(&entry_for(st, &app, &s)))
 }
 
-fn report(st: &Shared, inc: &Incoming) -> Response {
+async fn report(st: &Shared, inc: &Incoming) -> Response {
     let id = match speaks_for(inc, "cluster") {
         Ok(id) => id,
         Err(r) => return r,
@@ -680,7 +610,7 @@ fn report(st: &Shared, inc: &Incoming) -> Response {
     };
     let link = st.link.get();
     if let Some(l) = link {
-        l.heard(st, id, inc);
+        l.heard(st, id, inc).await;
     }
     st.metrics.report(id);
     let mut db = st.db();
@@ -749,23 +679,16 @@ pub async fn start(
     lost_after: i64,
 ) -> std::io::Result<LinkHandle> {
     std::fs::create_dir_all(dir.join("oscore"))?;
-    let handle_cell: Arc<std::sync::OnceLock<Handle>> = Arc::default();
-    let (s1, s2, s3, h1, d1) = (
-        st.clone(),
-        st.clone(),
-        st.clone(),
-        handle_cell.clone(),
-        dir.clone(),
-    );
+    let (s1, s2, s3) = (st.clone(), st.clone(), st.clone());
     let (s4, http) = (st.clone(), crate::api::router(st.clone()));
     let router = Router::new()
         .fallback(move |inc| crate::coap_api::handle(s4.clone(), http.clone(), inc))
         .route(Method::Post, paths::CLUSTERS, move |inc| {
-            register(s1.clone(), h1.clone(), d1.clone(), inc)
+            register(s1.clone(), inc)
         })
         .route(Method::Post, "/v1/clusters/{id}/status", move |inc| {
             let st = s2.clone();
-            async move { report(&st, &inc) }
+            async move { report(&st, &inc).await }
         })
         .observable("/v1/services/{name}", {
             let st = st.clone();
@@ -787,7 +710,7 @@ pub async fn start(
                 match speaks_for(&inc, "cluster") {
                     Ok(id) => {
                         if let Some(l) = st.link.get() {
-                            l.heard(&st, id, &inc);
+                            l.heard(&st, id, &inc).await;
                         }
                         Response::cbor(msg::to_cbor(&commands_for(&st, id, generation())))
                     }
@@ -803,8 +726,7 @@ pub async fn start(
         seed: u64::from_le_bytes(random::<8>()),
         ..Config::default()
     };
-    let (coap, _task) = driver::spawn(socket, Endpoint::new(cfg), router)?;
-    let _ = handle_cell.set(coap.clone());
+    let mut endpoint = Endpoint::new(cfg);
     // Contexts of registered clusters and live join tokens survive a restart.
     let (clusters, tokens) = {
         let db = st.db();
@@ -821,36 +743,34 @@ pub async fn start(
             let _ = db.record_report(c.id, None, now_secs());
         }
     }
-    let mut keys = HashMap::new();
-    for c in clusters.iter().filter(|c| !c.evicted) {
-        let Some((secret, salt)) = &c.credentials else {
-            continue;
-        };
-        let next = c.pending.as_ref().map(|(s, salt)| (c.key_gen + 1, s, salt));
-        for (g, secret, salt) in std::iter::once((c.key_gen, secret, salt)).chain(next) {
-            match cluster_context(&dir, c.id, g, secret, salt) {
-                Ok(ctx) => {
-                    coap.add_context(ctx).await;
-                }
-                Err(e) => {
-                    tracing::error!(cluster = c.id, error = %e, "cannot load the cluster's OSCORE context")
-                }
-            }
-        }
-        keys.insert(
-            c.id,
-            KeyState {
-                current: c.key_gen,
-                pending: c.pending.as_ref().map(|_| c.key_gen + 1),
-                asked: c.rekey,
+    // Every key a cluster may speak with, and the live join tokens, before the first
+    // datagram is read.
+    let mut upper = Upper::new();
+    upper.load(clusters.iter().filter(|c| !c.evicted).filter_map(|c| {
+        let (secret, salt) = c.credentials.clone()?;
+        Some(StoredPeer {
+            id: c.id,
+            current: PeerKey {
+                generation: c.key_gen,
+                secret,
+                salt,
             },
-        );
-    }
-    for (id, secret) in tokens {
-        if let Some(raw) = unhex(&id) {
-            coap.add_join_token(raw, secret);
-        }
-    }
+            pending: c.pending.clone().map(|(secret, salt)| PeerKey {
+                generation: c.key_gen + 1,
+                secret,
+                salt,
+            }),
+            rekey_asked: c.rekey,
+        })
+    }));
+    upper.sync_tokens(
+        tokens
+            .into_iter()
+            .filter_map(|(id, secret)| Some((unhex(&id)?, secret))),
+    );
+    let contexts = PeerContexts::new(&dir, "cluster");
+    contexts.apply_to_endpoint(&mut endpoint, upper.drain_actions());
+    let (coap, _task) = driver::spawn(socket, endpoint, router)?;
     let users = st.db().coap_credentials().unwrap_or_default();
     for (kid, secret, salt) in users {
         match user_context(&dir, &kid, &secret, &salt) {
@@ -867,8 +787,8 @@ pub async fn start(
         changed: tx,
         directory: dtx,
         dir: dir.clone(),
-        keys: Arc::new(Mutex::new(keys)),
-        addrs: Arc::default(),
+        link: Arc::new(Mutex::new(upper)),
+        contexts,
     };
     // Push directory entries to the clusters observing them.
     let (st_dir, coap_dir) = (st.clone(), coap.clone());

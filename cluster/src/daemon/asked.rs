@@ -2,9 +2,10 @@
 //! root's notifications): its workers as a user lists them, its worker join tokens,
 //! and instances' logs, which the cluster asks of the worker hosting the instance.
 
-use super::{Cluster, ENDED, keys::key_of};
+use super::{Cluster, ENDED};
 use grove_proto::coap::driver::{Incoming, Router};
 use grove_proto::coap::{Code, Method, Request, Response, SendOptions};
+use grove_proto::link::shell::PeerContexts;
 use grove_proto::msg::{self, LogAsk, NodeId, NodeInfo, WorkerTokenAsk, WorkerTokenInfo};
 use grove_proto::paths;
 use std::sync::Arc;
@@ -158,7 +159,7 @@ impl Cluster {
             );
         };
         let peer = self.live().get(&node).and_then(|l| l.peer);
-        let generation = self.keys().current.get(&node).copied();
+        let generation = self.link().generation(node);
         let (Some(peer), Some(generation), Some(h)) = (peer, generation, self.coap.get()) else {
             return Response::error(
                 Code::SERVICE_UNAVAILABLE,
@@ -170,7 +171,11 @@ impl Cluster {
             payload: inc.request.payload.clone(),
             ..Request::new(Method::Post, paths::LOGS)
         };
-        let sent = h.request(peer, req, SendOptions::secure(key_of(node, generation)));
+        let sent = h.request(
+            peer,
+            req,
+            SendOptions::secure(PeerContexts::key(node, generation)),
+        );
         match tokio::time::timeout(WORKER_WAIT, sent).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => Response::error(

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 /// Where the upper tier keeps its peers' keys.
 pub trait KeyStore {
+    /// What goes wrong in the store engine.
+    type Error: std::error::Error + Send + Sync + 'static;
     /// Hand out `peer`'s next key: `candidate` (fresh random bytes) becomes the pending
     /// key unless one is pending already, which is then handed out again. Returns the
     /// pending key and whether it is new.
@@ -29,10 +31,10 @@ pub trait KeyStore {
         &mut self,
         peer: u32,
         candidate: &PeerKey,
-    ) -> Result<(PeerKey, bool), StoreError>;
+    ) -> Result<(PeerKey, bool), Self::Error>;
     /// `peer` spoke with its pending key of `generation`: it becomes the current one.
     /// Returns whether it was pending.
-    fn commit_rekey(&mut self, peer: u32, generation: u32) -> Result<bool, StoreError>;
+    fn commit_rekey(&mut self, peer: u32, generation: u32) -> Result<bool, Self::Error>;
 }
 
 /// A peer as the store holds it, to load at start.
@@ -234,7 +236,7 @@ impl Upper {
         id: u32,
         generation: u32,
         addr: SocketAddr,
-        store: &mut dyn KeyStore,
+        store: &mut impl KeyStore,
     ) -> Result<Heard, StoreError> {
         let p = self.peers.entry(id).or_insert_with(|| Peer {
             current: generation,
@@ -248,7 +250,11 @@ impl Upper {
         p.lost = false;
         p.addr = Some(addr);
         p.heard = Some(now);
-        if p.pending != Some(generation) || !store.commit_rekey(id, generation)? {
+        if p.pending != Some(generation)
+            || !store
+                .commit_rekey(id, generation)
+                .map_err(StoreError::new)?
+        {
             return Ok(heard);
         }
         let old = p.current;
@@ -271,12 +277,12 @@ impl Upper {
     pub fn rekey(
         &mut self,
         id: u32,
-        store: &mut dyn KeyStore,
+        store: &mut impl KeyStore,
         rng: &mut dyn Random,
     ) -> Result<crate::msg::Credentials, StoreError> {
         let current = self.peers.get(&id).map_or(0, |p| p.current);
         let candidate = PeerKey::fresh(current + 1, rng);
-        let (key, fresh) = store.begin_rekey(id, &candidate)?;
+        let (key, fresh) = store.begin_rekey(id, &candidate).map_err(StoreError::new)?;
         let p = self.peers.entry(id).or_default();
         // A context is made for a new key, and for one handed out before whose
         // context is not there (made in a run that ended before it was used).

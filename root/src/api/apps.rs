@@ -725,7 +725,7 @@ pub async fn evict_cluster(
     let id = cluster_id(&id)?;
     st.db().evict_cluster(id)?;
     if let Some(link) = st.link.get() {
-        link.evicted(id);
+        link.evicted(id).await;
         // "At once": the answer comes when the keys are gone.
         link.settled().await;
     }

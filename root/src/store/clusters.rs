@@ -1,6 +1,8 @@
 //! Clusters, their last aggregate, and cluster join tokens.
 
 use super::{Result, Store, StoreError, now_secs};
+use grove_proto::link::PeerKey;
+use grove_proto::link::upper::KeyStore;
 use rusqlite::{OptionalExtension, Row, params};
 
 /// A registered cluster.
@@ -127,50 +129,6 @@ impl Store {
             "UPDATE clusters SET rekey = 1 WHERE id = ?1 AND NOT evicted",
             [id],
         )
-    }
-
-    /// The next key for cluster `id`, kept as pending beside the one in use:
-    /// (generation, secret, salt, whether it is new). While one is pending, asking
-    /// again gives the same one.
-    pub fn begin_cluster_rekey(
-        &mut self,
-        id: u32,
-        secret: &[u8],
-        salt: &[u8],
-    ) -> Result<(u32, Vec<u8>, Vec<u8>, bool)> {
-        let tx = self.conn.transaction()?;
-        let row = tx
-            .query_row(
-                &format!("SELECT {COLS} FROM clusters WHERE id = ?1 AND NOT evicted"),
-                [id],
-                cluster,
-            )
-            .optional()?
-            .ok_or(StoreError::NotFound("cluster"))?;
-        if let Some((secret, salt)) = row.pending {
-            return Ok((row.key_gen + 1, secret, salt, false));
-        }
-        if row.key_gen >= grove_proto::util::MAX_KEY_GENERATION {
-            return Err(StoreError::Exhausted("key generations"));
-        }
-        tx.execute(
-            "UPDATE clusters SET pending_secret = ?2, pending_salt = ?3 WHERE id = ?1",
-            params![id, secret, salt],
-        )?;
-        tx.commit()?;
-        Ok((row.key_gen + 1, secret.to_vec(), salt.to_vec(), true))
-    }
-
-    /// The cluster spoke with its pending key of `generation`: it becomes the key in
-    /// use. False when there was no such pending key.
-    pub fn commit_cluster_rekey(&mut self, id: u32, generation: u32) -> Result<bool> {
-        let n = self.conn.execute(
-            "UPDATE clusters SET oscore_secret = pending_secret, oscore_salt = pending_salt,
-               key_gen = ?2, pending_secret = NULL, pending_salt = NULL, rekey = 0
-             WHERE id = ?1 AND key_gen + 1 = ?2 AND pending_secret IS NOT NULL",
-            params![id, generation],
-        )?;
-        Ok(n > 0)
     }
 
     /// Join tokens that may still be used: (id, secret).
@@ -327,6 +285,60 @@ impl Store {
             0 => Err(StoreError::NotFound("token")),
             _ => Ok(()),
         }
+    }
+}
+
+/// The clusters' keys over time, for the link's upper half.
+impl KeyStore for Store {
+    type Error = StoreError;
+
+    /// The next key for cluster `id`, kept as pending beside the one in use:
+    /// (generation, secret, salt, whether it is new). While one is pending, asking
+    /// again gives the same one.
+    fn begin_rekey(&mut self, id: u32, candidate: &PeerKey) -> Result<(PeerKey, bool)> {
+        let tx = self.conn.transaction()?;
+        let row = tx
+            .query_row(
+                &format!("SELECT {COLS} FROM clusters WHERE id = ?1 AND NOT evicted"),
+                [id],
+                cluster,
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound("cluster"))?;
+        let generation = row.key_gen + 1;
+        if let Some((secret, salt)) = row.pending {
+            let key = PeerKey {
+                generation,
+                secret,
+                salt,
+            };
+            return Ok((key, false));
+        }
+        if row.key_gen >= grove_proto::util::MAX_KEY_GENERATION {
+            return Err(StoreError::Exhausted("key generations"));
+        }
+        tx.execute(
+            "UPDATE clusters SET pending_secret = ?2, pending_salt = ?3 WHERE id = ?1",
+            params![id, candidate.secret, candidate.salt],
+        )?;
+        tx.commit()?;
+        let key = PeerKey {
+            generation,
+            ..candidate.clone()
+        };
+        Ok((key, true))
+    }
+
+    /// The cluster spoke with its pending key of `generation`: it becomes the key in
+    /// use. False when there was no such pending key.
+    fn commit_rekey(&mut self, id: u32, generation: u32) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE clusters SET oscore_secret = pending_secret, oscore_salt = pending_salt,
+               key_gen = ?2, pending_secret = NULL, pending_salt = NULL, rekey = 0
+             WHERE id = ?1 AND key_gen + 1 = ?2 AND pending_secret IS NOT NULL",
+            params![id, generation],
+        )?;
+        Ok(n > 0)
     }
 }
 
