@@ -3,15 +3,19 @@
 //! instance. While the cluster is away, instances keep running and changes queue up.
 
 use crate::runtime::Runtime;
-use grove_proto::coap::driver::{self, Handle, Observation, Router};
+use grove_proto::coap::driver::{self, Handle, Router};
 use grove_proto::coap::{
-    Code, Config, ContextKey, Endpoint, ExchangeError, LinkParams, Request, SendOptions,
+    Code, Config, ContextKey, Endpoint, LinkParams, Request, Response, SendOptions,
 };
+use grove_proto::link::OsRandom;
+use grove_proto::link::lower::LowerConfig;
+use grove_proto::link::shell::{self, Followed, LowerLink, LowerPaths, LowerTier, Outcome};
+use grove_proto::link::upper::ChangeMark;
 use grove_proto::msg::{
     self, GeoPoint, Heartbeat, HeartbeatAck, InstanceRef, InstanceStatus, NetCoord, NodeCommand,
-    NodeCommands, NodeRegistered, RegisterNode,
+    NodeCommands, NodeId, NodeRegistered, RegisterNode,
 };
-use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext, join_context};
+use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext};
 use grove_proto::paths;
 use grove_proto::vivaldi::Vivaldi;
 use sha2::{Digest, Sha256};
@@ -73,9 +77,6 @@ pub enum ControlError {
 const CLUSTER_COORD: NetCoord = NetCoord([0.0; 3]);
 const CLUSTER_ERROR: f32 = 0.01;
 
-/// How long a join token the cluster does not know is tried again.
-const UNKNOWN_TOKEN_PATIENCE: Duration = Duration::from_secs(20);
-
 fn parse_token(t: &str) -> Result<(Vec<u8>, Vec<u8>), ControlError> {
     grove_proto::util::parse_join_token(t).ok_or(ControlError::BadToken)
 }
@@ -96,12 +97,6 @@ fn credentials_file(dir: &Path) -> PathBuf {
     dir.join("node.cbor")
 }
 
-async fn backoff_sleep(attempt: &mut u32) {
-    let ms = 200u64.saturating_mul(1 << (*attempt).min(5)).min(5_000);
-    *attempt += 1;
-    tokio::time::sleep(Duration::from_millis(ms)).await;
-}
-
 /// Join the cluster with the join token of `s`: the registration, protected with the
 /// token's context; the answer holds the worker's id, subnets and long-term credentials.
 pub async fn join(c: &Handle, s: &Settings) -> Result<NodeRegistered, ControlError> {
@@ -110,17 +105,6 @@ pub async fn join(c: &Handle, s: &Settings) -> Result<NodeRegistered, ControlErr
         .as_deref()
         .ok_or_else(|| ControlError::NoToken(s.state_dir.display().to_string()))?;
     let (id, secret) = parse_token(token)?;
-    let mut attempt_id = [0u8; 8];
-    getrandom::getrandom(&mut attempt_id).map_err(|e| ControlError::Io(e.to_string()))?;
-    let key = c
-        .add_context(SecurityContext::in_memory(&join_context(
-            &id,
-            &secret,
-            &attempt_id,
-            true,
-        )))
-        .await
-        .ok_or_else(|| ControlError::Io("driver stopped".into()))?;
     let reg = RegisterNode {
         version: msg::PROTOCOL_VERSION,
         name: s.name.clone(),
@@ -138,53 +122,18 @@ pub async fn join(c: &Handle, s: &Settings) -> Result<NodeRegistered, ControlErr
         underlay: None,
         limits: s.limits.clone(),
     };
-    let mut attempt = 0;
-    let started = tokio::time::Instant::now();
-    loop {
-        match c
-            .request(
-                s.cluster,
-                Request::post_cbor(paths::NODES, msg::to_cbor(&reg)),
-                SendOptions::secure(key.clone()),
-            )
-            .await
-        {
-            Ok(r) if r.code.is_success() => {
-                c.remove_context(key);
-                return msg::from_cbor(&r.payload)
-                    .map_err(|e| ControlError::Refused(e.to_string()));
-            }
-            // No context for the token: a cluster that is starting, or a token made a
-            // moment ago, is not ready yet; one that never learns it refuses for good.
-            Ok(r) if r.code == Code::UNAUTHORIZED && started.elapsed() < UNKNOWN_TOKEN_PATIENCE => {
-                tracing::info!("the cluster does not know the join token yet; retrying");
-                backoff_sleep(&mut attempt).await;
-            }
-            // A cluster that has not joined its root yet asks to be asked again.
-            Ok(r) if r.code == Code::SERVICE_UNAVAILABLE => {
-                tracing::info!("the cluster is not ready for workers yet; retrying");
-                backoff_sleep(&mut attempt).await;
-            }
-            Ok(r) if r.code == Code::UNAUTHORIZED => {
-                return Err(ControlError::Refused(format!(
-                    "{} {}: the cluster does not know this join token (expired, revoked, or made by another cluster)",
-                    r.code,
-                    String::from_utf8_lossy(&r.payload)
-                )));
-            }
-            Ok(r) => {
-                return Err(ControlError::Refused(format!(
-                    "{} {}",
-                    r.code,
-                    String::from_utf8_lossy(&r.payload)
-                )));
-            }
-            Err(e) => {
-                tracing::info!(error = %e, "cluster not reachable; retrying the join");
-                backoff_sleep(&mut attempt).await;
-            }
-        }
-    }
+    let answer = shell::join(
+        c,
+        s.cluster,
+        (&id, &secret),
+        paths::NODES,
+        msg::to_cbor(&reg),
+        LowerConfig::default(),
+        &mut OsRandom,
+    )
+    .await
+    .map_err(|e| ControlError::Refused(e.to_string()))?;
+    msg::from_cbor(&answer).map_err(|e| ControlError::Refused(e.to_string()))
 }
 
 fn digest(instances: &[(InstanceRef, msg::InstanceState)]) -> [u8; 8] {
@@ -197,17 +146,6 @@ fn digest(instances: &[(InstanceRef, msg::InstanceState)]) -> [u8; 8] {
     let mut out = [0u8; 8];
     out.copy_from_slice(&h[..8]);
     out
-}
-
-/// The cluster answered 4.01 to a heartbeat: it no longer accepts this worker's key.
-/// Said at most once a minute.
-fn refused_key() {
-    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    if grove_proto::util::now_and_then(&LAST, 60) {
-        tracing::error!(
-            "the cluster refuses this worker's key (evicted?): it keeps its instances but hears no commands; join again with a new token (remove node.cbor from the state directory)"
-        );
-    }
 }
 
 /// Keep the registration (with the worker's key) in `file`, readable by the agent only:
@@ -265,18 +203,15 @@ fn watch_service(
     })
 }
 
-/// The command set in `payload` if it is newer than `last` (which it then becomes).
-fn newer(payload: &[u8], last: &mut u64) -> Option<NodeCommands> {
+/// The command set in `payload` if `take` finds its generation newer than what was
+/// taken (a late older set, a notification overtaken by the answer of a new
+/// observation, is not).
+fn newer(payload: &[u8], take: &mut (dyn FnMut(u64) -> bool + Send)) -> Option<NodeCommands> {
     let cmds: NodeCommands = msg::from_cbor(payload).ok()?;
-    if cmds.generation < *last {
-        tracing::debug!(
-            generation = cmds.generation,
-            last = *last,
-            "older commands ignored"
-        );
+    if !take(cmds.generation) {
+        tracing::debug!(generation = cmds.generation, "older commands ignored");
         return None;
     }
-    *last = cmds.generation;
     Some(cmds)
 }
 
@@ -364,6 +299,140 @@ fn converge(rt: &mut dyn Runtime, cmds: &NodeCommands) {
     }
 }
 
+/// The worker as the lower tier of its cluster link.
+struct WorkerSide {
+    rt: Box<dyn Runtime>,
+    node: NodeId,
+    limits: Option<msg::WorkerLimits>,
+    mem_total: u32,
+    coord: Vivaldi,
+    /// Round trips measured so far (each sample's nudge).
+    samples: u32,
+    /// The peers and services this worker holds.
+    held: Held,
+    watchdog: bool,
+    /// Where the registration (with the key) is kept, and the key's sequence numbers.
+    reg: NodeRegistered,
+    file: PathBuf,
+    seq_file: PathBuf,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl LowerTier for WorkerSide {
+    type Change = InstanceStatus;
+
+    fn heartbeat(&mut self, seq: u32) -> Vec<u8> {
+        if self.watchdog {
+            grove_proto::service::alive();
+        }
+        let list = self.rt.list();
+        let u = self.rt.usage();
+        let running = list
+            .iter()
+            .filter(|(_, st)| *st == msg::InstanceState::Running)
+            .count();
+        msg::to_cbor(&Heartbeat {
+            node: self.node,
+            seq,
+            cpu_centi_pct: u.cpu_centi_pct,
+            mem_used_mib: u.mem_used_mib,
+            mem_total_mib: self.mem_total,
+            disk_used_mib: u.disk_used_mib,
+            disk_total_mib: 32_000,
+            running: u16::try_from(running).unwrap_or(u16::MAX),
+            coord: self.coord.coord,
+            digest: digest(&list),
+            changes: Vec::new(),
+            // Per-instance figures every fifth heartbeat (10 s).
+            instances: (seq % 5 == 0)
+                .then(|| self.rt.instance_usage())
+                .filter(|v| !v.is_empty()),
+            limits: (seq < 3 || seq % 150 == 0)
+                .then(|| self.limits.clone())
+                .flatten(),
+            changes_from: None,
+        })
+    }
+
+    fn report(&mut self, mark: ChangeMark, changes: &[InstanceStatus]) -> Vec<u8> {
+        msg::to_cbor(&Heartbeat {
+            node: self.node,
+            seq: 0,
+            cpu_centi_pct: 0,
+            mem_used_mib: 0,
+            mem_total_mib: 0,
+            disk_used_mib: 0,
+            disk_total_mib: 0,
+            running: 0,
+            coord: NetCoord([0.0; 3]),
+            digest: [0; 8],
+            changes: changes.to_vec(),
+            instances: None,
+            limits: None,
+            changes_from: Some(mark.to_wire()),
+        })
+    }
+
+    fn heartbeat_answered(
+        &mut self,
+        rtt: Duration,
+        answer: &Response,
+    ) -> (Option<Option<u64>>, bool) {
+        // Round trips of heartbeats (non-confirmable: never retransmitted, so each one
+        // is a clean sample) place this worker in the cluster's network coordinates.
+        self.samples = self.samples.wrapping_add(1);
+        #[allow(clippy::cast_precision_loss)]
+        let (ms, nudge) = (rtt.as_secs_f32() * 1000.0, self.samples as f32);
+        self.coord.observe(CLUSTER_COORD, CLUSTER_ERROR, ms, nudge);
+        self.rt.coordinate(self.coord.coord);
+        // Their answers say which command set the cluster last gave this worker.
+        match msg::from_cbor::<HeartbeatAck>(&answer.payload) {
+            Ok(a) => (Some(a.generation), a.rekey),
+            Err(_) => (None, false),
+        }
+    }
+
+    async fn commands(
+        &mut self,
+        payload: &[u8],
+        first: bool,
+        take: &mut (dyn FnMut(u64) -> bool + Send),
+    ) -> Followed {
+        let Some(mut cmds) = newer(payload, take) else {
+            return Followed::Done;
+        };
+        // A change of the peers or services that never arrived (a first answer
+        // brings everything).
+        let stale = held_parts(&mut cmds, &mut self.held) && !first;
+        converge(self.rt.as_mut(), &cmds);
+        self.wake.notify_one();
+        if first {
+            tracing::info!(
+                generation = cmds.generation,
+                instances = cmds.commands.len(),
+                "observing the cluster's commands; converged"
+            );
+        }
+        if stale {
+            Followed::Stale
+        } else {
+            Followed::Done
+        }
+    }
+
+    fn take_key(&mut self, creds: msg::Credentials) -> Result<SecurityContext, String> {
+        // Stored before it is used: killed now, the worker comes back with the old key
+        // (still good until the new one is heard) or the new one.
+        let mut next = self.reg.clone();
+        next.credentials = Some(creds);
+        let ctx = store_registration(&self.file, &next)
+            .and_then(|()| link_context(&next, &self.seq_file))
+            .map_err(|e| e.to_string())?;
+        self.reg = next;
+        Ok(ctx)
+    }
+}
+
 /// Run the control loop until `stop` resolves.
 pub async fn run(
     s: Settings,
@@ -384,11 +453,9 @@ pub async fn run(
         max_retransmit: 4,
         ..LinkParams::default()
     };
-    let mut seed = [0u8; 8];
-    let _ = getrandom::getrandom(&mut seed);
     let cfg = Config {
         link,
-        seed: u64::from_le_bytes(seed),
+        seed: u64::from_le_bytes(grove_proto::link::random::<8>(&mut OsRandom)),
         ..Config::default()
     };
     // The cluster asks for logs over the link this agent opened (its only context).
@@ -416,7 +483,6 @@ pub async fn run(
     };
     let seq_file = s.state_dir.join("cluster.oscore-seq");
     let ctx = link_context(&reg, &seq_file)?;
-    let mut reg = reg;
     let key = c
         .add_context(ctx)
         .await
@@ -425,117 +491,60 @@ pub async fn run(
     tracing::info!(node = node.0, cluster = %s.cluster, "worker joined");
     rt.joined(&s.name, &reg, s.cluster);
     grove_proto::service::ready();
-    // The watchdog is fed by the control loop itself, with each heartbeat.
-    let watchdog = std::env::var_os("WATCHDOG_USEC").is_some();
 
-    let period = Duration::from_millis(u64::from(reg.timing.heartbeat_ms.max(100)));
-    // The machine's memory does not change: read once, not with every heartbeat.
-    let mem_total = meminfo_mib();
-    let mut heartbeat = tokio::time::interval(period);
-    let mut tick = tokio::time::interval(s.tick);
+    let cfg = LowerConfig {
+        heartbeat: Duration::from_millis(u64::from(reg.timing.heartbeat_ms.max(100))),
+        ..LowerConfig::default()
+    };
+    let paths = LowerPaths {
+        commands: paths::node_commands(node),
+        status: paths::node_status(node),
+        rekey: paths::node_rekey(node),
+    };
+    let mut link = LowerLink::new(c.clone(), s.cluster, key.clone(), paths, cfg, &mut OsRandom);
     // Work that is waiting (a status to send, a finished pull) runs at once instead
     // of at the next tick.
     let wake = rt
         .waker()
         .unwrap_or_else(|| std::sync::Arc::new(tokio::sync::Notify::new()));
-    let mut obs: Option<Observation> = None;
-    // The generation of the commands last converged on: an older set that arrives
-    // late (a notification overtaken by the answer of a new observation) is ignored.
-    let mut generation = 0u64;
-    let mut reobserve_at = tokio::time::Instant::now();
-    let mut attempt = 0u32;
-    let mut pending: Vec<InstanceStatus> = Vec::new();
-    let mut seq = 0u32;
-    // Exchanges with the cluster run as tasks, so a cluster that is away never holds up
-    // the heartbeat or the runtime: their outcomes come back on these channels.
-    let (obs_tx, mut obs_rx) = mpsc::channel::<Result<Observation, ExchangeError>>(1);
-    let (ack_tx, mut ack_rx) = mpsc::channel::<(usize, bool)>(1);
-    // Round trips of heartbeats (non-confirmable: never retransmitted, so each one is a
-    // clean sample) place this worker in the cluster's network coordinates.
-    // Their answers say which command set the cluster last gave this worker.
-    let (rtt_tx, mut rtt_rx) = mpsc::channel::<(Duration, Option<HeartbeatAck>)>(4);
-    // A new key the cluster asked this worker to take (at most one exchange at once).
-    let (rekey_tx, mut rekey_rx) = mpsc::channel::<Result<msg::Credentials, String>>(1);
-    let mut rekeying = false;
-    // Heartbeat answers in a row naming a set this worker does not hold.
-    let mut behind = 0u32;
-    // When the current observation was answered.
-    let mut observed_at = tokio::time::Instant::now();
-    // Whether the cluster answers heartbeats so (else the observation is renewed
-    // every 20 s: a restarted cluster forgot it).
-    let mut acked = false;
-    let mut refreshes = 0u32;
-    // The peers and services this worker holds.
-    let mut held = Held::default();
-    let mut coord = Vivaldi::default();
-    let (mut observing, mut reporting) = (false, false);
+    let mut tier = WorkerSide {
+        rt,
+        node,
+        limits: s.limits.clone(),
+        // The machine's memory does not change: read once, not with every heartbeat.
+        mem_total: meminfo_mib(),
+        coord: Vivaldi::default(),
+        samples: 0,
+        held: Held::default(),
+        // The watchdog is fed by the control loop itself, with each heartbeat.
+        watchdog: std::env::var_os("WATCHDOG_USEC").is_some(),
+        reg,
+        file,
+        seq_file,
+        wake: wake.clone(),
+    };
+    let mut tick = tokio::time::interval(s.tick);
     // Services of other clusters the data plane asked for: one observation each at the
     // cluster's directory, as a task whose answers come back on this channel.
     let (dir_tx, mut dir_rx) = mpsc::unbounded_channel::<(IpAddr, Option<msg::ServiceEntry>)>();
     let mut watching: HashMap<IpAddr, tokio::task::JoinHandle<()>> = HashMap::new();
-    // Register again now and then: a cluster that restarted forgot its observers.
-    let mut refresh = tokio::time::interval(Duration::from_secs(20));
-    refresh.tick().await;
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => return Ok(()),
-            _ = refresh.tick() => {
-                refreshes += 1;
-                // With heartbeat answers a lost observation shows within seconds; the
-                // renewal is only a backstop then.
-                if !observing && (!acked || refreshes % 15 == 0) {
-                    obs = None;
-                    reobserve_at = tokio::time::Instant::now();
-                }
-            }
-            _ = heartbeat.tick() => {
-                if watchdog {
-                    grove_proto::service::alive();
-                }
-                seq = seq.wrapping_add(1);
-                let list = rt.list();
-                let u = rt.usage();
-                let running = list.iter().filter(|(_, st)| *st == msg::InstanceState::Running).count();
-                let hb = Heartbeat {
-                    node,
-                    seq,
-                    cpu_centi_pct: u.cpu_centi_pct,
-                    mem_used_mib: u.mem_used_mib,
-                    mem_total_mib: mem_total,
-                    disk_used_mib: u.disk_used_mib,
-                    disk_total_mib: 32_000,
-                    running: u16::try_from(running).unwrap_or(u16::MAX),
-                    coord: coord.coord,
-                    digest: digest(&list),
-                    changes: Vec::new(),
-                    // Per-instance figures every fifth heartbeat (10 s).
-                    instances: (seq % 5 == 0).then(|| rt.instance_usage()).filter(|v| !v.is_empty()),
-                    limits: (seq < 3 || seq % 150 == 0).then(|| s.limits.clone()).flatten(),
-                };
-                let req = Request::post_cbor(&paths::node_status(node), msg::to_cbor(&hb));
-                let (c2, key2, to, tx) = (c.clone(), key.clone(), s.cluster, rtt_tx.clone());
-                tokio::spawn(async move {
-                    let sent = tokio::time::Instant::now();
-                    let r = c2.request(to, req, SendOptions { non_confirmable: true, security: Some(key2) }).await;
-                    if let Ok(r) = r {
-                        if r.code.is_success() {
-                            let ack = msg::from_cbor::<HeartbeatAck>(&r.payload).ok();
-                            let _ = tx.try_send((sent.elapsed(), ack));
-                        } else if r.code == Code::UNAUTHORIZED {
-                            refused_key();
-                        }
-                    }
-                });
-            }
+            o = link.next() => link.handle(&mut tier, o).await,
             () = async {
                 tokio::select! {
                     _ = tick.tick() => {}
                     () = wake.notified() => {}
                 }
             } => {
-                pending.extend(rt.poll());
-                let wanted = rt.lookups();
+                for change in tier.rt.poll() {
+                    link.change(change);
+                }
+                let wanted = tier.rt.lookups();
+                // The key may have changed with a re-key: lookups go under the current one.
+                let key = link.key().clone();
                 for ip in wanted.drop {
                     if let Some(h) = watching.remove(&ip) {
                         h.abort();
@@ -554,151 +563,9 @@ pub async fn run(
                         old.abort();
                     }
                 }
-                if obs.is_none() && !observing && tokio::time::Instant::now() >= reobserve_at {
-                    observing = true;
-                    let (c2, key2, to, tx) = (c.clone(), key.clone(), s.cluster, obs_tx.clone());
-                    tokio::spawn(async move {
-                        let r = c2.observe(to, Request::get(&paths::node_commands(node)), SendOptions::secure(key2)).await;
-                        let _ = tx.send(r).await;
-                    });
-                }
-                if !pending.is_empty() && !reporting {
-                    reporting = true;
-                    let hb = Heartbeat {
-                        node, seq, cpu_centi_pct: 0, mem_used_mib: 0, mem_total_mib: 0, disk_used_mib: 0,
-                        disk_total_mib: 0, running: 0, coord: NetCoord([0.0; 3]), digest: [0; 8],
-                        changes: pending.clone(), instances: None, limits: None,
-                    };
-                    let n = pending.len();
-                    tracing::debug!(changes = n, "reporting status changes");
-                    let req = Request::post_cbor(&paths::node_status(node), msg::to_cbor(&hb));
-                    let (c2, key2, to, tx) = (c.clone(), key.clone(), s.cluster, ack_tx.clone());
-                    tokio::spawn(async move {
-                        let ok = matches!(c2.request(to, req, SendOptions::secure(key2)).await, Ok(r) if r.code.is_success());
-                        let _ = tx.send((n, ok)).await;
-                    });
-                }
+                link.handle(&mut tier, Outcome::Due).await;
             }
-            Some((ip, entry)) = dir_rx.recv() => rt.found(ip, entry),
-            Some((rtt, ack)) = rtt_rx.recv() => {
-                #[allow(clippy::cast_precision_loss)]
-                let (ms, nudge) = (rtt.as_secs_f32() * 1000.0, seq as f32);
-                coord.observe(CLUSTER_COORD, CLUSTER_ERROR, ms, nudge);
-                rt.coordinate(coord.coord);
-                // An answer made before the current observation was answered says
-                // nothing of it (the heartbeat and the observation cross at a join).
-                let made_before = tokio::time::Instant::now().checked_sub(rtt).is_none_or(|sent| sent < observed_at);
-                if ack.as_ref().is_some_and(|a| a.rekey) && !rekeying {
-                    rekeying = true;
-                    let (c2, key2, to, tx) = (c.clone(), key.clone(), s.cluster, rekey_tx.clone());
-                    tokio::spawn(async move {
-                        let r = grove_proto::util::ask_new_key(&c2, to, &paths::node_rekey(node), key2).await;
-                        let _ = tx.send(r).await;
-                    });
-                }
-                if let Some(a) = ack.filter(|_| !made_before) {
-                    acked = true;
-                    behind = if a.generation == Some(generation) { 0 } else { behind + 1 };
-                    // The cluster holds no observation of this worker's (it restarted),
-                    // or it gave a set that never arrived (twice in a row: one may be
-                    // on its way): observe afresh, which brings everything.
-                    if (a.generation.is_none() || behind >= 2) && obs.is_some() && !observing {
-                        tracing::info!(
-                            generation,
-                            theirs = a.generation,
-                            "the cluster's commands moved on without this worker; observing afresh"
-                        );
-                        obs = None;
-                        reobserve_at = tokio::time::Instant::now();
-                        behind = 0;
-                    }
-                }
-            }
-            Some(r) = rekey_rx.recv() => {
-                rekeying = false;
-                match r {
-                    Ok(creds) => {
-                        // Stored before it is used: killed now, the worker comes back
-                        // with the old key (still good until the new one is heard) or
-                        // the new one.
-                        let mut next = reg.clone();
-                        next.credentials = Some(creds);
-                        let ctx = store_registration(&file, &next).and_then(|()| link_context(&next, &seq_file));
-                        match ctx {
-                            Ok(ctx) => {
-                                // The same key slot: the old context is replaced.
-                                c.add_context(ctx).await;
-                                reg = next;
-                                // The observation was made under the old key.
-                                obs = None;
-                                reobserve_at = tokio::time::Instant::now();
-                                tracing::info!("took the new key the cluster handed out");
-                            }
-                            Err(e) => tracing::error!(error = %e, "cannot keep the new key; keeping the old one"),
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "re-key refused; trying again with a later heartbeat"),
-                }
-            }
-            Some((n, ok)) = ack_rx.recv() => {
-                tracing::debug!(changes = n, ok, "status report answered");
-                reporting = false;
-                if ok {
-                    pending.drain(..n.min(pending.len()));
-                }
-                if !pending.is_empty() {
-                    wake.notify_one();
-                }
-            }
-            Some(r) = obs_rx.recv() => {
-                observing = false;
-                match r {
-                    Ok(o) if o.first.code == Code::CONTENT => {
-                        attempt = 0;
-                        if let Some(mut cmds) = newer(&o.first.payload, &mut generation) {
-                            held_parts(&mut cmds, &mut held);
-                            converge(rt.as_mut(), &cmds);
-                            wake.notify_one();
-                            tracing::info!(
-                                generation = cmds.generation,
-                                instances = cmds.commands.len(),
-                                "observing the cluster's commands; converged"
-                            );
-                        }
-                        obs = Some(o);
-                        observed_at = tokio::time::Instant::now();
-                    }
-                    Ok(o) => {
-                        tracing::warn!(code = %o.first.code, "the cluster refused the observation");
-                        reobserve_at = tokio::time::Instant::now() + Duration::from_secs(5);
-                    }
-                    Err(e) => {
-                        tracing::info!(error = %e, "cluster away; instances keep running");
-                        let ms = 200u64.saturating_mul(1 << attempt.min(5)).min(5_000);
-                        attempt += 1;
-                        reobserve_at = tokio::time::Instant::now() + Duration::from_millis(ms);
-                    }
-                }
-            }
-            n = async { match obs.as_mut() { Some(o) => o.notifications.recv().await, None => std::future::pending().await } } => {
-                match n {
-                    Some(n) => {
-                        if let Some(mut cmds) = newer(&n.payload, &mut generation) {
-                            if held_parts(&mut cmds, &mut held) {
-                                // A change of the peers or services never arrived.
-                                obs = None;
-                                reobserve_at = tokio::time::Instant::now();
-                            }
-                            converge(rt.as_mut(), &cmds);
-                            wake.notify_one();
-                        }
-                    }
-                    None => {
-                        obs = None;
-                        reobserve_at = tokio::time::Instant::now();
-                    }
-                }
-            }
+            Some((ip, entry)) = dir_rx.recv() => tier.rt.found(ip, entry),
         }
     }
 }
@@ -735,25 +602,28 @@ mod tests {
                 ..Default::default()
             })
         };
-        let mut last = 0;
-        assert!(newer(&set(5), &mut last).is_some());
+        let t0 = std::time::Instant::now();
+        let mut lower: grove_proto::link::lower::Lower<()> =
+            grove_proto::link::lower::Lower::new(LowerConfig::default(), t0, true, &mut OsRandom);
+        let mut take = |g| lower.commands(g);
+        assert!(newer(&set(5), &mut take).is_some());
         assert!(
-            newer(&set(4), &mut last).is_none(),
+            newer(&set(4), &mut take).is_none(),
             "older than the one applied"
         );
         assert!(
-            newer(&set(5), &mut last).is_some(),
+            newer(&set(5), &mut take).is_some(),
             "the same again is harmless"
         );
-        assert!(newer(&set(9), &mut last).is_some());
-        assert_eq!(last, 9);
-        assert!(newer(b"not cbor", &mut last).is_none());
+        assert!(newer(&set(9), &mut take).is_some());
+        assert!(newer(b"not cbor", &mut take).is_none());
+        assert_eq!(lower.generation(), Some(9));
     }
 
     #[test]
     fn a_set_without_a_changed_part_asks_for_everything_again() {
         let peer = |n: u32, at: &str| msg::NodePeer {
-            node: msg::NodeId(n),
+            node: NodeId(n),
             underlay: at.into(),
             subnet_v4: msg::Ipv4Prefix {
                 addr: n << 6,

@@ -185,6 +185,7 @@ fn sample_heartbeat(changes: Vec<InstanceStatus>) -> Heartbeat {
         changes,
         instances: None,
         limits: None,
+        changes_from: None,
     }
 }
 

@@ -5,22 +5,19 @@
 mod asked;
 mod directory;
 mod push;
+mod root_link;
 mod workers_link;
 
 use crate::scheduler::{self, Demand, NodeView, Resources};
 use crate::store::{InstanceRow, NewNode, Store, now_secs};
-use grove_proto::coap::driver::{self, Handle, Incoming, Observation, Router};
-use grove_proto::coap::{
-    Code, Config, Endpoint, LinkParams, Method, Request, Response, SendOptions,
-};
+use grove_proto::coap::driver::{self, Handle, Incoming, Router};
+use grove_proto::coap::{Code, Config, Endpoint, Method, Response};
 use grove_proto::msg::{
-    self, Capacity, ClusterCommands, ClusterId, ClusterRegistered, ClusterReport, GeoPoint,
-    Heartbeat, InstanceRef, InstanceSpec, InstanceState, InstanceStatus, NetCoord, NodeCommand,
-    NodeId, NodeRegistered, RegisterCluster, RegisterNode,
+    self, Capacity, ClusterCommands, ClusterId, GeoPoint, Heartbeat, InstanceRef, InstanceSpec,
+    InstanceState, InstanceStatus, NetCoord, NodeCommand, NodeId, NodeRegistered, RegisterNode,
 };
-use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext, join_context};
 use grove_proto::paths;
-use grove_proto::util::{format_join_token, hex, parse_join_token, speaks_for};
+use grove_proto::util::{format_join_token, hex, speaks_for};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,13 +30,6 @@ use tokio::sync::mpsc;
 pub const HEARTBEAT_MS: u32 = 2000;
 /// Missed heartbeats before a worker is lost.
 pub const MISSED: u32 = 3;
-/// How often an observation of the upper tier is registered again.
-pub const OBSERVE_REFRESH: Duration = Duration::from_secs(20);
-/// Report period to the root.
-const REPORT_EVERY: Duration = Duration::from_secs(5);
-/// A report carries the capacity at least this often, changed or not.
-const FULL_REPORT_EVERY: Duration = Duration::from_secs(30);
-
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -905,7 +895,13 @@ async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
         (was_lost, moved)
     };
     let (came_back, moved) = came_back;
-    for c in &hb.changes {
+    // A batch sent again after a lost acknowledgement: its changes taken before are
+    // not applied twice.
+    let mark = hb
+        .changes_from
+        .map(grove_proto::link::upper::ChangeMark::from_wire);
+    let taken = cl.link().take_changes(id, mark, hb.changes.len());
+    for c in &hb.changes[taken..] {
         let ok = cl
             .db()
             .report_status(
@@ -943,7 +939,7 @@ pub async fn start(
     socket: tokio::net::UdpSocket,
 ) -> Result<Arc<Cluster>, String> {
     std::fs::create_dir_all(s.data_dir.join("oscore")).map_err(|e| e.to_string())?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
     let cl = Arc::new(Cluster {
         store: Mutex::new(store),
         coap: OnceLock::new(),
@@ -1094,182 +1090,9 @@ pub async fn start(
         }
     });
     // Root link: join (or resume), observe commands, report.
-    let root_coap = {
-        let sock = tokio::net::UdpSocket::bind(if s.root.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        })
+    root_link::open(&cl, &s, rx)
         .await
         .map_err(|e| e.to_string())?;
-        // Short exchanges (at most ~10 s): a new attempt follows at once, so a root that
-        // comes back is reached within seconds, not after a long back-off.
-        let link = LinkParams {
-            ack_timeout: Duration::from_secs(1),
-            max_retransmit: 2,
-            ..LinkParams::default()
-        };
-        let cfg = Config {
-            link,
-            seed: u64::from_le_bytes(random::<8>()),
-            ..Config::default()
-        };
-        // What the root asks of this cluster (its workers, their tokens, logs) comes
-        // over the link the cluster opened.
-        driver::spawn(sock, Endpoint::new(cfg), asked::router(&cl))
-            .map_err(|e| e.to_string())?
-            .0
-    };
-    let (cluster_id, key) = root_join(&cl, &s, &root_coap).await?;
-    let _ = cl.root_link.set(RootLink {
-        coap: root_coap.clone(),
-        key: key.clone(),
-        addr: s.root,
-        id: ClusterId(cluster_id),
-    });
-    let cr = cl.clone();
-    let (rc, rk, root) = (root_coap.clone(), key.clone(), s.root);
-    tokio::spawn(async move {
-        let mut obs: Option<Observation> = None;
-        let mut report = tokio::time::interval(REPORT_EVERY);
-        let (mut last_capacity, mut last_full): (Option<Vec<Capacity>>, Instant) =
-            (None, Instant::now());
-        let mut last_workers: Option<Vec<msg::NodePeer>> = None;
-        let mut pending: Vec<InstanceStatus> = Vec::new();
-        let mut seq = 0u32;
-        let mut retry = tokio::time::interval(Duration::from_millis(500));
-        // Exchanges with the root run as tasks: a root that is away never holds up the
-        // cluster; their outcomes come back here.
-        let (obs_tx, mut obs_rx) = mpsc::channel::<Option<Observation>>(1);
-        let (ack_tx, mut ack_rx) = mpsc::channel::<(usize, bool)>(1);
-        let (mut observing, mut reporting) = (false, false);
-        // The root asks for a new key in its answers to reports; one exchange at once.
-        let (asked_tx, mut asked_rx) = mpsc::channel::<()>(1);
-        let (rekey_tx, mut rekey_rx) = mpsc::channel::<Result<msg::Credentials, String>>(1);
-        let mut rekeying = false;
-        let data_dir = cr.dir.clone();
-        // Register again now and then: a root that restarted forgot its observers.
-        let mut refresh = tokio::time::interval(OBSERVE_REFRESH);
-        refresh.tick().await;
-        loop {
-            tokio::select! {
-                _ = refresh.tick() => obs = None,
-                _ = retry.tick() => {
-                    if obs.is_none() && !observing {
-                        observing = true;
-                        let (rc2, rk2, tx) = (rc.clone(), rk.clone(), obs_tx.clone());
-                        tokio::spawn(async move {
-                            let r = rc2.observe(root, Request::get(&paths::cluster_commands(ClusterId(cluster_id))), SendOptions::secure(rk2)).await;
-                            let _ = tx.send(r.ok().filter(|o| o.first.code == Code::CONTENT)).await;
-                        });
-                    }
-                    if !pending.is_empty() && !reporting {
-                        reporting = true;
-                        seq = seq.wrapping_add(1);
-                        let n = pending.len();
-                        let rep = ClusterReport { cluster: ClusterId(cluster_id), seq, capacity: None, changes: pending.clone(), workers: None };
-                        let req = Request::post_cbor(&paths::cluster_status(ClusterId(cluster_id)), msg::to_cbor(&rep));
-                        let (rc2, rk2, tx) = (rc.clone(), rk.clone(), ack_tx.clone());
-                        tokio::spawn(async move {
-                            let ok = matches!(rc2.request(root, req, SendOptions::secure(rk2)).await, Ok(r) if r.code.is_success());
-                            let _ = tx.send((n, ok)).await;
-                        });
-                    }
-                }
-                Some(o) = obs_rx.recv() => {
-                    observing = false;
-                    if let Some(o) = o {
-                        if let Ok(cmds) = msg::from_cbor::<ClusterCommands>(&o.first.payload) {
-                            cr.apply_root(&cmds).await;
-                        }
-                        obs = Some(o);
-                    }
-                }
-                Some((n, ok)) = ack_rx.recv() => {
-                    reporting = false;
-                    if ok {
-                        pending.drain(..n.min(pending.len()));
-                    }
-                    // Changes that came while this report was on its way go at once,
-                    // not at the next retry tick.
-                    if !pending.is_empty() {
-                        retry.reset_immediately();
-                    }
-                }
-                _ = report.tick() => {
-                    seq = seq.wrapping_add(1);
-                    // Changes only; the whole again now and then, since reports are
-                    // non-confirmable and one that carried a change may be lost.
-                    let now = cr.capacity();
-                    let full = last_full.elapsed() >= FULL_REPORT_EVERY;
-                    let capacity = (last_capacity.as_ref() != Some(&now) || full).then(|| {
-                        last_capacity = Some(now.clone());
-                        now
-                    });
-                    let workers_now = cr.own_peers();
-                    let workers = (last_workers.as_ref() != Some(&workers_now) || full).then(|| {
-                        last_workers = Some(workers_now.clone());
-                        workers_now
-                    });
-                    if full {
-                        last_full = Instant::now();
-                    }
-                    let rep = ClusterReport { cluster: ClusterId(cluster_id), seq, capacity, changes: vec![], workers };
-                    let req = Request::post_cbor(&paths::cluster_status(ClusterId(cluster_id)), msg::to_cbor(&rep));
-                    let (rc2, rk2, asked) = (rc.clone(), rk.clone(), asked_tx.clone());
-                    tokio::spawn(async move {
-                        let r = rc2.request(root, req, SendOptions { non_confirmable: true, security: Some(rk2) }).await;
-                        static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-                        if r.as_ref().is_ok_and(|r| r.code == Code::UNAUTHORIZED) && grove_proto::util::now_and_then(&LAST, 60) {
-                            tracing::error!("the root refuses this cluster's key (evicted?): its workers keep running, the root hears nothing; join again with a new join token");
-                        }
-                        let ack = r.ok().filter(|r| r.code.is_success()).and_then(|r| msg::from_cbor::<msg::ReportAck>(&r.payload).ok());
-                        if ack.is_some_and(|a| a.rekey) {
-                            let _ = asked.try_send(());
-                        }
-                    });
-                }
-                Some(()) = asked_rx.recv() => {
-                    if !rekeying {
-                        rekeying = true;
-                        let (rc2, rk2, tx) = (rc.clone(), rk.clone(), rekey_tx.clone());
-                        tokio::spawn(async move {
-                            let path = paths::cluster_rekey(ClusterId(cluster_id));
-                            let r = grove_proto::util::ask_new_key(&rc2, root, &path, rk2).await;
-                            let _ = tx.send(r).await;
-                        });
-                    }
-                }
-                Some(r) = rekey_rx.recv() => {
-                    rekeying = false;
-                    match r.and_then(|creds| cr.take_root_key(&data_dir, creds)) {
-                        Ok(ctx) => {
-                            // The same key slot: the old context is replaced; the
-                            // observation was made under the old key.
-                            rc.add_context(ctx).await;
-                            obs = None;
-                            tracing::info!("took the new key the root handed out");
-                        }
-                        Err(e) => tracing::warn!(error = %e, "re-key with the root failed; trying again after a later report"),
-                    }
-                }
-                Some(change) = rx.recv() => {
-                    pending.push(change);
-                    retry.reset_immediately();
-                }
-                n = async { match obs.as_mut() { Some(o) => o.notifications.recv().await, None => std::future::pending().await } } => {
-                    match n {
-                        Some(n) => {
-                            if let Ok(cmds) = msg::from_cbor::<ClusterCommands>(&n.payload) {
-                                cr.apply_root(&cmds).await;
-                            }
-                        }
-                        None => obs = None,
-                    }
-                }
-            }
-        }
-    });
     Ok(cl)
 }
 
@@ -1307,122 +1130,6 @@ pub async fn serve_metrics(cl: Arc<Cluster>, listener: tokio::net::TcpListener) 
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "the metrics port stopped");
     }
-}
-
-impl Cluster {
-    /// Keep the root's new key (stored before it is used: killed now, the cluster
-    /// comes back with the old key, still good until the root hears the new one, or
-    /// with the new one) and make its context.
-    fn take_root_key(
-        &self,
-        dir: &std::path::Path,
-        creds: msg::Credentials,
-    ) -> Result<SecurityContext, String> {
-        let stored = self
-            .db()
-            .root_value("registered")
-            .map_err(|e| e.to_string())?;
-        let mut reg: ClusterRegistered = stored
-            .and_then(|b| msg::from_cbor(&b).ok())
-            .ok_or("no registration stored")?;
-        reg.credentials = Some(creds.clone());
-        self.db()
-            .set_root_value("registered", &msg::to_cbor(&reg))
-            .map_err(|e| e.to_string())?;
-        SecurityContext::new(
-            &ContextParams::from(creds),
-            Box::new(FileContextStore::new(dir.join("root.oscore-seq"))),
-        )
-        .map_err(|e| e.to_string())
-    }
-}
-
-async fn root_join(
-    cl: &Arc<Cluster>,
-    s: &Settings,
-    c: &Handle,
-) -> Result<(u32, grove_proto::coap::ContextKey), String> {
-    let stored = cl.db().root_value("registered").ok().flatten();
-    let reg: ClusterRegistered = match stored.and_then(|b| msg::from_cbor(&b).ok()) {
-        Some(r) => r,
-        None => {
-            let token = s.join_token.as_deref().ok_or("no root credentials yet and no --join-token: create one with POST /api/clusters/token")?;
-            let (id, secret) =
-                parse_join_token(token).ok_or("--join-token must be <id hex>.<secret hex>")?;
-            let jk = c
-                .add_context(SecurityContext::in_memory(&join_context(
-                    &id,
-                    &secret,
-                    &random::<8>(),
-                    true,
-                )))
-                .await
-                .ok_or("driver stopped")?;
-            let body = msg::to_cbor(&RegisterCluster {
-                version: msg::PROTOCOL_VERSION,
-                name: s.name.clone(),
-                location: s.location,
-                max_workers: s.max_workers,
-            });
-            let mut attempt = 0u32;
-            let r = loop {
-                match c
-                    .request(
-                        s.root,
-                        Request::post_cbor(paths::CLUSTERS, body.clone()),
-                        SendOptions::secure(jk.clone()),
-                    )
-                    .await
-                {
-                    Ok(r) => break r,
-                    Err(e) => {
-                        tracing::info!(error = %e, "root not reachable; retrying the join");
-                        attempt += 1;
-                        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(25))))
-                            .await;
-                    }
-                }
-            };
-            if !r.code.is_success() {
-                return Err(format!(
-                    "the root refused the registration: {} {}",
-                    r.code,
-                    String::from_utf8_lossy(&r.payload)
-                ));
-            }
-            c.remove_context(jk);
-            cl.db()
-                .set_root_value("registered", &r.payload)
-                .map_err(|e| e.to_string())?;
-            msg::from_cbor(&r.payload).map_err(|e| e.to_string())?
-        }
-    };
-    let creds = reg
-        .credentials
-        .clone()
-        .ok_or("the root sent no credentials")?;
-    {
-        let mut b = cl.block.lock().unwrap_or_else(|p| p.into_inner());
-        b.0 = reg.subnets.addr;
-        if let Some(v6) = reg.subnets_v6 {
-            b.1 = v6.addr;
-        }
-        // How many /26s the block holds (a /18: 256).
-        cl.subnets.store(
-            1u32 << (26u32.saturating_sub(u32::from(reg.subnets.len)).min(12)),
-            Ordering::Relaxed,
-        );
-    }
-    // Workers waiting to join may have their subnets now.
-    cl.block_known.send_replace(true);
-    let ctx = SecurityContext::new(
-        &ContextParams::from(creds),
-        Box::new(FileContextStore::new(s.data_dir.join("root.oscore-seq"))),
-    )
-    .map_err(|e| e.to_string())?;
-    let key = c.add_context(ctx).await.ok_or("driver stopped")?;
-    tracing::info!(cluster = reg.cluster.0, "joined the root");
-    Ok((reg.cluster.0, key))
 }
 
 #[cfg(test)]

@@ -222,6 +222,7 @@ mod tests {
             changes: Vec::new(),
             instances: None,
             limits: None,
+            changes_from: None,
         }
     }
 

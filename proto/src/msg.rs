@@ -407,6 +407,10 @@ pub struct Heartbeat {
     /// booted without a controller, is placed by what it is now, not at its join.
     #[n(12)]
     pub limits: Option<WorkerLimits>,
+    /// The number of the first of `changes` ([`crate::link::upper::ChangeMark`] on
+    /// the wire): a batch sent again after a lost acknowledgement is applied once.
+    #[n(13)]
+    pub changes_from: Option<u64>,
 }
 
 /// One instance's use of its worker, from its cgroup.
@@ -786,6 +790,10 @@ pub struct ClusterReport {
     /// report that carried them.
     #[n(4)]
     pub workers: Option<Vec<NodePeer>>,
+    /// The number of the first of `changes` ([`crate::link::upper::ChangeMark`] on
+    /// the wire): a batch sent again after a lost acknowledgement is applied once.
+    #[n(5)]
+    pub changes_from: Option<u64>,
 }
 
 /// Root → cluster, the observed `/v1/clusters/{id}/commands` resource.
@@ -1100,6 +1108,7 @@ mod tests {
             changes: Vec::new(),
             instances: None,
             limits: None,
+            changes_from: None,
         }
     }
 
@@ -1116,7 +1125,7 @@ mod tests {
         // A heartbeat from a future minor version with one more trailing field.
         let mut e = minicbor::Encoder::new(Vec::new());
         let hb = idle_heartbeat();
-        e.array(14).unwrap();
+        e.array(15).unwrap();
         e.u32(hb.node.0)
             .unwrap()
             .u32(hb.seq)
@@ -1135,6 +1144,7 @@ mod tests {
         e.encode(hb.coord).unwrap();
         e.bytes(&hb.digest).unwrap();
         e.array(0).unwrap();
+        e.null().unwrap();
         e.null().unwrap();
         e.null().unwrap();
         e.str("a field from the future").unwrap();

@@ -124,35 +124,6 @@ pub fn now_and_then(last: &std::sync::atomic::AtomicU64, secs: u64) -> bool {
             .is_ok()
 }
 
-/// Ask the upper tier at `to` for this peer's next key: a POST to its `path` under the
-/// current key `key` (the lower tier's side of re-keying).
-pub async fn ask_new_key(
-    c: &crate::coap::driver::Handle,
-    to: std::net::SocketAddr,
-    path: &str,
-    key: crate::coap::ContextKey,
-) -> Result<crate::msg::Credentials, String> {
-    use crate::coap::{Request, SendOptions};
-    match c
-        .request(
-            to,
-            Request::post_cbor(path, Vec::new()),
-            SendOptions::secure(key),
-        )
-        .await
-    {
-        Ok(r) if r.code.is_success() => {
-            crate::msg::from_cbor(&r.payload).map_err(|e| e.to_string())
-        }
-        Ok(r) => Err(format!(
-            "{} {}",
-            r.code,
-            String::from_utf8_lossy(&r.payload)
-        )),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 /// Key generations a peer can go through ([`peer_kid`] has three bytes for it).
 pub const MAX_KEY_GENERATION: u32 = 0xFF_FFFF;
 

@@ -67,6 +67,7 @@ fn regenerate_seed_corpus() {
         changes: vec![],
         instances: None,
         limits: None,
+        changes_from: None,
     };
     let body = grove_proto::msg::to_cbor(&hb);
     for (name, req, secure) in [

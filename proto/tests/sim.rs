@@ -838,6 +838,7 @@ fn a_protected_idle_heartbeat_fits_one_small_datagram() {
         changes: vec![],
         instances: None,
         limits: None,
+        changes_from: None,
     };
     let body = to_cbor(&hb);
     let req = Request::post_cbor(&grove_proto::paths::node_status(NodeId(4117)), body.clone());

@@ -613,13 +613,19 @@ async fn report(st: &Shared, inc: &Incoming) -> Response {
         l.heard(st, id, inc).await;
     }
     st.metrics.report(id);
+    // A batch sent again after a lost acknowledgement: its changes taken before are
+    // not applied twice.
+    let mark = rep
+        .changes_from
+        .map(grove_proto::link::upper::ChangeMark::from_wire);
+    let taken = link.map_or(0, |l| l.link().take_changes(id, mark, rep.changes.len()));
     let mut db = st.db();
     let aggregate = rep.capacity.as_ref().map(msg::to_cbor);
     if let Err(e) = db.record_report(id, aggregate.as_deref(), now_secs()) {
         return Response::error(Code::NOT_FOUND, &e.to_string());
     }
     let mut services = HashSet::new();
-    for c in &rep.changes {
+    for c in &rep.changes[taken..] {
         // Only the cluster an instance is placed on speaks for it: a cluster back from
         // a partition cannot overwrite the status of an instance moved away.
         let placed_here = db

@@ -178,6 +178,7 @@ impl TestCluster {
             capacity,
             changes,
             workers: None,
+            changes_from: None,
         });
         let r = self
             .coap

@@ -144,7 +144,7 @@ pub async fn join(
     path: &str,
     body: Vec<u8>,
     cfg: LowerConfig,
-    rng: &mut dyn Random,
+    rng: &mut (dyn Random + Send),
 ) -> Result<Vec<u8>, JoinError> {
     let attempt_id = super::random::<8>(rng);
     let key = h
