@@ -320,6 +320,7 @@ struct WorkerSide {
 
 impl LowerTier for WorkerSide {
     type Change = InstanceStatus;
+    const KEY_REFUSED: &'static str = "the cluster refuses this worker's key (evicted?): it keeps its instances but hears no commands; join again with a new token (remove node.cbor from the state directory)";
 
     fn heartbeat(&mut self, seq: u32) -> Vec<u8> {
         if self.watchdog {

@@ -145,6 +145,7 @@ struct RootSide {
 
 impl LowerTier for RootSide {
     type Change = InstanceStatus;
+    const KEY_REFUSED: &'static str = "the root refuses this cluster's key (evicted?): its workers keep running, the root hears nothing; join again with a new join token";
 
     fn heartbeat(&mut self, seq: u32) -> Vec<u8> {
         // Changes only; the whole again now and then, since reports are

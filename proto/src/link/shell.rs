@@ -242,6 +242,9 @@ pub struct LowerPaths {
 pub trait LowerTier {
     /// A status change.
     type Change: Clone + Send + 'static;
+    /// What the log says (at most once a minute) when the upper tier refuses this
+    /// tier's key (4.01 to a heartbeat: evicted), and what the operator can do.
+    const KEY_REFUSED: &'static str;
     /// The body of heartbeat `seq` (non-confirmable).
     fn heartbeat(&mut self, seq: u32) -> Vec<u8>;
     /// The body of a report of status changes numbered from `mark`.
@@ -388,7 +391,7 @@ impl<C: Clone + Send + 'static> LowerLink<C> {
             Outcome::Ended(_) => self.lower.reobserve(t),
             Outcome::Heartbeat(sent, r) => {
                 if r.code == Code::UNAUTHORIZED {
-                    refused_key();
+                    refused_key(T::KEY_REFUSED);
                 } else if r.code.is_success() {
                     let (given, rekey) =
                         tier.heartbeat_answered(t.saturating_duration_since(sent), &r);
@@ -518,12 +521,10 @@ async fn ask_new_key(
 
 /// The upper tier answered 4.01: it no longer accepts this peer's key. Said at most
 /// once a minute.
-fn refused_key() {
+fn refused_key(what: &str) {
     static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     if crate::util::now_and_then(&LAST, 60) {
-        tracing::error!(
-            "the upper tier refuses this peer's key (evicted?): what runs keeps running, but no commands arrive; join again with a new token"
-        );
+        tracing::error!("{what}");
     }
 }
 
