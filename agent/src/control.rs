@@ -3,10 +3,8 @@
 //! instance. While the cluster is away, instances keep running and changes queue up.
 
 use crate::runtime::Runtime;
-use grove_proto::coap::driver::{self, Handle, Router};
-use grove_proto::coap::{
-    Code, Config, ContextKey, Endpoint, LinkParams, Request, Response, SendOptions,
-};
+use grove_proto::coap::driver::{Handle, Router};
+use grove_proto::coap::{Code, ContextKey, LinkParams, Request, Response, SendOptions};
 use grove_proto::link::OsRandom;
 use grove_proto::link::lower::LowerConfig;
 use grove_proto::link::shell::{self, Followed, LowerLink, LowerPaths, LowerTier, Outcome};
@@ -442,22 +440,10 @@ pub async fn run(
 ) -> Result<(), ControlError> {
     std::fs::create_dir_all(&s.state_dir)
         .map_err(|e| ControlError::Io(format!("{}: {e}", s.state_dir.display())))?;
-    let socket = tokio::net::UdpSocket::bind(if s.cluster.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    })
-    .await
-    .map_err(|e| ControlError::Io(e.to_string()))?;
     let link = LinkParams {
         ack_timeout: Duration::from_secs(1),
         max_retransmit: 4,
         ..LinkParams::default()
-    };
-    let cfg = Config {
-        link,
-        seed: u64::from_le_bytes(grove_proto::link::random::<8>(&mut OsRandom)),
-        ..Config::default()
     };
     // The cluster asks for logs over the link this agent opened (its only context).
     let containers = s.state_dir.join("containers");
@@ -466,7 +452,8 @@ pub async fn run(
         // Read in the handler's task, not in the driver's loop.
         async move { crate::logs::answer(&containers, &inc.request.payload) }
     });
-    let (c, _task) = driver::spawn(socket, Endpoint::new(cfg), router)
+    let c = shell::lower_driver(s.cluster, link, router)
+        .await
         .map_err(|e| ControlError::Io(e.to_string()))?;
 
     // Credentials: stored from an earlier join, or a join with the token now.

@@ -5,12 +5,12 @@
 //! and a new key when the root asks for one.
 
 use super::{Cluster, RootLink, asked};
-use grove_proto::coap::driver::{self, Handle};
-use grove_proto::coap::{Config, ContextKey, Endpoint, LinkParams, Response};
+use grove_proto::coap::driver::Handle;
+use grove_proto::coap::{ContextKey, LinkParams, Response};
+use grove_proto::link::OsRandom;
 use grove_proto::link::lower::LowerConfig;
 use grove_proto::link::shell::{self, Followed, LowerLink, LowerPaths, LowerTier};
 use grove_proto::link::upper::ChangeMark;
-use grove_proto::link::{OsRandom, random};
 use grove_proto::msg::{
     self, Capacity, ClusterCommands, ClusterId, ClusterRegistered, ClusterReport, InstanceStatus,
     RegisterCluster,
@@ -69,12 +69,6 @@ pub(super) async fn open(
     s: &super::Settings,
     changes: mpsc::UnboundedReceiver<InstanceStatus>,
 ) -> Result<(), RootLinkError> {
-    let sock = tokio::net::UdpSocket::bind(if s.root.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    })
-    .await?;
     // Short exchanges (at most ~10 s): a new attempt follows at once, so a root that
     // comes back is reached within seconds, not after a long back-off.
     let link = LinkParams {
@@ -82,12 +76,7 @@ pub(super) async fn open(
         max_retransmit: 2,
         ..LinkParams::default()
     };
-    let cfg = Config {
-        link,
-        seed: u64::from_le_bytes(random::<8>(&mut OsRandom)),
-        ..Config::default()
-    };
-    let (coap, _) = driver::spawn(sock, Endpoint::new(cfg), asked::router(cl))?;
+    let coap = shell::lower_driver(s.root, link, asked::router(cl)).await?;
     let (id, key) = join_or_resume(cl, s, &coap).await?;
     let _ = cl.root_link.set(RootLink {
         coap: coap.clone(),

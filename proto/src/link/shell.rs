@@ -8,8 +8,10 @@ use super::lower::{
 };
 use super::upper::{ChangeMark, KeyAction};
 use super::{PeerKey, Random};
-use crate::coap::driver::Handle;
-use crate::coap::{Code, ContextKey, Endpoint, ExchangeError, Request, Response, SendOptions};
+use crate::coap::driver::{Handle, Router};
+use crate::coap::{
+    Code, Config, ContextKey, Endpoint, ExchangeError, LinkParams, Request, Response, SendOptions,
+};
 use crate::msg::Credentials;
 use crate::oscore::{ContextParams, FileContextStore, SecurityContext, join_context};
 use std::future::Future;
@@ -70,8 +72,8 @@ impl PeerContexts {
         let _ = std::fs::remove_file(self.seq_file(peer, generation));
     }
 
-    /// Apply the upper half's actions to an endpoint the caller owns (one not running yet at start,
-    /// before the first datagram is read).
+    /// Apply the upper half's actions to an endpoint the caller owns: one not running
+    /// yet (at start, before the first datagram is read), or one in a simulation.
     pub fn apply_to_endpoint(&self, ep: &mut Endpoint, actions: Vec<KeyAction>) {
         for a in actions {
             match a {
@@ -227,6 +229,28 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// The lower tier's own driver: a socket of the upper tier's address family on an
+/// ephemeral port (the upper tier answers and asks over the link the lower one opens),
+/// with `link`'s retransmission and `router` for what the upper tier asks.
+pub async fn lower_driver(
+    upper: SocketAddr,
+    link: LinkParams,
+    router: Router,
+) -> std::io::Result<Handle> {
+    let any = if upper.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let socket = tokio::net::UdpSocket::bind(any).await?;
+    let cfg = Config {
+        link,
+        seed: u64::from_le_bytes(super::random::<8>(&mut super::OsRandom)),
+        ..Config::default()
+    };
+    Ok(crate::coap::driver::spawn(socket, Endpoint::new(cfg), router)?.0)
+}
+
 /// The paths of the lower tier's resources at its upper tier.
 #[derive(Debug, Clone)]
 pub struct LowerPaths {
@@ -334,11 +358,6 @@ impl<C: Clone + Send + 'static> LowerLink<C> {
         }
     }
 
-    /// The state machine.
-    pub fn lower(&self) -> &Lower<C> {
-        &self.lower
-    }
-
     /// The key the link speaks under.
     pub fn key(&self) -> &ContextKey {
         &self.key
@@ -347,11 +366,6 @@ impl<C: Clone + Send + 'static> LowerLink<C> {
     /// Queue a status change (it goes up at once, and again until acknowledged).
     pub fn change(&mut self, c: C) {
         self.lower.change(c);
-    }
-
-    /// Observe afresh now (what was observed cannot be followed).
-    pub fn reobserve(&mut self) {
-        self.lower.reobserve(now());
     }
 
     /// The next outcome, or [`Outcome::Due`] when the lower half has something due.

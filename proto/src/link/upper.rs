@@ -334,16 +334,6 @@ impl Upper {
         self.peers.get(&id).and_then(|p| p.addr)
     }
 
-    /// When `id` was last heard (since this upper tier started).
-    pub fn last_heard(&self, id: u32) -> Option<Instant> {
-        self.peers.get(&id).and_then(|p| p.heard)
-    }
-
-    /// The peers known.
-    pub fn peers(&self) -> impl Iterator<Item = u32> + '_ {
-        self.peers.keys().copied()
-    }
-
     /// Peers silent for `after` (counted from `since` for those never heard since the
     /// start) that were not lost yet: they are lost now.
     pub fn sweep(&mut self, now: Instant, since: Instant, after: Duration) -> Vec<u32> {
@@ -395,11 +385,6 @@ impl Upper {
             p.taken = Some((mark.run, last));
         }
         skip
-    }
-
-    /// The next change to apply to the endpoint.
-    pub fn poll_action(&mut self) -> Option<KeyAction> {
-        self.actions.pop_front()
     }
 
     /// Every pending change to apply, in order.
