@@ -321,6 +321,7 @@ impl LowerTier for WorkerSide {
     const KEY_REFUSED: &'static str = "the cluster refuses this worker's key (evicted?): it keeps its instances but hears no commands; join again with a new token (remove node.cbor from the state directory)";
 
     fn heartbeat(&mut self, seq: u32) -> Vec<u8> {
+        tracing::debug!(seq, "heartbeat sent");
         if self.watchdog {
             grove_proto::service::alive();
         }

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 /// The last bytes of a log that go into a status.
 const LOG_TAIL: u64 = 1024;
-/// Grace between SIGTERM and SIGKILL when an instance is removed.
+/// Grace between SIGTERM and SIGKILL when an instance is removed, unless its SLA
+/// says otherwise (`stop_grace_s`).
 const STOP_GRACE_MS: u32 = 5_000;
 /// Longest wait before restarting a crashed service.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -786,9 +787,21 @@ impl Runtime for NativeRuntime {
         };
         let id = container_id(instance);
         self.detach(instance);
-        let _ = supervisor::call(&self.dir, &Request::Stop(id.clone(), STOP_GRACE_MS));
-        if let Ok(Reply::Error(e)) = supervisor::call(&self.dir, &Request::Remove(id)) {
-            tracing::warn!(instance = %container_id(instance), error = %e, "removing the container");
+        // The supervisor ends it in its own time (SIGTERM, the grace, SIGKILL, the
+        // removal): nothing here waits for the grace.
+        let grace = self.records[pos]
+            .spec
+            .stop_grace_s
+            .map_or(STOP_GRACE_MS, |s| u32::from(s) * 1000);
+        match supervisor::call(&self.dir, &Request::End(id.clone(), grace)) {
+            Ok(Reply::Ok) => {}
+            // A supervisor from before `End` (it outlives agent upgrades): as it did.
+            Ok(Reply::Error(e)) if e.starts_with("bad request") => {
+                let _ = supervisor::call(&self.dir, &Request::Remove(id));
+            }
+            other => {
+                tracing::warn!(instance = %id, answer = ?other, "ending the container");
+            }
         }
         let gone = self.records.remove(pos);
         self.restart_at.remove(instance);

@@ -39,6 +39,7 @@ pub(crate) fn spec(
         rr_ip6: None,
         closest_ip6: None,
         storage_mib: None,
+        stop_grace_s: None,
     }
 }
 

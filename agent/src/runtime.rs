@@ -260,6 +260,7 @@ mod tests {
             rr_ip6: None,
             closest_ip6: None,
             storage_mib: None,
+            stop_grace_s: None,
         }
     }
 

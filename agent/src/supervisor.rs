@@ -18,6 +18,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// In a container's directory while it is being ended: the SIGKILL deadline (ms since
+/// the epoch).
+const END_FILE: &str = "end";
+
 /// A log is cut (its older half kept as `log.1`) beyond this many bytes.
 pub const LOG_CAP: u64 = 1 << 20;
 
@@ -65,6 +69,12 @@ pub enum Request {
     /// is its path.
     #[n(4)]
     Prepare(#[n(0)] String),
+    /// End it and remove everything it left: SIGTERM, SIGKILL after the grace (ms)
+    /// unless it ended before, then the removal. Answered at once; the end survives a
+    /// restart of the supervisor. A start or prepare of the same id cuts the grace
+    /// short.
+    #[n(5)]
+    End(#[n(0)] String, #[n(1)] u32),
 }
 
 /// The answer.
@@ -188,6 +198,8 @@ struct Tracked {
     /// watched).
     ours: bool,
     kill_at: Option<Instant>,
+    /// Removed once it ended ([`Request::End`]).
+    remove: bool,
 }
 
 struct Supervisor {
@@ -228,8 +240,61 @@ impl Supervisor {
         }
         // What it started may still run in its cgroup (PID 1 gone kills the namespace,
         // so normally nothing does).
-        self.running.remove(id);
+        let ended = self.running.remove(id);
         tracing::info!(container = id, ?code, oom, "container ended");
+        if ended.is_some_and(|t| t.remove) {
+            self.remove(id);
+        }
+    }
+
+    /// Remove what a container that ended left.
+    fn remove(&mut self, id: &str) {
+        match container::remove(&containers_dir(&self.dir), id) {
+            Ok(()) => tracing::info!(container = id, "container removed"),
+            Err(e) => tracing::warn!(container = id, error = %e, "removing the container"),
+        }
+    }
+
+    /// Begin ending container `id`: SIGTERM now, SIGKILL at the end of its grace, its
+    /// removal once it ended. The deadline is kept in its directory, so a supervisor
+    /// started after this one was killed keeps it.
+    fn end(&mut self, id: &str, grace_ms: u32) -> Reply {
+        let Some(t) = self.running.get_mut(id) else {
+            // Ended already: only its remains go.
+            if containers_dir(&self.dir).join(id).exists() {
+                self.remove(id);
+            }
+            return Reply::Ok;
+        };
+        let grace = Duration::from_millis(u64::from(grace_ms));
+        let deadline = std::time::SystemTime::now() + grace;
+        let ms = deadline
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let _ = write_atomic(
+            &containers_dir(&self.dir).join(id).join(END_FILE),
+            ms.to_string().as_bytes(),
+        );
+        let _ = nix::sys::signal::kill(t.pid, nix::sys::signal::Signal::SIGTERM);
+        t.kill_at = Some(Instant::now() + grace);
+        t.remove = true;
+        tracing::info!(container = id, grace_ms, "container stopping");
+        Reply::Ok
+    }
+
+    /// A container still in its grace under `id` goes now: its id is wanted again.
+    fn preempt(&mut self, id: &str) {
+        if !self.running.get(id).is_some_and(|t| t.remove) {
+            return;
+        }
+        if let Some(t) = self.running.get(id) {
+            let (pid, ours) = (t.pid, t.ours);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            if ours {
+                let _ = waitpid(pid, None);
+            }
+        }
+        self.record_exit(id, Some(137));
     }
 
     /// Containers started by an earlier supervisor that still run.
@@ -253,17 +318,32 @@ impl Supervisor {
                 continue;
             };
             if start_time(pid) == Some(since) {
+                // One being ended keeps its deadline.
+                let end = std::fs::read_to_string(e.path().join(END_FILE))
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u64>().ok())
+                    .map(|ms| {
+                        let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+                        let left = at
+                            .duration_since(std::time::SystemTime::now())
+                            .unwrap_or_default();
+                        Instant::now() + left
+                    });
                 self.running.insert(
                     id,
                     Tracked {
                         pid: Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
                         ours: false,
-                        kill_at: None,
+                        kill_at: end,
+                        remove: end.is_some(),
                     },
                 );
             } else {
                 // It ended while no supervisor watched: its code is lost.
                 self.record_exit(&id, None);
+                if e.path().join(END_FILE).exists() {
+                    self.remove(&id);
+                }
             }
         }
     }
@@ -272,6 +352,7 @@ impl Supervisor {
         if spec.id.is_empty() || spec.id.contains('/') || spec.id.starts_with('.') {
             return Reply::Error(format!("bad container id {:?}", spec.id));
         }
+        self.preempt(&spec.id);
         if self.running.contains_key(&spec.id) {
             return Reply::Error(format!("container {} runs already", spec.id));
         }
@@ -296,6 +377,7 @@ impl Supervisor {
                         pid,
                         ours: true,
                         kill_at: None,
+                        remove: false,
                     },
                 );
                 Reply::Started(raw)
@@ -366,10 +448,17 @@ impl Supervisor {
                 }
             }
             Request::List => Reply::List(self.list()),
+            Request::End(id, grace_ms) => {
+                if id.is_empty() || id.contains('/') || id.starts_with('.') {
+                    return Reply::Error(format!("bad container id {id:?}"));
+                }
+                self.end(&id, grace_ms)
+            }
             Request::Prepare(id) => {
                 if id.is_empty() || id.contains('/') || id.starts_with('.') {
                     return Reply::Error(format!("bad container id {id:?}"));
                 }
+                self.preempt(&id);
                 let path = container::netns_path(&containers_dir(&self.dir), &id);
                 let held = std::fs::read_to_string("/proc/self/mountinfo")
                     .is_ok_and(|m| m.contains(path.to_string_lossy().as_ref()));

@@ -167,6 +167,7 @@ fn spec(n: u32, cmd: &[&str]) -> NodeCommand {
         rr_ip6: None,
         closest_ip6: None,
         storage_mib: None,
+        stop_grace_s: None,
     })
 }
 

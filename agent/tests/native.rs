@@ -64,6 +64,7 @@ fn an_instance_runs_reports_its_usage_and_is_removed_without_a_trace() {
         rr_ip6: None,
         closest_ip6: None,
         storage_mib: Some(32),
+        stop_grace_s: None,
     });
     let mut seen = Vec::new();
     wait(&mut rt, "RUNNING", |rt| {

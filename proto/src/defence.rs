@@ -2,7 +2,8 @@
 //! (`tests/tests/escape.rs`) can show each of them holding on its own.
 //!
 //! Every tier consults these (the agent for its containers, layers and bridge; the
-//! root for the host ports it refuses). In every shipped binary each defence is always on: [`on`] is a constant `true`.
+//! root for the host ports it refuses). In every shipped binary each defence is always
+//! on: [`on`] is a constant `true`.
 //! Only a build with the `defences-off` feature (which only the test crate enables,
 //! and which `cross/deb.sh check` proves absent from the packages) reads
 //! `GROVE_DEFENCES_OFF` (`all`, or names separated by commas) and switches those off,
@@ -50,11 +51,15 @@ pub enum Defence {
     Pids,
     /// `oci:` directories and registry hosts an SLA may name.
     ImageSources,
+    /// Grove's init as the container's PID 1: it runs the runtime's own binary for as
+    /// long as the container lives, so that binary stays busy (ETXTBSY) to a write
+    /// from inside (CVE-2019-5736). Off, the workload is PID 1 itself.
+    Init,
 }
 
 impl Defence {
     /// Every defence.
-    pub const ALL: [Defence; 18] = [
+    pub const ALL: [Defence; 19] = [
         Self::UserNs,
         Self::Seccomp,
         Self::Caps,
@@ -73,6 +78,7 @@ impl Defence {
         Self::Limits,
         Self::Pids,
         Self::ImageSources,
+        Self::Init,
     ];
 
     /// Its name in `GROVE_DEFENCES_OFF` and in the escape suite's table.
@@ -96,6 +102,7 @@ impl Defence {
             Self::Limits => "limits",
             Self::Pids => "pids",
             Self::ImageSources => "image-sources",
+            Self::Init => "init",
         }
     }
 

@@ -491,6 +491,10 @@ pub struct InstanceSpec {
     /// default).
     #[n(18)]
     pub storage_mib: Option<u32>,
+    /// Seconds between SIGTERM and SIGKILL when it is stopped (the SLA's
+    /// `stop_grace_s`; none: the worker's default, 5 s).
+    #[n(19)]
+    pub stop_grace_s: Option<u16>,
 }
 
 /// A `geo` placement constraint.
@@ -1318,6 +1322,7 @@ mod tests {
                     rr_ip6: None,
                     closest_ip6: None,
                     storage_mib: None,
+                    stop_grace_s: None,
                 }),
                 NodeCommand::Undeploy(InstanceRef {
                     service: "x".into(),

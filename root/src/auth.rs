@@ -251,6 +251,34 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
     })
 }
 
+/// Password hashes computed at once (argon2 holds 19 MiB of working memory for each):
+/// on tokio's blocking pool, never on an async worker, and at most this many, so a
+/// burst of logins neither stalls the API nor grows the heap by a hash per login.
+const HASHES_AT_ONCE: usize = 2;
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HASHES_AT_ONCE);
+
+/// Run one argon2 computation off the async threads, within [`HASHES_AT_ONCE`].
+async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    // The semaphore is never closed.
+    let _permit = HASHING.acquire().await.ok();
+    match tokio::task::spawn_blocking(work).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// [`hash_password`] off the async threads.
+pub async fn hash_password_async(password: &str) -> Result<String, AuthError> {
+    let password = password.to_owned();
+    off_thread(move || hash_password(&password)).await
+}
+
+/// [`verify_password`] off the async threads.
+pub async fn verify_password_async(hash: &str, password: &str) -> bool {
+    let (hash, password) = (hash.to_owned(), password.to_owned());
+    off_thread(move || verify_password(&hash, &password)).await
+}
+
 /// A random password of 20 letters and digits.
 pub fn random_password() -> String {
     const CHARS: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";

@@ -429,6 +429,7 @@ pub fn commands_for(st: &AppState, cluster: u32, generation: u64) -> ClusterComm
             rr_ip6: v6(s.rr_ip_v6.as_deref()),
             closest_ip6: v6(s.closest_ip_v6.as_deref()),
             storage_mib: (ms.storage > 0).then(|| u32::try_from(ms.storage).unwrap_or(u32::MAX)),
+            stop_grace_s: ms.stop_grace_s,
         }));
     }
     drop(db);

@@ -157,6 +157,9 @@ pub struct Microservice {
     pub state: String,
     /// `one_shot`.
     pub one_shot: bool,
+    /// `stop_grace_s` (Grove's extension): seconds between SIGTERM and SIGKILL when an
+    /// instance is stopped; none: the worker's default.
+    pub stop_grace_s: Option<u16>,
     /// `privileged`.
     pub privileged: bool,
     /// `added_files`.
@@ -383,6 +386,7 @@ const KNOWN_SERVICE: &[&str] = &[
     "port",
     "state",
     "one_shot",
+    "stop_grace_s",
     "privileged",
     "added_files",
     "addresses",
@@ -661,6 +665,10 @@ impl Walk {
             port,
             state: self.string(m, "state", path, false).unwrap_or_default(),
             one_shot: self.boolean(m, "one_shot", path),
+            stop_grace_s: m
+                .get("stop_grace_s")
+                .filter(|v| !v.is_null())
+                .map(|_| u16::try_from(self.whole(m, "stop_grace_s", path, 3600)).unwrap_or(0)),
             privileged: self.boolean(m, "privileged", path),
             added_files: self.strings(m, "added_files", path),
             addresses: self.addresses(m, path),
@@ -912,6 +920,16 @@ mod tests {
             ),
             ("vgpus", json!(1.5), "vgpus: 1.5 must be a whole number"),
             ("one_shot", json!("yes"), "one_shot: must be true or false"),
+            (
+                "stop_grace_s",
+                json!(7200),
+                "stop_grace_s: 7200 is out of range",
+            ),
+            (
+                "stop_grace_s",
+                json!(2.5),
+                "stop_grace_s: 2.5 must be a whole number",
+            ),
             ("cmd", json!(["ok", 3]), "cmd[1]: must be a string, not 3"),
             (
                 "constraints",

@@ -82,9 +82,11 @@ fn grove_agent_run_isolates_limits_and_returns_the_exit_code() {
     // The PID namespace hides the host's processes: only the container's own.
     let (code, out, err) = run(&state, &[&image, "ps", "-o", "pid,comm"]);
     assert_eq!(code, 0, "{err}");
+    // Its init is PID 1, the workload its child.
     let pids: Vec<&str> = out.lines().skip(1).collect();
-    assert_eq!(pids.len(), 1, "processes seen: {out}");
-    assert!(pids[0].trim().starts_with("1 "), "{out}");
+    assert_eq!(pids.len(), 2, "processes seen: {out}");
+    assert!(pids[0].trim().starts_with("1 init"), "{out}");
+    assert!(pids[1].trim().ends_with(" ps"), "{out}");
 
     // Docker's default capabilities but NET_RAW and MKNOD, and nothing else; no new
     // privileges.
@@ -528,6 +530,159 @@ fn a_worker_without_the_memory_controller_gets_no_service_that_sets_a_memory_lim
     );
     wait_until(60, "the service without a memory limit RUNNING", || {
         status(&root, &ids[1], 0).0 == "RUNNING"
+    });
+    drop((root, cluster, agent));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The PID of a process with exactly these arguments on the machine.
+fn process_with_args(args: &[&str]) -> Option<i32> {
+    let want: Vec<u8> = args
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let c = std::fs::read(e.path().join("cmdline")).ok()?;
+        (c == want).then(|| e.file_name().to_str()?.parse().ok())?
+    })
+}
+
+/// When each new line of `log` holding `needle` was first seen, polled until `until`
+/// holds.
+fn watch_lines(
+    log: impl Fn() -> String,
+    needle: &str,
+    mut until: impl FnMut() -> bool,
+) -> Vec<Instant> {
+    let mut seen = Vec::new();
+    let before = log().matches(needle).count();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !until() {
+        assert!(Instant::now() < deadline, "still waiting after 60 s");
+        let n = log().matches(needle).count() - before;
+        while seen.len() < n {
+            seen.push(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    seen
+}
+
+#[test]
+fn stopped_containers_get_sigterm_their_grace_then_sigkill_while_heartbeats_keep_their_period() {
+    if !grove_tests::have_root("containers") {
+        return;
+    }
+    let dir = scratch("stop");
+    let Some(img) = images(&dir) else { return };
+    let (root, cluster, mut agent) = native_worker(&dir, &img, &["--cpus", "8"]);
+    wait_until(30, "the worker", || root.active_workers() == 1);
+    // Each heartbeat the agent sends, in its log.
+    agent.daemon.kill();
+    agent
+        .daemon
+        .set_env("RUST_LOG", "info,grove_agent::control=debug");
+    agent.daemon.restart();
+
+    // A handler that takes 3 s to finish; a plain shell; a shell ignoring SIGTERM with
+    // the default grace (5 s) and one with a grace of 1 s from its SLA. Each command
+    // line is its own, to find its process on the host.
+    let handler = "trap 'sleep 3.21; exit 0' TERM; while :; do sleep 0.13; done";
+    let plain = "while :; do sleep 0.11; done";
+    let ignorer = "trap '' TERM; while :; do sleep 0.12; done";
+    let short = "trap '' TERM; while :; do sleep 0.14; done";
+    let ids = root.deploy_seed(|sla| {
+        let svc = |name: &str, cmd: &str, grace: Option<u32>| {
+            let mut s = json!({
+                "microserviceID": "", "microservice_name": name, "microservice_namespace": "test",
+                "virtualization": "container", "cmd": ["sh", "-c", cmd], "memory": 32,
+                "vcpus": 0.1, "vgpus": 0, "vtpus": 0, "bandwidth_in": 0, "bandwidth_out": 0,
+                "storage": 0, "code": "docker.io/library/busybox:latest", "state": "",
+                "port": "", "added_files": []
+            });
+            if let Some(g) = grace {
+                s["stop_grace_s"] = json!(g);
+            }
+            s
+        };
+        sla["applications"][0]["microservices"] = json!([
+            svc("handler", handler, Some(30)),
+            svc("plain", plain, Some(30)),
+            svc("ignorer", ignorer, None),
+            svc("short", short, Some(1)),
+        ]);
+    });
+    for s in &ids {
+        root.add_instance(s);
+    }
+    let shell = |cmd: &str| process_with_args(&["sh", "-c", cmd]);
+    wait_until(60, "all four running", || {
+        [handler, plain, ignorer, short]
+            .iter()
+            .all(|c| shell(c).is_some())
+    });
+
+    // Stopped together: how long each takes to end.
+    let stopped = Instant::now();
+    for s in &ids {
+        root.api("DELETE", &format!("/api/service/{s}/instance/0"), None);
+    }
+    let mut ended: [Option<Duration>; 4] = [None; 4];
+    let mut handler_ran = false;
+    let beats = watch_lines(
+        || agent.daemon.log(),
+        "heartbeat sent",
+        || {
+            handler_ran |= process_running("sleep 3.21").is_some();
+            for (i, c) in [handler, plain, ignorer, short].iter().enumerate() {
+                if ended[i].is_none() && shell(c).is_none() {
+                    ended[i] = Some(stopped.elapsed());
+                }
+            }
+            ended.iter().all(Option::is_some)
+        },
+    );
+    let [handler_end, plain_end, ignorer_end, short_end] = ended.map(Option::unwrap);
+    // The handler ran (its `sleep 3.21` was seen) and the container ended by itself.
+    assert!(handler_ran, "the SIGTERM handler did not run");
+    assert!(
+        handler_end >= Duration::from_secs(3) && handler_end < Duration::from_secs(15),
+        "the handler's container ended after {handler_end:?}"
+    );
+    // A plain shell is not PID 1 (init is): SIGTERM's default action ends it at once.
+    assert!(
+        plain_end < Duration::from_secs(3),
+        "a plain shell took {plain_end:?} to stop"
+    );
+    // Those ignoring SIGTERM are killed after their grace, and no sooner.
+    assert!(
+        ignorer_end >= Duration::from_secs(5) && ignorer_end < Duration::from_secs(12),
+        "ignoring SIGTERM with the default grace: ended after {ignorer_end:?}"
+    );
+    assert!(
+        short_end >= Duration::from_secs(1) && short_end < Duration::from_secs(4),
+        "ignoring SIGTERM with a grace of 1 s: ended after {short_end:?}"
+    );
+    // Waiting for the graces held up nothing: from the stop to the last end, no gap
+    // between heartbeats (or the window's ends) much over their 2 s period.
+    let last = stopped + handler_end.max(ignorer_end);
+    let mut times = vec![stopped];
+    times.extend(beats.iter().copied().filter(|t| *t <= last));
+    times.push(last);
+    let longest = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    assert!(
+        longest < Duration::from_millis(3000),
+        "heartbeats {longest:?} apart while containers stopped ({} in all)",
+        beats.len()
+    );
+    // Nothing is left of them.
+    let containers = dir.join("pi/containers");
+    wait_until(10, "their directories removed", || {
+        std::fs::read_dir(&containers).map_or(0, |d| d.count()) == 0
     });
     drop((root, cluster, agent));
     let _ = std::fs::remove_dir_all(&dir);

@@ -31,7 +31,7 @@ const TABLE: &[(&str, &[&str])] = &[
     ("core_pattern_write", &["proc-sys", "userns"]),
     ("proc_keys_read", &["proc-sys"]),
     ("proc_timer_list_read", &["proc-sys", "userns"]),
-    ("runtime_exe_overwrite_cve_2019_5736", &["userns"]),
+    ("runtime_exe_overwrite_cve_2019_5736", &["userns", "init"]),
     (
         "leaked_directory_as_workdir_cve_2024_21626",
         &["fds", "workdir"],

@@ -5,9 +5,10 @@
 //! the host; then it installs the seccomp filter, drops capabilities, becomes the
 //! image's user, sets `no_new_privs`, closes every descriptor the workload must not
 //! inherit, enters its working directory (resolved inside its root, no magic links)
-//! and execs the workload, whose output goes straight to the instance's log
-//! file. The caller must be single-threaded (the supervisor, or `grove-agent run`):
-//! the child runs Rust code between clone and exec.
+//! and forks: its child execs the workload, whose output goes straight to the
+//! instance's log file, and it stays as the container's init (`init.rs`). The caller
+//! must be single-threaded (the supervisor, or `grove-agent run`): the child runs Rust
+//! code between clone and exec.
 
 use super::cgroup::Group;
 use super::rootfs::{self, Dirs, Plan, RealSys};
@@ -353,8 +354,27 @@ fn child_setup(c: &Child<'_>) -> Result<std::convert::Infallible, String> {
         .iter()
         .map(|a| cstr(a))
         .collect::<Result<Vec<_>, _>>()?;
-    let e = nix::unistd::execve(&cstr(&program)?, &argv, &env).unwrap_err();
-    Err(format!("exec {program}: {e}"))
+    let program = cstr(&program)?;
+    if !defence::on(Defence::Init) {
+        let e = nix::unistd::execve(&program, &argv, &env).unwrap_err();
+        return Err(format!("exec {}: {e}", program.to_string_lossy()));
+    }
+    // PID 1 stays behind as the container's init; the workload is its child.
+    super::init::hold()?;
+    // SAFETY: this process is single-threaded (a clone of the single-threaded
+    // supervisor), so the child may go on running Rust code until its exec.
+    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork the workload: {e}"))? {
+        nix::unistd::ForkResult::Child => {
+            super::init::release()?;
+            let e = nix::unistd::execve(&program, &argv, &env).unwrap_err();
+            Err(format!("exec {}: {e}", program.to_string_lossy()))
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            // The error pipe is the workload's to close (by its exec) or to write.
+            let _ = nix::unistd::close(c.err_fd.get());
+            super::init::serve(child.as_raw())
+        }
+    }
 }
 
 /// Enter the working directory `cwd` (made, as the workload's user, when missing),

@@ -2,6 +2,7 @@
 //! namespaces, cgroups, reduced capabilities.
 
 pub mod cgroup;
+pub mod init;
 pub mod launch;
 pub mod mountapi;
 pub mod quota;

@@ -1,7 +1,7 @@
 //! Auth, users, permissions and organizations.
 
 use super::{ApiError, ApiResult, Caller, Peer, Refresher, Shared, body, oid};
-use crate::auth::{Role, TokenKind, hash_password, verify_password};
+use crate::auth::{Role, TokenKind, hash_password_async, verify_password_async};
 use crate::store::{OrgRow, UserRow, now_secs};
 use axum::Json;
 use axum::body::Bytes;
@@ -92,9 +92,10 @@ pub async fn login(State(st): State<Shared>, Peer(addr): Peer, raw: Bytes) -> Ap
     }
     let user = st.db().user_by_name(name)?;
     // Hash outside the store's lock: argon2 takes tens of milliseconds.
-    let ok = user
-        .as_ref()
-        .is_some_and(|u| verify_password(&u.password_hash, password));
+    let ok = match &user {
+        Some(u) => verify_password_async(&u.password_hash, password).await,
+        None => false,
+    };
     let Some(user) = user.filter(|_| ok) else {
         st.logins().fail(name, addr, now);
         return Err(ApiError::Unauthorized(
@@ -181,7 +182,9 @@ pub async fn register(State(st): State<Shared>, caller: Caller, raw: Bytes) -> A
         Some(o) => Some(find_org(&st, o)?.id),
         None => Some(caller.0.organization.clone()).filter(|o| !o.is_empty()),
     };
-    let hash = hash_password(password).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let hash = hash_password_async(password)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let user = st
         .db()
         .create_user(
@@ -273,7 +276,7 @@ pub async fn change_password(
         ));
     };
     let u = caller.user(&st)?;
-    if !verify_password(&u.password_hash, old) {
+    if !verify_password_async(&u.password_hash, old).await {
         return Err(ApiError::BadRequest("Old password is not valid!".into()));
     }
     if old == new {
@@ -281,7 +284,9 @@ pub async fn change_password(
             "Old password can't be the new password!".into(),
         ));
     }
-    let hash = hash_password(new).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let hash = hash_password_async(new)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     st.db().set_password(&username, &hash)?;
     Ok(Json(json!({})))
 }
