@@ -318,6 +318,15 @@ impl InstanceState {
         Self::Undeployed,
     ];
 
+    /// Whether an instance in this state has ended: it runs nowhere and will not run
+    /// again (COMPLETED, DEAD, FAILED, UNDEPLOYED).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Dead | Self::Failed | Self::Undeployed
+        )
+    }
+
     /// The state with Oakestra's name `name` (anything else is REQUESTED: not yet
     /// anywhere).
     pub fn from_name(name: &str) -> Self {

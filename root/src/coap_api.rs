@@ -6,8 +6,8 @@
 //! through the HTTP router in-process as that user. Bodies are CBOR (Content-Format
 //! 60) both ways; JSON (50) is accepted, and answered in JSON when asked by Accept.
 
-use crate::api::Shared;
 use crate::auth::TokenKind;
+use crate::state::Shared;
 use crate::store::now_secs;
 use grove_proto::coap::driver::Incoming;
 use grove_proto::coap::{Code, Method, Response};

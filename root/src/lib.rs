@@ -1,20 +1,25 @@
 //! `grove-root`: the root orchestrator (Oakestra-compatible HTTP API, SQLite, root
 //! scheduler, cluster link).
 //!
-//! Built so far: the HTTP API ([`api`]), the root scheduler ([`scheduler`]), the SLA
-//! parser with field-path errors ([`sla`]), the SQLite store ([`store`]) and
-//! authentication ([`auth`]). Still to come: the cluster link over CoAP (registration,
-//! reports, commands, directory), rescheduling of lost clusters, the CoAP user API.
+//! The HTTP API ([`api`]) and the cluster link ([`clusters_link`], CoAP + OSCORE, with
+//! the CoAP user API of [`coap_api`]) are shells around the shared [`state`]; both call
+//! the orchestration ([`orchestrate`]: placement, command sets, the directory, lost
+//! clusters, rollouts), which imports neither. Below them: the root scheduler
+//! ([`scheduler`]), the SLA parser with field-path errors ([`sla`]), the SQLite store
+//! ([`store`]), authentication ([`auth`]) and the login limit ([`limit`]).
 
 pub mod api;
 pub mod auth;
+pub mod clusters_link;
 pub mod coap_api;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod link;
+pub mod limit;
 pub mod metrics;
+pub mod orchestrate;
 pub mod scheduler;
 pub mod sla;
+pub mod state;
 pub mod store;
 
 use clap::Parser;
@@ -106,11 +111,12 @@ pub async fn start(args: &Args) -> Result<Running, String> {
         .await
         .map_err(|e| format!("cannot listen on udp {}: {e}", args.coap))?;
     grove_proto::coap::driver::widen_buffers(&udp, grove_proto::coap::driver::SERVER_BUFFERS);
-    let l = link::start(
+    let l = clusters_link::start(
         state.clone(),
         udp,
         args.data_dir.clone(),
         args.cluster_lost_after,
+        api::router(state.clone()),
     )
     .await
     .map_err(|e| e.to_string())?;

@@ -719,6 +719,34 @@ impl Walk {
     }
 }
 
+/// One microservice (bare, or the first of an SLA) validated as a service of
+/// application `app` in namespace `app_ns`; with the microservice's JSON as given.
+pub fn one_microservice(
+    v: &Value,
+    app: &str,
+    app_ns: &str,
+) -> Result<(Microservice, Value), Vec<FieldError>> {
+    let raw = v
+        .get("applications")
+        .and_then(|a| a.get(0))
+        .and_then(|a| a.get("microservices"))
+        .and_then(|m| m.get(0))
+        .cloned()
+        .unwrap_or_else(|| v.clone());
+    let wrapped = serde_json::json!({
+        "sla_version": "v2.0",
+        "customerID": "",
+        "applications": [{
+            "application_name": app,
+            "application_namespace": app_ns,
+            "microservices": [raw.clone()],
+        }],
+    });
+    let mut sla = parse(&wrapped)?;
+    let ms = sla.applications.remove(0).microservices.remove(0);
+    Ok((ms, raw))
+}
+
 /// Parse and validate a descriptor; every problem is reported.
 pub fn parse(v: &Value) -> Result<Sla, Vec<FieldError>> {
     let mut w = Walk { errors: Vec::new() };

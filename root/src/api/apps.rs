@@ -1,19 +1,15 @@
 //! Applications, services, instances and clusters.
 
-use super::{ApiError, ApiResult, AppState, Caller, Shared, body, oid};
-use crate::link::DirectoryUpdate;
-use crate::scheduler::{self, ClusterView, Demand};
+use super::{ApiError, ApiResult, Caller, Shared, body, oid};
+use crate::orchestrate::{self, DirectoryUpdate, cluster_views};
+use crate::scheduler::ClusterView;
 use crate::sla::{self, Microservice};
 use crate::store::{AppRow, ClusterRow, InstanceRow, NewService, ServiceRow, now_secs};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use grove_proto::msg::{Capacity, ClusterId, GeoPoint};
 use serde_json::{Map, Value, json};
 use std::net::Ipv4Addr;
-
-/// A cluster silent this long is lost (DESIGN.md: 3 missed 5 s reports).
-pub const CLUSTER_LOST_AFTER_SECS: i64 = 15;
 
 /// Lifecycle order, to report the least advanced instance as the service status.
 const ORDER: [&str; 6] = [
@@ -394,56 +390,9 @@ pub async fn delete_service(
     Ok(Json(json!({ "message": "Job deleted" })))
 }
 
-/// The stored (current) spec of a service, parsed.
-pub fn microservice_of(app: &AppRow, s: &ServiceRow) -> Option<Microservice> {
-    spec_microservice(app, &s.spec)
-}
-
-/// A stored spec (of any generation), parsed.
-pub fn spec_microservice(app: &AppRow, spec: &str) -> Option<Microservice> {
-    let spec: Value = serde_json::from_str(spec).ok()?;
-    one_microservice(&spec, app).ok().map(|(ms, _)| ms)
-}
-
-/// Add one instance of the service's current spec, placed by the root scheduler
-/// (CLUSTER_SCHEDULED) or FAILED with Oakestra's reason.
-pub fn place_new_instance(st: &AppState, app: &AppRow, s: &ServiceRow) -> ApiResult<InstanceRow> {
-    let ms = microservice_of(app, s)
-        .ok_or_else(|| ApiError::Internal("stored spec does not parse".into()))?;
-    let mut db = st.db();
-    let inst = db.add_instance(&s.id)?;
-    st.metrics.asked(&s.id, inst.number);
-    let views = cluster_views(&db.clusters()?, now_secs());
-    let started = std::time::Instant::now();
-    let chosen = scheduler::schedule(&views, &demand_of(&ms));
-    st.metrics.scheduled(started.elapsed());
-    Ok(match chosen {
-        Ok(cluster) => db.move_instance(&s.id, inst.number, Some(cluster.0), None)?,
-        Err(reason) => db.move_instance(&s.id, inst.number, None, Some(reason.as_str()))?,
-    })
-}
-
 /// Validate one microservice (bare, or the first of an SLA) in the context of its app.
 fn one_microservice(v: &Value, app: &AppRow) -> ApiResult<(Microservice, Value)> {
-    let raw = v
-        .get("applications")
-        .and_then(|a| a.get(0))
-        .and_then(|a| a.get("microservices"))
-        .and_then(|m| m.get(0))
-        .cloned()
-        .unwrap_or_else(|| v.clone());
-    let wrapped = json!({
-        "sla_version": "v2.0",
-        "customerID": "",
-        "applications": [{
-            "application_name": app.name,
-            "application_namespace": app.namespace,
-            "microservices": [raw.clone()],
-        }],
-    });
-    let mut sla = sla::parse(&wrapped).map_err(ApiError::Invalid)?;
-    let ms = sla.applications.remove(0).microservices.remove(0);
-    Ok((ms, raw))
+    sla::one_microservice(v, &app.name, &app.namespace).map_err(ApiError::Invalid)
 }
 
 /// `PUT /api/service/{serviceid}`: replace the service's spec (Oakestra answers 501).
@@ -502,60 +451,6 @@ pub async fn all_services(State(st): State<Shared>, _caller: Caller) -> ApiResul
     Ok(Json(Value::Array(out)))
 }
 
-/// What the root knows of each cluster, for the scheduler.
-pub fn cluster_views(rows: &[ClusterRow], now: i64) -> Vec<ClusterView> {
-    rows.iter()
-        .map(|c| ClusterView {
-            id: ClusterId(c.id),
-            name: c.name.clone(),
-            active: c
-                .last_report
-                .is_some_and(|t| now - t < CLUSTER_LOST_AFTER_SECS),
-            location: c.location.map(|(lat, lon)| GeoPoint {
-                lat: sla::narrow(lat),
-                lon: sla::narrow(lon),
-            }),
-            capacity: c
-                .aggregate
-                .as_deref()
-                .and_then(|b| minicbor::decode::<Vec<Capacity>>(b).ok())
-                .unwrap_or_default(),
-        })
-        .collect()
-}
-
-/// The scheduler's view of what one instance of `ms` needs.
-pub fn demand_of(ms: &Microservice) -> Demand {
-    Demand {
-        millicpus: ms.millicpus,
-        memory_mib: ms.memory_mb,
-        vgpus: ms.vgpus,
-        virtualization: ms.virtualization.as_str().into(),
-        arch: ms.arch.clone(),
-        constraints: ms
-            .constraints
-            .iter()
-            .filter_map(|c| match c {
-                sla::Constraint::Direct {
-                    cluster: Some(name),
-                    ..
-                } => Some(scheduler::Constraint::Direct {
-                    cluster: name.clone(),
-                }),
-                sla::Constraint::Geo {
-                    location,
-                    threshold_km,
-                    ..
-                } => Some(scheduler::Constraint::Geo {
-                    location: *location,
-                    threshold_km: *threshold_km,
-                }),
-                _ => None,
-            })
-            .collect(),
-    }
-}
-
 /// `POST /api/service/{serviceid}/instance`: one more instance, placed by the root
 /// scheduler (CLUSTER_SCHEDULED) or FAILED with Oakestra's reason.
 pub async fn add_instance(
@@ -564,7 +459,7 @@ pub async fn add_instance(
     Path(id): Path<String>,
 ) -> ApiResult {
     let (app, s) = owned_service(&st, &caller, &id)?;
-    let placed = place_new_instance(&st, &app, &s)?;
+    let placed = orchestrate::place_new_instance(&mut st.db(), &st.metrics, &app, &s, now_secs())?;
     st.clusters_changed([placed.cluster]);
     st.directory_changed(DirectoryUpdate::Service(id.clone()));
     Ok(Json(instance_doc(&placed)))

@@ -4,7 +4,7 @@
 
 use super::apps::{cluster_id, token_terms};
 use super::{ApiError, ApiResult, Caller, Shared};
-use crate::link::AskError;
+use crate::clusters_link::AskError;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};

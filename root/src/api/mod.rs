@@ -5,82 +5,22 @@
 //! the JSON-in-a-string its Flask server sends.
 
 mod apps;
-
-pub use apps::{cluster_views, demand_of, microservice_of, place_new_instance, spec_microservice};
 mod docs;
 mod forward;
-pub mod limit;
 pub mod routes;
 pub mod tls;
 mod ui;
 mod users;
 
-use crate::auth::{AuthKeys, Claims, Role, TokenKind};
+use crate::auth::{Claims, Role, TokenKind};
 use crate::sla::FieldError;
-use crate::store::{Store, StoreError, UserRow, now_secs};
+pub use crate::state::{AppState, Shared};
+use crate::store::{StoreError, UserRow, now_secs};
 use axum::extract::FromRequestParts;
 use axum::http::{StatusCode, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use std::sync::{Arc, Mutex, MutexGuard};
-
-/// Everything a handler needs.
-#[derive(Debug)]
-pub struct AppState {
-    /// The database.
-    pub store: Mutex<Store>,
-    /// Token keys.
-    pub keys: AuthKeys,
-    /// The cluster link, once started.
-    pub link: std::sync::OnceLock<crate::link::LinkHandle>,
-    /// Which clusters' workers reach which (cross-cluster traffic).
-    pub reach: Mutex<crate::link::Reach>,
-    /// Failed logins per user and per address.
-    pub logins: Mutex<limit::LoginLimit>,
-    /// What `/metrics` says.
-    pub metrics: crate::metrics::Metrics,
-}
-
-/// Shared state of the router.
-pub type Shared = Arc<AppState>;
-
-impl AppState {
-    /// Lock the store (a poisoned lock still holds a consistent database: every change
-    /// is a committed transaction).
-    pub fn db(&self) -> MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Lock the login rate limit.
-    pub fn logins(&self) -> MutexGuard<'_, limit::LoginLimit> {
-        self.logins.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Lock the cross-cluster reach.
-    pub fn reach(&self) -> MutexGuard<'_, crate::link::Reach> {
-        self.reach.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Tell the link that the service directory changed.
-    pub fn directory_changed(&self, u: crate::link::DirectoryUpdate) {
-        if let Some(link) = self.link.get() {
-            link.directory_changed(u);
-        }
-    }
-
-    /// Tell the link that these clusters' instance sets changed.
-    pub fn clusters_changed(&self, clusters: impl IntoIterator<Item = Option<u32>>) {
-        if let Some(link) = self.link.get() {
-            let mut seen = std::collections::HashSet::new();
-            for c in clusters.into_iter().flatten() {
-                if seen.insert(c) {
-                    link.cluster_changed(c);
-                }
-            }
-        }
-    }
-}
 
 /// An API error: a status and a JSON body with a message (and field errors).
 #[derive(Debug)]
@@ -156,6 +96,15 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(m) => Self::Conflict(m),
             StoreError::Exhausted(what) => Self::Conflict(format!("{what} exhausted")),
             other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::orchestrate::PlaceError> for ApiError {
+    fn from(e: crate::orchestrate::PlaceError) -> Self {
+        match e {
+            crate::orchestrate::PlaceError::Store(e) => e.into(),
+            spec @ crate::orchestrate::PlaceError::Spec(_) => Self::Internal(spec.to_string()),
         }
     }
 }

@@ -68,7 +68,7 @@ fn roles_field(v: &Value) -> ApiResult<Option<Vec<String>>> {
 }
 
 /// `POST /api/auth/login`: `{username, password, organization_name?}` → tokens.
-/// Failures are rate-limited per user name and per client address ([`super::limit`]).
+/// Failures are rate-limited per user name and per client address ([`crate::limit`]).
 pub async fn login(State(st): State<Shared>, Peer(addr): Peer, raw: Bytes) -> ApiResult {
     let v = body(&raw)?;
     let (Some(name), Some(password)) = (str_field(&v, "username"), str_field(&v, "password"))

@@ -10,8 +10,8 @@
 //! A cluster silent for `lost_after` seconds is lost: its instances are rescheduled
 //! into the other clusters.
 
-use crate::api::{AppState, Shared, microservice_of, place_new_instance, spec_microservice};
-use crate::scheduler;
+use crate::orchestrate::{self, DirectoryUpdate, commands_for, entry_for};
+use crate::state::{AppState, Shared};
 use crate::store::now_secs;
 use grove_proto::coap::driver::{self, Handle, Incoming, Router};
 use grove_proto::coap::{Code, Config, Endpoint, Method, Request, Response, SendOptions};
@@ -19,102 +19,16 @@ use grove_proto::link::shell::PeerContexts;
 use grove_proto::link::upper::{KeyAction, StoredPeer, Upper};
 use grove_proto::link::{OsRandom, PeerKey};
 use grove_proto::msg::{
-    self, ClusterCommands, ClusterId, ClusterRegistered, ClusterReport, InstanceRef, InstanceSpec,
-    NodeCommand, RegisterCluster,
+    self, ClusterCommands, ClusterId, ClusterRegistered, ClusterReport, RegisterCluster,
 };
 use grove_proto::oscore::{ContextParams, FileContextStore, SecurityContext};
 use grove_proto::paths;
 use grove_proto::util::{hex, speaks_for, unhex};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// A change of the service directory.
-#[derive(Debug, Clone)]
-pub enum DirectoryUpdate {
-    /// A service's instances or addresses changed.
-    Service(String),
-    /// A service was deleted: its full name and service IPs.
-    Removed(String, Vec<std::net::IpAddr>),
-}
-
-/// The cross-cluster part of the overlay as the root sees it: which workers each
-/// cluster has, which services each cluster's workers asked the directory for (its
-/// interest, held while it observes the entry), and from that which other clusters'
-/// workers each cluster's overlay must reach: those hosting a service it is
-/// interested in, and those interested in a service it hosts (the way back).
-#[derive(Debug, Default)]
-pub struct Reach {
-    workers: HashMap<u32, Vec<msg::NodePeer>>,
-    interest: HashSet<(u32, String)>,
-    sent: HashMap<u32, Vec<msg::NodePeer>>,
-}
-
-impl Reach {
-    /// The other clusters' workers cluster `cluster` was last told to reach.
-    pub fn peers_of(&self, cluster: u32) -> Vec<msg::NodePeer> {
-        self.sent.get(&cluster).cloned().unwrap_or_default()
-    }
-}
-
-/// Recompute what each cluster must reach; push commands to those whose set changed.
-fn refresh_reach(st: &AppState) {
-    let (interest, clusters): (Vec<(u32, String)>, Vec<u32>) = {
-        let r = st.reach();
-        let mut c: Vec<u32> = r.workers.keys().chain(r.sent.keys()).copied().collect();
-        c.sort_unstable();
-        c.dedup();
-        (r.interest.iter().cloned().collect(), c)
-    };
-    // The clusters hosting each service of interest.
-    let hosts: Vec<(u32, HashSet<u32>)> = {
-        let db = st.db();
-        interest
-            .iter()
-            .map(|(asker, service)| {
-                let h = db
-                    .instances(Some(service))
-                    .unwrap_or_default()
-                    .iter()
-                    .filter(|i| i.status == "RUNNING")
-                    .filter_map(|i| i.cluster)
-                    .collect();
-                (*asker, h)
-            })
-            .collect()
-    };
-    let mut changed = Vec::new();
-    {
-        let mut r = st.reach();
-        for c in clusters {
-            let mut related: Vec<u32> = Vec::new();
-            for (asker, h) in &hosts {
-                if *asker == c {
-                    related.extend(h.iter().filter(|d| **d != c));
-                } else if h.contains(&c) {
-                    related.push(*asker);
-                }
-            }
-            related.sort_unstable();
-            related.dedup();
-            let mut peers: Vec<msg::NodePeer> = related
-                .iter()
-                .flat_map(|d| r.workers.get(d).cloned().unwrap_or_default())
-                .collect();
-            peers.sort_by(|a, b| a.underlay.cmp(&b.underlay));
-            if r.sent
-                .get(&c)
-                .map_or(!peers.is_empty(), |old| *old != peers)
-            {
-                r.sent.insert(c, peers);
-                changed.push(c);
-            }
-        }
-    }
-    st.clusters_changed(changed.into_iter().map(Some));
-}
 
 /// What the API uses to reach the link.
 #[derive(Debug, Clone)]
@@ -360,93 +274,19 @@ fn user_context(
     SecurityContext::new(&params, Box::new(FileContextStore::new(file))).map_err(|e| e.to_string())
 }
 
-/// The full set of instances a cluster should run.
-pub fn commands_for(st: &AppState, cluster: u32, generation: u64) -> ClusterCommands {
-    let db = st.db();
-    let mut commands = Vec::new();
-    for i in db.instances_of_cluster(cluster).unwrap_or_default() {
-        let (Ok(s), Some(ip)) = (db.service(&i.service), i.ip) else {
-            continue;
-        };
-        let Ok(app) = db.application(&s.application) else {
-            continue;
-        };
-        // Each instance runs the spec of its generation: old ones keep theirs while a
-        // replacement rolls.
-        let Ok(spec) = db.spec_of(&s.id, i.generation) else {
-            continue;
-        };
-        let Some(ms) = spec_microservice(&app, &spec) else {
-            continue;
-        };
-        let mut cmd = ms.cmd.clone();
-        cmd.extend(ms.args.iter().cloned());
-        commands.push(NodeCommand::Deploy(InstanceSpec {
-            instance: InstanceRef {
-                service: s.id.clone(),
-                instance: i.number,
-            },
-            name: ms.full_name_in(&app.name, &app.namespace),
-            image: ms.code.clone(),
-            cmd,
-            env: ms.environment.clone(),
-            memory_mib: ms.memory_mb,
-            millicpus: ms.millicpus,
-            ports: ms.port.clone(),
-            one_shot: ms.one_shot,
-            ip: Some(ip),
-            nodes: ms.constraints.iter().find_map(|c| match c {
-                crate::sla::Constraint::Direct { nodes, .. } if !nodes.is_empty() => {
-                    Some(nodes.clone())
-                }
-                _ => None,
-            }),
-            geo: ms.constraints.iter().find_map(|c| match c {
-                crate::sla::Constraint::Geo {
-                    location,
-                    threshold_km,
-                    ..
-                } => Some(msg::GeoConstraint {
-                    location: *location,
-                    threshold_km: crate::sla::narrow(*threshold_km),
-                }),
-                _ => None,
-            }),
-            latency: ms.constraints.iter().find_map(|c| match c {
-                crate::sla::Constraint::Latency {
-                    location: Some(location),
-                    threshold_ms,
-                    ..
-                } => Some(msg::LatencyConstraint {
-                    location: *location,
-                    threshold_ms: crate::sla::narrow(*threshold_ms),
-                }),
-                _ => None,
-            }),
-            rr_ip: Some(s.rr_ip),
-            closest_ip: Some(s.closest_ip),
-            ip6: v6(i.ip6.as_deref()),
-            rr_ip6: v6(s.rr_ip_v6.as_deref()),
-            closest_ip6: v6(s.closest_ip_v6.as_deref()),
-            storage_mib: (ms.storage > 0).then(|| u32::try_from(ms.storage).unwrap_or(u32::MAX)),
-            stop_grace_s: ms.stop_grace_s,
-        }));
-    }
-    drop(db);
-    ClusterCommands {
-        generation,
-        commands,
-        peers: Some(st.reach().peers_of(cluster)),
-    }
+/// Cluster `cluster`'s commands now, as a new command set.
+fn commands_of(st: &AppState, cluster: u32) -> ClusterCommands {
+    let peers = st.reach().peers_of(cluster);
+    commands_for(&st.db(), cluster, msg::next_generation(), peers)
 }
 
-/// An IPv6 address as the store keeps it (text), as the wire carries it.
-fn v6(text: Option<&str>) -> Option<[u8; 16]> {
-    text?.parse::<std::net::Ipv6Addr>().ok().map(|a| a.octets())
-}
-
-fn generation() -> u64 {
-    msg::next_generation()
+/// Recompute what each cluster's overlay must reach; push commands to those whose set
+/// changed.
+fn refresh_reach(st: &AppState) {
+    let interest = st.reach().interest();
+    let hosts = orchestrate::hosts_of(&st.db(), &interest);
+    let changed = st.reach().recompute(&hosts);
+    st.clusters_changed(changed.into_iter().map(Some));
 }
 
 async fn register(st: Shared, inc: Incoming) -> Response {
@@ -526,43 +366,6 @@ async fn register(st: Shared, inc: Incoming) -> Response {
     }
 }
 
-/// The directory entry of a service: its addresses and where each instance runs.
-pub fn entry_for(
-    st: &AppState,
-    app: &crate::store::AppRow,
-    s: &crate::store::ServiceRow,
-) -> msg::ServiceEntry {
-    let instances = st.db().instances(Some(&s.id)).unwrap_or_default();
-    msg::ServiceEntry {
-        name: format!("{}.{}.{}.{}", app.name, app.namespace, s.name, s.namespace),
-        service: s.id.clone(),
-        rr_ip: Some(s.rr_ip),
-        closest_ip: Some(s.closest_ip),
-        instances: instances
-            .iter()
-            .filter_map(|i| {
-                Some(msg::InstanceEndpoint {
-                    instance: InstanceRef {
-                        service: s.id.clone(),
-                        instance: i.number,
-                    },
-                    ip: i.ip?,
-                    ip6: v6(i.ip6.as_deref()),
-                    worker: i.node.clone().unwrap_or_default(),
-                    cluster: ClusterId(i.cluster?),
-                    state: msg::InstanceState::from_name(&i.status),
-                    addr: i.addr,
-                    addr6: v6(i.addr6.as_deref()),
-                    // Coordinates are each cluster's own: another cluster's mean nothing.
-                    coord: None,
-                })
-            })
-            .collect(),
-        rr_ip6: v6(s.rr_ip_v6.as_deref()),
-        closest_ip6: v6(s.closest_ip_v6.as_deref()),
-    }
-}
-
 fn directory_lookup(st: &AppState, inc: &Incoming) -> Response {
     let is_cluster =
         matches!(&inc.security, Some(k) if k.id_context.is_none() && k.recipient_id.len() == 4);
@@ -589,15 +392,16 @@ fn directory_lookup(st: &AppState, inc: &Incoming) -> Response {
     let changed = {
         let mut r = st.reach();
         match inc.request.observe {
-            Some(1) => r.interest.remove(&key),
-            Some(_) => r.interest.insert(key),
+            Some(1) => r.observe(key.0, key.1, false),
+            Some(_) => r.observe(key.0, key.1, true),
             None => false,
         }
     };
     if changed {
         refresh_reach(st);
     }
-    Response::cbor(msg::to_cbor(&entry_for(st, &app, &s)))
+    let entry = entry_for(&st.db(), &app, &s);
+    Response::cbor(msg::to_cbor(&entry))
 }
 
 async fn report(st: &Shared, inc: &Incoming) -> Response {
@@ -657,10 +461,7 @@ async fn report(st: &Shared, inc: &Incoming) -> Response {
         }
     }
     drop(db);
-    let workers_changed = rep.workers.is_some_and(|w| {
-        let mut r = st.reach();
-        r.workers.insert(id, w.clone()) != Some(w)
-    });
+    let workers_changed = rep.workers.is_some_and(|w| st.reach().workers(id, w));
     if workers_changed || !services.is_empty() {
         refresh_reach(st);
     }
@@ -678,16 +479,18 @@ async fn report(st: &Shared, inc: &Incoming) -> Response {
     }
 }
 
-/// Start the link on `socket`; runs until the runtime stops.
+/// Start the link on `socket`, serving `http` (the API's router) to CoAP users too;
+/// runs until the runtime stops.
 pub async fn start(
     st: Shared,
     socket: tokio::net::UdpSocket,
     dir: PathBuf,
     lost_after: i64,
+    http: axum::Router,
 ) -> std::io::Result<LinkHandle> {
     std::fs::create_dir_all(dir.join("oscore"))?;
     let (s1, s2, s3) = (st.clone(), st.clone(), st.clone());
-    let (s4, http) = (st.clone(), crate::api::router(st.clone()));
+    let s4 = st.clone();
     let router = Router::new()
         .fallback(move |inc| crate::coap_api::handle(s4.clone(), http.clone(), inc))
         .route(Method::Post, paths::CLUSTERS, move |inc| {
@@ -719,7 +522,7 @@ pub async fn start(
                         if let Some(l) = st.link.get() {
                             l.heard(&st, id, &inc).await;
                         }
-                        Response::cbor(msg::to_cbor(&commands_for(&st, id, generation())))
+                        Response::cbor(msg::to_cbor(&commands_of(&st, id)))
                     }
                     Err(r) => r,
                 }
@@ -809,22 +612,11 @@ pub async fn start(
                             .and_then(|s| Ok((db.application(&s.application)?, s)))
                     };
                     let Ok((app, s)) = found else { continue };
-                    let e = entry_for(&st_dir, &app, &s);
+                    let e = entry_for(&st_dir.db(), &app, &s);
                     let ips = e.addresses();
                     (e, ips)
                 }
-                DirectoryUpdate::Removed(name, ips) => (
-                    msg::ServiceEntry {
-                        name,
-                        service: String::new(),
-                        rr_ip: None,
-                        closest_ip: None,
-                        instances: vec![],
-                        rr_ip6: None,
-                        closest_ip6: None,
-                    },
-                    ips,
-                ),
+                DirectoryUpdate::Removed(name, ips) => (orchestrate::removed_entry(name), ips),
             };
             let body = msg::to_cbor(&entry);
             coap_dir
@@ -840,7 +632,7 @@ pub async fn start(
     let (st_push, coap_push) = (st.clone(), coap.clone());
     tokio::spawn(async move {
         while let Some(id) = rx.recv().await {
-            let body = msg::to_cbor(&commands_for(&st_push, id, generation()));
+            let body = msg::to_cbor(&commands_of(&st_push, id));
             coap_push
                 .notify(
                     &paths::cluster_commands(ClusterId(id)),
@@ -855,120 +647,18 @@ pub async fn start(
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
-            for id in reschedule_lost(&st_watch, now_secs(), lost_after) {
-                link_watch.cluster_changed(id);
-            }
-            let (clusters, services) = rollout_step(&st_watch);
-            for id in clusters {
-                link_watch.cluster_changed(id);
-            }
-            for s in services {
-                link_watch.directory_changed(DirectoryUpdate::Service(s));
+            let lost = orchestrate::reschedule_lost(&mut st_watch.db(), now_secs(), lost_after);
+            let rolled =
+                orchestrate::rollout_step(&mut st_watch.db(), &st_watch.metrics, now_secs());
+            for changed in [lost, rolled] {
+                for id in changed.clusters {
+                    link_watch.cluster_changed(id);
+                }
+                for s in changed.services {
+                    link_watch.directory_changed(DirectoryUpdate::Service(s));
+                }
             }
         }
     });
     Ok(link)
-}
-
-/// Move the instances of clusters silent for `lost_after` seconds into active clusters
-/// (or fail them); returns the clusters whose command sets changed.
-pub fn reschedule_lost(st: &AppState, now: i64, lost_after: i64) -> HashSet<u32> {
-    let mut changed = HashSet::new();
-    let mut db = st.db();
-    let rows = db.clusters().unwrap_or_default();
-    let mut views = crate::api::cluster_views(&rows, now);
-    for v in &mut views {
-        v.active = rows
-            .iter()
-            .any(|r| r.id == v.id.0 && r.last_report.is_some_and(|t| now - t < lost_after));
-    }
-    for lost in views.iter().filter(|v| !v.active) {
-        let instances = db.instances_of_cluster(lost.id.0).unwrap_or_default();
-        for i in instances {
-            let Ok(s) = db.service(&i.service) else {
-                continue;
-            };
-            let Ok(app) = db.application(&s.application) else {
-                continue;
-            };
-            let Some(ms) = microservice_of(&app, &s) else {
-                continue;
-            };
-            let target = scheduler::schedule(&views, &crate::api::demand_of(&ms));
-            let moved = match target {
-                Ok(c) => db
-                    .move_instance(&i.service, i.number, Some(c.0), None)
-                    .map(|_| Some(c.0)),
-                Err(reason) => db
-                    .move_instance(&i.service, i.number, None, Some(reason.as_str()))
-                    .map(|_| None),
-            };
-            match moved {
-                Ok(to) => {
-                    if let Some(link) = st.link.get() {
-                        link.directory_changed(DirectoryUpdate::Service(i.service.clone()));
-                    }
-                    tracing::warn!(cluster = lost.id.0, service = %i.service, instance = i.number, to = ?to, "cluster lost: instance moved");
-                    changed.insert(lost.id.0);
-                    changed.extend(to);
-                }
-                Err(e) => tracing::error!(error = %e, "cannot move an instance of a lost cluster"),
-            }
-        }
-    }
-    changed
-}
-
-/// One step of every rolling replacement (`PUT /api/service/{id}`): while instances of
-/// an older generation run, add one of the new generation when every new one is
-/// RUNNING and the count is at its target, then remove one old instance — so the
-/// service never has fewer running instances than before, and at most one extra.
-/// Returns the clusters and services whose state changed.
-pub fn rollout_step(st: &AppState) -> (HashSet<u32>, HashSet<String>) {
-    const ENDED: [&str; 4] = ["FAILED", "DEAD", "COMPLETED", "UNDEPLOYED"];
-    let mut clusters = HashSet::new();
-    let mut services = HashSet::new();
-    let rollouts = st.db().rollouts().unwrap_or_default();
-    for (sid, target) in rollouts {
-        let (s, app, live) = {
-            let db = st.db();
-            let Ok(s) = db.service(&sid) else { continue };
-            let Ok(app) = db.application(&s.application) else {
-                continue;
-            };
-            let live: Vec<_> = db
-                .instances(Some(&sid))
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|i| !ENDED.contains(&i.status.as_str()))
-                .collect();
-            (s, app, live)
-        };
-        let (old, new): (Vec<_>, Vec<_>) = live.iter().partition(|i| i.generation < s.generation);
-        if old.is_empty() {
-            let _ = st.db().finish_rollout(&sid);
-            continue;
-        }
-        if new.iter().any(|i| i.status != "RUNNING") {
-            continue;
-        }
-        let count = u32::try_from(live.len()).unwrap_or(u32::MAX);
-        if count <= target {
-            match place_new_instance(st, &app, &s) {
-                Ok(i) => {
-                    clusters.extend(i.cluster);
-                    services.insert(sid.clone());
-                }
-                Err(e) => {
-                    tracing::error!(service = %sid, error = ?e, "rollout: cannot add an instance")
-                }
-            }
-        } else if let Some(victim) = old.first() {
-            if st.db().remove_instance(&sid, victim.number).is_ok() {
-                clusters.extend(victim.cluster);
-                services.insert(sid.clone());
-            }
-        }
-    }
-    (clusters, services)
 }
