@@ -213,9 +213,10 @@ fn newer(payload: &[u8], take: &mut (dyn FnMut(u64) -> bool + Send)) -> Option<N
     Some(cmds)
 }
 
-/// The peers and services a worker holds, as the cluster's digests name them.
+/// The parts of its command set a worker holds between notifications: the peers, and
+/// the digests of the peers and the service table the cluster last named.
 #[derive(Debug, Default)]
-struct Held {
+struct HeldParts {
     peers: Vec<msg::NodePeer>,
     peers_digest: Option<[u8; 8]>,
     services_digest: Option<[u8; 8]>,
@@ -225,7 +226,7 @@ struct Held {
 /// (and put into `cmds.peers` for the runtime). Whether `cmds` cannot be followed —
 /// it left out a part that changed, or its delta starts from peers not held or does
 /// not end at its digest (a notification was lost: the worker must observe afresh).
-fn held_parts(cmds: &mut NodeCommands, held: &mut Held) -> bool {
+fn held_parts(cmds: &mut NodeCommands, held: &mut HeldParts) -> bool {
     let mut stale = false;
     match (&cmds.peers, cmds.peers_base) {
         (Some(p), _) => {
@@ -307,7 +308,7 @@ struct WorkerSide {
     /// Round trips measured so far (each sample's nudge).
     samples: u32,
     /// The peers and services this worker holds.
-    held: Held,
+    held: HeldParts,
     watchdog: bool,
     /// Where the registration (with the key) is kept, and the key's sequence numbers.
     reg: NodeRegistered,
@@ -504,7 +505,7 @@ pub async fn run(
         mem_total: meminfo_mib(),
         coord: Vivaldi::default(),
         samples: 0,
-        held: Held::default(),
+        held: HeldParts::default(),
         // The watchdog is fed by the control loop itself, with each heartbeat.
         watchdog: std::env::var_os("WATCHDOG_USEC").is_some(),
         reg,
@@ -625,7 +626,7 @@ mod tests {
         };
         let one = vec![peer(1, "10.0.0.1")];
         let two = vec![peer(1, "10.0.0.1"), peer(2, "10.0.0.2")];
-        let mut held = Held::default();
+        let mut held = HeldParts::default();
         let mut full = NodeCommands {
             peers: Some(one.clone()),
             services: Some(Vec::new()),

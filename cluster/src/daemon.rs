@@ -82,8 +82,9 @@ struct Progress {
     avoid: Vec<u32>,
 }
 
+/// What the cluster knows of a worker from its heartbeats.
 #[derive(Debug, Clone)]
-struct Live {
+struct WorkerSeen {
     last_seen: Instant,
     lost: bool,
     /// Network coordinate from the last heartbeat that carried one.
@@ -99,7 +100,7 @@ struct Live {
     usage: Option<(u16, u32, u32)>,
 }
 
-impl Live {
+impl WorkerSeen {
     fn fresh() -> Self {
         Self {
             last_seen: Instant::now(),
@@ -125,7 +126,7 @@ impl Live {
 pub struct Cluster {
     store: Mutex<Store>,
     coap: OnceLock<Handle>,
-    live: Mutex<HashMap<u32, Live>>,
+    seen: Mutex<HashMap<u32, WorkerSeen>>,
     to_root: mpsc::UnboundedSender<InstanceStatus>,
     block: Mutex<(u32, [u8; 16])>,
     /// How many /26s the block holds.
@@ -205,8 +206,8 @@ impl Cluster {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn live(&self) -> MutexGuard<'_, HashMap<u32, Live>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    fn seen(&self) -> MutexGuard<'_, HashMap<u32, WorkerSeen>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn progress(&self) -> MutexGuard<'_, HashMap<(String, u32), Progress>> {
@@ -347,7 +348,7 @@ impl Cluster {
                 .map(|n| (n.id, (n.subnet, n.subnet_size)))
                 .collect(),
             coords: self
-                .live()
+                .seen()
                 .iter()
                 .filter_map(|(id, l)| Some((*id, l.coord?)))
                 .collect(),
@@ -373,7 +374,7 @@ impl Cluster {
     fn own_peers(&self) -> Vec<msg::NodePeer> {
         let block = *self.block.lock().unwrap_or_else(|p| p.into_inner());
         let nodes = self.nodes();
-        let live = self.live();
+        let live = self.seen();
         nodes
             .iter()
             .filter_map(|n| {
@@ -392,7 +393,7 @@ impl Cluster {
     fn views(&self, exclude: Option<u32>) -> Vec<NodeView> {
         let nodes = self.nodes();
         let instances = self.db().instances().unwrap_or_default();
-        let live = self.live().clone();
+        let live = self.seen().clone();
         nodes
             .iter()
             .map(|n| {
@@ -452,7 +453,7 @@ impl Cluster {
             let Some(spec) = spec_of(i) else { continue };
             // A latency constraint cannot be judged while a worker that just joined (or
             // a cluster that just restarted) still waits for its coordinate: wait too.
-            if spec.latency.is_some() && self.live().values().any(Live::coord_due) {
+            if spec.latency.is_some() && self.seen().values().any(WorkerSeen::coord_due) {
                 self.deferred.store(true, Ordering::Relaxed);
                 continue;
             }
@@ -597,7 +598,7 @@ impl Cluster {
     fn handle_losses(&self) -> HashSet<u32> {
         let limit = Duration::from_millis(u64::from(HEARTBEAT_MS * MISSED));
         let lost: Vec<u32> = {
-            let mut live = self.live();
+            let mut live = self.seen();
             let mut out = Vec::new();
             for (id, l) in live.iter_mut() {
                 if !l.lost && l.last_seen.elapsed() > limit {
@@ -837,7 +838,7 @@ async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {
     if let Err(e) = cl.joined(row.id, &key, inc.peer).await {
         return Response::error(Code::INTERNAL_SERVER_ERROR, &e.to_string());
     }
-    cl.live().insert(row.id, Live::fresh());
+    cl.seen().insert(row.id, WorkerSeen::fresh());
     let (subnet_v4, subnet_v6) = subnets_of(
         *cl.block.lock().unwrap_or_else(|p| p.into_inner()),
         row.subnet,
@@ -877,8 +878,8 @@ async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
         cl.limits_now(id, limits);
     }
     let came_back = {
-        let mut live = cl.live();
-        let l = live.entry(id).or_insert_with(Live::fresh);
+        let mut live = cl.seen();
+        let l = live.entry(id).or_insert_with(WorkerSeen::fresh);
         let was_lost = l.lost;
         l.last_seen = Instant::now();
         l.lost = false;
@@ -943,7 +944,7 @@ pub async fn start(
     let cl = Arc::new(Cluster {
         store: Mutex::new(store),
         coap: OnceLock::new(),
-        live: Mutex::new(HashMap::new()),
+        seen: Mutex::new(HashMap::new()),
         to_root: tx,
         foreign: Mutex::default(),
         block: Mutex::new((
@@ -970,35 +971,41 @@ pub async fn start(
         metrics: s.metrics.then(crate::metrics::Metrics::default),
         block_known: tokio::sync::watch::Sender::new(false),
     });
-    let (c1, c2, c3, c4, c5) = (cl.clone(), cl.clone(), cl.clone(), cl.clone(), cl.clone());
-    let c6 = cl.clone();
     let router = Router::new()
-        .route(Method::Post, paths::NODES, move |inc| {
-            register_node(c1.clone(), inc)
+        .route(Method::Post, paths::NODES, {
+            let cl = cl.clone();
+            move |inc| register_node(cl.clone(), inc)
         })
-        .route(Method::Post, "/v1/nodes/{id}/rekey", move |inc| {
-            workers_link::rekey(c6.clone(), inc)
+        .route(Method::Post, "/v1/nodes/{id}/rekey", {
+            let cl = cl.clone();
+            move |inc| workers_link::rekey(cl.clone(), inc)
         })
-        .route(Method::Post, "/v1/nodes/{id}/status", move |inc| {
-            node_status(c2.clone(), inc)
+        .route(Method::Post, "/v1/nodes/{id}/status", {
+            let cl = cl.clone();
+            move |inc| node_status(cl.clone(), inc)
         })
-        .observable("/v1/nodes/{id}/commands", move |inc| {
-            let cl = c3.clone();
-            async move {
-                match speaks_for(&inc, "node") {
-                    Ok(id) => {
-                        cl.heard(id, &inc).await;
-                        Response::cbor(msg::to_cbor(&cl.commands_for(id)))
+        .observable("/v1/nodes/{id}/commands", {
+            let shared = cl.clone();
+            move |inc| {
+                let cl = shared.clone();
+                async move {
+                    match speaks_for(&inc, "node") {
+                        Ok(id) => {
+                            cl.heard(id, &inc).await;
+                            Response::cbor(msg::to_cbor(&cl.commands_for(id)))
+                        }
+                        Err(r) => r,
                     }
-                    Err(r) => r,
                 }
             }
         })
-        .observable("/v1/services/by-ip/{ip}", move |inc| {
-            directory::lookup(c4.clone(), inc)
+        .observable("/v1/services/by-ip/{ip}", {
+            let cl = cl.clone();
+            move |inc| directory::lookup(cl.clone(), inc)
         })
-        .observable("/v1/services/{name}", move |inc| {
-            directory::lookup(c5.clone(), inc)
+        .observable("/v1/services/{name}", {
+            let cl = cl.clone();
+            move |inc| directory::lookup(cl.clone(), inc)
         });
     let cfg = Config {
         seed: u64::from_le_bytes(random::<8>()),
@@ -1074,7 +1081,7 @@ pub async fn start(
             if !touched.is_empty() {
                 // A worker lost leaves the overlay of every other one.
                 let others: Vec<u32> = cw
-                    .live()
+                    .seen()
                     .iter()
                     .filter(|(_, l)| !l.lost)
                     .map(|(id, _)| *id)

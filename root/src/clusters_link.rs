@@ -276,16 +276,16 @@ fn user_context(
 
 /// Cluster `cluster`'s commands now, as a new command set.
 fn commands_of(st: &AppState, cluster: u32) -> ClusterCommands {
-    let peers = st.reach().peers_of(cluster);
+    let peers = st.peering().peers_of(cluster);
     commands_for(&st.db(), cluster, msg::next_generation(), peers)
 }
 
 /// Recompute what each cluster's overlay must reach; push commands to those whose set
 /// changed.
 fn refresh_reach(st: &AppState) {
-    let interest = st.reach().interest();
+    let interest = st.peering().interest();
     let hosts = orchestrate::hosts_of(&st.db(), &interest);
-    let changed = st.reach().recompute(&hosts);
+    let changed = st.peering().recompute(&hosts);
     st.clusters_changed(changed.into_iter().map(Some));
 }
 
@@ -390,7 +390,7 @@ fn directory_lookup(st: &AppState, inc: &Incoming) -> Response {
     });
     let key = (asker, s.id.clone());
     let changed = {
-        let mut r = st.reach();
+        let mut r = st.peering();
         match inc.request.observe {
             Some(1) => r.observe(key.0, key.1, false),
             Some(_) => r.observe(key.0, key.1, true),
@@ -461,7 +461,7 @@ async fn report(st: &Shared, inc: &Incoming) -> Response {
         }
     }
     drop(db);
-    let workers_changed = rep.workers.is_some_and(|w| st.reach().workers(id, w));
+    let workers_changed = rep.workers.is_some_and(|w| st.peering().workers(id, w));
     if workers_changed || !services.is_empty() {
         refresh_reach(st);
     }

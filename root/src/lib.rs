@@ -79,7 +79,7 @@ pub fn open_state(args: &Args) -> Result<api::Shared, String> {
         store: std::sync::Mutex::new(store),
         keys,
         link: std::sync::OnceLock::new(),
-        reach: std::sync::Mutex::default(),
+        peering: std::sync::Mutex::default(),
         logins: std::sync::Mutex::default(),
         metrics: metrics::Metrics::default(),
     }))

@@ -1,5 +1,5 @@
 //! What the root's API handlers and its cluster link share: the store, the token keys,
-//! the link once started, the cross-cluster reach, the login limit and the metrics.
+//! the link once started, the peering between clusters, the login limit and the metrics.
 
 use crate::auth::AuthKeys;
 use crate::store::Store;
@@ -15,7 +15,7 @@ pub struct AppState {
     /// The cluster link, once started.
     pub link: std::sync::OnceLock<crate::clusters_link::LinkHandle>,
     /// Which clusters' workers reach which (cross-cluster traffic).
-    pub reach: Mutex<crate::orchestrate::Reach>,
+    pub peering: Mutex<crate::orchestrate::ClusterPeering>,
     /// Failed logins per user and per address.
     pub logins: Mutex<crate::limit::LoginLimit>,
     /// What `/metrics` says.
@@ -37,9 +37,9 @@ impl AppState {
         self.logins.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Lock the cross-cluster reach.
-    pub fn reach(&self) -> MutexGuard<'_, crate::orchestrate::Reach> {
-        self.reach.lock().unwrap_or_else(|p| p.into_inner())
+    /// Lock the peering between clusters.
+    pub fn peering(&self) -> MutexGuard<'_, crate::orchestrate::ClusterPeering> {
+        self.peering.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Tell the link that the service directory changed.

@@ -47,7 +47,7 @@ impl Cluster {
     pub(super) fn node_infos(&self) -> Vec<NodeInfo> {
         let nodes = self.nodes();
         let placed = self.db().instances().unwrap_or_default();
-        let live = self.live();
+        let live = self.seen();
         nodes
             .iter()
             .map(|n| {
@@ -158,7 +158,7 @@ impl Cluster {
                 &format!("instance {number} of service {service} is on no worker of this cluster"),
             );
         };
-        let peer = self.live().get(&node).and_then(|l| l.peer);
+        let peer = self.seen().get(&node).and_then(|l| l.peer);
         let generation = self.link().generation(node);
         let (Some(peer), Some(generation), Some(h)) = (peer, generation, self.coap.get()) else {
             return Response::error(

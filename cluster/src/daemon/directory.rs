@@ -230,7 +230,7 @@ impl Cluster {
     /// observation at the root ends, and the root hears that the interest did.
     pub(super) async fn sweep_directory(&self) {
         let live: HashSet<u32> = self
-            .live()
+            .seen()
             .iter()
             .filter(|(_, l)| !l.lost)
             .map(|(id, _)| *id)

@@ -251,7 +251,7 @@ impl Cluster {
                 }
             }
         }
-        let workers = self.live().len();
+        let workers = self.seen().len();
         let peers = self.published(&self.published_peers, self.peers(), peers_every(workers));
         let services = self.published(
             &self.published_services,
@@ -353,7 +353,7 @@ impl Cluster {
             return again;
         };
         let active: HashSet<u32> = self
-            .live()
+            .seen()
             .iter()
             .filter(|(_, l)| !l.lost)
             .map(|(id, _)| *id)

@@ -7,7 +7,7 @@
 //! message gets 4.01), its instances move and it is deleted; it can come back only
 //! with a new token.
 
-use super::{Cluster, Live};
+use super::{Cluster, WorkerSeen};
 use grove_proto::coap::driver::Incoming;
 use grove_proto::coap::{Code, Endpoint, Response};
 use grove_proto::link::shell::PeerContexts;
@@ -53,7 +53,7 @@ pub fn load(cl: &Cluster, endpoint: &mut Endpoint) {
         link.drain_actions()
     };
     for n in &nodes {
-        cl.live().insert(n.id, Live::fresh());
+        cl.seen().insert(n.id, WorkerSeen::fresh());
     }
     cl.contexts.apply_to_endpoint(endpoint, actions);
 }
@@ -167,14 +167,14 @@ impl Cluster {
             tracing::error!(node = id, error = %e, "cannot delete the evicted worker");
             return;
         }
-        self.live().remove(&id);
+        self.seen().remove(&id);
         *self.nodes_cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
         tracing::warn!(
             node = id,
             "worker evicted: its key no longer works, its instances move"
         );
         touched.extend(self.place_pending());
-        let others: Vec<u32> = self.live().keys().copied().collect();
+        let others: Vec<u32> = self.seen().keys().copied().collect();
         touched.extend(others);
         self.mark(touched);
     }

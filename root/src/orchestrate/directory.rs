@@ -72,13 +72,13 @@ pub fn removed_entry(name: String) -> msg::ServiceEntry {
 /// workers each cluster's overlay must reach: those hosting a service it is
 /// interested in, and those interested in a service it hosts (the way back).
 #[derive(Debug, Default)]
-pub struct Reach {
+pub struct ClusterPeering {
     workers: HashMap<u32, Vec<msg::NodePeer>>,
     interest: HashSet<(u32, String)>,
     sent: HashMap<u32, Vec<msg::NodePeer>>,
 }
 
-impl Reach {
+impl ClusterPeering {
     /// The other clusters' workers cluster `cluster` was last told to reach.
     pub fn peers_of(&self, cluster: u32) -> Vec<msg::NodePeer> {
         self.sent.get(&cluster).cloned().unwrap_or_default()

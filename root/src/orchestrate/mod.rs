@@ -10,7 +10,7 @@ mod placement;
 mod recovery;
 
 pub use commands::commands_for;
-pub use directory::{DirectoryUpdate, Reach, entry_for, hosts_of, removed_entry};
+pub use directory::{ClusterPeering, DirectoryUpdate, entry_for, hosts_of, removed_entry};
 pub use placement::{
     CLUSTER_LOST_AFTER_SECS, PlaceError, cluster_views, demand_of, microservice_of,
     place_new_instance, spec_microservice,

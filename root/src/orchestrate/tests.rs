@@ -233,7 +233,7 @@ fn peer(n: u32) -> msg::NodePeer {
 
 #[test]
 fn the_directory_makes_two_clusters_reach_each_other_only_while_one_wants_the_others_service() {
-    let mut reach = Reach::default();
+    let mut reach = ClusterPeering::default();
     assert!(reach.workers(1, vec![peer(1)]));
     assert!(reach.workers(2, vec![peer(2)]));
     assert!(!reach.workers(2, vec![peer(2)]), "the same workers again");
@@ -256,7 +256,7 @@ fn the_directory_makes_two_clusters_reach_each_other_only_while_one_wants_the_ot
 
 #[test]
 fn a_service_hosted_where_it_is_wanted_needs_no_reach() {
-    let mut reach = Reach::default();
+    let mut reach = ClusterPeering::default();
     reach.workers(1, vec![peer(1)]);
     reach.observe(1, "svc".into(), true);
     assert!(reach.recompute(&[(1, HashSet::from([1]))]).is_empty());
