@@ -10,6 +10,7 @@ use grove_proto::msg::GeoPoint;
 pub use grove_proto::ports::{PortMapping, Protocol, parse_ports};
 use serde_json::{Map, Value};
 use std::net::{Ipv4Addr, Ipv6Addr};
+use walk::{Walk, describe, exact_u64, join};
 
 /// One problem in a descriptor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,172 +193,10 @@ impl Microservice {
     }
 }
 
-/// Walks a JSON value, collecting every problem with its path.
-struct Walk {
-    errors: Vec<FieldError>,
-}
-
-fn describe(v: &Value) -> String {
-    match v {
-        Value::String(s) => format!("\"{s}\""),
-        other => other.to_string(),
-    }
-}
-
-impl Walk {
-    fn err(&mut self, field: &str, reason: impl Into<String>) {
-        self.errors.push(FieldError {
-            field: field.to_owned(),
-            reason: reason.into(),
-        });
-    }
-
-    fn object<'v>(&mut self, v: &'v Value, field: &str) -> Option<&'v Map<String, Value>> {
-        match v.as_object() {
-            Some(m) => Some(m),
-            None => {
-                self.err(field, format!("must be an object, not {}", describe(v)));
-                None
-            }
-        }
-    }
-
-    fn string(
-        &mut self,
-        m: &Map<String, Value>,
-        key: &str,
-        path: &str,
-        required: bool,
-    ) -> Option<String> {
-        let field = join(path, key);
-        match m.get(key) {
-            None | Some(Value::Null) if required => {
-                self.err(&field, "is required");
-                None
-            }
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(v) => {
-                self.err(&field, format!("must be a string, not {}", describe(v)));
-                None
-            }
-        }
-    }
-
-    fn name(&mut self, m: &Map<String, Value>, key: &str, path: &str) -> String {
-        let s = self.string(m, key, path, true).unwrap_or_default();
-        let ok = (1..=30).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric());
-        if !ok && m.get(key).is_some_and(Value::is_string) {
-            self.err(
-                &join(path, key),
-                format!("\"{s}\" must be 1 to 30 letters or digits"),
-            );
-        }
-        s
-    }
-
-    fn number(&mut self, m: &Map<String, Value>, key: &str, path: &str, max: f64) -> Option<f64> {
-        let field = join(path, key);
-        match m.get(key) {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => match n.as_f64() {
-                Some(x) if x.is_finite() && (0.0..=max).contains(&x) => Some(x),
-                _ => {
-                    self.err(&field, format!("{n} is out of range 0..={max}"));
-                    None
-                }
-            },
-            Some(v) => {
-                self.err(&field, format!("must be a number, not {}", describe(v)));
-                None
-            }
-        }
-    }
-
-    fn whole(&mut self, m: &Map<String, Value>, key: &str, path: &str, max: u64) -> u64 {
-        match self.number(m, key, path, max as f64) {
-            Some(x) if x.fract() != 0.0 => {
-                self.err(&join(path, key), format!("{x} must be a whole number"));
-                0
-            }
-            Some(x) => exact_u64(x),
-            None => 0,
-        }
-    }
-
-    fn boolean(&mut self, m: &Map<String, Value>, key: &str, path: &str) -> bool {
-        match m.get(key) {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(v) => {
-                self.err(
-                    &join(path, key),
-                    format!("must be true or false, not {}", describe(v)),
-                );
-                false
-            }
-        }
-    }
-
-    fn array<'v>(
-        &mut self,
-        m: &'v Map<String, Value>,
-        key: &str,
-        path: &str,
-        required: bool,
-    ) -> &'v [Value] {
-        match m.get(key) {
-            None | Some(Value::Null) => {
-                if required {
-                    self.err(&join(path, key), "is required");
-                }
-                &[]
-            }
-            Some(Value::Array(a)) => a,
-            Some(v) => {
-                self.err(
-                    &join(path, key),
-                    format!("must be a list, not {}", describe(v)),
-                );
-                &[]
-            }
-        }
-    }
-
-    fn strings(&mut self, m: &Map<String, Value>, key: &str, path: &str) -> Vec<String> {
-        let items = self.array(m, key, path, false);
-        let mut out = Vec::new();
-        for (i, v) in items.iter().enumerate() {
-            match v.as_str() {
-                Some(s) => out.push(s.to_owned()),
-                None => self.err(
-                    &format!("{}[{i}]", join(path, key)),
-                    format!("must be a string, not {}", describe(v)),
-                ),
-            }
-        }
-        out
-    }
-}
-
-/// A whole, non-negative, in-range number (checked by the caller) as an integer.
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-fn exact_u64(x: f64) -> u64 {
-    x as u64
-}
-
 /// An f64 as f32 (degrees keep about a metre of precision, plenty for placement).
 #[allow(clippy::cast_possible_truncation)]
 pub(crate) fn narrow(x: f64) -> f32 {
     x as f32
-}
-
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
-    }
 }
 
 const KNOWN_APP: &[&str] = &[
@@ -781,6 +620,8 @@ pub fn parse(v: &Value) -> Result<Sla, Vec<FieldError>> {
         Err(w.errors)
     }
 }
+
+mod walk;
 
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@
 //! message gets 4.01), its instances move and it is deleted; it can come back only
 //! with a new token.
 
-use super::{Cluster, WorkerSeen};
+use super::*;
 use grove_proto::coap::driver::Incoming;
 use grove_proto::coap::{Code, Endpoint, Response};
 use grove_proto::link::shell::PeerContexts;
@@ -60,7 +60,7 @@ pub fn load(cl: &Cluster, endpoint: &mut Endpoint) {
 
 fn live_tokens(cl: &Cluster) -> Vec<(Vec<u8>, Vec<u8>)> {
     cl.db()
-        .live_worker_tokens(crate::store::now_secs())
+        .live_worker_tokens(now_secs())
         .unwrap_or_default()
         .into_iter()
         .filter_map(|(id, secret)| Some((unhex(&id)?, secret)))
@@ -68,7 +68,7 @@ fn live_tokens(cl: &Cluster) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 impl Cluster {
-    pub(super) fn link(&self) -> std::sync::MutexGuard<'_, Upper> {
+    pub(super) fn link(&self) -> MutexGuard<'_, Upper> {
         self.link.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -86,7 +86,7 @@ impl Cluster {
         &self,
         id: u32,
         key: &PeerKey,
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
     ) -> Result<(), std::io::Error> {
         let actions = {
             let mut link = self.link();
@@ -205,4 +205,155 @@ pub async fn rekey(cl: Arc<Cluster>, inc: Incoming) -> Response {
         code: Code::CHANGED,
         ..Response::cbor(msg::to_cbor(&creds))
     }
+}
+
+pub(super) async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {
+    let Some(ctx_id) = inc.security.as_ref().and_then(|k| k.id_context.clone()) else {
+        return Response::error(Code::FORBIDDEN, "registration needs a worker join token");
+    };
+    let reg: RegisterNode = match msg::from_cbor(&inc.request.payload) {
+        Ok(r) => r,
+        Err(e) => return Response::error(Code::BAD_REQUEST, &e.to_string()),
+    };
+    if let Err(diag) = msg::check_version(reg.version) {
+        return Response::error(Code::NOT_ACCEPTABLE, &diag);
+    }
+    // A cluster that has not joined its root yet does not know its block of worker
+    // subnets: the registration waits for it (as a separate response).
+    let mut known = cl.block_known.subscribe();
+    if tokio::time::timeout(JOIN_WAITS_FOR_ROOT, known.wait_for(|k| *k))
+        .await
+        .is_err()
+    {
+        return Response::error(
+            Code::SERVICE_UNAVAILABLE,
+            "the cluster has not joined its root yet: try again",
+        );
+    }
+    let token = hex(&ctx_id[..8.min(ctx_id.len())]);
+    if !cl
+        .db()
+        .use_worker_token(&token, now_secs())
+        .unwrap_or(false)
+    {
+        return Response::error(
+            Code::FORBIDDEN,
+            "worker join token expired, used or revoked",
+        );
+    }
+    let key = PeerKey::fresh(0, &mut OsRandom);
+    let node = NewNode {
+        name: &reg.name,
+        arch: &reg.arch,
+        cpus: u32::from(reg.cpus),
+        memory_mib: reg.memory_mib,
+        virtualizations: &reg.virtualizations,
+        location: reg.location.map(|g| (f64::from(g.lat), f64::from(g.lon))),
+        secret: &key.secret,
+        salt: &key.salt,
+        subnet_size: crate::store::subnet_size(reg.max_instances),
+        limits: reg.limits.as_ref(),
+    };
+    let subnets = cl.subnets.load(Ordering::Relaxed);
+    let row = match cl.db().register_node(&node, subnets) {
+        Ok(r) => r,
+        Err(e) => return Response::error(Code::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    *cl.nodes_cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    if let Err(e) = cl.joined(row.id, &key, inc.peer).await {
+        return Response::error(Code::INTERNAL_SERVER_ERROR, &e.to_string());
+    }
+    cl.seen().insert(row.id, WorkerSeen::fresh());
+    let (subnet_v4, subnet_v6) = subnets_of(
+        *cl.block.lock().unwrap_or_else(|p| p.into_inner()),
+        row.subnet,
+        row.subnet_size,
+    );
+    let answer = NodeRegistered {
+        version: msg::PROTOCOL_VERSION,
+        node: NodeId(row.id),
+        subnet_v4,
+        subnet_v6,
+        timing: msg::Timing {
+            heartbeat_ms: HEARTBEAT_MS,
+            missed_before_lost: u8::try_from(MISSED).unwrap_or(3),
+        },
+        credentials: Some(key.credentials(row.id)),
+    };
+    Response {
+        code: Code::CREATED,
+        ..Response::cbor(msg::to_cbor(&answer))
+    }
+}
+
+pub(super) async fn node_status(cl: Arc<Cluster>, inc: Incoming) -> Response {
+    let id = match speaks_for(&inc, "node") {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let hb: Heartbeat = match msg::from_cbor(&inc.request.payload) {
+        Ok(h) => h,
+        Err(e) => return Response::error(Code::BAD_REQUEST, &e.to_string()),
+    };
+    cl.heard(id, &inc).await;
+    if let Some(m) = &cl.metrics {
+        m.heartbeat(id, &hb);
+    }
+    if let Some(limits) = &hb.limits {
+        cl.limits_now(id, limits);
+    }
+    let came_back = {
+        let mut live = cl.seen();
+        let l = live.entry(id).or_insert_with(WorkerSeen::fresh);
+        let was_lost = l.lost;
+        l.last_seen = Instant::now();
+        l.lost = false;
+        let moved = l.underlay != Some(inc.peer.ip());
+        l.underlay = Some(inc.peer.ip());
+        l.peer = Some(inc.peer);
+        // (A heartbeat sent early with status changes carries no usage.)
+        if hb.mem_total_mib > 0 {
+            l.usage = Some((hb.cpu_centi_pct, hb.mem_used_mib, hb.mem_total_mib));
+        }
+        if hb.coord.0 != [0.0; 3] {
+            l.coord = Some(hb.coord);
+        }
+        (was_lost, moved)
+    };
+    let (came_back, moved) = came_back;
+    // A batch sent again after a lost acknowledgement: its changes taken before are
+    // not applied twice.
+    let mark = hb
+        .changes_from
+        .map(grove_proto::link::upper::ChangeMark::from_wire);
+    let taken = cl.link().take_changes(id, mark, hb.changes.len());
+    for c in &hb.changes[taken..] {
+        let ok = cl
+            .db()
+            .report_status(
+                &c.instance.service,
+                c.instance.instance,
+                id,
+                c.state.as_str(),
+                c.detail.as_deref(),
+                c.addr,
+            )
+            .unwrap_or(false);
+        if ok {
+            cl.track(&c.instance.service, c.instance.instance, c.state.as_str());
+            cl.directory.touch(&c.instance.service);
+            let mut up = c.clone();
+            up.worker = Some(format!("node-{id}"));
+            up.addr6 = c.addr.and_then(|a| cl.addr6_on(id, a));
+            let _ = cl.to_root.send(up);
+        }
+    }
+    cl.push_directory().await;
+    if came_back || moved || !hb.changes.is_empty() {
+        // A worker back or at a new address, or an instance that started or ended:
+        // everyone's overlay and service table change (and the one back learns what it
+        // should run now: what was moved away is no longer there).
+        cl.mark_all();
+    }
+    cl.heartbeat_ack(id)
 }
