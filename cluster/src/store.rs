@@ -3,8 +3,6 @@
 //! it is acknowledged, so a cluster killed at any moment resumes with its nodes and
 //! instances.
 
-use grove_proto::link::PeerKey;
-use grove_proto::link::upper::KeyStore;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 
@@ -20,7 +18,28 @@ pub enum StoreError {
     /// A pool is used up.
     #[error("{0} exhausted")]
     Exhausted(&'static str),
+    /// Opening or migrating the database, or keeping a worker's next key.
+    #[error(transparent)]
+    Shared(grove_store::StoreError),
 }
+
+impl From<grove_store::StoreError> for StoreError {
+    fn from(e: grove_store::StoreError) -> Self {
+        // A query's failure reads the same from either side.
+        if let grove_store::StoreError::Sql(e) = e {
+            return Self::Sql(e);
+        }
+        Self::Shared(e)
+    }
+}
+
+/// Where the workers' keys are kept.
+const NODE_KEYS: grove_store::PeerKeys = grove_store::PeerKeys {
+    table: "nodes",
+    secret: "secret",
+    salt: "salt",
+    what: "worker",
+};
 
 /// Result of store operations.
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -69,13 +88,7 @@ const MIGRATIONS: &[&str] = &[
 "#,
     // Re-keying (the key in use is generation key_gen; a new one waits in pending_*
     // until the worker speaks with it) and eviction (done by the running daemon).
-    r#"
-    ALTER TABLE nodes ADD COLUMN key_gen INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE nodes ADD COLUMN pending_secret BLOB;
-    ALTER TABLE nodes ADD COLUMN pending_salt BLOB;
-    ALTER TABLE nodes ADD COLUMN rekey INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE nodes ADD COLUMN evicted INTEGER NOT NULL DEFAULT 0;
-"#,
+    grove_store::rekey_columns!("nodes"),
     // What a worker gives a service that sets no limits, the limits it cannot enforce
     // and the host ports it maps (msg::WorkerLimits as CBOR; NULL from older agents).
     r#"
@@ -196,13 +209,7 @@ pub struct Store {
     conn: Connection,
 }
 
-/// Seconds since the Unix epoch.
-pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use grove_store::now_secs;
 
 const NODE_COLS: &str = "id, name, arch, cpus, memory_mib, virtualizations, lat, lon, secret, salt, subnet, subnet_size, key_gen, pending_secret, pending_salt, rekey, limits";
 
@@ -252,31 +259,17 @@ fn instance(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRow> {
 impl Store {
     /// Open and migrate.
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)?;
         // It holds the workers' keys and the cluster's own.
-        grove_proto::util::private_database(path)
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        Self::setup(conn)
+        Ok(Self {
+            conn: grove_store::open(Some(path), MIGRATIONS)?,
+        })
     }
 
     /// In memory (tests).
     pub fn in_memory() -> Result<Self> {
-        Self::setup(Connection::open_in_memory()?)
-    }
-
-    fn setup(mut conn: Connection) -> Result<Self> {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = conn.transaction()?;
-            tx.execute_batch(m)?;
-            tx.pragma_update(None, "user_version", i + 1)?;
-            tx.commit()?;
-        }
-        Ok(Self { conn })
+        Ok(Self {
+            conn: grove_store::open(None, MIGRATIONS)?,
+        })
     }
 
     /// Register (or re-register by name) a worker; `subnets` is the number of /26s in
@@ -594,62 +587,8 @@ impl Store {
     }
 }
 
-/// The workers' keys over time, for the link's upper half.
-impl KeyStore for Store {
-    type Error = StoreError;
-
-    /// The next key for worker `id`, kept as pending next to the one in use:
-    /// (generation, secret, salt, whether it is new). While one is pending, asking
-    /// again gives the same one (a worker whose answer was lost asks again, and must
-    /// not be handed a key other than the one it may already use).
-    fn begin_rekey(&mut self, id: u32, candidate: &PeerKey) -> Result<(PeerKey, bool)> {
-        let tx = self.conn.transaction()?;
-        let (gen_now, pending): (u32, Option<Key>) = tx
-            .query_row(
-                "SELECT key_gen, pending_secret, pending_salt FROM nodes WHERE id = ?1 AND NOT evicted",
-                [id],
-                |r| {
-                    let (a, b): (Option<Vec<u8>>, Option<Vec<u8>>) = (r.get(1)?, r.get(2)?);
-                    Ok((r.get(0)?, a.zip(b)))
-                },
-            )
-            .optional()?
-            .ok_or(StoreError::NotFound("worker"))?;
-        if let Some((secret, salt)) = pending {
-            let key = PeerKey {
-                generation: gen_now + 1,
-                secret,
-                salt,
-            };
-            return Ok((key, false));
-        }
-        if gen_now >= grove_proto::util::MAX_KEY_GENERATION {
-            return Err(StoreError::Exhausted("key generations"));
-        }
-        tx.execute(
-            "UPDATE nodes SET pending_secret = ?2, pending_salt = ?3 WHERE id = ?1",
-            params![id, candidate.secret, candidate.salt],
-        )?;
-        tx.commit()?;
-        let key = PeerKey {
-            generation: gen_now + 1,
-            ..candidate.clone()
-        };
-        Ok((key, true))
-    }
-
-    /// The worker spoke with its pending key of generation `generation`: it becomes
-    /// the key in use. False when there was no such pending key.
-    fn commit_rekey(&mut self, id: u32, generation: u32) -> Result<bool> {
-        let n = self.conn.execute(
-            "UPDATE nodes SET secret = pending_secret, salt = pending_salt, key_gen = ?2,
-               pending_secret = NULL, pending_salt = NULL, rekey = 0
-             WHERE id = ?1 AND key_gen + 1 = ?2 AND pending_secret IS NOT NULL",
-            params![id, generation],
-        )?;
-        Ok(n > 0)
-    }
-}
+// The workers' keys over time, for the link's upper half.
+grove_store::impl_key_store!(Store, StoreError, NODE_KEYS);
 
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@ use crate::state::{AppState, Shared};
 use crate::store::now_secs;
 use grove_proto::coap::driver::{self, Handle, Incoming, Router};
 use grove_proto::coap::{Code, Config, Endpoint, Method, Request, Response, SendOptions};
-use grove_proto::link::shell::PeerContexts;
+use grove_proto::link::shell::{self, PeerContexts};
 use grove_proto::link::upper::{KeyAction, StoredPeer, Upper};
 use grove_proto::link::{OsRandom, PeerKey};
 use grove_proto::msg::{
@@ -209,23 +209,15 @@ async fn rekey(st: Shared, inc: Incoming) -> Response {
         return Response::error(Code::SERVICE_UNAVAILABLE, "starting");
     };
     link.heard(&st, id, &inc).await;
-    let (creds, actions) = {
-        let mut l = link.link();
-        let creds = l.rekey(id, &mut *st.db(), &mut OsRandom);
-        (creds, l.drain_actions())
-    };
-    let creds = match creds {
-        Ok(c) => c,
-        Err(e) => return Response::error(Code::SERVICE_UNAVAILABLE, &e.to_string()),
-    };
-    if let Err(e) = link.apply(actions).await {
-        return Response::error(Code::INTERNAL_SERVER_ERROR, &e.to_string());
-    }
-    tracing::info!(cluster = id, "new key handed to the cluster");
-    Response {
-        code: Code::CHANGED,
-        ..Response::cbor(msg::to_cbor(&creds))
-    }
+    shell::rekey_answer(
+        id,
+        &link.link,
+        || st.db(),
+        &link.contexts,
+        &link.coap,
+        "cluster",
+    )
+    .await
 }
 
 fn random<const N: usize>() -> [u8; N] {

@@ -10,7 +10,7 @@
 use super::*;
 use grove_proto::coap::driver::Incoming;
 use grove_proto::coap::{Code, Endpoint, Response};
-use grove_proto::link::shell::PeerContexts;
+use grove_proto::link::shell::{self, PeerContexts};
 use grove_proto::link::upper::{KeyAction, StoredPeer, Upper};
 use grove_proto::link::{OsRandom, PeerKey};
 use grove_proto::msg;
@@ -188,23 +188,10 @@ pub async fn rekey(cl: Arc<Cluster>, inc: Incoming) -> Response {
         Err(r) => return r,
     };
     cl.heard(id, &inc).await;
-    let (creds, actions) = {
-        let mut link = cl.link();
-        let creds = link.rekey(id, &mut *cl.db(), &mut OsRandom);
-        (creds, link.drain_actions())
+    let Some(coap) = cl.coap.get() else {
+        return Response::error(Code::SERVICE_UNAVAILABLE, "starting");
     };
-    let creds = match creds {
-        Ok(c) => c,
-        Err(e) => return Response::error(Code::SERVICE_UNAVAILABLE, &e.to_string()),
-    };
-    if let Err(e) = cl.apply(actions).await {
-        return Response::error(Code::INTERNAL_SERVER_ERROR, &e.to_string());
-    }
-    tracing::info!(node = id, "new key handed to the worker");
-    Response {
-        code: Code::CHANGED,
-        ..Response::cbor(msg::to_cbor(&creds))
-    }
+    shell::rekey_answer(id, &cl.link, || cl.db(), &cl.contexts, coap, "worker").await
 }
 
 pub(super) async fn register_node(cl: Arc<Cluster>, inc: Incoming) -> Response {

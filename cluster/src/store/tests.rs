@@ -1,4 +1,6 @@
 use super::*;
+use grove_proto::link::PeerKey;
+use grove_proto::link::upper::KeyStore;
 
 #[test]
 fn a_worker_with_room_for_more_instances_gets_an_aligned_larger_subnet() {

@@ -6,8 +6,8 @@
 use super::lower::{
     Do, HeartbeatAnswer, JoinOutcome, Lower, LowerConfig, LowerError, ObserveOutcome,
 };
-use super::upper::{ChangeMark, KeyAction};
-use super::{PeerKey, Random};
+use super::upper::{ChangeMark, KeyAction, KeyStore, Upper};
+use super::{OsRandom, PeerKey, Random};
 use crate::coap::driver::{Handle, Router};
 use crate::coap::{
     Code, Config, ContextKey, Endpoint, ExchangeError, LinkParams, Request, Response, SendOptions,
@@ -245,7 +245,7 @@ pub async fn lower_driver(
     let socket = tokio::net::UdpSocket::bind(any).await?;
     let cfg = Config {
         link,
-        seed: u64::from_le_bytes(super::random::<8>(&mut super::OsRandom)),
+        seed: u64::from_le_bytes(super::random::<8>(&mut OsRandom)),
         ..Config::default()
     };
     Ok(crate::coap::driver::spawn(socket, Endpoint::new(cfg), router)?.0)
@@ -549,4 +549,39 @@ pub fn lower_context(creds: Credentials, seq_file: &Path) -> std::io::Result<Sec
         &ContextParams::from(creds),
         Box::new(FileContextStore::new(seq_file)),
     )
+}
+
+/// The upper tier's answer to peer `id`'s `POST …/rekey` (its request already heard):
+/// its next key, kept as pending in the store `lock` gives before it is handed out
+/// (asked again, the same key), with `coap`'s contexts changed to match. `what` names
+/// the peer in the log.
+pub async fn rekey_answer<S, G>(
+    id: u32,
+    upper: &std::sync::Mutex<Upper>,
+    lock: impl FnOnce() -> G,
+    contexts: &PeerContexts,
+    coap: &Handle,
+    what: &str,
+) -> Response
+where
+    S: KeyStore,
+    G: std::ops::DerefMut<Target = S>,
+{
+    let (creds, actions) = {
+        let mut link = upper.lock().unwrap_or_else(|p| p.into_inner());
+        let creds = link.rekey(id, &mut *lock(), &mut OsRandom);
+        (creds, link.drain_actions())
+    };
+    let creds = match creds {
+        Ok(c) => c,
+        Err(e) => return Response::error(Code::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    if let Err(e) = contexts.apply(coap, actions).await {
+        return Response::error(Code::INTERNAL_SERVER_ERROR, &e.to_string());
+    }
+    tracing::info!(peer = id, "new key handed to the {what}");
+    Response {
+        code: Code::CHANGED,
+        ..Response::cbor(crate::msg::to_cbor(&creds))
+    }
 }

@@ -1,8 +1,6 @@
 //! Clusters, their last aggregate, and cluster join tokens.
 
 use super::{Result, Store, StoreError, now_secs};
-use grove_proto::link::PeerKey;
-use grove_proto::link::upper::KeyStore;
 use rusqlite::{OptionalExtension, Row, params};
 
 /// A registered cluster.
@@ -289,58 +287,15 @@ impl Store {
 }
 
 /// The clusters' keys over time, for the link's upper half.
-impl KeyStore for Store {
-    type Error = StoreError;
+/// Where the clusters' keys are kept.
+const CLUSTER_KEYS: grove_store::PeerKeys = grove_store::PeerKeys {
+    table: "clusters",
+    secret: "oscore_secret",
+    salt: "oscore_salt",
+    what: "cluster",
+};
 
-    /// The next key for cluster `id`, kept as pending beside the one in use:
-    /// (generation, secret, salt, whether it is new). While one is pending, asking
-    /// again gives the same one.
-    fn begin_rekey(&mut self, id: u32, candidate: &PeerKey) -> Result<(PeerKey, bool)> {
-        let tx = self.conn.transaction()?;
-        let row = tx
-            .query_row(
-                &format!("SELECT {COLS} FROM clusters WHERE id = ?1 AND NOT evicted"),
-                [id],
-                cluster,
-            )
-            .optional()?
-            .ok_or(StoreError::NotFound("cluster"))?;
-        let generation = row.key_gen + 1;
-        if let Some((secret, salt)) = row.pending {
-            let key = PeerKey {
-                generation,
-                secret,
-                salt,
-            };
-            return Ok((key, false));
-        }
-        if row.key_gen >= grove_proto::util::MAX_KEY_GENERATION {
-            return Err(StoreError::Exhausted("key generations"));
-        }
-        tx.execute(
-            "UPDATE clusters SET pending_secret = ?2, pending_salt = ?3 WHERE id = ?1",
-            params![id, candidate.secret, candidate.salt],
-        )?;
-        tx.commit()?;
-        let key = PeerKey {
-            generation,
-            ..candidate.clone()
-        };
-        Ok((key, true))
-    }
-
-    /// The cluster spoke with its pending key of `generation`: it becomes the key in
-    /// use. False when there was no such pending key.
-    fn commit_rekey(&mut self, id: u32, generation: u32) -> Result<bool> {
-        let n = self.conn.execute(
-            "UPDATE clusters SET oscore_secret = pending_secret, oscore_salt = pending_salt,
-               key_gen = ?2, pending_secret = NULL, pending_salt = NULL, rekey = 0
-             WHERE id = ?1 AND key_gen + 1 = ?2 AND pending_secret IS NOT NULL",
-            params![id, generation],
-        )?;
-        Ok(n > 0)
-    }
-}
+grove_store::impl_key_store!(Store, StoreError, CLUSTER_KEYS);
 
 #[cfg(test)]
 mod tests {

@@ -40,6 +40,24 @@ pub enum StoreError {
     Exhausted(&'static str),
 }
 
+impl From<grove_store::StoreError> for StoreError {
+    fn from(e: grove_store::StoreError) -> Self {
+        match e {
+            grove_store::StoreError::Sql(e) => Self::Sql(e),
+            grove_store::StoreError::NotFound(what) => Self::NotFound(what),
+            grove_store::StoreError::Exhausted => Self::Exhausted("key generations"),
+            grove_store::StoreError::Newer { found, known } => Self::Conflict(format!(
+                "database schema version {found} is newer than this grove-root ({known}); \
+                 upgrade grove-root"
+            )),
+            grove_store::StoreError::Private(path, e) => Self::Open {
+                path: path.into(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            },
+        }
+    }
+}
+
 /// Result of store operations.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -186,13 +204,7 @@ const MIGRATIONS: &[&str] = &[
     // 9: clusters' keys over time: the key in use is generation key_gen, a new one
     //    waits in pending_* until the cluster speaks with it; an evicted cluster has
     //    no key at all.
-    r#"
-    ALTER TABLE clusters ADD COLUMN key_gen INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE clusters ADD COLUMN pending_secret BLOB;
-    ALTER TABLE clusters ADD COLUMN pending_salt BLOB;
-    ALTER TABLE clusters ADD COLUMN rekey INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE clusters ADD COLUMN evicted INTEGER NOT NULL DEFAULT 0;
-    "#,
+    grove_store::rekey_columns!("clusters"),
 ];
 
 /// The root's database.
@@ -201,13 +213,7 @@ pub struct Store {
     conn: Connection,
 }
 
-/// Seconds since the Unix epoch.
-pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use grove_store::now_secs;
 
 /// A new object id in MongoDB's shape (24 hex digits: 4 bytes of time, 8 random), so
 /// Oakestra's clients that parse ids keep working.
@@ -224,44 +230,22 @@ pub fn new_object_id() -> String {
 impl Store {
     /// Open (creating if needed) and migrate the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let wrap = |source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(wrap)?;
         // It holds password hashes and the clusters' keys.
-        grove_proto::util::private_database(path)
-            .map_err(|e| wrap(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        Self::setup(conn).map_err(|e| match e {
-            StoreError::Sql(source) => wrap(source),
-            other => other,
-        })
+        let conn = grove_store::open(Some(path), MIGRATIONS).map_err(|e| match e {
+            grove_store::StoreError::Sql(source) => StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => other.into(),
+        })?;
+        Ok(Self { conn })
     }
 
     /// An in-memory database (unit tests).
     pub fn in_memory() -> Result<Self> {
-        Self::setup(Connection::open_in_memory()?)
-    }
-
-    fn setup(mut conn: Connection) -> Result<Self> {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > MIGRATIONS.len() {
-            return Err(StoreError::Conflict(format!(
-                "database schema version {version} is newer than this grove-root ({}); upgrade grove-root",
-                MIGRATIONS.len()
-            )));
-        }
-        for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = conn.transaction()?;
-            tx.execute_batch(m)?;
-            tx.pragma_update(None, "user_version", i + 1)?;
-            tx.commit()?;
-        }
-        Ok(Self { conn })
+        Ok(Self {
+            conn: grove_store::open(None, MIGRATIONS)?,
+        })
     }
 
     /// The schema version.
