@@ -200,7 +200,10 @@ fn spec_of(i: &InstanceRow) -> Option<InstanceSpec> {
     msg::from_cbor(&i.spec).ok()
 }
 
-const ENDED: [&str; 4] = ["FAILED", "DEAD", "COMPLETED", "UNDEPLOYED"];
+/// Whether an instance with status `s` has ended (runs nowhere, will not run again).
+fn ended(s: &str) -> bool {
+    InstanceState::from_name(s).is_final()
+}
 
 impl Cluster {
     fn db(&self) -> MutexGuard<'_, Store> {

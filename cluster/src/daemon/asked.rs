@@ -2,7 +2,7 @@
 //! root's notifications): its workers as a user lists them, its worker join tokens,
 //! and instances' logs, which the cluster asks of the worker hosting the instance.
 
-use super::{Cluster, ENDED};
+use super::{Cluster, ended};
 use grove_proto::coap::driver::{Incoming, Router};
 use grove_proto::coap::{Code, Method, Request, Response, SendOptions};
 use grove_proto::link::shell::PeerContexts;
@@ -68,7 +68,7 @@ impl Cluster {
                     instances: u32::try_from(
                         placed
                             .iter()
-                            .filter(|i| i.node == Some(n.id) && !ENDED.contains(&i.status.as_str()))
+                            .filter(|i| i.node == Some(n.id) && !ended(i.status.as_str()))
                             .count(),
                     )
                     .unwrap_or(u32::MAX),

@@ -7,7 +7,7 @@
 //! so changes elsewhere reach the cluster; every change, from the root or from this
 //! cluster's workers, is pushed to the workers observing the entry.
 
-use super::{Cluster, ENDED, spec_of};
+use super::{Cluster, ended, spec_of};
 use grove_proto::coap::driver::{Incoming, Observation};
 use grove_proto::coap::{Code, Request, Response, SendOptions};
 use grove_proto::msg::{self, ServiceEntry};
@@ -134,7 +134,7 @@ impl Cluster {
             .instances
             .retain(|i| me.is_none_or(|c| i.cluster != c));
         for (row, spec) in &specs {
-            if row.service != service || ENDED.contains(&row.status.as_str()) {
+            if row.service != service || ended(row.status.as_str()) {
                 continue;
             }
             let Some(cluster) = me else { continue };

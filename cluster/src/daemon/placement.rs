@@ -192,7 +192,7 @@ impl Cluster {
                 let mut ports = Vec::new();
                 for i in instances
                     .iter()
-                    .filter(|i| i.node == Some(n.id) && !ENDED.contains(&i.status.as_str()))
+                    .filter(|i| i.node == Some(n.id) && !ended(i.status.as_str()))
                 {
                     if let Some(s) = spec_of(i) {
                         let takes = scheduler::on_worker(
@@ -239,7 +239,7 @@ impl Cluster {
         let instances = self.db().instances().unwrap_or_default();
         for i in instances
             .iter()
-            .filter(|i| i.node.is_none() && !ENDED.contains(&i.status.as_str()))
+            .filter(|i| i.node.is_none() && !ended(i.status.as_str()))
         {
             let Some(spec) = spec_of(i) else { continue };
             // A latency constraint cannot be judged while a worker that just joined (or
@@ -253,7 +253,7 @@ impl Cluster {
             let now = self.db().instances().unwrap_or_default();
             let same: Vec<u32> = now
                 .iter()
-                .filter(|x| x.service == i.service && !ENDED.contains(&x.status.as_str()))
+                .filter(|x| x.service == i.service && !ended(x.status.as_str()))
                 .filter_map(|x| x.node)
                 .collect();
             for v in &mut views {
@@ -420,7 +420,7 @@ impl Cluster {
             .instances()
             .unwrap_or_default()
             .into_iter()
-            .filter(|i| i.node == Some(id) && !ENDED.contains(&i.status.as_str()))
+            .filter(|i| i.node == Some(id) && !ended(i.status.as_str()))
             .collect();
         for i in &placed {
             let _ = self

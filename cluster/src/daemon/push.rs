@@ -5,7 +5,7 @@
 //! service table only when those changed, their digests always. A burst of changes
 //! (a thousand workers joining) costs a few rounds, not one per change per worker.
 
-use super::{Cluster, ENDED, spec_of};
+use super::{Cluster, ended, spec_of};
 use crate::store::InstanceRow;
 use grove_proto::coap::Response;
 use grove_proto::msg::{self, HeartbeatAck, NodeCommand, NodeCommands, NodeId};
@@ -242,7 +242,7 @@ impl Cluster {
         let rows: Vec<InstanceRow> = self.db().instances().unwrap_or_default();
         let mut by_node: HashMap<u32, Vec<NodeCommand>> = HashMap::new();
         for r in &rows {
-            if let (Some(n), false) = (r.node, ENDED.contains(&r.status.as_str())) {
+            if let (Some(n), false) = (r.node, ended(r.status.as_str())) {
                 if let Some(spec) = spec_of(r) {
                     by_node
                         .entry(n)
